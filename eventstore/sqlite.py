@@ -1,0 +1,443 @@
+"""The embedded SQLite backend: WAL, durable by default, one writer with group commit.
+
+Appends from any number of concurrent callers go to a bounded queue. A single writer task takes
+everything pending, runs it as one ``BEGIN IMMEDIATE`` transaction in a dedicated thread (one
+thread hop per group, not per event), then notifies subscribers and resolves each caller. Heads
+and idempotency keys are read inside that transaction, so the checks hold even if another
+process writes the same file. Reads use aiosqlite connections and never block the writer (WAL).
+
+The schema keeps the invariants itself: ``UNIQUE(draft_id, seq)``, a trigger that refuses any
+insert whose seq or position is not the next one, and triggers that refuse UPDATE and DELETE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from eventstore.errors import ConcurrencyConflict, IdempotencyKeyReused, StoreError, StoreUnavailable
+from eventstore.events import (
+    GENESIS_HASH,
+    IdempotencyClaim,
+    IdempotencyRecord,
+    NewEvent,
+    Record,
+    build_records,
+)
+from eventstore.notifier import Notifier
+from eventstore.store import AppendResult, Snapshot
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    position  INTEGER PRIMARY KEY,
+    draft_id  TEXT    NOT NULL,
+    seq       INTEGER NOT NULL CHECK (seq >= 1),
+    type      TEXT    NOT NULL,
+    body      BLOB    NOT NULL,
+    hash      BLOB    NOT NULL,
+    idem_user TEXT,
+    idem_key  TEXT,
+    idem_fp   TEXT,
+    UNIQUE (draft_id, seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_idempotency
+    ON events (idem_user, idem_key) WHERE idem_key IS NOT NULL;
+CREATE TRIGGER IF NOT EXISTS events_next_only BEFORE INSERT ON events
+WHEN NEW.seq != COALESCE((SELECT MAX(seq) FROM events WHERE draft_id = NEW.draft_id), 0) + 1
+  OR NEW.position != COALESCE((SELECT MAX(position) FROM events), 0) + 1
+BEGIN SELECT RAISE(ABORT, 'ringlog: an event must take the next seq and position'); END;
+CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'ringlog: the event log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'ringlog: the event log is append-only'); END;
+CREATE TABLE IF NOT EXISTS snapshots (
+    draft_id TEXT PRIMARY KEY,
+    seq      INTEGER NOT NULL,
+    state    BLOB    NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
+"""
+
+RECORD_COLUMNS = "position, draft_id, seq, type, body, hash, idem_user, idem_key, idem_fp"
+
+MAX_GROUP = 1000
+"""Appends committed together at most (bounds one transaction's size and latency)."""
+
+QUEUE_SIZE = 10_000
+"""Appends waiting for the writer at most; callers beyond it wait (back-pressure)."""
+
+
+def record_from_row(row: Sequence[Any]) -> Record:
+    """Build a Record from a row selected with :data:`RECORD_COLUMNS`."""
+    claim = IdempotencyClaim(row[6], row[7], row[8]) if row[7] is not None else None
+    return Record(row[0], row[1], row[2], row[3], bytes(row[4]), bytes(row[5]), claim)
+
+
+@dataclass(slots=True)
+class _Append:
+    draft_id: str
+    events: Sequence[NewEvent]
+    expected_seq: int
+    claim: IdempotencyClaim | None
+    future: asyncio.Future[AppendResult]
+    outcome: AppendResult | StoreError | None = field(default=None)
+
+
+@dataclass(slots=True)
+class _Job:
+    """Any other write (snapshots), run alone in its own transaction by the writer."""
+
+    run: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+
+
+class SQLiteStore:
+    """The Store on one SQLite file."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL", readers: int = 2) -> None:
+        synchronous = synchronous.upper()
+        if synchronous not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
+        self.path = str(path)
+        self.synchronous = synchronous
+        self.notifier = Notifier()
+        self._reader_count = readers
+        self._readers: list[aiosqlite.Connection] = []
+        self._next_reader = itertools.count()
+        self._executor: ThreadPoolExecutor | None = None
+        self._wconn: sqlite3.Connection | None = None
+        self._queue: asyncio.Queue[_Append | _Job] = asyncio.Queue(QUEUE_SIZE)
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def is_shared(self) -> bool:
+        """One server owns an SQLite file; its caches are kept current by its own writer."""
+        return False
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the schema (idempotent), open the writer thread and the readers."""
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ringlog-writer")
+        try:
+            await self._in_writer_thread(self._open_writer)
+            for _ in range(self._reader_count):
+                conn = await aiosqlite.connect(self.path)
+                await conn.execute("PRAGMA busy_timeout = 5000")
+                await conn.execute("PRAGMA query_only = 1")
+                self._readers.append(conn)
+        except (sqlite3.Error, OSError) as e:
+            await self.close()
+            raise StoreUnavailable(f"cannot open SQLite database {self.path}: {e}") from e
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="ringlog-writer")
+
+    def _open_writer(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            log.warning("SQLite refused WAL mode (got %s); reads may wait for writes", mode)
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.executescript(SCHEMA)
+        self._wconn = conn
+
+    async def close(self) -> None:
+        """Refuse new appends, finish those queued, then close connections."""
+        self._closing = True
+        if self._writer is not None:
+            await self._queue.join()
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        for conn in self._readers:
+            with contextlib.suppress(Exception):
+                await conn.close()
+        self._readers.clear()
+        if self._executor is not None:
+            if self._wconn is not None:
+                wconn = self._wconn
+                self._wconn = None
+                with contextlib.suppress(Exception):
+                    await asyncio.get_running_loop().run_in_executor(self._executor, wconn.close)
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def _in_writer_thread(self, fn: Callable[[], T]) -> T:
+        assert self._executor is not None, "store is not open"
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def append(
+        self,
+        draft_id: str,
+        events: Sequence[NewEvent],
+        expected_seq: int,
+        idempotency: IdempotencyClaim | None = None,
+    ) -> AppendResult:
+        """Queue an append for the group-commit writer and wait for its outcome."""
+        if self._closing or self._writer is None:
+            raise StoreUnavailable("the store is closed")
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Append(draft_id, events, expected_seq, idempotency, future))
+        return await future
+
+    async def _run_job(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closing or self._writer is None:
+            raise StoreUnavailable("the store is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Job(run, future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            group: list[_Append | _Job] = [first]
+            if isinstance(first, _Append):
+                while len(group) < MAX_GROUP and not self._queue.empty():
+                    nxt = self._queue.get_nowait()
+                    if isinstance(nxt, _Job):
+                        await self._run_single_job(nxt)
+                        self._queue.task_done()
+                        continue
+                    group.append(nxt)
+                appends = [a for a in group if isinstance(a, _Append)]
+                await self._commit_group(appends)
+            else:
+                await self._run_single_job(first)
+            for _ in group:
+                self._queue.task_done()
+
+    async def _run_single_job(self, job: _Job) -> None:
+        try:
+            result = await self._in_writer_thread(lambda: self._transaction(job.run))
+        except Exception as e:
+            if not job.future.done():
+                job.future.set_exception(_unavailable(e))
+        else:
+            if not job.future.done():
+                job.future.set_result(result)
+
+    def _transaction(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._wconn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = run(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    async def _commit_group(self, group: list[_Append]) -> None:
+        try:
+            await self._in_writer_thread(lambda: self._transaction(lambda c: _plan_and_insert(c, group)))
+        except Exception as e:
+            error = _unavailable(e)
+            log.error("append transaction failed (%d appends refused): %s", len(group), e)
+            for item in group:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        committed = [
+            r for item in group if isinstance(item.outcome, AppendResult) for r in item.outcome.records
+        ]
+        committed.sort(key=lambda r: r.position)
+        self.notifier.publish(committed)
+        for item in group:
+            if item.future.done():
+                continue
+            if isinstance(item.outcome, StoreError):
+                item.future.set_exception(item.outcome)
+            elif item.outcome is not None:
+                item.future.set_result(item.outcome)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _reader(self) -> aiosqlite.Connection:
+        if not self._readers:
+            raise StoreUnavailable("the store is closed")
+        return self._readers[next(self._next_reader) % len(self._readers)]
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            rows = await self._reader().execute_fetchall(sql, params)
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"SQLite read failed: {e}") from e
+        return list(rows)
+
+    async def read(self, draft_id: str, after_seq: int = 0, limit: int | None = None) -> list[Record]:
+        """The draft's records with ``seq > after_seq``, oldest first."""
+        rows = await self._fetch(
+            f"SELECT {RECORD_COLUMNS} FROM events WHERE draft_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (draft_id, after_seq, -1 if limit is None else limit),
+        )
+        return [record_from_row(r) for r in rows]
+
+    async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[Record]:
+        """Records with ``position > after_position``; SQLite commits in position order."""
+        rows = await self._fetch(
+            f"SELECT {RECORD_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+            (after_position, limit),
+        )
+        return [record_from_row(r) for r in rows]
+
+    async def head(self, draft_id: str) -> int:
+        """The draft's last seq."""
+        rows = await self._fetch("SELECT MAX(seq) FROM events WHERE draft_id = ?", (draft_id,))
+        return int(rows[0][0] or 0)
+
+    async def last_position(self) -> int:
+        """The log's last position."""
+        rows = await self._fetch("SELECT MAX(position) FROM events")
+        return int(rows[0][0] or 0)
+
+    async def find_idempotency(self, user_id: str, key: str) -> IdempotencyRecord | None:
+        """The append that first used ``(user_id, key)``."""
+        rows = await self._fetch(
+            "SELECT idem_fp, draft_id, seq FROM events WHERE idem_user = ? AND idem_key = ?",
+            (user_id, key),
+        )
+        if not rows:
+            return None
+        fp, draft_id, seq = rows[0]
+        return IdempotencyRecord(user_id, key, fp, draft_id, seq)
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    async def load_snapshot(self, draft_id: str) -> Snapshot | None:
+        """The stored projection of a draft."""
+        rows = await self._fetch("SELECT seq, state FROM snapshots WHERE draft_id = ?", (draft_id,))
+        return Snapshot(draft_id, rows[0][0], bytes(rows[0][1])) if rows else None
+
+    async def list_snapshots(self, after_draft_id: str = "", limit: int = 1000) -> list[Snapshot]:
+        """Stored projections ordered by draft id."""
+        rows = await self._fetch(
+            "SELECT draft_id, seq, state FROM snapshots WHERE draft_id > ? ORDER BY draft_id LIMIT ?",
+            (after_draft_id, limit),
+        )
+        return [Snapshot(r[0], r[1], bytes(r[2])) for r in rows]
+
+    async def save_snapshots(self, snapshots: Sequence[Snapshot], checkpoint: int) -> None:
+        """Upsert projections (never to an older seq) and the checkpoint, in one transaction."""
+        rows = [(s.draft_id, s.seq, s.state) for s in snapshots]
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO snapshots (draft_id, seq, state) VALUES (?, ?, ?) "
+                "ON CONFLICT (draft_id) DO UPDATE SET seq = excluded.seq, state = excluded.state "
+                "WHERE excluded.seq >= snapshots.seq",
+                rows,
+            )
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('snapshot_checkpoint', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                (str(checkpoint),),
+            )
+
+        await self._run_job(run)
+
+    async def snapshot_checkpoint(self) -> int:
+        """The checkpoint saved with the last snapshots."""
+        rows = await self._fetch("SELECT value FROM meta WHERE key = 'snapshot_checkpoint'")
+        return int(rows[0][0]) if rows else 0
+
+    async def reset_snapshots(self) -> None:
+        """Drop every projection and the checkpoint."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM snapshots")
+            conn.execute("DELETE FROM meta WHERE key = 'snapshot_checkpoint'")
+
+        await self._run_job(run)
+
+
+def _plan_and_insert(conn: sqlite3.Connection, group: list[_Append]) -> None:
+    """Inside the writer's transaction: check every append, insert the accepted ones."""
+    last_position = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()[0]
+    heads: dict[str, tuple[int, bytes]] = {}
+    claimed: dict[tuple[str, str], IdempotencyRecord] = {}
+    rows: list[tuple[Any, ...]] = []
+    for item in group:
+        claim = item.claim
+        if claim is not None:
+            found = claimed.get((claim.user_id, claim.key))
+            if found is None:
+                row = conn.execute(
+                    "SELECT idem_fp, draft_id, seq FROM events WHERE idem_user = ? AND idem_key = ?",
+                    (claim.user_id, claim.key),
+                ).fetchone()
+                if row is not None:
+                    found = IdempotencyRecord(claim.user_id, claim.key, row[0], row[1], row[2])
+            if found is not None:
+                if found.fingerprint != claim.fingerprint:
+                    item.outcome = IdempotencyKeyReused(claim.user_id, claim.key)
+                else:
+                    item.outcome = AppendResult(records=(), replayed=found)
+                continue
+        if item.draft_id not in heads:
+            row = conn.execute(
+                "SELECT seq, hash FROM events WHERE draft_id = ? ORDER BY seq DESC LIMIT 1",
+                (item.draft_id,),
+            ).fetchone()
+            heads[item.draft_id] = (row[0], bytes(row[1])) if row else (0, GENESIS_HASH)
+        head, prev_hash = heads[item.draft_id]
+        if head != item.expected_seq:
+            item.outcome = ConcurrencyConflict(item.draft_id, item.expected_seq, head)
+            continue
+        if not item.events:
+            item.outcome = AppendResult(records=())
+            continue
+        records = build_records(item.draft_id, list(item.events), head, last_position, prev_hash, claim)
+        last_position = records[-1].position
+        heads[item.draft_id] = (records[-1].seq, records[-1].hash)
+        if claim is not None:
+            claimed[(claim.user_id, claim.key)] = IdempotencyRecord(
+                claim.user_id, claim.key, claim.fingerprint, item.draft_id, records[0].seq
+            )
+        for r in records:
+            c = r.idempotency
+            rows.append(
+                (
+                    r.position,
+                    r.draft_id,
+                    r.seq,
+                    r.type,
+                    r.body,
+                    r.hash,
+                    c.user_id if c else None,
+                    c.key if c else None,
+                    c.fingerprint if c else None,
+                )
+            )
+        item.outcome = AppendResult(records=tuple(records))
+    if rows:
+        conn.executemany(f"INSERT INTO events ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def _unavailable(e: BaseException) -> StoreError:
+    if isinstance(e, StoreError):
+        return e
+    return StoreUnavailable(f"SQLite write failed: {e}")

@@ -1,0 +1,208 @@
+"""decide(state, command) -> events: the draft's rules (API.md's role table), no I/O.
+
+Checks run in this order, so a caller learns the most relevant reason first: the draft exists
+(404), the caller's role allows the command (403), the fields are valid (422), the ring rules
+hold (409).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eventstore.events import NewEvent
+from projections.errors import (
+    AlreadyCollaborator,
+    Forbidden,
+    InvalidRingTarget,
+    NotFound,
+    NotRingHolder,
+    ValidationFailed,
+)
+from projections.state import DraftState
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Field limits (configurable on the server)."""
+
+    title_max: int = 200
+    description_max: int = 2000
+    content_max: int = 10_000
+    user_id_max: int = 128
+
+
+@dataclass(frozen=True, slots=True)
+class CreateDraft:
+    """Start a draft; the creator holds the ring."""
+
+    user_id: str
+    draft_id: str
+    title: str
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AppendSegment:
+    """The ring holder adds a segment."""
+
+    user_id: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class PassRing:
+    """The ring holder hands the ring to the creator or a contributor."""
+
+    user_id: str
+    to_user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AddCollaborator:
+    """The creator or a contributor invites someone."""
+
+    user_id: str
+    collaborator_id: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateDraft:
+    """The creator or a contributor changes the title and/or description."""
+
+    user_id: str
+    title: str | None = None
+    description: str | None = None
+
+
+Command = CreateDraft | AppendSegment | PassRing | AddCollaborator | UpdateDraft
+
+DEFAULT_LIMITS = Limits()
+
+
+def valid_user_id(user_id: object, limits: Limits = DEFAULT_LIMITS) -> bool:
+    """1–``user_id_max`` characters, none of them whitespace or control characters."""
+    return (
+        isinstance(user_id, str)
+        and 1 <= len(user_id) <= limits.user_id_max
+        and all(ch.isprintable() and not ch.isspace() for ch in user_id)
+    )
+
+
+def decide(
+    state: DraftState | None, command: Command, now: str, limits: Limits = DEFAULT_LIMITS
+) -> list[NewEvent]:
+    """The events ``command`` produces against ``state``, or raise a DomainError.
+
+    ``state`` is None when the draft does not exist; ``now`` is the events' timestamp.
+    """
+    if isinstance(command, CreateDraft):
+        return _create(command, now, limits)
+    if state is None:
+        raise NotFound("draft not found")
+    role = state.role_of(command.user_id)
+    if role is None:
+        raise Forbidden("you are not a collaborator on this draft")
+    if role == "viewer":
+        raise Forbidden("viewers cannot change the draft")
+    if isinstance(command, AppendSegment):
+        return _append_segment(state, command, now, limits)
+    if isinstance(command, PassRing):
+        return _pass_ring(state, command, now, limits)
+    if isinstance(command, AddCollaborator):
+        return _add_collaborator(state, command, now, limits)
+    return _update(state, command, now, limits)
+
+
+def _check(errors: dict[str, str]) -> None:
+    if errors:
+        raise ValidationFailed("invalid fields: " + ", ".join(sorted(errors)), details=errors)
+
+
+def _title_error(title: str, limits: Limits) -> str | None:
+    if not 1 <= len(title) <= limits.title_max or not title.strip():
+        return f"must be 1–{limits.title_max} characters, not all blank"
+    return None
+
+
+def _description_error(description: str, limits: Limits) -> str | None:
+    if len(description) > limits.description_max:
+        return f"must be at most {limits.description_max} characters"
+    return None
+
+
+def _create(c: CreateDraft, now: str, limits: Limits) -> list[NewEvent]:
+    errors: dict[str, str] = {}
+    if (err := _title_error(c.title, limits)) is not None:
+        errors["title"] = err
+    if (err := _description_error(c.description, limits)) is not None:
+        errors["description"] = err
+    _check(errors)
+    data = {"title": c.title, "description": c.description, "creator_id": c.user_id}
+    return [NewEvent("collab.draft_created", c.user_id, now, data)]
+
+
+def _append_segment(s: DraftState, c: AppendSegment, now: str, limits: Limits) -> list[NewEvent]:
+    if not 1 <= len(c.content) <= limits.content_max:
+        _check({"content": f"must be 1–{limits.content_max} characters"})
+    if s.ring_state.current_holder_id != c.user_id:
+        raise NotRingHolder("only the ring holder may append a segment")
+    segment = {
+        "id": 0,  # replaced by the event's global position at append
+        "author_user_id": c.user_id,
+        "content": c.content,
+        "position": len(s.segments) + 1,
+        "created_at": now,
+    }
+    return [NewEvent("collab.segment_added", c.user_id, now, {"segment": segment}, ("segment", "id"))]
+
+
+def _pass_ring(s: DraftState, c: PassRing, now: str, limits: Limits) -> list[NewEvent]:
+    if not valid_user_id(c.to_user_id, limits):
+        _check({"to_user_id": f"must be 1–{limits.user_id_max} characters without whitespace"})
+    if s.ring_state.current_holder_id != c.user_id:
+        raise NotRingHolder("only the ring holder may pass the ring")
+    if c.to_user_id == c.user_id:
+        raise InvalidRingTarget("you cannot pass the ring to yourself")
+    if s.role_of(c.to_user_id) not in ("creator", "contributor"):
+        raise InvalidRingTarget("the ring can go only to the creator or a contributor")
+    history = [*s.ring_state.holders_history, c.to_user_id]
+    data = {
+        "from_user_id": c.user_id,
+        "to_user_id": c.to_user_id,
+        "current_holder_id": c.to_user_id,
+        "holders_history": history,
+    }
+    return [NewEvent("collab.ring_passed", c.user_id, now, data)]
+
+
+def _add_collaborator(s: DraftState, c: AddCollaborator, now: str, limits: Limits) -> list[NewEvent]:
+    errors: dict[str, str] = {}
+    if not valid_user_id(c.collaborator_id, limits):
+        errors["user_id"] = f"must be 1–{limits.user_id_max} characters without whitespace"
+    if c.role not in ("contributor", "viewer"):
+        errors["role"] = "must be 'contributor' or 'viewer'"
+    _check(errors)
+    if s.role_of(c.collaborator_id) is not None:
+        raise AlreadyCollaborator(f"{c.collaborator_id} is already on this draft")
+    data = {"collaborator_id": c.collaborator_id, "role": c.role, "joined_at": now}
+    return [NewEvent("collab.collaborator_added", c.user_id, now, data)]
+
+
+def _update(s: DraftState, c: UpdateDraft, now: str, limits: Limits) -> list[NewEvent]:
+    errors: dict[str, str] = {}
+    if c.title is None and c.description is None:
+        errors["title"] = "give title and/or description"
+    if c.title is not None and (err := _title_error(c.title, limits)) is not None:
+        errors["title"] = err
+    if c.description is not None and (err := _description_error(c.description, limits)) is not None:
+        errors["description"] = err
+    _check(errors)
+    data: dict[str, str] = {}
+    if c.title is not None and c.title != s.title:
+        data["title"] = c.title
+    if c.description is not None and c.description != s.description:
+        data["description"] = c.description
+    if not data:
+        return []  # nothing changed: nothing to record
+    return [NewEvent("collab.draft_updated", c.user_id, now, data)]

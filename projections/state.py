@@ -1,0 +1,118 @@
+"""Draft state as frozen values (API.md, "Draft state"). orjson serialises them directly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+Role = Literal["creator", "contributor", "viewer"]
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One appended piece of text; ``id`` is the global log position of the event that added it."""
+
+    id: int
+    author_user_id: str
+    content: str
+    position: int
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Collaborator:
+    """A user invited to the draft (the creator is not listed here)."""
+
+    user_id: str
+    role: Literal["contributor", "viewer"]
+    joined_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class RingState:
+    """Who holds the ring, and everyone who held it, in order."""
+
+    current_holder_id: str
+    holders_history: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DraftState:
+    """The fold of a draft's events 1..``seq``."""
+
+    id: str
+    title: str
+    description: str
+    creator_id: str
+    collaborators: tuple[Collaborator, ...]
+    segments: tuple[Segment, ...]
+    ring_state: RingState
+    seq: int
+    created_at: str
+    updated_at: str
+
+    def role_of(self, user_id: str) -> Role | None:
+        """The user's role, or None for a stranger."""
+        if user_id == self.creator_id:
+            return "creator"
+        for c in self.collaborators:
+            if c.user_id == user_id:
+                return c.role
+        return None
+
+    def can_view(self, user_id: str) -> bool:
+        """Creator, contributors and viewers may read the draft."""
+        return self.role_of(user_id) is not None
+
+    def members(self) -> frozenset[str]:
+        """Everyone who may view the draft."""
+        return frozenset([self.creator_id, *(c.user_id for c in self.collaborators)])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form served to clients."""
+        result: dict[str, Any] = orjson.loads(self.to_json())
+        return result
+
+    def to_json(self) -> bytes:
+        """Canonical JSON (sorted keys): equal states give equal bytes."""
+        return orjson.dumps(self, option=orjson.OPT_SORT_KEYS)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> DraftState:
+        """Inverse of :meth:`to_json`."""
+        d = orjson.loads(raw)
+        return cls(
+            id=d["id"],
+            title=d["title"],
+            description=d["description"],
+            creator_id=d["creator_id"],
+            collaborators=tuple(Collaborator(**c) for c in d["collaborators"]),
+            segments=tuple(Segment(**s) for s in d["segments"]),
+            ring_state=RingState(
+                d["ring_state"]["current_holder_id"], tuple(d["ring_state"]["holders_history"])
+            ),
+            seq=d["seq"],
+            created_at=d["created_at"],
+            updated_at=d["updated_at"],
+        )
+
+    def summary(self) -> DraftSummary:
+        """What the draft list shows, plus who may see it."""
+        return DraftSummary(self.id, self.title, self.seq, self.updated_at, self.members())
+
+
+@dataclass(frozen=True, slots=True)
+class DraftSummary:
+    """One row of ``GET /v1/collab/drafts``, with the members who may see it."""
+
+    id: str
+    title: str
+    seq: int
+    updated_at: str
+    members: frozenset[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The list row served to clients."""
+        return {"id": self.id, "title": self.title, "seq": self.seq, "updated_at": self.updated_at}

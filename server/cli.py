@@ -1,0 +1,163 @@
+"""The ``ringlog`` command line: serve, and the operator tools that work on a log."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from eventstore import StoreError, open_store
+from eventstore.store import Store
+from eventstore.verify import verify_log
+from projections.runner import rebuild
+from server.progress import Progress
+from server.settings import add_arguments, settings_from
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="ringlog", description="Event-sourced collaboration backend")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP and WebSocket server")
+    add_arguments(serve)
+
+    replay = sub.add_parser("replay", help="a draft's state as of a seq, from the log alone")
+    replay.add_argument("--db", required=True)
+    replay.add_argument("--draft", required=True)
+    replay.add_argument("--until-seq", type=int, default=None)
+    replay.add_argument("--json", action="store_true", help="print canonical JSON")
+
+    log_cmd = sub.add_parser("log", help="a draft's events as JSON lines")
+    log_cmd.add_argument("--db", required=True)
+    log_cmd.add_argument("--draft", required=True)
+    log_cmd.add_argument("--since", type=int, default=0)
+
+    verify = sub.add_parser("verify", help="check seqs, positions and the hash chain")
+    verify.add_argument("--db", required=True)
+
+    rebuild_cmd = sub.add_parser("rebuild", help="rebuild every projection from the log")
+    rebuild_cmd.add_argument("--db", required=True)
+
+    copy = sub.add_parser("copy", help="copy a whole log between stores (SQLite <-> PostgreSQL)")
+    copy.add_argument("--from", dest="source", required=True)
+    copy.add_argument("--to", dest="target", required=True)
+    copy.add_argument("--force", action="store_true", help="copy into a non-empty target")
+
+    tail = sub.add_parser("tail", help="follow a draft's events live")
+    tail.add_argument("--url", required=True)
+    tail.add_argument("--draft", required=True)
+    tail.add_argument("--since", type=int, default=None)
+    tail.add_argument("--token", default=None)
+    tail.add_argument("--user-id", default=None)
+    tail.add_argument("--pretty", action="store_true", help="a readable line per event")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ringlog`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "serve":
+            from server.main import serve
+
+            return serve(settings_from(args))
+        if args.command == "tail":
+            from client.tail import tail
+
+            return asyncio.run(tail(args.url, args.draft, args.since, args.token, args.user_id, args.pretty))
+        return asyncio.run(_run_tool(args))
+    except KeyboardInterrupt:
+        return 130
+    except StoreError as e:
+        print(f"ringlog: {e}", file=sys.stderr)
+        return 2
+
+
+async def _open(url: str) -> Store:
+    store = open_store(url)
+    await store.open()
+    return store
+
+
+async def _run_tool(args: argparse.Namespace) -> int:
+    if args.command == "copy":
+        from eventstore.copy import copy_log
+
+        return await copy_log(args.source, args.target, force=args.force, progress=Progress("copy"))
+    store = await _open(args.db)
+    try:
+        if args.command == "replay":
+            return await _replay(store, args.draft, args.until_seq, args.json)
+        if args.command == "log":
+            return await _log(store, args.draft, args.since)
+        if args.command == "verify":
+            return await _verify(store)
+        if args.command == "rebuild":
+            progress = Progress("rebuild")
+            count = await rebuild(store, progress)
+            progress.done(count)
+            return 0
+        raise AssertionError(args.command)
+    finally:
+        await store.close()
+
+
+async def _replay(store: Store, draft_id: str, until_seq: int | None, as_json: bool) -> int:
+    from projections.fold import fold_all
+
+    if until_seq is not None and until_seq < 1:
+        print("ringlog: --until-seq must be at least 1", file=sys.stderr)
+        return 2
+    records = await store.read(draft_id, 0, until_seq)
+    state = fold_all(None, [r.event() for r in records])
+    if state is None:
+        print(f"ringlog: draft {draft_id!r} not found", file=sys.stderr)
+        return 1
+    if until_seq is not None and state.seq < until_seq:
+        print(f"ringlog: draft {draft_id!r} has only {state.seq} events", file=sys.stderr)
+        return 1
+    if as_json:
+        sys.stdout.buffer.write(state.to_json() + b"\n")
+    else:
+        sys.stdout.write(
+            orjson.dumps(state, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n"
+        )
+    return 0
+
+
+async def _log(store: Store, draft_id: str, since: int) -> int:
+    after = max(since, 0)
+    out = sys.stdout.buffer
+    found = False
+    while True:
+        page = await store.read(draft_id, after, 1000)
+        if not page:
+            break
+        found = True
+        for record in page:
+            out.write(record.body + b"\n")
+        after = page[-1].seq
+    out.flush()
+    if not found and await store.head(draft_id) == 0:
+        print(f"ringlog: draft {draft_id!r} not found", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _verify(store: Store) -> int:
+    report = await verify_log(store, Progress("verify"))
+    if report.ok:
+        print(f"ok: {report.events} events in {report.drafts} drafts")
+        return 0
+    print(f"BAD: {report.problem}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
