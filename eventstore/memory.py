@@ -76,12 +76,14 @@ class MemoryStore:
     async def read(self, draft_id: str, after_seq: int = 0, limit: int | None = None) -> list[Record]:
         """The draft's records after ``after_seq``."""
         stream = self._streams.get(draft_id, [])
-        end = None if limit is None else after_seq + limit
-        return stream[after_seq:end]
+        start = max(after_seq, 0)  # a negative index would slice from the end of the list
+        end = None if limit is None else start + max(limit, 0)
+        return stream[start:end]
 
     async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[Record]:
         """Every draft's records after ``after_position``."""
-        return self._log[after_position : after_position + limit]
+        start = max(after_position, 0)
+        return self._log[start : start + max(limit, 0)]
 
     async def head(self, draft_id: str) -> int:
         """The draft's last seq."""
