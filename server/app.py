@@ -1,0 +1,166 @@
+"""The aiohttp application factory: ``create_app(settings)``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from importlib import resources
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from eventstore.store import Store, open_store
+from projections.runner import DraftProjector
+from server import routes as rest
+from server.auth import Authenticator
+from server.errors import error_middleware
+from server.hub import Hub
+from server.metrics import Metrics
+from server.openapi import openapi_document
+from server.ratelimit import RateLimiter
+from server.service import DraftService
+from server.settings import MAX_BODY_BYTES, Settings
+from server.state import AppState
+from server.ws import draft_socket
+
+log = logging.getLogger(__name__)
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'"
+)
+CORS_METHODS = "GET, POST, PATCH, OPTIONS"
+CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key, If-Match, If-None-Match, X-User-Id"
+CORS_EXPOSE = "ETag, Retry-After, Location, Idempotent-Replayed"
+
+
+def _cors_middleware(settings: Settings) -> web.middleware:  # type: ignore[valid-type]
+    allowed = set(settings.allowed_origins)
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        ok = origin is not None and ("*" in allowed or origin in allowed)
+        if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
+            if not ok:
+                return web.Response(status=403, text="origin not allowed")
+            return web.Response(
+                status=204,
+                headers={
+                    "Access-Control-Allow-Origin": origin or "",
+                    "Access-Control-Allow-Methods": CORS_METHODS,
+                    "Access-Control-Allow-Headers": CORS_HEADERS,
+                    "Access-Control-Max-Age": "600",
+                    "Vary": "Origin",
+                },
+            )
+        response = await handler(request)
+        if ok and not response.prepared:
+            response.headers["Access-Control-Allow-Origin"] = origin or ""
+            response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE
+            response.headers["Vary"] = "Origin"
+        return response
+
+    return cors
+
+
+@web.middleware
+async def _timing(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    finally:
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        if not name.startswith("/v1/ws/"):
+            st = request.app[AppState.KEY]
+            st.metrics.request_latency.labels(request.method, name, str(status)).observe(
+                time.perf_counter() - started
+            )
+
+
+async def _index(request: web.Request) -> web.StreamResponse:
+    html = resources.files("server").joinpath("static/index.html").read_bytes()
+    return web.Response(
+        body=html,
+        content_type="text/html",
+        headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"},
+    )
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    st = request.app[AppState.KEY]
+    return web.json_response(openapi_document(st.settings))
+
+
+def create_app(settings: Settings, store: Store | None = None) -> web.Application:
+    """Build the app; the store is opened and closed with the app's lifetime."""
+    store = (
+        store
+        if store is not None
+        else open_store(settings.db, synchronous=settings.synchronous, pool_size=settings.pool_size)
+    )
+    metrics = Metrics()
+    projector = DraftProjector(store)
+    state = AppState(
+        settings=settings,
+        store=store,
+        projector=projector,
+        service=DraftService(store, projector, settings.limits),
+        hub=Hub(store),
+        auth=Authenticator(settings),
+        limiter=RateLimiter(settings.rate_limit),
+        metrics=metrics,
+    )
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[_cors_middleware(settings), _timing, error_middleware],
+    )
+    app[AppState.KEY] = state
+    app.add_routes(rest.routes)
+    app.router.add_get("/v1/ws/drafts/{draft_id}", draft_socket)
+    app.router.add_get("/openapi.json", _openapi)
+    app.router.add_get("/", _index)
+    static_dir = resources.files("server").joinpath("static")
+    app.router.add_static("/static/", str(static_dir), append_version=False)
+    app.cleanup_ctx.append(_lifetime)
+    app.on_shutdown.append(_close_sockets)
+    return app
+
+
+async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    st = app[AppState.KEY]
+    await st.store.open()
+    try:
+        await st.projector.start()
+    except BaseException:
+        await st.store.close()
+        raise
+    log.info("store open: %s", _redact(st.settings.db))
+    yield
+    st.stopping.set()
+    with contextlib.suppress(Exception):
+        await st.projector.stop()
+    await st.store.close()  # finishes appends already queued for the writer
+    log.info("store closed")
+
+
+async def _close_sockets(app: web.Application) -> None:
+    st = app[AppState.KEY]
+    st.stopping.set()
+    await st.sockets.close_all(timeout=st.settings.drain_timeout)
+
+
+def _redact(url: str) -> str:
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

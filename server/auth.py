@@ -1,0 +1,128 @@
+"""Who is calling: a Bearer JWT (HS256 secret, or RS256/ES256 from a JWKS URL), or — only with
+dev auth on — an ``X-User-Id`` header / ``user_id`` query parameter.
+
+Algorithms are an explicit allow-list per key source: an HS256 secret accepts only HS256, a JWKS
+accepts only RS256/ES256, so ``alg: none`` and HS/RS confusion are refused. ``exp`` is required.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from projections.decide import valid_user_id
+from server.errors import ApiError
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+JWKS_ALGORITHMS = ["RS256", "ES256"]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An authenticated caller; ``expires_at`` is the token's ``exp`` (None for dev auth)."""
+
+    user_id: str
+    expires_at: float | None = None
+
+
+def unauthorized(message: str) -> ApiError:
+    """The 401 every auth failure becomes."""
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Authenticator:
+    """Checks credentials according to the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._jwks: jwt.PyJWKClient | None = None
+        if settings.jwks_url:
+            self._jwks = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300, timeout=5)
+        if settings.dev_auth:
+            log.warning("dev auth is ON: X-User-Id / user_id are trusted without proof. Never in production.")
+        if not (settings.jwt_secret or settings.jwks_url or settings.dev_auth):
+            log.warning("no --jwt-secret, --jwks-url or --dev-auth: every request will get 401")
+
+    async def identify(
+        self, headers: Mapping[str, str], query: Mapping[str, str], websocket: bool
+    ) -> Identity:
+        """The caller's identity, or raise a 401 ApiError."""
+        token: str | None = None
+        auth = headers.get("Authorization")
+        if auth is not None:
+            scheme, _, value = auth.partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise unauthorized("Authorization must be 'Bearer <token>'")
+            token = value.strip()
+        elif websocket and query.get("access_token"):
+            token = query["access_token"]
+        if token is not None:
+            return await self.verify_token(token)
+        if self.settings.dev_auth:
+            user_id = headers.get("X-User-Id")
+            if user_id is None and websocket:
+                user_id = query.get("user_id")
+            if user_id is not None:
+                if not valid_user_id(user_id, self.settings.limits):
+                    raise unauthorized("X-User-Id must be 1–128 characters without whitespace")
+                return Identity(user_id)
+        raise unauthorized("missing credentials")
+
+    async def verify_token(self, token: str) -> Identity:
+        """Decode and check a JWT; raise a 401 ApiError on any failure."""
+        s = self.settings
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as e:
+            raise unauthorized("malformed token") from e
+        alg = header.get("alg")
+        options: dict[str, Any] = {"require": ["exp", "sub"]}
+        kwargs: dict[str, Any] = {"leeway": s.jwt_leeway, "options": options}
+        if s.jwt_issuer:
+            kwargs["issuer"] = s.jwt_issuer
+        if s.jwt_audience:
+            kwargs["audience"] = s.jwt_audience
+        else:
+            options["verify_aud"] = False
+        try:
+            if alg == "HS256" and s.jwt_secret:
+                claims = jwt.decode(token, s.jwt_secret, algorithms=["HS256"], **kwargs)
+            elif alg in JWKS_ALGORITHMS and self._jwks is not None:
+                key = await self._signing_key(token)
+                claims = jwt.decode(token, key, algorithms=JWKS_ALGORITHMS, **kwargs)
+            else:
+                raise unauthorized(f"token algorithm {alg!r} is not accepted")
+        except jwt.ExpiredSignatureError as e:
+            raise unauthorized("token expired") from e
+        except jwt.PyJWTError as e:
+            raise unauthorized(f"invalid token: {e}") from e
+        sub = claims.get("sub")
+        if not valid_user_id(sub, s.limits):
+            raise unauthorized("token has no valid 'sub'")
+        if s.jwt_authorized_parties:
+            azp = claims.get("azp")
+            if azp not in s.jwt_authorized_parties:
+                raise unauthorized("token's authorized party is not accepted")
+        exp = claims.get("exp")
+        return Identity(str(sub), float(exp) if isinstance(exp, int | float) else None)
+
+    async def _signing_key(self, token: str) -> Any:
+        assert self._jwks is not None
+        jwks = self._jwks
+        try:
+            # PyJWKClient fetches with urllib (blocking): keep it off the event loop.
+            signing_key = await asyncio.to_thread(jwks.get_signing_key_from_jwt, token)
+        except jwt.PyJWKClientConnectionError as e:
+            raise ApiError(
+                503, "unavailable", "cannot reach the JWKS URL", headers={"Retry-After": "5"}
+            ) from e
+        except jwt.PyJWTError as e:
+            raise unauthorized(f"no usable key for this token: {e}") from e
+        return signing_key.key

@@ -1,0 +1,88 @@
+"""``ringlog serve``: run the app until SIGTERM/SIGINT, then drain and exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from eventstore.errors import StoreError
+from server.app import create_app
+from server.settings import Settings
+
+log = logging.getLogger("ringlog")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def configure_logging(settings: Settings) -> None:
+    """Only the CLI configures logging."""
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_json:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def serve(settings: Settings) -> int:
+    """Run the server in the foreground; returns the exit status."""
+    configure_logging(settings)
+    try:
+        import uvloop
+
+        return uvloop.run(_serve(settings))
+    except ImportError:
+        return asyncio.run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> int:
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.drain_timeout)
+    try:
+        await runner.setup()
+    except StoreError as e:
+        log.error("cannot start: %s", e)
+        return 2
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=2048)
+    try:
+        await site.start()
+    except OSError as e:
+        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, e)
+        await runner.cleanup()
+        return 2
+    server = getattr(site, "_server", None)
+    port = server.sockets[0].getsockname()[1] if server is not None and server.sockets else settings.port
+    # A machine-readable line: tests and scripts wait for it (with --port 0 it names the port).
+    sys.stdout.write(f"ringlog listening on http://{settings.host}:{port}\n")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining: closing sockets with 1001, finishing in-flight requests")
+    await runner.cleanup()
+    log.info("stopped")
+    return 0

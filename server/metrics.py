@@ -1,0 +1,43 @@
+"""Prometheus metrics, in a registry owned by the app (no process-wide globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """Open sockets, events appended, fan-out lag, request latency."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.open_sockets = Gauge("ringlog_open_sockets", "WebSockets currently open", registry=r)
+        self.events_appended = Counter(
+            "ringlog_events_appended_total", "Events appended through this node", ["type"], registry=r
+        )
+        self.fanout_lag = Histogram(
+            "ringlog_fanout_lag_seconds",
+            "Time from commit to the event's frame being written to a socket",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "ringlog_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.slow_closes = Counter(
+            "ringlog_ws_slow_closes_total", "Sockets closed with 1013 because they fell behind", registry=r
+        )
+        self.rate_limited = Counter("ringlog_rate_limited_total", "Requests refused with 429", registry=r)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,242 @@
+"""``/openapi.json``: an OpenAPI 3.1 description generated from the pydantic models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from server.models import (
+    AddCollaboratorBody,
+    AppendSegmentBody,
+    CollaboratorModel,
+    CreateDraftBody,
+    DraftStateModel,
+    DraftSummaryModel,
+    ErrorModel,
+    EventModel,
+    PassRingBody,
+    RingStateModel,
+    SegmentModel,
+    UpdateDraftBody,
+)
+from server.settings import Settings
+
+REF = "#/components/schemas/{model}"
+
+
+def _schema(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template=REF)
+    for name, sub in schema.pop("$defs", {}).items():
+        components.setdefault(name, sub)
+    components[model.__name__] = schema
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _data_of(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": ["data"], "properties": {"data": schema}}
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    """The whole document, with the server's configured field limits."""
+    comps: dict[str, Any] = {}
+    ref = {
+        m.__name__: _schema(m, comps)
+        for m in (
+            CreateDraftBody,
+            UpdateDraftBody,
+            AppendSegmentBody,
+            PassRingBody,
+            AddCollaboratorBody,
+            DraftStateModel,
+            DraftSummaryModel,
+            EventModel,
+            ErrorModel,
+            SegmentModel,
+            CollaboratorModel,
+            RingStateModel,
+        )
+    }
+    comps["CreateDraftBody"]["properties"]["title"]["maxLength"] = settings.title_max
+    comps["CreateDraftBody"]["properties"]["description"]["maxLength"] = settings.description_max
+    comps["AppendSegmentBody"]["properties"]["content"]["maxLength"] = settings.content_max
+
+    def error(desc: str) -> dict[str, Any]:
+        return {"description": desc, "content": {"application/json": {"schema": ref["ErrorModel"]}}}
+
+    def ok(desc: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {"description": desc, "content": {"application/json": {"schema": _data_of(schema)}}}
+
+    def body(model: str) -> dict[str, Any]:
+        return {"required": True, "content": {"application/json": {"schema": ref[model]}}}
+
+    common_errors = {
+        "400": error("invalid JSON or parameter"),
+        "401": error("missing or invalid credentials"),
+        "403": error("not allowed"),
+        "404": error("no such draft"),
+        "409": error("ring rules"),
+        "412": error("If-Match does not match the draft's head"),
+        "413": error("body over 64 KiB"),
+        "415": error("not application/json"),
+        "422": error("invalid fields, or Idempotency-Key reused"),
+        "429": error("rate limited"),
+        "503": error("storage unavailable"),
+    }
+    draft_id = {"name": "draft_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    mutation_headers = [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        },
+        {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"}},
+    ]
+
+    def seq_of(key: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "required": [key, "seq"],
+            "properties": {key: schema, "seq": {"type": "integer"}},
+        }
+
+    paths: dict[str, Any] = {
+        "/v1/collab/drafts": {
+            "post": {
+                "operationId": "createDraft",
+                "requestBody": body("CreateDraftBody"),
+                "parameters": mutation_headers,
+                "responses": {"201": ok("created", ref["DraftStateModel"]), **common_errors},
+            },
+            "get": {
+                "operationId": "listDrafts",
+                "responses": {
+                    "200": ok("drafts", {"type": "array", "items": ref["DraftSummaryModel"]}),
+                    **common_errors,
+                },
+            },
+        },
+        "/v1/collab/drafts/{draft_id}": {
+            "get": {
+                "operationId": "getDraft",
+                "parameters": [draft_id],
+                "responses": {
+                    "200": ok("state", ref["DraftStateModel"]),
+                    "304": {"description": "not modified"},
+                    **common_errors,
+                },
+            },
+            "patch": {
+                "operationId": "updateDraft",
+                "parameters": [draft_id, *mutation_headers],
+                "requestBody": body("UpdateDraftBody"),
+                "responses": {"200": ok("state", ref["DraftStateModel"]), **common_errors},
+            },
+        },
+        "/v1/collab/drafts/{draft_id}/segments": {
+            "post": {
+                "operationId": "appendSegment",
+                "parameters": [draft_id, *mutation_headers],
+                "requestBody": body("AppendSegmentBody"),
+                "responses": {"201": ok("appended", seq_of("segment", ref["SegmentModel"])), **common_errors},
+            },
+        },
+        "/v1/collab/drafts/{draft_id}/ring/pass": {
+            "post": {
+                "operationId": "passRing",
+                "parameters": [draft_id, *mutation_headers],
+                "requestBody": body("PassRingBody"),
+                "responses": {
+                    "200": ok("passed", seq_of("ring_state", ref["RingStateModel"])),
+                    **common_errors,
+                },
+            },
+        },
+        "/v1/collab/drafts/{draft_id}/collaborators": {
+            "post": {
+                "operationId": "addCollaborator",
+                "parameters": [draft_id, *mutation_headers],
+                "requestBody": body("AddCollaboratorBody"),
+                "responses": {
+                    "201": ok("added", seq_of("collaborator", ref["CollaboratorModel"])),
+                    **common_errors,
+                },
+            },
+        },
+        "/v1/collab/drafts/{draft_id}/events": {
+            "get": {
+                "operationId": "listEvents",
+                "parameters": [
+                    draft_id,
+                    {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "schema": {"type": "number", "minimum": 0, "maximum": settings.longpoll_max},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "events",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["data", "head_seq"],
+                                    "properties": {
+                                        "data": {"type": "array", "items": ref["EventModel"]},
+                                        "head_seq": {"type": "integer"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    **common_errors,
+                },
+            },
+        },
+        "/healthz": {
+            "get": {"operationId": "healthz", "security": [], "responses": {"200": {"description": "alive"}}}
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "security": [],
+                "responses": {"200": {"description": "ready"}, "503": error("not ready")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+    }
+    schemes: dict[str, Any] = {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+    security: list[dict[str, list[str]]] = [{"bearer": []}]
+    if settings.dev_auth:
+        schemes["devUser"] = {"type": "apiKey", "in": "header", "name": "X-User-Id"}
+        security.append({"devUser": []})
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ringlog",
+            "version": "1",
+            "description": "Event-sourced collaboration on shared drafts",
+        },
+        "paths": paths,
+        "components": {"schemas": comps, "securitySchemes": schemes},
+        "security": security,
+    }

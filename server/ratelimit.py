@@ -1,0 +1,58 @@
+"""Per-user token buckets (mutations per second, bursts up to twice the rate). Per node."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    stamp: float
+
+
+class RateLimiter:
+    """``allow(user)`` returns 0 when a request may go ahead, else seconds to wait."""
+
+    def __init__(
+        self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = burst if burst is not None else 2 * rate
+        self.clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+
+    @property
+    def enabled(self) -> bool:
+        """A rate of 0 turns limiting off."""
+        return self.rate > 0
+
+    def allow(self, user_id: str) -> float:
+        """Take a token for ``user_id``; 0.0 if granted, else the wait in seconds."""
+        if not self.enabled:
+            return 0.0
+        now = self.clock()
+        bucket = self._buckets.get(user_id)
+        if bucket is None:
+            if len(self._buckets) > 100_000:
+                self._prune(now)
+            bucket = self._buckets[user_id] = _Bucket(self.burst, now)
+        else:
+            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
+            bucket.stamp = now
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return 0.0
+        return (1 - bucket.tokens) / self.rate
+
+    def retry_after(self, wait: float) -> str:
+        """A ``Retry-After`` value (whole seconds, at least 1)."""
+        return str(max(1, math.ceil(wait)))
+
+    def _prune(self, now: float) -> None:
+        full = [u for u, b in self._buckets.items() if b.tokens + (now - b.stamp) * self.rate >= self.burst]
+        for user in full:
+            del self._buckets[user]

@@ -1,0 +1,353 @@
+"""REST handlers: thin — authenticate, validate, call the service, serialise."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from eventstore.events import Record
+from projections.decide import AddCollaborator, AppendSegment, CreateDraft, PassRing, UpdateDraft
+from projections.state import DraftState
+from server.auth import Identity
+from server.errors import ApiError
+from server.models import (
+    AddCollaboratorBody,
+    AppendSegmentBody,
+    CreateDraftBody,
+    PassRingBody,
+    UpdateDraftBody,
+)
+from server.service import Endpoint, Outcome, new_draft_id
+from server.settings import MAX_BODY_BYTES
+from server.state import AppState
+
+M = TypeVar("M", bound=BaseModel)
+
+routes = web.RouteTableDef()
+
+DEFAULT_LIMIT = 500
+MAX_LIMIT = 1000
+
+
+def _json(status: int, payload: bytes, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=payload, content_type="application/json", headers=headers)
+
+
+def _data(value: Any) -> bytes:
+    return orjson.dumps({"data": value})
+
+
+def _data_raw(raw: bytes) -> bytes:
+    return b'{"data":' + raw + b"}"
+
+
+async def _identify(request: web.Request) -> Identity:
+    st = request.app[AppState.KEY]
+    return await st.auth.identify(request.headers, request.query, websocket=False)
+
+
+async def _mutating_user(request: web.Request) -> str:
+    st = request.app[AppState.KEY]
+    identity = await _identify(request)
+    wait = st.limiter.allow(identity.user_id)
+    if wait > 0:
+        st.metrics.rate_limited.inc()
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"too many changes; retry in {wait:.1f}s",
+            headers={"Retry-After": st.limiter.retry_after(wait)},
+        )
+    return identity.user_id
+
+
+async def _read_json(request: web.Request) -> Any:
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+    length = request.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        raise ApiError(413, "payload_too_large", "request body is larger than 64 KiB")
+    raw = await request.read()  # client_max_size stops a body without Content-Length at 64 KiB
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {e}") from None
+
+
+def _validate(model: type[M], body: Any) -> M:
+    if not isinstance(body, dict):
+        raise ApiError(
+            422, "validation_error", "body must be a JSON object", details={"body": "must be an object"}
+        )
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        details: dict[str, str] = {}
+        for err in e.errors(include_url=False, include_input=False):
+            field = ".".join(str(p) for p in err["loc"]) or "body"
+            details.setdefault(field, err["msg"])
+        raise ApiError(
+            422, "validation_error", "invalid fields: " + ", ".join(details), details=details
+        ) from None
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not all(0x20 <= ord(ch) <= 0x7E for ch in key):
+        raise ApiError(400, "invalid_parameter", "Idempotency-Key must be 1–255 printable ASCII characters")
+    return key
+
+
+def _if_match(request: web.Request) -> int | None:
+    raw = request.headers.get("If-Match")
+    if raw is None:
+        return None
+    value = raw.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    if not value.isdigit() or len(value) > 18:
+        raise ApiError(400, "invalid_parameter", 'If-Match must be "<seq>"')
+    return int(value)
+
+
+def _etag(seq: int) -> str:
+    return f'"{seq}"'
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 18 or not low <= int(raw) <= high:
+        raise ApiError(400, "invalid_parameter", f"{name} must be an integer from {low} to {high}")
+    return int(raw)
+
+
+def _wait_param(request: web.Request, high: float) -> float:
+    raw = request.query.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = -1.0
+    if not math.isfinite(wait) or not 0 <= wait <= high:
+        raise ApiError(400, "invalid_parameter", f"wait must be a number of seconds from 0 to {high:g}")
+    return wait
+
+
+async def _execute(
+    request: web.Request,
+    endpoint: Endpoint,
+    draft_id: str | None,
+    user_id: str,
+    command: Any,
+    body: Any,
+) -> Outcome:
+    st = request.app[AppState.KEY]
+    outcome = await st.service.execute(
+        endpoint,
+        draft_id,
+        command,
+        if_match=_if_match(request),
+        idempotency_key=_idempotency_key(request),
+        body=body,
+    )
+    if outcome.record is not None and not outcome.replayed:
+        st.metrics.events_appended.labels(outcome.record.type).inc()
+    return outcome
+
+
+def _headers(outcome: Outcome) -> dict[str, str]:
+    headers = {"ETag": _etag(outcome.state.seq)}
+    if outcome.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return headers
+
+
+@routes.post("/v1/collab/drafts")
+async def create_draft(request: web.Request) -> web.Response:
+    """Create a draft; the caller is its creator and holds the ring."""
+    user_id = await _mutating_user(request)
+    body = await _read_json(request)
+    parsed = _validate(CreateDraftBody, body)
+    command = CreateDraft(user_id, new_draft_id(), parsed.title, parsed.description)
+    outcome = await _execute(request, "create", None, user_id, command, body)
+    headers = _headers(outcome)
+    headers["Location"] = f"/v1/collab/drafts/{outcome.state.id}"
+    return _json(201, _data_raw(outcome.state.to_json()), headers)
+
+
+@routes.get("/v1/collab/drafts")
+async def list_drafts(request: web.Request) -> web.Response:
+    """Drafts the caller may view."""
+    st = request.app[AppState.KEY]
+    identity = await _identify(request)
+    rows = await st.projector.drafts_for(identity.user_id)
+    return _json(200, _data([r.to_dict() for r in rows]))
+
+
+@routes.get("/v1/collab/drafts/{draft_id}")
+async def get_draft(request: web.Request) -> web.Response:
+    """The draft's state; 304 when the caller's ETag is current."""
+    st = request.app[AppState.KEY]
+    identity = await _identify(request)
+    state = await st.service.view(identity.user_id, request.match_info["draft_id"])
+    etag = _etag(state.seq)
+    inm = request.headers.get("If-None-Match")
+    if inm is not None:
+        tags = {t.strip().removeprefix("W/") for t in inm.split(",")}
+        if etag in tags or "*" in tags:
+            return web.Response(status=304, headers={"ETag": etag})
+    return _json(200, _data_raw(state.to_json()), {"ETag": etag})
+
+
+@routes.patch("/v1/collab/drafts/{draft_id}")
+async def update_draft(request: web.Request) -> web.Response:
+    """Change the title and/or description."""
+    user_id = await _mutating_user(request)
+    draft_id = request.match_info["draft_id"]
+    body = await _read_json(request)
+    parsed = _validate(UpdateDraftBody, body)
+    command = UpdateDraft(user_id, parsed.title, parsed.description)
+    outcome = await _execute(request, "update", draft_id, user_id, command, body)
+    return _json(200, _data_raw(outcome.state.to_json()), _headers(outcome))
+
+
+def _event_data(outcome: Outcome) -> dict[str, Any]:
+    assert outcome.record is not None
+    data: dict[str, Any] = orjson.loads(outcome.record.body)["data"]
+    return data
+
+
+@routes.post("/v1/collab/drafts/{draft_id}/segments")
+async def append_segment(request: web.Request) -> web.Response:
+    """The ring holder appends a segment."""
+    user_id = await _mutating_user(request)
+    draft_id = request.match_info["draft_id"]
+    body = await _read_json(request)
+    parsed = _validate(AppendSegmentBody, body)
+    outcome = await _execute(
+        request, "segment", draft_id, user_id, AppendSegment(user_id, parsed.content), body
+    )
+    payload = {"segment": _event_data(outcome)["segment"], "seq": outcome.state.seq}
+    return _json(201, _data(payload), _headers(outcome))
+
+
+@routes.post("/v1/collab/drafts/{draft_id}/ring/pass")
+async def pass_ring(request: web.Request) -> web.Response:
+    """The ring holder passes the ring."""
+    user_id = await _mutating_user(request)
+    draft_id = request.match_info["draft_id"]
+    body = await _read_json(request)
+    parsed = _validate(PassRingBody, body)
+    outcome = await _execute(request, "ring", draft_id, user_id, PassRing(user_id, parsed.to_user_id), body)
+    ring = _state_ring(outcome.state)
+    return _json(200, _data({"ring_state": ring, "seq": outcome.state.seq}), _headers(outcome))
+
+
+def _state_ring(state: DraftState) -> dict[str, Any]:
+    return {
+        "current_holder_id": state.ring_state.current_holder_id,
+        "holders_history": list(state.ring_state.holders_history),
+    }
+
+
+@routes.post("/v1/collab/drafts/{draft_id}/collaborators")
+async def add_collaborator(request: web.Request) -> web.Response:
+    """Invite a contributor or viewer."""
+    user_id = await _mutating_user(request)
+    draft_id = request.match_info["draft_id"]
+    body = await _read_json(request)
+    parsed = _validate(AddCollaboratorBody, body)
+    command = AddCollaborator(user_id, parsed.user_id, parsed.role)
+    outcome = await _execute(request, "collaborator", draft_id, user_id, command, body)
+    data = _event_data(outcome)
+    collaborator = {"user_id": data["collaborator_id"], "role": data["role"], "joined_at": data["joined_at"]}
+    return _json(201, _data({"collaborator": collaborator, "seq": outcome.state.seq}), _headers(outcome))
+
+
+def _events_body(records: Sequence[Record], head: int) -> bytes:
+    return b'{"data":[' + b",".join(r.body for r in records) + b'],"head_seq":' + str(head).encode() + b"}"
+
+
+@routes.get("/v1/collab/drafts/{draft_id}/events")
+async def list_events(request: web.Request) -> web.Response:
+    """Events after ``since``, oldest first; with ``wait``, long-polls for the first one."""
+    st = request.app[AppState.KEY]
+    identity = await _identify(request)
+    draft_id = request.match_info["draft_id"]
+    since = _int_param(request, "since", 0, 0, 2**62)
+    limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    wait = _wait_param(request, st.settings.longpoll_max)
+    state = await st.service.view(identity.user_id, draft_id)
+    if wait > 0 and state.seq <= since:
+        records = await _long_poll(st, draft_id, since, limit, wait)
+    else:
+        records = await st.store.read(draft_id, since, limit)
+    head = max(state.seq, records[-1].seq if records else 0)
+    return _json(200, _events_body(records, head))
+
+
+async def _long_poll(st: AppState, draft_id: str, since: int, limit: int, wait: float) -> list[Record]:
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def listener(records: Sequence[Record]) -> None:
+        if not woken.done() and records[-1].seq > since:
+            woken.set_result(None)
+
+    st.store.notifier.add_listener(draft_id, listener)  # before reading: nothing can slip by
+    try:
+        records = await st.store.read(draft_id, since, limit)
+        if records:
+            return records
+        stopping: asyncio.Task[bool] = loop.create_task(st.stopping.wait())
+        try:
+            await asyncio.wait((woken, stopping), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopping
+        return await st.store.read(draft_id, since, limit)
+    finally:
+        st.store.notifier.remove_listener(draft_id, listener)
+        if not woken.done():
+            woken.cancel()
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return _json(200, _data({"status": "ok"}))
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the store answers a read within 2 s."""
+    st = request.app[AppState.KEY]
+    if st.stopping.is_set():
+        raise ApiError(503, "unavailable", "shutting down", headers={"Retry-After": "1"})
+    try:
+        position = await asyncio.wait_for(st.store.last_position(), 2.0)
+    except Exception as e:
+        raise ApiError(
+            503, "unavailable", f"store not ready: {type(e).__name__}", headers={"Retry-After": "1"}
+        ) from e
+    return _json(200, _data({"status": "ready", "last_position": position}))
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    st = request.app[AppState.KEY]
+    return web.Response(body=st.metrics.render(), headers={"Content-Type": st.metrics.content_type})

@@ -1,0 +1,40 @@
+"""Everything a running app owns, stored on the ``web.Application`` under one AppKey."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from aiohttp import web
+
+from eventstore.store import Store
+from projections.runner import DraftProjector
+from server.auth import Authenticator
+from server.hub import Hub
+from server.metrics import Metrics
+from server.ratelimit import RateLimiter
+from server.service import DraftService
+from server.settings import Settings
+from server.ws_registry import SocketRegistry
+
+
+@dataclass
+class AppState:
+    """The app's resources; built by ``create_app``, opened and closed in its cleanup context."""
+
+    KEY: ClassVar[web.AppKey[AppState]]
+
+    settings: Settings
+    store: Store
+    projector: DraftProjector
+    service: DraftService
+    hub: Hub
+    auth: Authenticator
+    limiter: RateLimiter
+    metrics: Metrics
+    sockets: SocketRegistry = field(default_factory=SocketRegistry)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+AppState.KEY = web.AppKey("ringlog", AppState)

@@ -1,0 +1,195 @@
+"""``/v1/ws/drafts/{id}?since=N``: the read-only event stream (API.md, "WebSocket")."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from eventstore.events import utc_now_iso
+from server.errors import ApiError, error_response
+from server.hub import CLOSE_TRY_AGAIN_LATER, Subscriber
+from server.state import AppState
+
+log = logging.getLogger(__name__)
+
+CLOSE_POLICY = 1008
+CLOSE_GOING_AWAY = 1001
+CLOSE_INVALID_SINCE = 4400
+CLOSE_TOKEN_EXPIRED = 4401
+CLOSE_NOT_FOUND = 4404
+
+
+async def _refuse(
+    ws: web.WebSocketResponse, code: str, message: str, close_code: int
+) -> web.WebSocketResponse:
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.send_frame(orjson.dumps({"type": "error", "code": code, "message": message}), WSMsgType.TEXT)
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.close(code=close_code, message=code.encode())
+    return ws
+
+
+def _message(kind: str, **fields: Any) -> bytes:
+    return orjson.dumps({"type": kind, **fields})
+
+
+async def draft_socket(request: web.Request) -> web.StreamResponse:
+    """Authenticate, check access, catch up from ``since``, then stream live events."""
+    st: AppState = request.app[AppState.KEY]
+    settings = st.settings
+    if not settings.ws_enabled:
+        return error_response(503, "unavailable", "WebSockets are switched off on this server; poll /events")
+    origin = request.headers.get("Origin")
+    if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
+        return error_response(403, "forbidden", "this Origin is not allowed")
+    if st.sockets.closing:
+        return error_response(503, "unavailable", "server is shutting down", headers={"Retry-After": "1"})
+    ws = web.WebSocketResponse(
+        heartbeat=settings.ws_ping_interval,
+        compress=False,
+        max_msg_size=4096,
+        timeout=5.0,
+    )
+    await ws.prepare(request)
+    draft_id = request.match_info["draft_id"]
+
+    try:
+        identity = await st.auth.identify(request.headers, request.query, websocket=True)
+    except ApiError as e:
+        return await _refuse(ws, "unauthorized", e.message, CLOSE_POLICY)
+    user_id = identity.user_id
+    try:
+        state = await st.projector.get(draft_id)
+    except Exception:
+        log.warning("socket for %s: store unavailable", draft_id, exc_info=True)
+        return await _refuse(
+            ws, "unavailable", "storage is unavailable; retry shortly", CLOSE_TRY_AGAIN_LATER
+        )
+    if state is None:
+        return await _refuse(ws, "not_found", "draft not found", CLOSE_NOT_FOUND)
+    if not state.can_view(user_id):
+        return await _refuse(ws, "forbidden", "you are not a collaborator on this draft", CLOSE_POLICY)
+    head = state.seq
+    raw_since = request.query.get("since")
+    if raw_since is None:
+        since = head
+    else:
+        try:
+            since = int(raw_since)
+        except ValueError:
+            since = -1
+        if not 0 <= since <= head:
+            return await _refuse(
+                ws, "invalid_since", f"since must be an integer from 0 to {head}", CLOSE_INVALID_SINCE
+            )
+    cap = settings.max_sockets_per_user
+    if cap and st.sockets.count(user_id) >= cap:
+        return await _refuse(ws, "too_many_sockets", f"at most {cap} sockets per user", CLOSE_POLICY)
+
+    transport = request.transport
+    assert transport is not None
+
+    def on_overflow(sub: Subscriber) -> None:
+        st.metrics.slow_closes.inc()
+        st.sockets.spawn(ws.close(code=CLOSE_TRY_AGAIN_LATER, message=b"too slow: reconnect with since"))
+
+    sub = Subscriber(
+        draft_id,
+        transport,
+        lambda frame: ws.send_frame(frame, WSMsgType.TEXT),
+        on_overflow,
+        settings.ws_queue_size,
+        st.metrics.fanout_lag.observe,
+    )
+    st.sockets.add(user_id, ws)
+    st.metrics.open_sockets.inc()
+    st.hub.subscribe(sub)  # buffer live events before catching up: the seam has no gap
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        await ws.send_frame(
+            _message("connected", draft_id=draft_id, user_id=user_id, ts=utc_now_iso(), head_seq=head),
+            WSMsgType.TEXT,
+        )
+
+        def resync() -> None:
+            tasks.append(st.sockets.spawn(st.hub.catch_up_then_live(sub, sub.last_seq)))
+
+        sub.resync = resync
+        tasks.append(st.sockets.spawn(st.hub.catch_up_then_live(sub, since)))
+        if identity.expires_at is not None:
+            tasks.append(st.sockets.spawn(_expire(ws, identity.expires_at)))
+        await _read_loop(ws, settings.ws_flood_limit)
+    except (ConnectionError, RuntimeError):
+        pass
+    finally:
+        st.hub.unsubscribe(sub)
+        for task in tasks:
+            task.cancel()
+        st.sockets.remove(user_id, ws)
+        st.metrics.open_sockets.dec()
+        if not ws.closed:
+            with contextlib.suppress(Exception):
+                await ws.close()
+    return ws
+
+
+async def _expire(ws: web.WebSocketResponse, expires_at: float) -> None:
+    await asyncio.sleep(max(0.0, expires_at - time.time()))
+    if not ws.closed:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_frame(
+                _message(
+                    "error", code="token_expired", message="your token expired; reconnect with a fresh one"
+                ),
+                WSMsgType.TEXT,
+            )
+            await ws.close(code=CLOSE_TOKEN_EXPIRED, message=b"token_expired")
+
+
+async def _read_loop(ws: web.WebSocketResponse, flood_limit: int) -> None:
+    """The socket is read-only: answer pings, refuse anything else, close floods."""
+    window_start = time.monotonic()
+    count = 0
+    async for msg in ws:
+        now = time.monotonic()
+        if now - window_start >= 1.0:
+            window_start, count = now, 0
+        count += 1
+        if flood_limit and count > flood_limit:
+            await _refuse_flood(ws)
+            return
+        if msg.type == WSMsgType.TEXT:
+            try:
+                parsed = orjson.loads(msg.data)
+            except orjson.JSONDecodeError:
+                parsed = None
+            if isinstance(parsed, dict) and parsed.get("type") == "ping":
+                await ws.send_frame(_message("pong", ts=utc_now_iso()), WSMsgType.TEXT)
+                continue
+            await ws.send_frame(
+                _message(
+                    "error", code="bad_message", message='the socket is read-only; send only {"type": "ping"}'
+                ),
+                WSMsgType.TEXT,
+            )
+        elif msg.type == WSMsgType.BINARY:
+            await ws.send_frame(
+                _message("error", code="bad_message", message="binary frames are not accepted"),
+                WSMsgType.TEXT,
+            )
+        elif msg.type == WSMsgType.ERROR:
+            return
+
+
+async def _refuse_flood(ws: web.WebSocketResponse) -> None:
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.send_frame(
+            _message("error", code="rate_limited", message="too many messages; slow down"), WSMsgType.TEXT
+        )
+        await ws.close(code=CLOSE_POLICY, message=b"flood")
