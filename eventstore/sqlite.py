@@ -274,6 +274,22 @@ class SQLiteStore:
             elif item.outcome is not None:
                 item.future.set_result(item.outcome)
 
+    async def import_records(self, records: Sequence[Record]) -> None:
+        """Insert already-built records as they are, in one transaction (``ringlog copy``).
+
+        They must continue the log: the schema's trigger refuses a position or seq that is not
+        the next one, and then nothing of the batch is written.
+        """
+        rows = [_row_of(r) for r in sorted(records, key=lambda r: r.position)]
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                f"INSERT INTO events ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+            )
+
+        if rows:
+            await self._run_job(run)
+
     # -- reading ----------------------------------------------------------------------------
 
     def _reader(self) -> aiosqlite.Connection:
@@ -441,3 +457,18 @@ def _unavailable(e: BaseException) -> StoreError:
     if isinstance(e, StoreError):
         return e
     return StoreUnavailable(f"SQLite write failed: {e}")
+
+
+def _row_of(r: Record) -> tuple[Any, ...]:
+    c = r.idempotency
+    return (
+        r.position,
+        r.draft_id,
+        r.seq,
+        r.type,
+        r.body,
+        r.hash,
+        c.user_id if c else None,
+        c.key if c else None,
+        c.fingerprint if c else None,
+    )

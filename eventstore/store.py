@@ -40,6 +40,8 @@ class Store(Protocol):
     per draft, seqs are 1, 2, 3… with no gap or repeat; globally, positions are 1, 2, 3…;
     records are never updated or deleted; each record's hash links to the previous record of
     its draft.
+
+    A backend may also implement the optional :class:`BulkImporter` (``import_records``).
     """
 
     notifier: Notifier
@@ -118,6 +120,21 @@ class Store(Protocol):
 
     async def reset_snapshots(self) -> None:
         """Drop every stored projection and the checkpoint (they are derived data)."""
+        ...
+
+
+@runtime_checkable
+class BulkImporter(Protocol):
+    """Optional for a :class:`Store`: insert already-built records as they are (``ringlog copy``).
+
+    Implemented by the SQLite and PostgreSQL backends. ``import_records`` writes the records with
+    their positions, seqs, bodies, hashes and idempotency claims unchanged, in one transaction;
+    they must continue the log (next positions and seqs), which the schema checks, so a batch
+    that does not is refused whole with :class:`StoreError`. Subscribers are not notified.
+    """
+
+    async def import_records(self, records: Sequence[Record]) -> None:
+        """Insert ``records`` (in position order) exactly as given, atomically."""
         ...
 
 
