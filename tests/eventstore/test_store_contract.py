@@ -117,7 +117,11 @@ async def test_expected_seq_mismatch_raises_and_writes_nothing(store: Store) -> 
     for expected in (0, 1, 3, 7):
         with pytest.raises(ConcurrencyConflict) as info:
             await store.append("draft_a", [segment(), segment()], expected)
-        assert (info.value.draft_id, info.value.expected_seq, info.value.actual_seq) == ("draft_a", expected, 2)
+        assert (info.value.draft_id, info.value.expected_seq, info.value.actual_seq) == (
+            "draft_a",
+            expected,
+            2,
+        )
     with pytest.raises(ConcurrencyConflict):
         await store.append("draft_new", [created()], 1)
     assert await store.head("draft_a") == 2
@@ -141,7 +145,9 @@ async def test_a_conflicting_append_does_not_spoil_its_group(store: Store) -> No
     )
     conflicts = [o for o in outcomes if isinstance(o, ConcurrencyConflict)]
     assert len(conflicts) == 2
-    assert not [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, ConcurrencyConflict)]
+    assert not [
+        o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, ConcurrencyConflict)
+    ]
     assert await store.head("draft_a") == 2
     assert await store.head("draft_b") == 2
     assert (await verify_log(store)).ok
