@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -149,32 +150,47 @@ class DraftProjector:
                 self._by_member.setdefault(member, set()).add(summary.id)
 
     def _on_commit(self, records: Sequence[Record]) -> None:
-        """Notifier callback, run right after a commit: apply in-order records at once."""
-        if self._catch_up_lock.locked() or records[0].position != self._position + 1:
-            self._schedule_catch_up()
-            return
-        try:
-            self._apply(records)
-        except FoldError:
-            log.warning("projection out of step with the log; catching up", exc_info=True)
+        """Notifier callback, run right after a commit, before the append returns.
+
+        Each draft's summary and cached state advance at once (by seq, so applying a record
+        twice is harmless); the global position advances only over a contiguous run, otherwise
+        the log is read from the position to fill what was missed.
+        """
+        in_step = True
+        for record in records:
+            in_step = self._apply_to_draft(record) and in_step
+        contiguous = all(b.position == a.position + 1 for a, b in itertools.pairwise(records))
+        if (
+            in_step
+            and contiguous
+            and not self._catch_up_lock.locked()
+            and records[0].position == self._position + 1
+        ):
+            self._position = records[-1].position
+        else:
             self._schedule_catch_up()
 
-    def _apply(self, records: Sequence[Record]) -> None:
-        for record in records:
-            if record.position != self._position + 1:
-                raise FoldError(f"position {record.position} does not follow {self._position}")
-            event = record.event()
-            summary = self._summaries.get(record.draft_id)
-            if summary is None or record.seq > summary.seq:
-                self._set_summary(fold_summary(summary, event))
-            cached = self._cache.get(record.draft_id)
-            if cached is not None:
-                if record.seq == cached.seq + 1:
-                    self._cache[record.draft_id] = fold_all(cached, (event,)) or cached
-                elif record.seq > cached.seq + 1:
-                    del self._cache[record.draft_id]
-            self._dirty.add(record.draft_id)
-            self._position = record.position
+    def _apply_to_draft(self, record: Record) -> bool:
+        """Fold ``record`` into its draft's summary and cached state; False if out of step."""
+        summary = self._summaries.get(record.draft_id)
+        known = summary.seq if summary is not None else 0
+        if record.seq <= known:
+            return True  # already reflected
+        if record.seq != known + 1:
+            return False
+        event = record.event()
+        try:
+            self._set_summary(fold_summary(summary, event))
+        except FoldError:
+            return False
+        cached = self._cache.get(record.draft_id)
+        if cached is not None:
+            if record.seq == cached.seq + 1:
+                self._cache[record.draft_id] = fold_all(cached, (event,)) or cached
+            elif record.seq > cached.seq + 1:
+                del self._cache[record.draft_id]
+        self._dirty.add(record.draft_id)
+        return True
 
     def _schedule_catch_up(self) -> None:
         self._catch_up_wanted = True
@@ -190,10 +206,9 @@ class DraftProjector:
                 if not page and not self._catch_up_wanted:
                     return
                 for record in page:
-                    try:
-                        self._apply((record,))
-                    except FoldError:
+                    if not self._apply_to_draft(record):
                         await self._reload_summary(record)
+                    self._position = record.position
 
     async def _reload_summary(self, record: Record) -> None:
         self._cache.pop(record.draft_id, None)
@@ -201,7 +216,6 @@ class DraftProjector:
         if state is not None:
             self._set_summary(state.summary())
         self._dirty.add(record.draft_id)
-        self._position = record.position
 
     async def flush(self) -> None:
         """Save snapshots of the drafts that changed, with the checkpoint they are complete to."""
