@@ -22,7 +22,7 @@ import logging
 import struct
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from eventstore.events import Record
@@ -55,14 +55,12 @@ class Subscriber:
         self,
         draft_id: str,
         transport: asyncio.Transport,
-        send_frame: Callable[[bytes], Awaitable[None]],
         on_overflow: Callable[[Subscriber], None],
         max_backlog: int,
         observe_lag: Callable[[float], None] | None = None,
     ) -> None:
         self.draft_id = draft_id
         self.transport = transport
-        self._send_frame = send_frame
         self._on_overflow = on_overflow
         self.max_backlog = max_backlog
         self._observe_lag = observe_lag

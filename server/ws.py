@@ -102,7 +102,6 @@ async def draft_socket(request: web.Request) -> web.StreamResponse:
     sub = Subscriber(
         draft_id,
         transport,
-        lambda frame: ws.send_frame(frame, WSMsgType.TEXT),
         on_overflow,
         settings.ws_queue_size,
         st.metrics.fanout_lag.observe,
