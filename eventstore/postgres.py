@@ -57,7 +57,13 @@ from typing import Any
 
 import asyncpg
 
-from eventstore.errors import ConcurrencyConflict, IdempotencyKeyReused, StoreError, StoreUnavailable
+from eventstore.errors import (
+    ConcurrencyConflict,
+    IdempotencyKeyReused,
+    LogCorrupted,
+    StoreError,
+    StoreUnavailable,
+)
 from eventstore.events import (
     GENESIS_HASH,
     IdempotencyClaim,
@@ -100,6 +106,7 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.InsufficientResourcesError,
     asyncpg.OperatorInterventionError,
+    asyncpg.InternalClientError,
 )
 
 _INSERT = f"""
@@ -341,7 +348,8 @@ class PostgresStore:
         except CONNECTION_ERRORS as e:
             self._fail(group, e)
             return
-        except StoreError as e:
+        except Exception as e:  # never let the writer die: later appends would wait forever
+            log.exception("unexpected error in the append writer")
             self._fail(group, e)
             return
         committed = [
@@ -512,15 +520,19 @@ class PostgresStore:
         """Insert already-built records as they are, in one transaction.
 
         They must continue the log (next positions, next seqs, valid hash chain): the schema's
-        triggers refuse anything else, and then nothing of the batch is written.
+        triggers refuse anything else with :class:`LogCorrupted`, and nothing of the batch is
+        written.
         """
         if not records:
             return
         ordered = sorted(records, key=lambda r: r.position)
         with _mapped_errors("import"):
-            async with self._acquire() as conn, conn.transaction():
-                await conn.execute("SELECT position FROM log_head FOR UPDATE")
-                await conn.execute(_INSERT, *_record_columns(ordered))
+            try:
+                async with self._acquire() as conn, conn.transaction():
+                    await conn.execute("SELECT position FROM log_head FOR UPDATE")
+                    await conn.execute(_INSERT, *_record_columns(ordered))
+            except asyncpg.IntegrityConstraintViolationError as e:
+                raise LogCorrupted(f"imported records do not continue the log: {e}") from e
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -1,0 +1,413 @@
+"""PostgreSQL-only behaviour: schema triggers, gap-free global reading under a delayed
+transaction, several store instances on one database, LISTEN/NOTIFY wake-up and its fallbacks.
+
+The Store contract itself runs on PostgreSQL through the ``store`` fixture
+(test_store_contract.py); these tests cover what only a shared database can do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import asyncpg
+import pytest
+
+from eventstore import LogCorrupted, Record, StoreUnavailable
+from eventstore.events import GENESIS_HASH, build_records
+from eventstore.postgres import LISTEN_APPLICATION_NAME, RECORD_COLUMNS, PostgresStore
+from eventstore.verify import verify_log
+from tests.eventstore.helpers import append_retrying, created, segment
+from tests.pgutil import temporary_database
+
+pytestmark = pytest.mark.postgres
+
+WAIT = 15.0
+"""Upper bound on any wait in these tests (they fail, not hang, when delivery breaks)."""
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh, empty database (skips with a reason when PostgreSQL is unreachable)."""
+    async with temporary_database() as url:
+        yield url
+
+
+@pytest.fixture
+async def open_stores() -> AsyncIterator[Callable[..., Any]]:
+    """Open PostgresStores on demand; all are closed at the end of the test."""
+    stores: list[PostgresStore] = []
+
+    async def make(url: str, **kwargs: Any) -> PostgresStore:
+        store = PostgresStore(url, **kwargs)
+        await store.open()
+        stores.append(store)
+        return store
+
+    yield make
+    for store in reversed(stores):
+        await store.close()
+
+
+class Collector:
+    """A notifier listener that records what it receives and wakes waiters."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, records: Sequence[Record]) -> None:
+        self.records.extend(records)
+        self._changed.set()
+
+    async def wait_until(self, predicate: Callable[[list[Record]], bool], what: str) -> None:
+        async def loop() -> None:
+            while not predicate(self.records):
+                self._changed.clear()
+                await self._changed.wait()
+
+        try:
+            await asyncio.wait_for(loop(), WAIT)
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}; got {len(self.records)} records") from None
+
+
+def _row(r: Record) -> tuple[Any, ...]:
+    return (r.position, r.draft_id, r.seq, r.type, r.body, r.hash, None, None, None)
+
+
+async def _insert_raw(conn: asyncpg.Connection, records: Sequence[Record]) -> None:
+    await conn.executemany(
+        f"INSERT INTO events ({RECORD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        [_row(r) for r in records],
+    )
+
+
+# -- the schema keeps the invariants ---------------------------------------------------------
+
+
+async def test_triggers_refuse_update_delete_truncate(pg_url: str, open_stores: Any) -> None:
+    store = await open_stores(pg_url)
+    await store.append("d", [created(), segment()], 0)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        for sql in (
+            "UPDATE events SET body = 'x'::bytea WHERE seq = 1",
+            "DELETE FROM events WHERE seq = 2",
+            "TRUNCATE events",
+            "UPDATE log_head SET position = 0",
+            "DELETE FROM log_head",
+            "TRUNCATE log_head",
+        ):
+            with pytest.raises(asyncpg.PostgresError, match="ringlog"):
+                await conn.execute(sql)
+    finally:
+        await conn.close()
+    assert [r.seq for r in await store.read("d")] == [1, 2]
+    assert (await verify_log(store)).ok
+
+
+@pytest.mark.parametrize("fault", ["seq-gap", "seq-repeat", "position-gap", "position-repeat", "bad-hash"])
+async def test_trigger_refuses_an_insert_that_does_not_continue_the_log(
+    pg_url: str, open_stores: Any, fault: str
+) -> None:
+    store = await open_stores(pg_url)
+    first = (await store.append("d", [created()], 0)).records[0]
+    head, position, prev = first.seq, first.position, first.hash
+    if fault == "seq-gap":
+        head += 1
+    elif fault == "seq-repeat":
+        head -= 1
+    elif fault == "position-gap":
+        position += 1
+    elif fault == "position-repeat":
+        position -= 1
+    elif fault == "bad-hash":
+        prev = GENESIS_HASH
+    bad = build_records("d", [segment()], head, position, prev, None)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        with pytest.raises(asyncpg.PostgresError):
+            await _insert_raw(conn, bad)
+        good = build_records("d", [segment()], first.seq, first.position, first.hash, None)
+        await _insert_raw(conn, good)  # the refusal left the counter where it was
+    finally:
+        await conn.close()
+    assert (await verify_log(store)).ok
+    assert await store.head("d") == 2
+
+
+async def test_import_records_refuses_records_that_do_not_continue_the_log(
+    pg_url: str, open_stores: Any
+) -> None:
+    store = await open_stores(pg_url)
+    await store.append("d", [created()], 0)
+    stray = build_records("e", [created()], 0, 5, GENESIS_HASH, None)
+    with pytest.raises(LogCorrupted):
+        await store.import_records(stray)
+    assert await store.last_position() == 1
+
+
+async def test_schema_creation_is_idempotent_across_nodes_starting_together(
+    pg_url: str, open_stores: Any
+) -> None:
+    stores = await asyncio.gather(*(open_stores(pg_url) for _ in range(3)))
+    await stores[0].append("d", [created()], 0)
+    reopened = await open_stores(pg_url)
+    assert await reopened.head("d") == 1
+
+
+async def test_unreachable_database_raises_store_unavailable() -> None:
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/nowhere", connect_timeout=2)
+    with pytest.raises(StoreUnavailable):
+        await store.open()
+
+
+# -- gap-free global reading -----------------------------------------------------------------
+
+
+async def test_a_delayed_transaction_is_never_skipped_by_a_global_reader(
+    pg_url: str, open_stores: Any
+) -> None:
+    """Hold one append transaction open while others try to commit; a reader following
+    ``read_all`` by position must see every record, the delayed one included, in order."""
+    node_a = await open_stores(pg_url, poll_interval=0)
+    node_b = await open_stores(pg_url, poll_interval=0)
+    await node_a.append("before", [created()], 0)
+
+    held = await asyncpg.connect(pg_url)
+    tx = held.transaction()
+    await tx.start()
+    slow = build_records("slow", [created()], 0, await node_a.last_position(), GENESIS_HASH, None)
+    await _insert_raw(held, slow)  # takes position 2 and keeps the counter locked
+
+    seen: list[Record] = []
+    stop = asyncio.Event()
+
+    async def follow() -> None:
+        cursor = 0
+        while not stop.is_set():
+            page = await node_b.read_all(cursor, 100)
+            seen.extend(page)
+            if page:
+                cursor = page[-1].position
+            else:
+                await asyncio.sleep(0)  # yield; the reader spins as fast as it can on purpose
+
+    reader = asyncio.create_task(follow())
+    writers = [
+        asyncio.create_task(node.append(f"fast{i}-{name}", [created()], 0))
+        for i in range(10)
+        for name, node in (("a", node_a), ("b", node_b))
+    ]
+    try:
+        # Every writer node is now waiting for the counter lock behind the held transaction.
+        await _wait_for_lock_waiters(pg_url, 2)
+        assert not any(w.done() for w in writers)
+        assert [r.position for r in seen] == [1]
+        assert await node_a.last_position() == 1
+    finally:
+        await tx.commit()
+        await held.close()
+    results = await asyncio.gather(*writers)
+    last = await node_a.last_position()
+    assert last == 2 + len(writers)
+    while not seen or seen[-1].position < last:
+        await asyncio.sleep(0.01)
+        assert not reader.done()
+    stop.set()
+    await reader
+
+    assert [r.position for r in seen] == list(range(1, last + 1))
+    assert seen[1].draft_id == "slow"
+    assert sorted(r.records[0].position for r in results) == list(range(3, last + 1))
+    assert (await verify_log(node_a)).ok
+
+
+async def _wait_for_lock_waiters(url: str, count: int) -> None:
+    """Wait until ``count`` sessions of the database are blocked on a lock."""
+    conn = await asyncpg.connect(url)
+    try:
+        async with asyncio.timeout(WAIT):
+            while True:
+                waiting = await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+                if waiting >= count:
+                    return
+                await asyncio.sleep(0.01)
+    finally:
+        await conn.close()
+
+
+async def test_a_rolled_back_transaction_leaves_no_hole(pg_url: str, open_stores: Any) -> None:
+    store = await open_stores(pg_url, poll_interval=0)
+    await store.append("d", [created()], 0)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        await _insert_raw(conn, build_records("x", [created()], 0, 1, GENESIS_HASH, None))
+        await tx.rollback()
+    finally:
+        await conn.close()
+    result = await store.append("e", [created()], 0)
+    assert result.records[0].position == 2
+    assert (await verify_log(store)).ok
+
+
+async def test_concurrent_appenders_on_two_nodes_get_seqs_1_to_n(pg_url: str, open_stores: Any) -> None:
+    node_a = await open_stores(pg_url, poll_interval=0)
+    node_b = await open_stores(pg_url, poll_interval=0)
+    await node_a.append("shared", [created()], 0)
+    per_node = 25
+    seqs = await asyncio.gather(
+        *(append_retrying(node, "shared", segment()) for node in (node_a, node_b) for _ in range(per_node))
+    )
+    n = 1 + 2 * per_node
+    assert sorted(seqs) == list(range(2, n + 1))
+    assert [r.seq for r in await node_b.read("shared")] == list(range(1, n + 1))
+    report = await verify_log(node_b)
+    assert report.ok and report.events == n
+
+
+# -- cross-node wake-up ----------------------------------------------------------------------
+
+
+def _positions(records: Sequence[Record]) -> list[int]:
+    return [r.position for r in records]
+
+
+async def test_each_node_publishes_the_others_records_once_and_in_order(
+    pg_url: str, open_stores: Any
+) -> None:
+    # No periodic check: only LISTEN/NOTIFY can deliver here.
+    node_a = await open_stores(pg_url, poll_interval=0)
+    node_b = await open_stores(pg_url, poll_interval=0)
+    assert await node_a.wait_listening(WAIT) and await node_b.wait_listening(WAIT)
+    everything = {"a": Collector(), "b": Collector()}
+    one_draft = {"a": Collector(), "b": Collector()}
+    for name, node in (("a", node_a), ("b", node_b)):
+        node.notifier.add_global_listener(everything[name])
+        node.notifier.add_listener("d0", one_draft[name])
+
+    drafts = [f"d{i}" for i in range(6)]
+    await asyncio.gather(*(node_a.append(d, [created()], 0) for d in drafts))
+
+    async def writer(node: PostgresStore, draft: str) -> None:
+        for _ in range(10):
+            await append_retrying(node, draft, segment())
+
+    await asyncio.gather(*(writer(node, d) for d in drafts for node in (node_a, node_b)))
+    total = await node_a.last_position()
+    assert total == len(drafts) * 21
+
+    for name in ("a", "b"):
+        await everything[name].wait_until(lambda rs: len(rs) >= total, f"node {name} to publish everything")
+        assert _positions(everything[name].records) == list(range(1, total + 1))
+        await one_draft[name].wait_until(lambda rs: len(rs) >= 21, f"node {name} to publish d0")
+        assert [r.seq for r in one_draft[name].records] == list(range(1, 22))
+        assert {r.draft_id for r in one_draft[name].records} == {"d0"}
+    # Nothing more arrives later (no duplicates from notifications handled twice).
+    await node_a.append("late", [created()], 0)
+    await everything["b"].wait_until(lambda rs: len(rs) >= total + 1, "the late record on node b")
+    assert _positions(everything["b"].records) == list(range(1, total + 2))
+
+
+async def test_killing_the_listen_connection_does_not_stop_delivery(pg_url: str, open_stores: Any) -> None:
+    writer = await open_stores(pg_url, poll_interval=0, listen=False)
+    reader = await open_stores(pg_url, poll_interval=0)  # no periodic check: reconnect must do it
+    assert await reader.wait_listening(WAIT)
+    got = Collector()
+    reader.notifier.add_listener("d", got)
+    await writer.append("d", [created()], 0)
+    await got.wait_until(lambda rs: len(rs) >= 1, "delivery before the kill")
+
+    old_pid = reader.listen_pid
+    assert old_pid is not None
+    admin = await asyncpg.connect(pg_url)
+    try:
+        assert await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND application_name = $2",
+            old_pid,
+            LISTEN_APPLICATION_NAME,
+        )
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", old_pid)
+    finally:
+        await admin.close()
+    # Appended while the reader is (probably) not listening: its notification is lost.
+    await writer.append("d", [segment()], 1)
+    await got.wait_until(lambda rs: len(rs) >= 2, "delivery of the record appended during the outage")
+    assert await reader.wait_listening(WAIT)
+    assert reader.listen_pid not in (None, old_pid)
+    await writer.append("d", [segment(), segment()], 2)
+    await got.wait_until(lambda rs: len(rs) >= 4, "delivery after reconnecting")
+    assert [r.seq for r in got.records] == [1, 2, 3, 4]
+
+
+async def test_the_periodic_check_covers_lost_notifications(pg_url: str, open_stores: Any) -> None:
+    writer = await open_stores(pg_url, poll_interval=0, listen=False)
+    reader = await open_stores(pg_url, poll_interval=0.05, listen=False)  # notifications never arrive
+    got = Collector()
+    reader.notifier.add_listener("d", got)
+    await writer.append("d", [created(), segment()], 0)
+    await writer.append("d", [segment()], 2)
+    await got.wait_until(lambda rs: len(rs) >= 3, "the periodic check to deliver")
+    assert [r.seq for r in got.records] == [1, 2, 3]
+
+
+async def test_a_local_append_is_published_after_earlier_remote_ones(pg_url: str, open_stores: Any) -> None:
+    """Node B appends after node A without having heard of A's record yet: B still publishes
+    A's record first, so its listeners see seqs in order."""
+    node_a = await open_stores(pg_url, poll_interval=0, listen=False)
+    node_b = await open_stores(pg_url, poll_interval=0, listen=False)
+    got = Collector()
+    node_b.notifier.add_listener("d", got)
+    await node_a.append("d", [created()], 0)
+    assert got.records == []  # B has no way to know yet
+    await node_b.append("d", [segment()], 1)
+    assert [r.seq for r in got.records] == [1, 2]  # published before append returned
+
+
+async def test_a_killed_pool_connection_gives_store_unavailable_not_asyncpg_errors(
+    pg_url: str, open_stores: Any
+) -> None:
+    store = await open_stores(pg_url, poll_interval=0, listen=False, pool_size=1)
+    await store.append("d", [created()], 0)
+    admin = await asyncpg.connect(pg_url)
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+    # Each call either works (the pool replaced the connection) or raises StoreUnavailable;
+    # anything else (an asyncpg exception) propagates and fails the test.
+    for call in (lambda: store.head("d"), lambda: store.append("d", [segment()], 1)):
+        with contextlib.suppress(StoreUnavailable):
+            await call()
+    # The store recovers: later calls work.
+    head = await store.head("d")
+    await store.append("d", [segment()], head)
+    assert (await verify_log(store)).ok
+
+
+async def test_close_finishes_queued_appends(pg_url: str) -> None:
+    store = PostgresStore(pg_url, poll_interval=0)
+    await store.open()
+    pending = [asyncio.create_task(store.append(f"d{i}", [created()], 0)) for i in range(50)]
+    await asyncio.sleep(0)
+    await store.close()
+    results = await asyncio.gather(*pending, return_exceptions=True)
+    done = [r for r in results if not isinstance(r, BaseException)]
+    assert all(isinstance(r, StoreUnavailable) for r in results if isinstance(r, BaseException))
+    reopened = PostgresStore(pg_url, poll_interval=0, listen=False)
+    await reopened.open()
+    try:
+        assert await reopened.last_position() == len(done)
+    finally:
+        await reopened.close()
