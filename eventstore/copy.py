@@ -12,6 +12,8 @@ refused, because the log is append-only and cannot be overwritten.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sys
 from collections.abc import Callable
 from typing import TextIO
@@ -50,6 +52,10 @@ async def copy_log(
     out = out if out is not None else sys.stderr
     if _same_store(source_url, target_url):
         out.write("ringlog copy: source and target are the same store\n")
+        return EXIT_REFUSED
+    source_path = _sqlite_path(source_url)
+    if source_path is not None and not await asyncio.to_thread(os.path.exists, source_path):
+        out.write(f"ringlog copy: no SQLite database at {source_path}\n")
         return EXIT_REFUSED
     source = open_store(source_url)
     target = open_store(target_url)
@@ -97,11 +103,18 @@ async def copy_log(
             await store.close()
 
 
-def _same_store(a: str, b: str) -> bool:
-    def norm(url: str) -> str:
-        return url.removeprefix("sqlite:///").removeprefix("sqlite://").rstrip("/")
+def _sqlite_path(url: str) -> str | None:
+    """The file an SQLite URL names (as :func:`open_store` reads it), None for other stores."""
+    if url == "memory:" or url.startswith(("postgresql://", "postgres://")):
+        return None
+    return url.removeprefix("sqlite:///").removeprefix("sqlite://")
 
-    return norm(a) == norm(b)
+
+def _same_store(a: str, b: str) -> bool:
+    path_a, path_b = _sqlite_path(a), _sqlite_path(b)
+    if path_a is not None and path_b is not None:
+        return os.path.abspath(path_a) == os.path.abspath(path_b)
+    return a.rstrip("/") == b.rstrip("/")
 
 
 async def _starting_position(source: Store, target: Store, force: bool, target_url: str) -> int:
