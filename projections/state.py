@@ -9,6 +9,16 @@ import orjson
 
 Role = Literal["creator", "contributor", "viewer"]
 
+_CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def _fields(value: Any) -> dict[str, Any]:
+    """A state dataclass as a dict, for canonical (key-sorted) encoding."""
+    slots = getattr(type(value), "__slots__", None)
+    if slots is None:
+        raise TypeError(f"cannot encode {type(value).__name__}")
+    return {name: getattr(value, name) for name in slots}
+
 
 @dataclass(frozen=True, slots=True)
 class Segment:
@@ -77,7 +87,9 @@ class DraftState:
 
     def to_json(self) -> bytes:
         """Canonical JSON (sorted keys): equal states give equal bytes."""
-        return orjson.dumps(self, option=orjson.OPT_SORT_KEYS)
+        # orjson writes dataclass fields in declaration order even with OPT_SORT_KEYS, so
+        # dataclasses are handed to ``default`` as dicts, which it does sort
+        return orjson.dumps(self, default=_fields, option=_CANONICAL)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> DraftState:

@@ -128,6 +128,7 @@ states = st.builds(
 @given(states)
 def test_draft_state_round_trips_through_json(state: DraftState) -> None:
     raw = state.to_json()
+    assert raw == canonical_json(orjson.loads(raw))  # sorted keys at every level
     assert DraftState.from_json(raw) == state
     assert DraftState.from_json(raw.decode()) == state
     assert DraftState.from_json(raw).to_json() == raw
