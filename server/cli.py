@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -13,6 +14,7 @@ import orjson
 from eventstore import StoreError, open_store
 from eventstore.store import Store
 from eventstore.verify import verify_log
+from projections.fold import FoldError
 from projections.runner import rebuild
 from server.progress import Progress
 from server.settings import add_arguments, settings_from
@@ -77,6 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as e:
         print(f"ringlog: {e}", file=sys.stderr)
         return 2
+    except FoldError as e:  # a sound chain whose events break the drafts' rules
+        print(f"ringlog: the log cannot be folded into draft state: {e}", file=sys.stderr)
+        return 1
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The file an SQLite URL names (as :func:`eventstore.open_store` reads it), else None."""
+    if url == "memory:" or url.startswith(("postgresql://", "postgres://")):
+        return None
+    return url.removeprefix("sqlite:///").removeprefix("sqlite://")
 
 
 async def _open(url: str) -> Store:
@@ -90,6 +102,11 @@ async def _run_tool(args: argparse.Namespace) -> int:
         from eventstore.copy import copy_log
 
         return await copy_log(args.source, args.target, force=args.force, progress=Progress("copy"))
+    path = _sqlite_path(args.db)
+    if path is not None and not await asyncio.to_thread(os.path.exists, path):
+        # opening would create an empty log, and 'verify' would then call it sound
+        print(f"ringlog: no SQLite database at {path}", file=sys.stderr)
+        return 2
     store = await _open(args.db)
     try:
         if args.command == "replay":
