@@ -183,7 +183,13 @@ def _mapped_errors(action: str) -> Iterator[None]:
 
 
 class PostgresStore:
-    """The Store on a PostgreSQL database, safe to share between several servers."""
+    """The Store on a PostgreSQL database, safe to share between several servers.
+
+    ``pool_size`` connections serve reads, appends and snapshots; one more connection LISTENs
+    (unless ``listen`` is false). ``poll_interval`` is the period of the check that covers lost
+    notifications (0 turns it off); a query without an answer after ``command_timeout``
+    seconds, or a connection not made within ``connect_timeout``, raises StoreUnavailable.
+    """
 
     def __init__(
         self,
@@ -192,6 +198,7 @@ class PostgresStore:
         *,
         poll_interval: float = 1.0,
         connect_timeout: float = 10.0,
+        command_timeout: float = 30.0,
         listen: bool = True,
     ) -> None:
         if pool_size < 1:
@@ -200,6 +207,7 @@ class PostgresStore:
         self.pool_size = pool_size
         self.poll_interval = poll_interval
         self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
         self.listen = listen
         self.notifier = Notifier()
         self._pool: asyncpg.Pool | None = None
@@ -253,6 +261,7 @@ class PostgresStore:
                 min_size=min(2, self.pool_size),
                 max_size=self.pool_size,
                 timeout=self.connect_timeout,
+                command_timeout=self.command_timeout,
             )
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
