@@ -411,3 +411,23 @@ async def test_close_finishes_queued_appends(pg_url: str) -> None:
         assert await reopened.last_position() == len(done)
     finally:
         await reopened.close()
+
+
+async def test_a_projector_on_another_node_sees_an_append_at_once(pg_url: str, open_stores: Any) -> None:
+    from projections.runner import DraftProjector
+
+    node_a = await open_stores(pg_url, poll_interval=0)
+    node_b = await open_stores(pg_url, poll_interval=0)
+    projector_b = DraftProjector(node_b, flush_interval=0)
+    await projector_b.start()
+    try:
+        await node_a.append("d", [created("alice", "First")], 0)
+        state = await projector_b.get("d")
+        assert state is not None and state.seq == 1 and state.title == "First"
+        await node_a.append("d", [segment("alice", "hello")], 1)
+        state = await projector_b.get("d")  # the cached state is not trusted on a shared store
+        assert state is not None and state.seq == 2 and [s.content for s in state.segments] == ["hello"]
+        listed = await projector_b.drafts_for("alice")
+        assert [(s.id, s.seq) for s in listed] == [("d", 2)]
+    finally:
+        await projector_b.stop()
