@@ -431,3 +431,24 @@ async def test_a_projector_on_another_node_sees_an_append_at_once(pg_url: str, o
         assert [(s.id, s.seq) for s in listed] == [("d", 2)]
     finally:
         await projector_b.stop()
+
+
+async def test_one_idempotency_key_appends_once_across_nodes(pg_url: str, open_stores: Any) -> None:
+    from eventstore import IdempotencyClaim, IdempotencyKeyReused
+
+    node_a = await open_stores(pg_url, poll_interval=0)
+    node_b = await open_stores(pg_url, poll_interval=0)
+    await node_a.append("d", [created()], 0)
+    claim = IdempotencyClaim("alice", "retry-1", "fp-1")
+    results = await asyncio.gather(
+        *(node.append("d", [segment()], 1, claim) for node in (node_a, node_b) for _ in range(5)),
+        return_exceptions=True,
+    )
+    assert not [r for r in results if isinstance(r, BaseException)]
+    written = [r for r in results if not isinstance(r, BaseException) and r.records]
+    replayed = [r for r in results if not isinstance(r, BaseException) and r.replayed is not None]
+    assert (len(written), len(replayed)) == (1, 9)
+    assert all(r.replayed is not None and r.replayed.seq == 2 for r in replayed)
+    assert await node_b.head("d") == 2
+    with pytest.raises(IdempotencyKeyReused):
+        await node_b.append("d", [segment()], 2, IdempotencyClaim("alice", "retry-1", "fp-other"))
