@@ -1,0 +1,192 @@
+"""REST helpers: every mutation carries an ``Idempotency-Key``, so retrying it is safe.
+
+A request that fails on the way (connection error, timeout) or is refused for now (429, 503)
+is sent again with the *same* key, after the server's ``Retry-After`` or a jittered backoff;
+the server then either applies it once or returns its first answer again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+
+from client.backoff import Backoff, parse_retry_after
+from client.models import Collaborator, DraftState, DraftSummary, Event, RingState, Segment
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+TRANSIENT_ERRORS = (aiohttp.ClientConnectionError, asyncio.TimeoutError)
+
+
+class ApiError(Exception):
+    """The server answered with an error body (API.md: ``{"error": {code, message}}``)."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def auth_headers(token: str | None, user_id: str | None) -> dict[str, str]:
+    """``Authorization: Bearer`` for a token, else ``X-User-Id`` (dev auth)."""
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    if user_id:
+        return {"X-User-Id": user_id}
+    raise ValueError("give a token or a user_id")
+
+
+def _error_of(status: int, body: bytes) -> ApiError:
+    try:
+        err = orjson.loads(body)["error"]
+        return ApiError(status, str(err["code"]), str(err.get("message", "")), err.get("details"))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return ApiError(status, "http_error", body[:200].decode(errors="replace"))
+
+
+class RinglogClient:
+    """``async with RinglogClient(url, user_id="alice") as c: await c.create_draft("Title")``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        user_id: str | None = None,
+        *,
+        attempts: int = 5,
+        timeout: float = 30.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.headers = auth_headers(token, user_id)
+        self.attempts = attempts
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session = session
+        self._owns_session = session is None
+
+    async def __aenter__(self) -> RinglogClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP session (if this client opened it)."""
+        if self._session is not None and self._owns_session:
+            await self._session.close()
+        self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+            self._owns_session = True
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        params: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        if_match: int | None = None,
+    ) -> dict[str, Any]:
+        """Send one request, retrying transient failures with the same key; the JSON reply."""
+        headers = dict(self.headers)
+        if method != "GET":
+            headers["Idempotency-Key"] = idempotency_key or uuid.uuid4().hex
+        if if_match is not None:
+            headers["If-Match"] = f'"{if_match}"'
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = orjson.dumps(body)
+        backoff = Backoff(base=0.2, cap=10.0)
+        for attempt in range(1, self.attempts + 1):
+            retry_after: float | None = None
+            try:
+                async with self._http().request(
+                    method, self.base_url + path, data=data, headers=headers, params=params
+                ) as r:
+                    raw = await r.read()
+                    if r.status < 400:
+                        reply: dict[str, Any] = orjson.loads(raw)
+                        return reply
+                    if r.status not in RETRY_STATUSES or attempt == self.attempts:
+                        raise _error_of(r.status, raw)
+                    retry_after = parse_retry_after(r.headers.get("Retry-After"))
+            except TRANSIENT_ERRORS:
+                if attempt == self.attempts:
+                    raise
+            await asyncio.sleep(backoff.next_delay(retry_after))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def create_draft(self, title: str, description: str = "", **kw: Any) -> DraftState:
+        """``POST /v1/collab/drafts``"""
+        reply = await self.request(
+            "POST", "/v1/collab/drafts", {"title": title, "description": description}, **kw
+        )
+        return DraftState.model_validate(reply["data"])
+
+    async def list_drafts(self) -> list[DraftSummary]:
+        """``GET /v1/collab/drafts``"""
+        reply = await self.request("GET", "/v1/collab/drafts")
+        return [DraftSummary.model_validate(row) for row in reply["data"]]
+
+    async def get_draft(self, draft_id: str) -> DraftState:
+        """``GET /v1/collab/drafts/{id}``"""
+        reply = await self.request("GET", f"/v1/collab/drafts/{draft_id}")
+        return DraftState.model_validate(reply["data"])
+
+    async def update_draft(
+        self, draft_id: str, title: str | None = None, description: str | None = None, **kw: Any
+    ) -> DraftState:
+        """``PATCH /v1/collab/drafts/{id}``"""
+        body = {k: v for k, v in (("title", title), ("description", description)) if v is not None}
+        reply = await self.request("PATCH", f"/v1/collab/drafts/{draft_id}", body, **kw)
+        return DraftState.model_validate(reply["data"])
+
+    async def append_segment(self, draft_id: str, content: str, **kw: Any) -> tuple[Segment, int]:
+        """``POST …/segments``: the new segment and the draft's seq after it."""
+        reply = await self.request(
+            "POST", f"/v1/collab/drafts/{draft_id}/segments", {"content": content}, **kw
+        )
+        return Segment.model_validate(reply["data"]["segment"]), int(reply["data"]["seq"])
+
+    async def pass_ring(self, draft_id: str, to_user_id: str, **kw: Any) -> tuple[RingState, int]:
+        """``POST …/ring/pass``"""
+        reply = await self.request(
+            "POST", f"/v1/collab/drafts/{draft_id}/ring/pass", {"to_user_id": to_user_id}, **kw
+        )
+        return RingState.model_validate(reply["data"]["ring_state"]), int(reply["data"]["seq"])
+
+    async def add_collaborator(
+        self, draft_id: str, user_id: str, role: Literal["contributor", "viewer"] = "contributor", **kw: Any
+    ) -> tuple[Collaborator, int]:
+        """``POST …/collaborators``"""
+        reply = await self.request(
+            "POST", f"/v1/collab/drafts/{draft_id}/collaborators", {"user_id": user_id, "role": role}, **kw
+        )
+        return Collaborator.model_validate(reply["data"]["collaborator"]), int(reply["data"]["seq"])
+
+    async def events(
+        self, draft_id: str, since: int = 0, limit: int | None = None, wait: float | None = None
+    ) -> tuple[list[Event], int]:
+        """``GET …/events``: events with ``seq > since`` and the draft's ``head_seq``."""
+        params = {"since": str(since)}
+        if limit is not None:
+            params["limit"] = str(limit)
+        if wait is not None:
+            params["wait"] = f"{wait:g}"
+        reply = await self.request("GET", f"/v1/collab/drafts/{draft_id}/events", params=params)
+        return [Event.model_validate(e) for e in reply["data"]], int(reply["head_seq"])

@@ -1,0 +1,94 @@
+"""``ringlog tail``: follow a draft's events, resuming across disconnects, until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import TextIO
+
+import orjson
+
+from client.models import Event
+from client.stream import DraftStream, StreamError
+
+log = logging.getLogger(__name__)
+
+
+def describe(event: Event) -> str:
+    """One readable line for an event."""
+    d = event.data
+    if event.type == "collab.draft_created":
+        what = f"created {d.get('title')!r}"
+    elif event.type == "collab.segment_added":
+        seg = d.get("segment", {})
+        what = f"segment {seg.get('position')}: {seg.get('content')!r}"
+    elif event.type == "collab.ring_passed":
+        what = f"passed the ring to {d.get('to_user_id')}"
+    elif event.type == "collab.collaborator_added":
+        what = f"invited {d.get('collaborator_id')} as {d.get('role')}"
+    elif event.type == "collab.draft_updated":
+        what = "updated " + ", ".join(f"{k}={v!r}" for k, v in sorted(d.items()))
+    else:
+        what = event.type
+    return f"#{event.seq} {event.ts} {event.user_id} {what}"
+
+
+def _write(out: TextIO, line: str) -> None:
+    out.write(line + "\n")
+    out.flush()
+
+
+async def _follow(stream: DraftStream, pretty: bool, out: TextIO) -> None:
+    async for event in stream:
+        if pretty:
+            _write(out, describe(event))
+        else:
+            _write(out, orjson.dumps(event.to_dict()).decode())
+
+
+async def tail(
+    url: str,
+    draft_id: str,
+    since: int | None,
+    token: str | None,
+    user_id: str | None,
+    pretty: bool,
+    out: TextIO | None = None,
+) -> int:
+    """Print the draft's events after ``since`` (default: all), then live ones; 0 on Ctrl-C."""
+    out = out if out is not None else sys.stdout
+    if not token and not user_id:
+        print("ringlog tail: give --token or --user-id", file=sys.stderr)
+        return 2
+    if since is not None and since < 0:
+        print("ringlog tail: --since must be >= 0", file=sys.stderr)
+        return 2
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+    try:
+        async with DraftStream(url, draft_id, token=token, user_id=user_id, since=since or 0) as stream:
+            follow = asyncio.create_task(_follow(stream, pretty, out))
+            stopped = asyncio.create_task(stop.wait())
+            try:
+                await asyncio.wait((follow, stopped), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (follow, stopped):
+                    task.cancel()
+                await asyncio.gather(follow, stopped, return_exceptions=True)
+            if follow.done() and not follow.cancelled() and follow.exception() is not None:
+                raise follow.exception()  # type: ignore[misc]
+    except StreamError as e:
+        print(f"ringlog tail: {e.code}: {e.message}", file=sys.stderr)
+        return 1
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+    return 0
