@@ -45,6 +45,8 @@ class Authenticator:
         self._jwks: jwt.PyJWKClient | None = None
         if settings.jwks_url:
             self._jwks = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300, timeout=5)
+        if settings.jwt_secret and len(settings.jwt_secret.encode()) < 32:
+            log.warning("--jwt-secret is shorter than 32 bytes: HS256 tokens signed with it are weak")
         if settings.dev_auth:
             log.warning("dev auth is ON: X-User-Id / user_id are trusted without proof. Never in production.")
         if not (settings.jwt_secret or settings.jwks_url or settings.dev_auth):
