@@ -52,7 +52,7 @@ class DraftsMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.tmp = Path(tempfile.mkdtemp(prefix="ringlog-sm-"))
-        self.stores: list[Store] = [MemoryStore(), SQLiteStore(self.tmp / "log.db", synchronous="NORMAL")]
+        self.stores: list[Store] = self.make_stores()
         self.projectors: list[DraftProjector] = []
         self.now = clock()
         self.created = 0
@@ -61,6 +61,10 @@ class DraftsMachine(RuleBasedStateMachine):
             projector = DraftProjector(store, flush_interval=0)
             self.run(projector.start())
             self.projectors.append(projector)
+
+    def make_stores(self) -> list[Store]:
+        """The backends compared (unopened); subclasses swap in others (test_state_machine_pg.py)."""
+        return [MemoryStore(), SQLiteStore(self.tmp / "log.db", synchronous="NORMAL")]
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
