@@ -85,6 +85,10 @@ class MemoryStore:
         start = max(after_position, 0)
         return self._log[start : start + max(limit, 0)]
 
+    async def read_bodies(self, after_position: int = 0, limit: int = 1000) -> list[tuple[int, bytes]]:
+        """``(position, body)`` after ``after_position``."""
+        return [(r.position, r.body) for r in await self.read_all(after_position, limit)]
+
     async def head(self, draft_id: str) -> int:
         """The draft's last seq."""
         return len(self._streams.get(draft_id, ()))

@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import logging
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,6 +82,9 @@ RECORD_COLUMNS = "position, draft_id, seq, type, body, hash, idem_user, idem_key
 MAX_GROUP = 1000
 """Appends committed together at most (bounds one transaction's size and latency)."""
 
+HEAD_CACHE_SIZE = 100_000
+"""Drafts whose head the writer remembers between groups at most."""
+
 QUEUE_SIZE = 10_000
 """Appends waiting for the writer at most; callers beyond it wait (back-pressure)."""
 
@@ -127,6 +131,7 @@ class SQLiteStore:
         self._queue: asyncio.Queue[_Append | _Job] = asyncio.Queue(QUEUE_SIZE)
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._heads = _HeadCache()  # touched only by the writer thread
 
     @property
     def is_shared(self) -> bool:
@@ -251,9 +256,18 @@ class SQLiteStore:
             raise
         return result
 
+    def _commit_group_in_thread(self, group: list[_Append]) -> None:
+        heads = self._heads
+        try:
+            touched, last_position = self._transaction(lambda c: _plan_and_insert(c, group, heads))
+        except BaseException:
+            heads.clear()  # the transaction rolled back: what it planned never happened
+            raise
+        heads.committed(touched, last_position)
+
     async def _commit_group(self, group: list[_Append]) -> None:
         try:
-            await self._in_writer_thread(lambda: self._transaction(lambda c: _plan_and_insert(c, group)))
+            await self._in_writer_thread(lambda: self._commit_group_in_thread(group))
         except Exception as e:
             error = _unavailable(e)
             log.error("append transaction failed (%d appends refused): %s", len(group), e)
@@ -319,6 +333,14 @@ class SQLiteStore:
             (after_position, limit),
         )
         return [record_from_row(r) for r in rows]
+
+    async def read_bodies(self, after_position: int = 0, limit: int = 1000) -> list[tuple[int, bytes]]:
+        """``(position, body)`` after ``after_position``: what a rebuild needs, and no more."""
+        rows = await self._fetch(
+            "SELECT position, body FROM events WHERE position > ? ORDER BY position LIMIT ?",
+            (after_position, limit),
+        )
+        return [(r[0], r[1]) for r in rows]
 
     async def head(self, draft_id: str) -> int:
         """The draft's last seq."""
@@ -390,10 +412,53 @@ class SQLiteStore:
         await self._run_job(run)
 
 
-def _plan_and_insert(conn: sqlite3.Connection, group: list[_Append]) -> None:
-    """Inside the writer's transaction: check every append, insert the accepted ones."""
+class _HeadCache:
+    """Each draft's last (seq, hash) as of ``position``, kept by the writer between groups.
+
+    Reading a head costs an index lookup per draft per group; the cache saves it. It is used
+    only when the log's last position still equals the one it was filled at: the log is
+    append-only and positions are gap-free, so an unchanged last position means no other
+    connection or process appended since. Anything else empties it.
+    """
+
+    def __init__(self, max_drafts: int = HEAD_CACHE_SIZE) -> None:
+        self.max_drafts = max_drafts
+        self.position: int | None = None
+        self.heads: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+
+    def clear(self) -> None:
+        self.position = None
+        self.heads.clear()
+
+    def valid_at(self, last_position: int) -> dict[str, tuple[int, bytes]]:
+        """The cached heads if they are current at ``last_position``, else nothing."""
+        if self.position != last_position:
+            self.heads.clear()
+        return self.heads
+
+    def committed(self, touched: dict[str, tuple[int, bytes]], last_position: int) -> None:
+        """Record the heads a committed transaction left."""
+        heads = self.heads
+        for draft_id, head in touched.items():
+            heads[draft_id] = head
+            heads.move_to_end(draft_id)
+        while len(heads) > self.max_drafts:
+            heads.popitem(last=False)
+        self.position = last_position
+
+
+def _plan_and_insert(
+    conn: sqlite3.Connection, group: list[_Append], cache: _HeadCache
+) -> tuple[dict[str, tuple[int, bytes]], int]:
+    """Inside the writer's transaction: check every append, insert the accepted ones.
+
+    Returns the heads of the drafts it appended to and the log's last position, for the
+    cache to take once the transaction has committed.
+    """
     last_position = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()[0]
+    cached = cache.valid_at(last_position)
     heads: dict[str, tuple[int, bytes]] = {}
+    touched: dict[str, tuple[int, bytes]] = {}
     claimed: dict[tuple[str, str], IdempotencyRecord] = {}
     rows: list[tuple[Any, ...]] = []
     for item in group:
@@ -414,11 +479,14 @@ def _plan_and_insert(conn: sqlite3.Connection, group: list[_Append]) -> None:
                     item.outcome = AppendResult(records=(), replayed=found)
                 continue
         if item.draft_id not in heads:
-            row = conn.execute(
-                "SELECT seq, hash FROM events WHERE draft_id = ? ORDER BY seq DESC LIMIT 1",
-                (item.draft_id,),
-            ).fetchone()
-            heads[item.draft_id] = (row[0], bytes(row[1])) if row else (0, GENESIS_HASH)
+            known = cached.get(item.draft_id)
+            if known is None:
+                row = conn.execute(
+                    "SELECT seq, hash FROM events WHERE draft_id = ? ORDER BY seq DESC LIMIT 1",
+                    (item.draft_id,),
+                ).fetchone()
+                known = (row[0], bytes(row[1])) if row else (0, GENESIS_HASH)
+            heads[item.draft_id] = known
         head, prev_hash = heads[item.draft_id]
         if head != item.expected_seq:
             item.outcome = ConcurrencyConflict(item.draft_id, item.expected_seq, head)
@@ -428,7 +496,7 @@ def _plan_and_insert(conn: sqlite3.Connection, group: list[_Append]) -> None:
             continue
         records = build_records(item.draft_id, list(item.events), head, last_position, prev_hash, claim)
         last_position = records[-1].position
-        heads[item.draft_id] = (records[-1].seq, records[-1].hash)
+        heads[item.draft_id] = touched[item.draft_id] = (records[-1].seq, records[-1].hash)
         if claim is not None:
             claimed[(claim.user_id, claim.key)] = IdempotencyRecord(
                 claim.user_id, claim.key, claim.fingerprint, item.draft_id, records[0].seq
@@ -451,6 +519,7 @@ def _plan_and_insert(conn: sqlite3.Connection, group: list[_Append]) -> None:
         item.outcome = AppendResult(records=tuple(records))
     if rows:
         conn.executemany(f"INSERT INTO events ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    return touched, last_position
 
 
 def _unavailable(e: BaseException) -> StoreError:

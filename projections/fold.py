@@ -63,61 +63,74 @@ class _Builder:
         )
 
 
-def _created(b: _Builder | None, e: Event) -> _Builder:
+# Handlers take the event's ``data`` (and the envelope fields they need) rather than an Event,
+# so that a rebuild can fold envelopes decoded straight from the log's bytes without building
+# a model per event; folding an Event and folding its envelope are then the same code.
+
+
+def _created(b: _Builder | None, draft_id: str, ts: str, d: dict[str, Any]) -> _Builder:
     if b is not None:
-        raise FoldError(f"draft {e.draft_id!r} was already created")
-    d = e.data
+        raise FoldError(f"draft {draft_id!r} was already created")
     creator = d["creator_id"]
     return _Builder(
-        e.draft_id, d["title"], d.get("description", ""), creator, [], [], creator, [creator], 0, e.ts, e.ts
+        draft_id, d["title"], d.get("description", ""), creator, [], [], creator, [creator], 0, ts, ts
     )
 
 
-def _segment_added(b: _Builder, e: Event) -> None:
-    b.segments.append(Segment(**e.data["segment"]))
+def _segment_added(b: _Builder, d: dict[str, Any]) -> None:
+    s = d["segment"]
+    b.segments.append(Segment(s["id"], s["author_user_id"], s["content"], s["position"], s["created_at"]))
 
 
-def _ring_passed(b: _Builder, e: Event) -> None:
-    b.holder = e.data["current_holder_id"]
-    b.history = list(e.data["holders_history"])
+def _ring_passed(b: _Builder, d: dict[str, Any]) -> None:
+    b.holder = d["current_holder_id"]
+    b.history = list(d["holders_history"])
 
 
-def _collaborator_added(b: _Builder, e: Event) -> None:
-    d = e.data
+def _collaborator_added(b: _Builder, d: dict[str, Any]) -> None:
     b.collaborators.append(Collaborator(d["collaborator_id"], d["role"], d["joined_at"]))
 
 
-def _draft_updated(b: _Builder, e: Event) -> None:
-    if "title" in e.data:
-        b.title = e.data["title"]
-    if "description" in e.data:
-        b.description = e.data["description"]
+def _draft_updated(b: _Builder, d: dict[str, Any]) -> None:
+    if "title" in d:
+        b.title = d["title"]
+    if "description" in d:
+        b.description = d["description"]
 
 
-HANDLERS: dict[str, Callable[[_Builder, Event], None]] = {
+HANDLERS: dict[str, Callable[[_Builder, dict[str, Any]], None]] = {
     "collab.segment_added": _segment_added,
     "collab.ring_passed": _ring_passed,
     "collab.collaborator_added": _collaborator_added,
     "collab.draft_updated": _draft_updated,
 }
 
+CREATED = "collab.draft_created"
+SEGMENT_ADDED = "collab.segment_added"
+
+
+def _apply_fields(
+    b: _Builder | None, type_: str, draft_id: str, seq: int, ts: str, data: dict[str, Any]
+) -> _Builder:
+    if type_ == CREATED:
+        b = _created(b, draft_id, ts, data)
+    elif b is None:
+        raise FoldError(f"draft {draft_id!r}: first event must be {CREATED}, got {type_}")
+    elif draft_id != b.id:
+        raise FoldError(f"event of draft {draft_id!r} folded into draft {b.id!r}")
+    else:
+        handler = HANDLERS.get(type_)
+        if handler is not None:  # unknown types (from a newer writer) only advance seq
+            handler(b, data)
+    if seq != b.seq + 1:
+        raise FoldError(f"draft {b.id!r}: seq {seq} cannot follow seq {b.seq}")
+    b.seq = seq
+    b.updated_at = ts
+    return b
+
 
 def _apply(b: _Builder | None, e: Event) -> _Builder:
-    if e.type == "collab.draft_created":
-        b = _created(b, e)
-    elif b is None:
-        raise FoldError(f"draft {e.draft_id!r}: first event must be collab.draft_created, got {e.type}")
-    elif e.draft_id != b.id:
-        raise FoldError(f"event of draft {e.draft_id!r} folded into draft {b.id!r}")
-    else:
-        handler = HANDLERS.get(e.type)
-        if handler is not None:  # unknown types (from a newer writer) only advance seq
-            handler(b, e)
-    if e.seq != b.seq + 1:
-        raise FoldError(f"draft {b.id!r}: seq {e.seq} cannot follow seq {b.seq}")
-    b.seq = e.seq
-    b.updated_at = e.ts
-    return b
+    return _apply_fields(b, e.type, e.draft_id, e.seq, e.ts, e.data)
 
 
 def fold_all(state: DraftState | None, events: Iterable[Event]) -> DraftState | None:
@@ -153,11 +166,49 @@ def event_of(envelope: dict[str, Any]) -> Event:
 
 def fold_log(events: Iterable[Event]) -> dict[str, DraftState]:
     """Fold an interleaved log (position order) into every draft's state, in linear time."""
-    builders: dict[str, _Builder] = {}
+    folder = LogFolder()
     for e in events:
-        b = builders.get(e.draft_id)
-        builders[e.draft_id] = _apply(b, e)
-    return {draft_id: b.freeze() for draft_id, b in builders.items()}
+        folder.add(e.type, e.draft_id, e.seq, e.ts, e.data)
+    return folder.states()
+
+
+class LogFolder:
+    """Folds an interleaved log, event by event, into every draft's state (for rebuilds).
+
+    :meth:`add_envelope` takes envelopes as decoded from the log's bytes, so a rebuild folds
+    without building an :class:`Event` per event; the result is exactly ``fold_log``'s.
+    """
+
+    def __init__(self) -> None:
+        self._builders: dict[str, _Builder] = {}
+        self.count = 0
+
+    def add(self, type_: str, draft_id: str, seq: int, ts: str, data: dict[str, Any]) -> None:
+        """Fold one event given by its envelope's fields."""
+        builders = self._builders
+        builders[draft_id] = _apply_fields(builders.get(draft_id), type_, draft_id, seq, ts, data)
+        self.count += 1
+
+    def add_envelope(self, envelope: dict[str, Any]) -> None:
+        """Fold one decoded envelope (API.md's event shape)."""
+        draft_id = envelope["draft_id"]
+        b = self._builders.get(draft_id)
+        seq = envelope["seq"]
+        if envelope["type"] == SEGMENT_ADDED and b is not None and seq == b.seq + 1:
+            # the bulk of any log, inlined (same effect as _apply_fields)
+            s = envelope["data"]["segment"]
+            b.segments.append(
+                Segment(s["id"], s["author_user_id"], s["content"], s["position"], s["created_at"])
+            )
+            b.seq = seq
+            b.updated_at = envelope["ts"]
+            self.count += 1
+            return
+        self.add(envelope["type"], draft_id, seq, envelope["ts"], envelope["data"])
+
+    def states(self) -> dict[str, DraftState]:
+        """Every draft's state so far."""
+        return {draft_id: b.freeze() for draft_id, b in self._builders.items()}
 
 
 def fold_summary(summary: DraftSummary | None, e: Event) -> DraftSummary:

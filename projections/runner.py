@@ -17,11 +17,13 @@ import contextlib
 import itertools
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
-from eventstore.events import Event, Record
-from eventstore.store import Snapshot, Store
-from projections.fold import FoldError, fold_all, fold_log, fold_summary
+import orjson
+
+from eventstore.events import Record
+from eventstore.store import BodyReader, Snapshot, Store
+from projections.fold import FoldError, LogFolder, fold_all, fold_summary
 from projections.state import DraftState, DraftSummary
 
 log = logging.getLogger(__name__)
@@ -236,25 +238,47 @@ class DraftProjector:
 
 
 async def rebuild(store: Store, progress: Callable[[int, int], None] | None = None) -> int:
-    """Recompute every draft's snapshot from the log alone; returns the events folded."""
+    """Recompute every draft's snapshot from the log alone; returns the events folded.
+
+    The log is read page by page, the next page being fetched while this one is folded, and
+    each event is folded from its decoded bytes (no model per event). The old snapshots are
+    dropped only once the whole log has folded, so a log that cannot be folded keeps them.
+    """
     total = await store.last_position()
-    await store.reset_snapshots()
-    events: list[Event] = []
+    folder = LogFolder()
+    add, loads = folder.add_envelope, orjson.loads
+    read = store.read_bodies if isinstance(store, BodyReader) else _bodies_of(store)
     after = 0
-    while True:
-        page = await store.read_all(after, PAGE)
-        if not page:
-            break
-        events.extend(r.event() for r in page)
-        after = page[-1].position
-        if progress is not None:
-            progress(len(events), total)
-    states = fold_log(events)
+    pending: asyncio.Future[list[tuple[int, bytes]]] = asyncio.ensure_future(read(0, PAGE))
+    try:
+        while True:
+            page = await pending
+            if not page:
+                break
+            after = page[-1][0]
+            pending = asyncio.ensure_future(read(after, PAGE))
+            for _, body in page:
+                add(loads(body))
+            if progress is not None:
+                progress(folder.count, total)
+    finally:
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
+    await store.reset_snapshots()
     batch: list[Snapshot] = []
-    for draft_id, state in states.items():
+    for draft_id, state in folder.states().items():
         batch.append(Snapshot(draft_id, state.seq, state.to_json()))
         if len(batch) >= 1000:
             await store.save_snapshots(batch, 0)
             batch = []
     await store.save_snapshots(batch, after)
-    return len(events)
+    return folder.count
+
+
+def _bodies_of(store: Store) -> Callable[[int, int], Awaitable[list[tuple[int, bytes]]]]:
+    async def read(after_position: int, limit: int) -> list[tuple[int, bytes]]:
+        return [(r.position, r.body) for r in await store.read_all(after_position, limit)]
+
+    return read

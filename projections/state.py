@@ -9,16 +9,6 @@ import orjson
 
 Role = Literal["creator", "contributor", "viewer"]
 
-_CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
-
-
-def _fields(value: Any) -> dict[str, Any]:
-    """A state dataclass as a dict, for canonical (key-sorted) encoding."""
-    slots = getattr(type(value), "__slots__", None)
-    if slots is None:
-        raise TypeError(f"cannot encode {type(value).__name__}")
-    return {name: getattr(value, name) for name in slots}
-
 
 @dataclass(frozen=True, slots=True)
 class Segment:
@@ -87,9 +77,40 @@ class DraftState:
 
     def to_json(self) -> bytes:
         """Canonical JSON (sorted keys): equal states give equal bytes."""
-        # orjson writes dataclass fields in declaration order even with OPT_SORT_KEYS, so
-        # dataclasses are handed to ``default`` as dicts, which it does sort
-        return orjson.dumps(self, default=_fields, option=_CANONICAL)
+        # orjson writes dataclass fields in declaration order even with OPT_SORT_KEYS, so the
+        # state is spelled out as dicts, which it sorts; this is also ~3x faster than a
+        # ``default`` callback per segment (rebuilds serialise every draft)
+        ring = self.ring_state
+        return orjson.dumps(
+            {
+                "id": self.id,
+                "title": self.title,
+                "description": self.description,
+                "creator_id": self.creator_id,
+                "collaborators": [
+                    {"user_id": c.user_id, "role": c.role, "joined_at": c.joined_at}
+                    for c in self.collaborators
+                ],
+                "segments": [
+                    {
+                        "id": s.id,
+                        "author_user_id": s.author_user_id,
+                        "content": s.content,
+                        "position": s.position,
+                        "created_at": s.created_at,
+                    }
+                    for s in self.segments
+                ],
+                "ring_state": {
+                    "current_holder_id": ring.current_holder_id,
+                    "holders_history": ring.holders_history,
+                },
+                "seq": self.seq,
+                "created_at": self.created_at,
+                "updated_at": self.updated_at,
+            },
+            option=orjson.OPT_SORT_KEYS,
+        )
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> DraftState:

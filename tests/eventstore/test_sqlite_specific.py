@@ -391,3 +391,28 @@ async def test_verify_names_the_first_tampered_event(
     )
     assert cli.returncode != 0
     assert problem in cli.stderr and f"position {bad_position}" in cli.stderr, cli.stderr
+
+
+async def test_two_writers_on_one_file_see_each_others_heads(tmp_path: Path) -> None:
+    """Each store's writer remembers heads between groups; a foreign append must invalidate that."""
+    from eventstore import ConcurrencyConflict
+
+    a, b = SQLiteStore(tmp_path / "shared.db"), SQLiteStore(tmp_path / "shared.db")
+    await a.open()
+    await b.open()
+    try:
+        await a.append("draft_x", [created()], 0)
+        await a.append("draft_y", [created()], 0)
+        await b.append("draft_x", [segment()], 1)  # a did not see this one
+        with pytest.raises(ConcurrencyConflict) as info:
+            await a.append("draft_x", [segment()], 1)
+        assert info.value.actual_seq == 2
+        result = await a.append("draft_x", [segment()], 2)
+        assert [(r.seq, r.position) for r in result.records] == [(3, 4)]
+        await b.append("draft_y", [segment()], 1)
+        await a.append("draft_y", [segment()], 2)
+        assert [r.seq for r in await b.read("draft_y")] == [1, 2, 3]
+        assert (await verify_log(a)).ok
+    finally:
+        await a.close()
+        await b.close()

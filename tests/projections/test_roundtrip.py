@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
@@ -129,6 +130,7 @@ states = st.builds(
 def test_draft_state_round_trips_through_json(state: DraftState) -> None:
     raw = state.to_json()
     assert raw == canonical_json(orjson.loads(raw))  # sorted keys at every level
+    assert raw == canonical_json(dataclasses.asdict(state))  # every field, nothing else
     assert DraftState.from_json(raw) == state
     assert DraftState.from_json(raw.decode()) == state
     assert DraftState.from_json(raw).to_json() == raw
