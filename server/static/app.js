@@ -1,0 +1,322 @@
+// The demo page: sign in, list/create/open drafts, and a live draft view built on ringlog.js.
+import { ApiError, connectDraft } from "./ringlog.js";
+
+const $ = (id) => document.getElementById(id);
+const STORAGE_KEY = "ringlog.identity";
+const BADGES = {
+  connecting: "🟡 Connecting",
+  live: "🟢 Live",
+  syncing: "🟡 Syncing",
+  offline: "🔴 Offline",
+  stopped: "⛔ Stopped",
+};
+
+let identity = loadIdentity();
+let current = null; // { draftId, handle, state }
+
+function loadIdentity() {
+  try {
+    return JSON.parse(sessionStorage.getItem(STORAGE_KEY));
+  } catch {
+    return null;
+  }
+}
+
+function jwtSubject(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(payload)).sub ?? null;
+  } catch {
+    return null;
+  }
+}
+
+function me() {
+  return identity?.userId ?? null;
+}
+
+function authHeaders() {
+  return identity.token ? { Authorization: `Bearer ${identity.token}` } : { "X-User-Id": identity.userId };
+}
+
+function newKey() {
+  return crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random().toString(36).slice(2)}`;
+}
+
+// One REST call; mutations carry an Idempotency-Key and are retried with the same key.
+async function api(method, path, body) {
+  const headers = { ...authHeaders() };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET") headers["Idempotency-Key"] = newKey();
+  for (let attempt = 1; ; attempt++) {
+    let response;
+    try {
+      response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    } catch (e) {
+      if (attempt >= 4) throw new ApiError(0, "network", "the server cannot be reached");
+      await new Promise((r) => setTimeout(r, Math.random() * 250 * 2 ** attempt));
+      continue;
+    }
+    if ((response.status === 429 || response.status === 503) && attempt < 4) {
+      const wait = Number(response.headers.get("Retry-After")) || 1;
+      await new Promise((r) => setTimeout(r, wait * 1000));
+      continue;
+    }
+    const payload = await response.json().catch(() => null);
+    if (!response.ok) {
+      const err = payload?.error ?? {};
+      throw new ApiError(response.status, err.code ?? "http_error", err.message ?? `HTTP ${response.status}`);
+    }
+    return payload;
+  }
+}
+
+function say(text, kind = "error") {
+  const box = $("message");
+  box.textContent = text;
+  box.className = `message ${kind}`;
+  box.hidden = !text;
+  if (text) setTimeout(() => { if (box.textContent === text) box.hidden = true; }, 6000);
+}
+
+function show(view) {
+  for (const id of ["signin-view", "home-view", "draft-view"]) $(id).hidden = id !== view;
+  $("whoami").textContent = identity ? `Signed in as ${me()}` : "";
+  $("sign-out").hidden = !identity;
+}
+
+// -- routing -----------------------------------------------------------------------------
+
+function route() {
+  const match = window.location.hash.match(/^#\/drafts\/([^/]+)$/);
+  const wanted = match ? decodeURIComponent(match[1]) : null;
+  if (current && current.draftId !== wanted) {
+    current.handle.close();
+    current = null;
+  }
+  if (!identity) return show("signin-view");
+  if (wanted) return openDraft(wanted);
+  show("home-view");
+  return loadDrafts();
+}
+
+async function loadDrafts() {
+  const list = $("draft-list");
+  try {
+    const { data } = await api("GET", "/v1/collab/drafts");
+    list.replaceChildren(
+      ...data.map((row) => {
+        const li = document.createElement("li");
+        const a = document.createElement("a");
+        a.href = `#/drafts/${encodeURIComponent(row.id)}`;
+        a.textContent = row.title;
+        a.dataset.draftId = row.id;
+        const meta = document.createElement("small");
+        meta.className = "muted";
+        meta.textContent = `${row.seq} events · ${formatTime(row.updated_at)}`;
+        li.append(a, meta);
+        return li;
+      }),
+    );
+    $("no-drafts").hidden = data.length > 0;
+  } catch (e) {
+    say(`Cannot list drafts: ${e.message}`);
+  }
+}
+
+// -- the draft view ----------------------------------------------------------------------
+
+function openDraft(draftId) {
+  show("draft-view");
+  if (current) return;
+  $("segments").replaceChildren();
+  $("draft-title").textContent = "…";
+  current = { draftId, state: null, handle: null };
+  const credentials = identity.token ? { token: identity.token } : { userId: identity.userId };
+  current.handle = connectDraft(draftId, {
+    ...credentials,
+    onState: (state) => {
+      if (current?.draftId !== draftId) return;
+      current.state = state;
+      render(state);
+    },
+    onStatus: (status, detail) => showStatus(status, detail),
+  });
+}
+
+function showStatus(status, detail) {
+  const badge = $("badge");
+  badge.dataset.status = status;
+  badge.textContent = BADGES[status] ?? status;
+  badge.title = detail ? `${detail.code}: ${detail.message}` : "";
+  if (status === "stopped" && detail) {
+    say(detail.code === "token_expired" ? "Your token expired: sign out and paste a new one." : detail.message);
+  }
+  if (current?.state) renderControls(current.state, status);
+}
+
+function formatTime(ts) {
+  const date = new Date(ts);
+  return Number.isNaN(date.getTime()) ? "" : date.toLocaleTimeString();
+}
+
+function render(state) {
+  $("draft-title").textContent = state.title;
+  $("draft-description").textContent = state.description;
+  $("holder").textContent = state.ring_state.current_holder_id;
+  $("updated").textContent = `Updated ${formatTime(state.updated_at)}`;
+  $("updated").dataset.seq = String(state.seq);
+  const list = $("segments");
+  // segments only ever grow: append the new ones, keep the rest (and any selection) as they are
+  const known = new Set([...list.children].map((li) => li.dataset.segmentId));
+  if (known.size > state.segments.length) list.replaceChildren(), known.clear();
+  for (const segment of state.segments) {
+    if (known.has(String(segment.id))) continue;
+    const li = document.createElement("li");
+    li.dataset.segmentId = String(segment.id);
+    const text = document.createElement("span");
+    text.className = "content";
+    text.textContent = segment.content;
+    const author = document.createElement("span");
+    author.className = "author";
+    author.textContent = `${segment.author_user_id} · ${formatTime(segment.created_at)}`;
+    li.append(text, author);
+    list.append(li);
+  }
+  $("no-segments").hidden = state.segments.length > 0;
+  const people = [
+    { user_id: state.creator_id, role: "creator" },
+    ...state.collaborators,
+  ];
+  $("people").replaceChildren(
+    ...people.map((p) => {
+      const li = document.createElement("li");
+      li.textContent = p.user_id;
+      const role = document.createElement("small");
+      role.className = "muted";
+      role.textContent = p.user_id === state.ring_state.current_holder_id ? `${p.role} · 💍` : p.role;
+      li.append(role);
+      return li;
+    }),
+  );
+  renderControls(state, $("badge").dataset.status);
+}
+
+function roleOf(state, userId) {
+  if (userId === state.creator_id) return "creator";
+  return state.collaborators.find((c) => c.user_id === userId)?.role ?? null;
+}
+
+function renderControls(state, status) {
+  const holder = state.ring_state.current_holder_id === me();
+  const role = roleOf(state, me());
+  const canEdit = role === "creator" || role === "contributor";
+  const stopped = status === "stopped";
+  $("your-turn").hidden = !holder;
+  for (const id of ["segment-content", "append-button"]) $(id).disabled = !holder || stopped;
+  $("append-hint").textContent = holder ? "You hold the ring." : `Waiting for ${state.ring_state.current_holder_id}.`;
+  const targets = [state.creator_id, ...state.collaborators.filter((c) => c.role === "contributor").map((c) => c.user_id)]
+    .filter((u) => u !== me());
+  const select = $("pass-to");
+  const chosen = select.value;
+  select.replaceChildren(
+    ...targets.map((u) => {
+      const option = document.createElement("option");
+      option.value = u;
+      option.textContent = u;
+      return option;
+    }),
+  );
+  if (targets.includes(chosen)) select.value = chosen;
+  for (const id of ["pass-to", "pass-button"]) $(id).disabled = !holder || targets.length === 0 || stopped;
+  for (const id of ["invite-user", "invite-role", "invite-button"]) $(id).disabled = !canEdit || stopped;
+}
+
+async function mutate(form, action) {
+  const buttons = form.querySelectorAll("button");
+  buttons.forEach((b) => { b.disabled = true; });
+  try {
+    await action();
+    return true;
+  } catch (e) {
+    say(e.message);
+    return false;
+  } finally {
+    if (current?.state) renderControls(current.state, $("badge").dataset.status);
+    else buttons.forEach((b) => { b.disabled = false; });
+  }
+}
+
+// -- wiring ------------------------------------------------------------------------------
+
+function signIn(next) {
+  identity = next;
+  sessionStorage.setItem(STORAGE_KEY, JSON.stringify(identity));
+  route();
+}
+
+$("dev-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  signIn({ userId: $("dev-user").value.trim() });
+});
+
+$("token-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const token = $("token-input").value.trim();
+  const sub = jwtSubject(token);
+  if (!sub) return say("That does not look like a JWT with a 'sub' claim.");
+  return signIn({ token, userId: sub });
+});
+
+$("sign-out").addEventListener("click", () => {
+  sessionStorage.removeItem(STORAGE_KEY);
+  identity = null;
+  window.location.hash = "#/";
+  route();
+});
+
+$("refresh-drafts").addEventListener("click", () => loadDrafts());
+
+$("create-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  await mutate(e.target, async () => {
+    const { data } = await api("POST", "/v1/collab/drafts", { title: $("new-title").value });
+    $("new-title").value = "";
+    window.location.hash = `#/drafts/${encodeURIComponent(data.id)}`;
+  });
+});
+
+$("open-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  window.location.hash = `#/drafts/${encodeURIComponent($("open-id").value.trim())}`;
+});
+
+$("append-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const draftId = current.draftId;
+  const ok = await mutate(e.target, () =>
+    api("POST", `/v1/collab/drafts/${encodeURIComponent(draftId)}/segments`, { content: $("segment-content").value }));
+  if (ok) $("segment-content").value = "";
+});
+
+$("pass-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const draftId = current.draftId;
+  await mutate(e.target, () =>
+    api("POST", `/v1/collab/drafts/${encodeURIComponent(draftId)}/ring/pass`, { to_user_id: $("pass-to").value }));
+});
+
+$("invite-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const draftId = current.draftId;
+  const user = $("invite-user").value.trim();
+  const ok = await mutate(e.target, () =>
+    api("POST", `/v1/collab/drafts/${encodeURIComponent(draftId)}/collaborators`, { user_id: user, role: $("invite-role").value }));
+  if (ok) {
+    $("invite-user").value = "";
+    say(`Invited ${user}.`, "info");
+  }
+});
+
+window.addEventListener("hashchange", route);
+route();
