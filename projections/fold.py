@@ -182,6 +182,8 @@ class LogFolder:
     def __init__(self) -> None:
         self._builders: dict[str, _Builder] = {}
         self.count = 0
+        self.position = 0
+        """The global position folded up to (set by whoever feeds the folder)."""
 
     def add(self, type_: str, draft_id: str, seq: int, ts: str, data: dict[str, Any]) -> None:
         """Fold one event given by its envelope's fields."""
