@@ -91,6 +91,7 @@ class DraftStream:
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._error: BaseException | None = None
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -122,12 +123,15 @@ class DraftStream:
         return self
 
     async def __anext__(self) -> Event:
+        if self._error is not None:
+            raise self._error  # the stream ended with it: every later call says so again
         if self._closed and self._queue.empty():
             raise StopAsyncIteration
         item = await self._queue.get()
         if isinstance(item, _End):
             raise StopAsyncIteration
         if isinstance(item, BaseException):
+            self._error = item
             raise item
         self.last_seq = item.seq
         return item

@@ -96,6 +96,8 @@ async def test_since_resumes_and_a_stranger_is_refused(server: ServerProcess) ->
             with pytest.raises(StreamError) as err:
                 await _take(stream, 1)
             assert err.value.code == "forbidden"
+            with pytest.raises(StreamError):  # and it stays ended, rather than hanging
+                await asyncio.wait_for(anext(aiter(stream)), 5)
 
 
 async def test_rest_helpers_retry_with_the_same_key(tmp_path: Path) -> None:
