@@ -343,3 +343,82 @@ async def test_clients_resume_on_the_survivor_when_a_node_is_killed(cluster: Clu
         timeout=60,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+async def test_one_draft_written_through_both_nodes_at_once(cluster: Cluster) -> None:
+    """Races between nodes: concurrent appends, If-Match, one idempotency key, passing the ring."""
+    a, b = cluster.a, cluster.b
+    draft_id = await cluster.create(a, "alice", "shared")
+    path = f"/v1/collab/drafts/{draft_id}"
+    socks = [Socket(cluster, draft_id, "alice") for _ in range(2)]
+    async with socks[0].connect(a) as ws_a, socks[1].connect(b) as ws_b:
+        for who, node in (("bob", b), ("carol", a)):
+            status, body = await cluster.request(
+                node, "POST", f"{path}/collaborators", "alice", {"user_id": who, "role": "contributor"}
+            )
+            assert status == 201, body
+
+        # ten appends at once, half through each node: all accepted, each once
+        burst = await asyncio.gather(
+            *(cluster.append(cluster.nodes[k % 2], draft_id, "alice", f"burst {k}") for k in range(10))
+        )
+        assert [s for s, _ in burst] == [201] * 10, burst
+        assert sorted(body["data"]["seq"] for _, body in burst) == list(range(4, 14))
+
+        # first writer wins across nodes
+        raced = await asyncio.gather(
+            *(
+                _post_if_match(cluster, node, draft_id, "alice", f"if-match {node.name}", 13)
+                for node in (a, b)
+            )
+        )
+        assert sorted(s for s, _ in raced) == [201, 412], raced
+
+        # one idempotency key sent to both nodes at once: one append, the same answer twice
+        twice = await asyncio.gather(
+            *(cluster.append(node, draft_id, "alice", "once", "the-key") for node in (a, b))
+        )
+        assert twice[0] == twice[1] and twice[0][0] == 201, twice
+        once_seq = twice[0][1]["data"]["seq"]
+        assert once_seq == 15
+
+        # the ring moves between nodes; each holder acts through the node the last pass did not use
+        status, body = await cluster.request(a, "POST", f"{path}/ring/pass", "alice", {"to_user_id": "bob"})
+        assert status == 200 and body["data"]["seq"] == 16, body
+        status, body = await cluster.append(b, draft_id, "bob", "bob has the ring")
+        assert status == 201, body
+        status, body = await cluster.request(b, "POST", f"{path}/ring/pass", "bob", {"to_user_id": "carol"})
+        assert status == 200, body
+        status, body = await cluster.append(a, draft_id, "carol", "carol has the ring")
+        assert status == 201 and body["data"]["seq"] == 19, body
+        for node in (a, b):
+            status, body = await cluster.append(node, draft_id, "bob", "not mine any more")
+            assert status == 409 and body["error"]["code"] == "not_ring_holder", body
+
+        final = 19
+        assert await socks[0].collect(ws_a, final) and await socks[1].collect(ws_b, final)
+    log = await cluster.events(b, draft_id, "alice")
+    assert len(log) == final and _segments(log).count("once") == 1
+    # creating a draft is idempotent across nodes too
+    created = [
+        await cluster.request(node, "POST", "/v1/collab/drafts", "dave", {"title": "t"}, "create-key")
+        for node in (a, b)
+    ]
+    assert created[0] == created[1] and created[0][0] == 201, created
+    status, body = await cluster.request(b, "GET", "/v1/collab/drafts", "dave")
+    assert status == 200 and [d["id"] for d in body["data"]] == [created[0][1]["data"]["id"]], body
+    for s in socks:
+        s.assert_exactly(log)
+    for node in (a, b):
+        status, body = await cluster.request(node, "GET", path, "carol")
+        assert status == 200 and body["data"]["seq"] == final
+        assert body["data"]["ring_state"]["holders_history"] == ["alice", "bob", "carol"]
+
+
+async def _post_if_match(
+    cluster: Cluster, node: Node, draft_id: str, user: str, content: str, seq: int
+) -> tuple[int, Any]:
+    headers = {"X-User-Id": user, "If-Match": f'"{seq}"'}
+    url = f"{node.url}/v1/collab/drafts/{draft_id}/segments"
+    async with cluster.http.post(url, json={"content": content}, headers=headers) as r:
+        return r.status, await r.json()
