@@ -334,7 +334,18 @@ async def test_clients_resume_on_the_survivor_when_a_node_is_killed(cluster: Clu
         log = await cluster.events(cluster.b, draft_id, user)
         assert _segments(log) == acked[draft_id] == [f"{user} #{k}" for k in range(appends)]
         s.assert_exactly(log)
-    assert any(s.nodes_used == ["A", "B"] for s in sockets)  # the kill really cut some streams
+    assert failed_on_a > 0 and any(s.nodes_used == ["A", "B"] for s in sockets)  # the kill cut in
+
+    # A comes back (same port) and follows B again: history from the log, then B's appends live
+    await asyncio.to_thread(cluster.a.proc.start)
+    back = Socket(cluster, drafts[0], users[0])
+    async with back.connect(cluster.a) as ws:
+        assert await back.collect(ws, final)
+        status, body = await cluster.append(cluster.b, drafts[0], users[0], "after the restart")
+        assert status == 201, body
+        assert await back.collect(ws, final + 1)
+    back.assert_exactly(await cluster.events(cluster.b, drafts[0], users[0]))
+    assert cluster.a.proc.stop() == 0
     assert cluster.b.proc.stop() == 0
     verify = subprocess.run(
         [sys.executable, "-m", "server.cli", "verify", "--db", cluster.db],
@@ -422,3 +433,23 @@ async def _post_if_match(
     url = f"{node.url}/v1/collab/drafts/{draft_id}/segments"
     async with cluster.http.post(url, json={"content": content}, headers=headers) as r:
         return r.status, await r.json()
+
+
+async def test_a_long_poll_on_one_node_wakes_for_an_append_on_the_other(cluster: Cluster) -> None:
+    draft_id = await cluster.create(cluster.a, "alice", "long poll")
+    path = f"/v1/collab/drafts/{draft_id}/events?since=1&wait=20"
+    poll = asyncio.ensure_future(cluster.request(cluster.a, "GET", path, "alice"))
+    try:
+        # nothing tells when the poll is parked on A, so let it sit half a second (still pending:
+        # it was not answered early) before B appends
+        done, _ = await asyncio.wait({poll}, timeout=0.5)
+        assert not done
+        started = time.monotonic()
+        status, body = await cluster.append(cluster.b, draft_id, "alice", "wake up")
+        assert status == 201, body
+        status, body = await asyncio.wait_for(poll, WAIT)
+    finally:
+        poll.cancel()
+    assert status == 200 and [e["seq"] for e in body["data"]] == [2] and body["head_seq"] == 2, body
+    assert _segments(body["data"]) == ["wake up"]
+    assert time.monotonic() - started < 15  # woken by the append, not by the end of the wait
