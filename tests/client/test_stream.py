@@ -117,3 +117,23 @@ async def test_rest_helpers_retry_with_the_same_key(tmp_path: Path) -> None:
             with pytest.raises(ApiError) as err:
                 await alice.append_segment(draft.id, "other body", idempotency_key="k-1")
             assert err.value.status == 422 and err.value.code == "idempotency_key_reused"
+
+
+async def test_an_expired_socket_token_is_refreshed_and_nothing_is_lost(server: ServerProcess) -> None:
+    refreshed = asyncio.get_running_loop().create_future()
+
+    async def get_token() -> str:
+        refreshed.set_result(None)
+        return make_token("alice")
+
+    async with RinglogClient(server.url, token=make_token("alice")) as alice:
+        draft = await alice.create_draft("Short-lived token")
+        short = make_token("alice", expires_in=2)  # the server closes the socket with 4401 at exp
+        async with DraftStream(server.url, draft.id, token=short, get_token=get_token) as stream:
+            assert [e.seq for e in await _take(stream, 1)] == [1]
+            await stream.wait_for_status("live", timeout=TIMEOUT)
+            await asyncio.wait_for(refreshed, TIMEOUT)
+            await alice.append_segment(draft.id, "after the refresh")
+            assert [e.seq for e in await _take(stream, 1)] == [2]
+            assert stream.token != short and stream.status == "live"
+            assert stream.status_history == ["offline", "live"]  # reconnected at once, no fallback
