@@ -1,0 +1,463 @@
+"""Every ringlog benchmark in one run, each beside its baselines measured in the same run.
+
+    python scripts/bench.py [--quick] [--reps 3] [--no-write] [--only http,fanout,...]
+
+Workloads (issue 7): (1) durable appends through HTTP vs a do-nothing aiohttp handler (wrk);
+(2) fan-out at 1,000 and 5,000 sockets vs a raw preserialised broadcast, the spec's reference
+hub and python-socketio; (3) catch-up from since=0 vs reading the rows straight from SQLite;
+(4) RSS per idle socket and time to accept 10,000 sockets; (5) the store and projections
+(``scripts/bench_store.py``); (6) workloads 1 and 2 on PostgreSQL with one and two nodes.
+
+Servers, socket clients (``bench_clients.py``) and ``wrk`` are separate processes. Each figure
+is min / median / max over ``--reps`` repetitions. The results replace the generated sections of
+``docs/BENCHMARKS.md``; hand-written sections (the optimisation log) are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import benchlib as bl
+
+from eventstore import NewEvent
+from eventstore.sqlite import SQLiteStore
+
+PG_ADMIN = os.environ.get("RINGLOG_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+TS = "2025-12-23T20:30:45.123Z"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- (1) HTTP appends -----------------------------------------------------------------------------
+
+
+async def http_workload(db: str, seconds: float, reps: int, nodes: int = 1) -> bl.HttpFigures:
+    figures = bl.HttpFigures()
+    servers = [bl.ringlog_server(db, f"ringlog-{i}") for i in range(nodes)]
+    try:
+        for s in servers:
+            s.start()
+        urls = [s.url for s in servers]
+        targets = await bl.ringlog_targets(urls, 64)
+        await bl.http_appends(urls, targets, connections=64, seconds=seconds, reps=reps, figures=figures)
+    finally:
+        for s in servers:
+            s.__exit__()
+    return figures
+
+
+async def noop_workload(seconds: float, reps: int) -> bl.HttpFigures:
+    figures = bl.HttpFigures()
+    with bl.peer_server("noop") as server:
+        targets = [[(f"/v1/collab/drafts/d{i}/segments", f"u{i}") for i in range(64)]]
+        await bl.http_appends(
+            [server.url], targets, connections=64, seconds=seconds, reps=reps, figures=figures
+        )
+    return figures
+
+
+def http_rows(rows: list[tuple[str, bl.HttpFigures]], ceiling: bl.HttpFigures) -> list[str]:
+    out = [
+        "| server (64 connections, wrk) | req/s min / median / max | vs do-nothing | p50 ms | p99 ms | errors |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for label, f in rows:
+        out.append(
+            f"| {label} | {f.rate.cells(sep=' / ')} | {bl.ratio(f.rate.median, ceiling.rate.median)} "
+            f"| {f.p50.median:.1f} | {f.p99.median:.1f} | {f.errors} |"
+        )
+    return out
+
+
+# -- (3) catch-up ---------------------------------------------------------------------------------
+
+
+async def build_draft_log(path: Path, events: int) -> str:
+    """One draft with ``events`` events (created + segments), written in batches of 1,000."""
+    store = SQLiteStore(path, synchronous="NORMAL")
+    await store.open()
+    draft = "draft_catchup"
+    try:
+        user = bl.OWNER
+        batch: list[NewEvent] = [
+            NewEvent("collab.draft_created", user, TS, {"title": "T", "description": "", "creator_id": user})
+        ]
+        head = 0
+        for position in range(1, events):
+            seg = {"id": 0, "author_user_id": user, "content": bl.PAD, "position": position, "created_at": TS}
+            batch.append(NewEvent("collab.segment_added", user, TS, {"segment": seg}, ("segment", "id")))
+            if len(batch) == 1000:
+                await store.append(draft, batch, head)
+                head += len(batch)
+                batch = []
+        if batch:
+            await store.append(draft, batch, head)
+    finally:
+        await store.close()
+    return draft
+
+
+def raw_sqlite_read(path: Path, draft: str) -> float:
+    """events/s: plain sqlite3, fetchmany(1000), orjson decode of each body."""
+    con = sqlite3.connect(path)
+    try:
+        started = time.perf_counter()
+        cur = con.execute("SELECT body FROM events WHERE draft_id = ? AND seq > 0 ORDER BY seq", (draft,))
+        n = 0
+        while rows := cur.fetchmany(1000):
+            for (body,) in rows:
+                orjson.loads(body)
+                n += 1
+        return n / (time.perf_counter() - started)
+    finally:
+        con.close()
+
+
+async def catchup_client(url: str, expect: int) -> float:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(bl.SCRIPTS / "bench_clients.py"), "catchup", "--url", url, "--expect", str(expect),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 300)
+    result = orjson.loads(out.strip().splitlines()[-1])
+    if result["events"] < expect:
+        raise RuntimeError(f"catch-up received {result['events']} of {expect}")
+    return float(result["events"] / result["seconds"])
+
+
+async def catchup_workload(tmp: Path, events: int, reps: int) -> dict[str, bl.Series]:
+    path = tmp / "catchup.db"
+    draft = await build_draft_log(path, events)
+    out = {"ringlog": bl.Series(), "sqlite": bl.Series(), "client": bl.Series()}
+    for _ in range(reps):
+        out["sqlite"].add(raw_sqlite_read(path, draft))
+    with bl.peer_server("raw") as raw:
+        for _ in range(reps):
+            out["client"].add(await catchup_client(f"{raw.ws_base}/dump?n={events}", events))
+    with bl.ringlog_server(str(path)) as server:
+        url = f"{server.ws_base}/v1/ws/drafts/{draft}?user_id={bl.OWNER}&since=0"
+        await catchup_client(url, events)  # warm-up: the projector folds the draft once
+        for _ in range(reps):
+            out["ringlog"].add(await catchup_client(url, events))
+    return out
+
+
+# -- (4) connections ------------------------------------------------------------------------------
+
+
+async def idle_sockets(kind: str, db: str, n: int) -> tuple[float, float, int]:
+    """(KiB RSS per idle socket, seconds to accept all, sockets connected)."""
+    procs = max(1, n // 2500)
+    server = bl.ringlog_server(db) if kind == "ringlog" else bl.peer_server("raw")
+    with server:
+        if kind == "ringlog":
+            import aiohttp
+
+            async with aiohttp.ClientSession() as session:
+                draft = await bl.create_draft(session, server.url)
+            url = f"{server.ws_base}/v1/ws/drafts/{draft}?user_id={bl.OWNER}"
+            # warm-up: one socket, so imports and first-use allocations are not counted per socket
+            async with bl.Fleet([url], 10, 1):
+                pass
+        else:
+            url = f"{server.ws_base}/ws"
+            async with bl.Fleet([url], 10, 1):
+                pass
+        await asyncio.sleep(0.5)
+        rss0 = server.rss_kib()
+        async with bl.Fleet([url], n, procs, concurrency=250) as fleet:
+            await asyncio.sleep(1.0)
+            rss = (server.rss_kib() - rss0) / max(1, fleet.connected)
+            return rss, fleet.connect_seconds, fleet.connected
+
+
+# -- (5) store and projections --------------------------------------------------------------------
+
+
+async def store_workload(quick: bool, reps: int) -> str:
+    out = Path(tempfile.mkdtemp(prefix="ringlog-benchstore-")) / "BENCHMARKS.md"
+    args = [sys.executable, str(bl.SCRIPTS / "bench_store.py"), "--reps", str(reps), "--out", str(out)]
+    proc = await asyncio.create_subprocess_exec(
+        *args, *(["--quick"] if quick else []), stdout=asyncio.subprocess.DEVNULL
+    )
+    await asyncio.wait_for(proc.wait(), 900)
+    section = bl.read_section(out, "## Store and projections")
+    if proc.returncode != 0 or section is None:
+        return (
+            "## Store and projections\n\n`scripts/bench_store.py` failed in this run (exit status "
+            + f"{proc.returncode}).\n"
+        )
+    return section + "\n"
+
+
+# -- (6) PostgreSQL -------------------------------------------------------------------------------
+
+
+async def pg_database() -> tuple[str, str] | None:
+    try:
+        import asyncpg
+
+        admin = await asyncpg.connect(PG_ADMIN, timeout=3)
+    except Exception as e:
+        log(f"PostgreSQL not reachable at {PG_ADMIN}: {e}; skipping")
+        return None
+    name = "ringlog_bench_" + uuid.uuid4().hex[:10]
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return name, PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+
+
+async def pg_drop(name: str) -> None:
+    import asyncpg
+
+    admin = await asyncpg.connect(PG_ADMIN, timeout=3)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+async def main(args: argparse.Namespace) -> dict[str, str]:
+    bl.raise_nofile()
+    quick, reps = args.quick, args.reps
+    only = set(args.only.split(",")) if args.only else None
+    tmp = Path(tempfile.mkdtemp(prefix="ringlog-bench-"))
+    seconds = 2.0 if quick else 5.0
+    sections: dict[str, str] = {}
+    started = time.monotonic()
+
+    def want(name: str) -> bool:
+        return only is None or name in only
+
+    sections["## How these figures were made"] = "\n".join(
+        [
+            "## How these figures were made",
+            "",
+            f"`python scripts/bench.py{' --quick' if quick else ''}` — {bl.machine_info()}; {reps} reps per figure.",
+            "",
+            "Servers, socket clients (`scripts/bench_clients.py`, a minimal WebSocket client, several processes) "
+            "and `wrk` run in separate processes on the same 2 cores, so the clients take CPU from the "
+            "server: where a figure is client-bound it says so. *Server CPU µs per delivery* (from "
+            "`/proc/PID/stat` during the burst) is the fan-out capacity figure that the clients do not limit.",
+            "",
+        ]
+    )
+
+    http_noop = http_ours = None
+    if want("http"):
+        log("(1) HTTP appends")
+        http_noop = await noop_workload(seconds, reps)
+        http_ours = await http_workload(str(tmp / "http.db"), seconds, reps)
+        sections["## 1. Durable appends through HTTP"] = "\n".join(
+            [
+                "## 1. Durable appends through HTTP",
+                "",
+                f"`wrk -t2 -c64 -d{seconds:g}s` with a Lua script: 64 writers, each its own draft as ring holder, "
+                "`POST …/segments` with a fresh `Idempotency-Key` on every request; SQLite, synchronous=FULL "
+                "(every acknowledged append is on disk). wrk shares the 2 cores with the server.",
+                "",
+                *http_rows(
+                    [("do-nothing aiohttp POST (ceiling)", http_noop), ("**ringlog appends**", http_ours)],
+                    http_noop,
+                ),
+                "",
+            ]
+        )
+
+    plans = [(1000, 2, 20.0, 200)] if quick else [(1000, 2, 20.0, 200), (5000, 4, 10.0, 60)]
+    fan_ref: dict[int, bl.FanoutFigures] = {}
+    fan_ours: dict[int, bl.FanoutFigures] = {}
+    if want("fanout"):
+        body = ["## 2. Fan-out", ""]
+        body.append(
+            "All sockets on one draft; appends are HTTP POSTs from the harness (ringlog: durable appends; "
+            "baselines: the same event envelope, not persisted). *Paced*: steady appends for "
+            f"{seconds:g} s; *burst*: appends 16 in flight. Latency is append sent → event received "
+            "(a send timestamp travels in the segment content). Burst deliveries/s are bounded by the "
+            "client processes (they need more CPU per message than the server), so the *server CPU per "
+            "delivery* column is the capacity comparison."
+        )
+        body.append("")
+        for sockets, procs, rate, burst in plans:
+            plan = bl.FanoutPlan(sockets, procs, rate, seconds, burst if not quick else burst // 2, reps)
+            results = []
+            for kind, label in (
+                ("raw", "raw preserialised broadcast (ceiling)"),
+                ("spec", "spec's reference hub (send_json loop)"),
+                ("socketio", "python-socketio AsyncServer room emit"),
+            ):
+                log(f"(2) fan-out {sockets}: {kind}")
+                fig, rss = await bl.fanout_peer(kind, plan)
+                results.append((label, fig, rss))
+            log(f"(2) fan-out {sockets}: ringlog")
+            ours, rss = await bl.fanout_ringlog(str(tmp / f"fan-{sockets}.db"), plan)
+            results.append(("**ringlog** (persisted, sequenced)", ours, rss))
+            fan_ref[sockets] = results[0][1]
+            fan_ours[sockets] = ours
+            body.append(f"### {sockets:,} sockets — paced {rate:g} appends/s, burst {plan.burst} appends")
+            body.append("")
+            body.extend(bl.fanout_rows(results, results[0][1]))
+            body.append("")
+            cap = {label: 1 / f.burst_cpu_us.median for label, f, _ in results}
+            ours_cap = cap[results[-1][0]]
+            body.append(
+                "Capacity (deliveries per server-CPU-second), ringlog vs: "
+                + ", ".join(
+                    f"{label.split(' (')[0]} **{ours_cap / c:.2f}×**" for label, c in list(cap.items())[:-1]
+                )
+                + "."
+            )
+            body.append("")
+        sections["## 2. Fan-out"] = "\n".join(body)
+
+    if want("catchup"):
+        n = 20_000 if quick else 100_000
+        log(f"(3) catch-up {n}")
+        cu = await catchup_workload(tmp, n, reps)
+        sections["## 3. Catch-up"] = "\n".join(
+            [
+                "## 3. Catch-up",
+                "",
+                f"One draft of {n:,} events; a client connects with `since=0` and receives (and orjson-decodes) "
+                "every event over the WebSocket (aiohttp client in its own process).",
+                "",
+                "| what | events/s min / median / max | ringlog vs |",
+                "|---|---|---:|",
+                f"| plain sqlite3 `fetchmany(1000)` + orjson decode (the store's ceiling) | {cu['sqlite'].cells(sep=' / ')} | {bl.ratio(cu['ringlog'].median, cu['sqlite'].median)} |",
+                f"| the same client reading preframed events from a raw aiohttp server (the client's ceiling) | {cu['client'].cells(sep=' / ')} | {bl.ratio(cu['ringlog'].median, cu['client'].median)} |",
+                f"| **ringlog** WebSocket catch-up | {cu['ringlog'].cells(sep=' / ')} | 1.00× |",
+                "",
+            ]
+        )
+
+    if want("connections"):
+        rows = [
+            "| server | idle sockets | RSS KiB per socket | seconds to accept all |",
+            "|---|---:|---:|---:|",
+        ]
+        for n in (1000, 3000) if quick else (1000, 10_000):
+            for kind in ("raw", "ringlog"):
+                log(f"(4) connections {kind} {n}")
+                rss, secs, got = await idle_sockets(kind, str(tmp / f"conn-{n}.db"), n)
+                label = "bare aiohttp WebSocket" if kind == "raw" else "**ringlog**"
+                rows.append(f"| {label} | {got:,} of {n:,} | {rss:.1f} | {secs:.2f} |")
+        sections["## 4. Connections"] = "\n".join(
+            [
+                "## 4. Connections",
+                "",
+                "Idle sockets on one draft, opened by client processes (2,500 each, 250 handshakes in flight "
+                "per process); RSS growth of the server process divided by the sockets; accept time is until "
+                "every socket has its `connected` message (ringlog) or its handshake (bare aiohttp). One rep.",
+                "",
+                *rows,
+                "",
+            ]
+        )
+
+    if want("store"):
+        log("(5) store and projections (scripts/bench_store.py)")
+        sections["## Store and projections"] = await store_workload(quick, reps)
+
+    if want("pg"):
+        log("(6) PostgreSQL")
+        db = await pg_database()
+        if db is None:
+            sections["## 6. PostgreSQL"] = (
+                f"## 6. PostgreSQL\n\nSkipped: no database reachable at `{PG_ADMIN}`.\n"
+            )
+        else:
+            name, url = db
+            try:
+                rows_http: list[tuple[str, bl.HttpFigures]] = []
+                if http_noop is None:
+                    http_noop = await noop_workload(seconds, reps)
+                rows_http.append(("do-nothing aiohttp POST (ceiling)", http_noop))
+                if http_ours is not None:
+                    rows_http.append(("ringlog, SQLite, 1 node (from workload 1)", http_ours))
+                for nodes in (1, 2):
+                    log(f"(6) PostgreSQL HTTP, {nodes} node(s)")
+                    rows_http.append(
+                        (
+                            f"**ringlog, PostgreSQL, {nodes} node(s)**",
+                            await http_workload(url, seconds, reps, nodes),
+                        )
+                    )
+                fan_rows: list[tuple[str, bl.FanoutFigures, float]] = []
+                plan = bl.FanoutPlan(1000, 2, 20.0, seconds, 100 if not quick else 50, reps)
+                for nodes in (1, 2):
+                    log(f"(6) PostgreSQL fan-out, {nodes} node(s)")
+                    fig, rss = await bl.fanout_ringlog(url, plan, nodes)
+                    fan_rows.append((f"ringlog, PostgreSQL, {nodes} node(s)", fig, rss))
+                ref = fan_ref.get(1000)
+                if ref is not None:
+                    fan_rows.insert(0, ("raw broadcast (ceiling, from workload 2)", ref, float("nan")))
+                if 1000 in fan_ours:
+                    fan_rows.insert(
+                        1, ("ringlog, SQLite, 1 node (from workload 2)", fan_ours[1000], float("nan"))
+                    )
+                sections["## 6. PostgreSQL"] = "\n".join(
+                    [
+                        "## 6. PostgreSQL",
+                        "",
+                        "A throw-away database on the local PostgreSQL (created and dropped by the harness). "
+                        "Two nodes: two `ringlog serve` processes on one database; HTTP load split between them "
+                        "(two wrk, 32 connections each); sockets split between them, appends through both in turn, "
+                        "so half the deliveries cross nodes through LISTEN/NOTIFY and a log read. The database "
+                        "server shares the same 2 cores.",
+                        "",
+                        *http_rows(rows_http, http_noop),
+                        "",
+                        f"Fan-out, 1,000 sockets, paced 20 appends/s for {seconds:g} s, burst {plan.burst} appends:",
+                        "",
+                        *bl.fanout_rows(fan_rows, ref if ref is not None else fan_rows[0][1]),
+                        "",
+                    ]
+                )
+            finally:
+                await pg_drop(name)
+
+    log(f"done in {time.monotonic() - started:.0f} s")
+    sections["## How these figures were made"] += f"Whole run: {time.monotonic() - started:.0f} s.\n"
+    return sections
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts: under 2 minutes")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--only", default="", help="comma-separated: http,fanout,catchup,connections,store,pg"
+    )
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    if not bl.have_wrk():
+        sys.exit("wrk is needed for the HTTP workloads: apt-get install -y wrk")
+    result = asyncio.run(main(arguments))
+    for text in result.values():
+        print(text)
+    if not arguments.no_write:
+        bl.write_sections(bl.BENCHMARKS_MD, result)
