@@ -284,8 +284,18 @@ async def test_delivery_continues_when_the_listen_connection_is_killed(cluster: 
             assert status == 201, body
             seq = body["data"]["seq"]
             assert await sock.collect(ws, seq)
+        # the new listener is woken by NOTIFY: far quicker than the once-a-second check
+        delays = []
+        for k in range(7):
+            started = time.monotonic()
+            status, body = await cluster.append(cluster.b, draft_id, "alice", f"timed {k}")
+            assert status == 201, body
+            seq = body["data"]["seq"]
+            assert await sock.collect(ws, seq)
+            delays.append(time.monotonic() - started)
+        assert sorted(delays)[3] < 0.25, delays
     sock.assert_exactly(await cluster.events(cluster.b, draft_id, "alice"))
-    assert seq == 1 + 3 * 4
+    assert seq == 1 + 3 * 4 + 7
 
 
 async def test_clients_resume_on_the_survivor_when_a_node_is_killed(cluster: Cluster) -> None:
