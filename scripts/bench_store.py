@@ -395,7 +395,8 @@ async def main(args: argparse.Namespace) -> str:
         SECTION,
         "",
         f"`python scripts/bench_store.py{' --quick' if quick else ''}` — {time.strftime('%Y-%m-%d')}, "
-        f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs "
+        f"(load average {os.getloadavg()[0]:.1f} at the end: other work on the machine widens min–max), "
         f"aiosqlite {aiosqlite.__version__}, SQLite {__import__('sqlite3').sqlite_version}; "
         f"{reps} reps, fresh database per rep; 1,000 drafts round-robin, ~250-byte events; "
         f"{many:,} events per 200-producer run, {one:,} per 1-producer run "
