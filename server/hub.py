@@ -231,34 +231,52 @@ class Hub:
         ``sub`` must already be subscribed, so records committed meanwhile are buffered.
         """
         after = since
-        while not sub.closed:
-            page = await self.store.read(sub.draft_id, after, CATCH_UP_PAGE)
-            for record in page:
-                await sub.send_now(text_frame(record.body))
-                after = record.seq
-            if len(page) == CATCH_UP_PAGE:
-                continue
-            if sub.pending_overflowed:
-                sub.pending_overflowed = False
-                sub.pending.clear()
-                continue
-            # No await from here to `live = True`: nothing can slip between log and live.
-            gap = False
-            frames: list[bytes] = []
-            while sub.pending:
-                record = sub.pending.popleft()
-                if record.seq <= after:
+        prefetch: asyncio.Task[list[Record]] | None = None
+        try:
+            while not sub.closed:
+                if prefetch is None:
+                    page = await self.store.read(sub.draft_id, after, CATCH_UP_PAGE)
+                else:
+                    page, prefetch = await prefetch, None
+                if page:
+                    after = page[-1].seq
+                    if len(page) == CATCH_UP_PAGE:
+                        # read the next page while this one drains: the socket never waits on SQLite
+                        prefetch = asyncio.ensure_future(self.store.read(sub.draft_id, after, CATCH_UP_PAGE))
+                    # one write per page: a socket catching up is behind by definition
+                    await sub.send_now(b"".join([text_frame(record.body) for record in page]))
+                if len(page) == CATCH_UP_PAGE:
                     continue
-                if record.seq != after + 1:
-                    gap = True
-                    sub.pending.clear()
-                    break
-                frames.append(text_frame(record.body))
-                after = record.seq
-            if gap:
+                if self._go_live(sub, after):
+                    return
+        finally:
+            if prefetch is not None:
+                prefetch.cancel()
+
+    @staticmethod
+    def _go_live(sub: Subscriber, after: int) -> bool:
+        """Send the buffered live records after ``after`` and switch to live.
+
+        False when the buffer overflowed or has a gap: the caller reads the log again from
+        ``after`` (nothing buffered was sent, so nothing is skipped).
+        """
+        if sub.pending_overflowed:
+            sub.pending_overflowed = False
+            sub.pending.clear()
+            return False
+        # No await from here to `live = True`: nothing can slip between log and live.
+        frames: list[bytes] = []
+        while sub.pending:
+            record = sub.pending.popleft()
+            if record.seq <= after:
                 continue
-            sub.last_seq = after
-            sub.live = True
-            if frames:
-                sub._deliver(b"".join(frames), time.monotonic())
-            return
+            if record.seq != after + 1:
+                sub.pending.clear()
+                return False
+            frames.append(text_frame(record.body))
+            after = record.seq
+        sub.last_seq = after
+        sub.live = True
+        if frames:
+            sub._deliver(b"".join(frames), time.monotonic())
+        return True
