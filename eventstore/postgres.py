@@ -615,9 +615,11 @@ class PostgresStore:
         with _mapped_errors("snapshot write"):
             async with self._acquire() as conn, conn.transaction():
                 if snapshots:
+                    # rows are locked in draft order: two nodes flushing the same drafts (each in
+                    # its own set order) would otherwise deadlock
                     await conn.execute(
                         "INSERT INTO snapshots (draft_id, seq, state) "
-                        "SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) "
+                        "SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) ORDER BY 1 "
                         "ON CONFLICT (draft_id) DO UPDATE SET seq = excluded.seq, state = excluded.state "
                         "WHERE excluded.seq >= snapshots.seq",
                         [s.draft_id for s in snapshots],
