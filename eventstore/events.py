@@ -51,9 +51,13 @@ def canonical_json(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
-def chain_hash(prev_hash: bytes, body: bytes) -> bytes:
-    """One link of a draft's hash chain: ``sha256(prev_hash ‖ body)``."""
-    return hashlib.sha256(prev_hash + body).digest()
+def chain_hash(prev_hash: bytes, position: int, body: bytes) -> bytes:
+    """One link of a draft's hash chain: ``sha256(prev_hash ‖ position as 8 bytes big-endian ‖ body)``.
+
+    The global position is covered too, so moving events around the log (even between drafts,
+    whose chains are separate) breaks a link.
+    """
+    return hashlib.sha256(prev_hash + position.to_bytes(8, "big") + body).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +154,7 @@ def build_records(
         seq = head_seq + offset
         position = last_position + offset
         body = canonical_json(new.materialise(draft_id, seq, position))
-        prev_hash = chain_hash(prev_hash, body)
+        prev_hash = chain_hash(prev_hash, position, body)
         records.append(
             Record(
                 position=position,

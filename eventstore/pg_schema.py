@@ -7,7 +7,7 @@ import, or someone at a ``psql`` prompt):
   counter ``log_head`` (row-locking it until commit, which is what serialises writers and makes
   positions commit-ordered, see :mod:`eventstore.postgres`) and refuses the row unless its
   ``position`` is that value, its ``seq`` is the draft's head + 1 and its ``hash`` is
-  ``sha256(previous hash ‖ body)``.
+  ``sha256(previous hash ‖ position (8 bytes, big-endian) ‖ body)``.
 * ``events_append_only`` / ``events_no_truncate``: refuse UPDATE, DELETE and TRUNCATE.
 * ``log_head_guard``: the counter can only move through ``events_next_only``.
 """
@@ -70,7 +70,7 @@ BEGIN
             NEW.draft_id, COALESCE(head_seq, 0) + 1, NEW.seq USING ERRCODE = 'check_violation';
     END IF;
     IF NEW.hash IS DISTINCT FROM
-            sha256(COALESCE(head_hash, decode(repeat('00', 32), 'hex')) || NEW.body) THEN
+            sha256(COALESCE(head_hash, decode(repeat('00', 32), 'hex')) || int8send(NEW.position) || NEW.body) THEN
         RAISE EXCEPTION 'ringlog: draft % seq % breaks the hash chain', NEW.draft_id, NEW.seq
             USING ERRCODE = 'check_violation';
     END IF;

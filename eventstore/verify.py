@@ -69,7 +69,7 @@ async def verify_log(store: Store, progress: Callable[[int, int], None] | None =
                 return VerifyReport(
                     count, len(heads), f"body disagrees with its columns: {where}", record.position
                 )
-            digest = chain_hash(prev_hash, record.body)
+            digest = chain_hash(prev_hash, record.position, record.body)
             if digest != record.hash:
                 return VerifyReport(count, len(heads), f"hash chain broken: {where}", record.position)
             heads[record.draft_id] = (record.seq, digest)

@@ -314,7 +314,7 @@ def _edit_body_and_its_hash(conn: sqlite3.Connection) -> None:
     forged = body.replace(b'"content":"s1"', b'"content":"forged"')
     assert forged != body
     conn.execute(
-        "UPDATE events SET body = ?, hash = ? WHERE position = 8", (forged, chain_hash(prev, forged))
+        "UPDATE events SET body = ?, hash = ? WHERE position = 8", (forged, chain_hash(prev, 8, forged))
     )
 
 
@@ -355,14 +355,25 @@ def _swap_everything_but_position(conn: sqlite3.Connection) -> None:
     conn.execute(f"UPDATE events SET {sets} WHERE position = 4", b)
 
 
+def _swap_across_drafts(conn: sqlite3.Connection) -> None:
+    """draft_0's seq 2 (position 4) and draft_1's seq 2 (position 5) trade places in the log.
+
+    Each draft's own order is untouched; only the position in each link's hash can tell.
+    """
+    conn.execute("UPDATE events SET position = -4 WHERE position = 4")
+    conn.execute("UPDATE events SET position = 4 WHERE position = 5")
+    conn.execute("UPDATE events SET position = 5 WHERE position = -4")
+
+
 TAMPERING = [
     pytest.param(_edit_body, 8, "hash chain broken", id="edited-body"),
     pytest.param(_edit_body_and_its_hash, 11, "hash chain broken", id="edited-body-rehashed"),
     pytest.param(_delete_middle, 8, "position gap", id="deleted-event"),
-    pytest.param(_delete_and_close_gap, 9, "seq out of order", id="deleted-event-gap-closed"),
+    pytest.param(_delete_and_close_gap, 7, "hash chain broken", id="deleted-event-gap-closed"),
     pytest.param(_swap_positions, 4, "seq out of order", id="reordered-positions"),
     pytest.param(_swap_bodies, 4, "body disagrees", id="reordered-bodies"),
     pytest.param(_swap_everything_but_position, 4, "seq out of order", id="reordered-rows"),
+    pytest.param(_swap_across_drafts, 4, "hash chain broken", id="reordered-across-drafts"),
 ]
 
 

@@ -282,7 +282,7 @@ async def test_hash_chain_links_each_draft(store: Store) -> None:
     for draft_id in ("draft_a", "draft_b"):
         prev = GENESIS_HASH
         for r in await store.read(draft_id):
-            assert r.hash == chain_hash(prev, r.body)
+            assert r.hash == chain_hash(prev, r.position, r.body)
             assert len(r.hash) == 32
             prev = r.hash
     # same content, different drafts: different bodies, different hashes
