@@ -614,9 +614,10 @@ def fanout_rows(results: Sequence[tuple[str, FanoutFigures, float]], ceiling: Fa
         "|---|---:|---|---:|---|---:|---|---:|---:|",
     ]
     for label, f, rss in results:
+        rss_cell = "–" if rss != rss else f"{rss:.1f}"  # NaN: not measured in this row
         rows.append(
             f"| {label} | {f.connected:,} | {f.burst_rate.cells(sep=' / ')} | {ratio(f.burst_rate.median, ceiling.burst_rate.median)} "
             f"| {f.burst_p50.median:.0f} / {f.burst_p99.median:.0f} | {f.burst_cpu_us.median:.2f} "
-            f"| {f.steady_p50.median:.1f} / {f.steady_p99.cells('{:.1f}', ' / ')} | {f.steady_lost + f.burst_lost} | {rss:.1f} |"
+            f"| {f.steady_p50.median:.1f} / {f.steady_p99.cells('{:.1f}', ' / ')} | {f.steady_lost + f.burst_lost} | {rss_cell} |"
         )
     return rows
