@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
@@ -23,6 +24,8 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_INVALID_SINCE = 4400
 CLOSE_TOKEN_EXPIRED = 4401
 CLOSE_NOT_FOUND = 4404
+CLOSE_TIMEOUT = 5.0
+"""Seconds a close handshake may take before the connection is dropped."""
 
 
 async def _refuse(
@@ -95,9 +98,11 @@ async def draft_socket(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     assert transport is not None
 
+    closer = _Closer(ws, transport)
+
     def on_overflow(sub: Subscriber) -> None:
         st.metrics.slow_closes.inc()
-        st.sockets.spawn(ws.close(code=CLOSE_TRY_AGAIN_LATER, message=b"too slow: reconnect with since"))
+        closer.request(CLOSE_TRY_AGAIN_LATER, b"too slow: reconnect with since")
 
     sub = Subscriber(
         draft_id,
@@ -106,7 +111,7 @@ async def draft_socket(request: web.Request) -> web.StreamResponse:
         settings.ws_queue_size,
         st.metrics.fanout_lag.observe,
     )
-    st.sockets.add(user_id, ws)
+    st.sockets.add(user_id, ws, closer.close)
     st.metrics.open_sockets.inc()
     st.hub.subscribe(sub)  # buffer live events before catching up: the seam has no gap
     tasks: list[asyncio.Task[Any]] = []
@@ -122,8 +127,8 @@ async def draft_socket(request: web.Request) -> web.StreamResponse:
         sub.resync = resync
         tasks.append(st.sockets.spawn(st.hub.catch_up_then_live(sub, since)))
         if identity.expires_at is not None:
-            tasks.append(st.sockets.spawn(_expire(ws, identity.expires_at)))
-        await _read_loop(ws, settings.ws_flood_limit)
+            tasks.append(st.sockets.spawn(_expire(ws, closer, identity.expires_at)))
+        await closer.read_until_closed(_read_loop(ws, settings.ws_flood_limit))
     except (ConnectionError, RuntimeError):
         pass
     finally:
@@ -134,11 +139,55 @@ async def draft_socket(request: web.Request) -> web.StreamResponse:
         st.metrics.open_sockets.dec()
         if not ws.closed:
             with contextlib.suppress(Exception):
-                await ws.close()
+                await asyncio.wait_for(ws.close(), CLOSE_TIMEOUT)
+        closer.done.set()
     return ws
 
 
-async def _expire(ws: web.WebSocketResponse, expires_at: float) -> None:
+class _Closer:
+    """Closes a socket from its own handler task, whoever asks (overflow, expiry, shutdown).
+
+    aiohttp's ``close()`` called from another task while the handler is reading drops the TCP
+    connection right after the close frame, without waiting for the client's reply; an aiohttp
+    client then reports 1006 instead of our code. So other tasks only *request* a close: the
+    handler stops reading and runs the close handshake itself, bounded by ``CLOSE_TIMEOUT``.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+        self.ws = ws
+        self.transport = transport
+        self.requested: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        self.done = asyncio.Event()
+
+    def request(self, code: int, message: bytes) -> None:
+        """Ask the handler to close with ``code`` (the first request wins)."""
+        if not self.requested.done():
+            self.requested.set_result((code, message))
+
+    async def close(self, code: int, message: bytes) -> None:
+        """Request a close and wait until the handler has finished with the socket."""
+        self.request(code, message)
+        await self.done.wait()
+
+    async def read_until_closed(self, read_loop: Coroutine[Any, Any, None]) -> None:
+        """Run the read loop until the peer goes or a close is requested; then close."""
+        reader = asyncio.ensure_future(read_loop)
+        try:
+            await asyncio.wait((reader, self.requested), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not reader.done():
+                reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
+                await reader
+        if self.requested.done() and not self.ws.closed:
+            code, message = self.requested.result()
+            try:
+                await asyncio.wait_for(self.ws.close(code=code, message=message), CLOSE_TIMEOUT)
+            except TimeoutError:
+                self.transport.abort()  # a peer that never reads would hold the socket forever
+
+
+async def _expire(ws: web.WebSocketResponse, closer: _Closer, expires_at: float) -> None:
     await asyncio.sleep(max(0.0, expires_at - time.time()))
     if not ws.closed:
         with contextlib.suppress(ConnectionError, RuntimeError):
@@ -148,7 +197,7 @@ async def _expire(ws: web.WebSocketResponse, expires_at: float) -> None:
                 ),
                 WSMsgType.TEXT,
             )
-            await ws.close(code=CLOSE_TOKEN_EXPIRED, message=b"token_expired")
+        closer.request(CLOSE_TOKEN_EXPIRED, b"token_expired")
 
 
 async def _read_loop(ws: web.WebSocketResponse, flood_limit: int) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 CLOSE_GOING_AWAY = 1001
+
+CloseSocket = Callable[[int, bytes], Awaitable[None]]
 
 
 class SocketRegistry:
@@ -17,16 +20,17 @@ class SocketRegistry:
 
     def __init__(self) -> None:
         self.by_user: dict[str, set[web.WebSocketResponse]] = defaultdict(set)
-        self.all: set[web.WebSocketResponse] = set()
+        self.all: dict[web.WebSocketResponse, CloseSocket] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.closing = False
 
-    def add(self, user_id: str, ws: web.WebSocketResponse) -> None:
+    def add(self, user_id: str, ws: web.WebSocketResponse, close: CloseSocket) -> None:
+        """Register ``ws``; ``close(code, message)`` closes it and returns once it is closed."""
         self.by_user[user_id].add(ws)
-        self.all.add(ws)
+        self.all[ws] = close
 
     def remove(self, user_id: str, ws: web.WebSocketResponse) -> None:
-        self.all.discard(ws)
+        self.all.pop(ws, None)
         sockets = self.by_user.get(user_id)
         if sockets is not None:
             sockets.discard(ws)
@@ -46,9 +50,9 @@ class SocketRegistry:
     async def close_all(self, timeout: float) -> None:
         """Close every socket with 1001 (server going away)."""
         self.closing = True
-        sockets = list(self.all)
-        if sockets:
-            closes = [ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down") for ws in sockets]
+        closers = list(self.all.values())
+        if closers:
+            closes = [close(CLOSE_GOING_AWAY, b"server shutting down") for close in closers]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*closes, return_exceptions=True), timeout)
         for task in list(self.tasks):
