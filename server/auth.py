@@ -97,13 +97,17 @@ class Authenticator:
             if alg == "HS256" and s.jwt_secret:
                 claims = jwt.decode(token, s.jwt_secret, algorithms=["HS256"], **kwargs)
             elif alg in JWKS_ALGORITHMS and self._jwks is not None:
-                key = await self._signing_key(token)
-                claims = jwt.decode(token, key, algorithms=JWKS_ALGORITHMS, **kwargs)
+                signing_key = await self._signing_key(token)
+                # only the algorithm of the key named by `kid`: an ES256 header on an RSA key is
+                # refused as a token error (pyjwt would raise TypeError preparing the wrong key type)
+                key_alg = signing_key.algorithm_name
+                algorithms = [key_alg] if key_alg in JWKS_ALGORITHMS else []
+                claims = jwt.decode(token, signing_key.key, algorithms=algorithms, **kwargs)
             else:
                 raise unauthorized(f"token algorithm {alg!r} is not accepted")
         except jwt.ExpiredSignatureError as e:
             raise unauthorized("token expired") from e
-        except jwt.PyJWTError as e:
+        except (jwt.PyJWTError, TypeError, ValueError) as e:
             raise unauthorized(f"invalid token: {e}") from e
         sub = claims.get("sub")
         if not valid_user_id(sub, s.limits):
@@ -115,7 +119,7 @@ class Authenticator:
         exp = claims.get("exp")
         return Identity(str(sub), float(exp) if isinstance(exp, int | float) else None)
 
-    async def _signing_key(self, token: str) -> Any:
+    async def _signing_key(self, token: str) -> jwt.PyJWK:
         assert self._jwks is not None
         jwks = self._jwks
         try:
@@ -127,4 +131,4 @@ class Authenticator:
             ) from e
         except jwt.PyJWTError as e:
             raise unauthorized(f"no usable key for this token: {e}") from e
-        return signing_key.key
+        return signing_key
