@@ -447,6 +447,28 @@ class _HeadCache:
         self.position = last_position
 
 
+def _claims_in_log(
+    conn: sqlite3.Connection, claims: list[IdempotencyClaim]
+) -> dict[tuple[str, str], IdempotencyRecord]:
+    """Which of these (user, key) pairs the log already holds: one query for the whole group.
+
+    Every statement is a thread switch with the event loop (the GIL), so one lookup per claim
+    would make a busy group commit wait on the loop dozens of times.
+    """
+    found: dict[tuple[str, str], IdempotencyRecord] = {}
+    for start in range(0, len(claims), 400):
+        chunk = claims[start : start + 400]
+        users = sorted({c.user_id for c in chunk})
+        keys = sorted({c.key for c in chunk})
+        sql = (
+            "SELECT idem_user, idem_key, idem_fp, draft_id, seq FROM events "
+            f"WHERE idem_user IN ({','.join('?' * len(users))}) AND idem_key IN ({','.join('?' * len(keys))})"
+        )
+        for user, key, fp, draft_id, seq in conn.execute(sql, (*users, *keys)):
+            found[(user, key)] = IdempotencyRecord(user, key, fp, draft_id, seq)
+    return found
+
+
 def _plan_and_insert(
     conn: sqlite3.Connection, group: list[_Append], cache: _HeadCache
 ) -> tuple[dict[str, tuple[int, bytes]], int]:
@@ -459,19 +481,12 @@ def _plan_and_insert(
     cached = cache.valid_at(last_position)
     heads: dict[str, tuple[int, bytes]] = {}
     touched: dict[str, tuple[int, bytes]] = {}
-    claimed: dict[tuple[str, str], IdempotencyRecord] = {}
+    claimed = _claims_in_log(conn, [item.claim for item in group if item.claim is not None])
     rows: list[tuple[Any, ...]] = []
     for item in group:
         claim = item.claim
         if claim is not None:
             found = claimed.get((claim.user_id, claim.key))
-            if found is None:
-                row = conn.execute(
-                    "SELECT idem_fp, draft_id, seq FROM events WHERE idem_user = ? AND idem_key = ?",
-                    (claim.user_id, claim.key),
-                ).fetchone()
-                if row is not None:
-                    found = IdempotencyRecord(claim.user_id, claim.key, row[0], row[1], row[2])
             if found is not None:
                 if found.fingerprint != claim.fingerprint:
                     item.outcome = IdempotencyKeyReused(claim.user_id, claim.key)

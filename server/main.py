@@ -49,6 +49,10 @@ def configure_logging(settings: Settings) -> None:
 def serve(settings: Settings) -> int:
     """Run the server in the foreground; returns the exit status."""
     configure_logging(settings)
+    # The store's writer and readers are threads that hand work back and forth with the event
+    # loop many times a second. With the default 5 ms switch interval a thread that wants the
+    # GIL back waits up to 5 ms while the loop is busy: group commits then take tens of ms.
+    sys.setswitchinterval(0.0005)
     try:
         import uvloop
 

@@ -21,7 +21,7 @@ from eventstore.errors import ConcurrencyConflict, IdempotencyKeyReused
 from eventstore.events import IdempotencyClaim, Record, canonical_json, utc_now_iso
 from eventstore.store import Store
 from projections.decide import Command, CreateDraft, Limits, decide
-from projections.errors import Forbidden, NotFound
+from projections.errors import DomainError, Forbidden, NotFound
 from projections.fold import fold_all
 from projections.runner import DraftProjector
 from projections.state import DraftState
@@ -111,16 +111,42 @@ class DraftService:
         idempotency_key: str | None = None,
         body: Any = None,
     ) -> Outcome:
-        """Decide and append ``command``; returns the outcome (or the first one, for a retry)."""
-        user_id = command.user_id
+        """Decide and append ``command``; returns the outcome (or the first one, for a retry).
+
+        A repeated Idempotency-Key is recognised by the store inside the append's transaction,
+        so the common case costs no extra read. Only when the command is refused or changes
+        nothing against the current state is the log asked whether the key was used before
+        (a retry after the ring moved on must still get its first response).
+        """
         claim: IdempotencyClaim | None = None
         if idempotency_key is not None:
-            claim = IdempotencyClaim(user_id, idempotency_key, fingerprint(endpoint, draft_id, body))
-            found = await self.store.find_idempotency(user_id, idempotency_key)
-            if found is not None:
-                if found.fingerprint != claim.fingerprint:
-                    raise IdempotencyKeyReused(user_id, idempotency_key)
-                return await self._replay(found.draft_id, found.seq)
+            claim = IdempotencyClaim(command.user_id, idempotency_key, fingerprint(endpoint, draft_id, body))
+        try:
+            outcome = await self._decide_and_append(draft_id, command, if_match, claim)
+        except (DomainError, ApiError):
+            if claim is not None and (earlier := await self._earlier(claim)) is not None:
+                return earlier
+            raise
+        if (
+            outcome.record is None
+            and claim is not None
+            and (earlier := await self._earlier(claim)) is not None
+        ):
+            return earlier
+        return outcome
+
+    async def _earlier(self, claim: IdempotencyClaim) -> Outcome | None:
+        found = await self.store.find_idempotency(claim.user_id, claim.key)
+        if found is None:
+            return None
+        if found.fingerprint != claim.fingerprint:
+            raise IdempotencyKeyReused(claim.user_id, claim.key)
+        return await self._replay(found.draft_id, found.seq)
+
+    async def _decide_and_append(
+        self, draft_id: str | None, command: Command, if_match: int | None, claim: IdempotencyClaim | None
+    ) -> Outcome:
+        user_id = command.user_id
         if isinstance(command, CreateDraft):
             assert draft_id is None
             draft_id = command.draft_id
