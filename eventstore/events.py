@@ -20,8 +20,7 @@ GENESIS_HASH = bytes(32)
 
 def utc_now_iso() -> str:
     """Return the current UTC time as ISO 8601 with milliseconds and ``Z``."""
-    now = datetime.now(UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    return datetime.now(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 class Event(BaseModel):

@@ -108,6 +108,11 @@ class DraftProjector:
         summary = self._summaries.get(draft_id)
         return summary.seq if summary is not None else 0
 
+    def cached(self, draft_id: str, seq: int) -> DraftState | None:
+        """The cached state of the draft if it is exactly at ``seq`` (no I/O)."""
+        state = self._cache.get(draft_id)
+        return state if state is not None and state.seq == seq else None
+
     async def get(self, draft_id: str) -> DraftState | None:
         """The draft's current state, or None if it does not exist."""
         cached = self._cache.get(draft_id)

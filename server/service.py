@@ -184,7 +184,12 @@ class DraftService:
                     continue
                 if result.replayed is not None:
                     return await self._replay(result.replayed.draft_id, result.replayed.seq)
-                after = fold_all(state, [r.event() for r in result.records])
+                last = result.records[-1]
+                # The projector folded the new records as they committed; fold here only if it
+                # did not keep this draft cached.
+                after = self.projector.cached(draft_id, last.seq) or fold_all(
+                    state, [r.event() for r in result.records]
+                )
                 assert after is not None
                 return Outcome(after, result.records[-1])
         raise ConcurrencyConflict(draft_id, -1, -1)
