@@ -87,6 +87,11 @@ async def draft_socket(request: web.Request) -> web.StreamResponse:
             since = int(raw_since)
         except ValueError:
             since = -1
+        if since > head:
+            # the projection follows commits a moment after they are readable, and a client may
+            # have seen the newest events from the log in a catch-up: the log's head decides
+            with contextlib.suppress(Exception):
+                head = max(head, await st.store.head(draft_id))
         if not 0 <= since <= head:
             return await _refuse(
                 ws, "invalid_since", f"since must be an integer from 0 to {head}", CLOSE_INVALID_SINCE
