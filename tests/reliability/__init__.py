@@ -1,0 +1,1 @@
+"""Reliability and security proofs (issue 6): crashes, storage faults, hostile input, abuse, slow clients."""
