@@ -85,7 +85,10 @@ def valid_user_id(user_id: object, limits: Limits = DEFAULT_LIMITS) -> bool:
     return (
         isinstance(user_id, str)
         and 1 <= len(user_id) <= limits.user_id_max
-        and all(ch.isprintable() and not ch.isspace() for ch in user_id)
+        # API.md's rule exactly (and what /openapi.json's pattern can say): no whitespace, no
+        # C0/C1 control characters. str.isprintable() also refused unassigned code points,
+        # which a schema cannot describe, so schema-valid ids were refused.
+        and not any(ch.isspace() or ch <= "\x1f" or "\x7f" <= ch <= "\x9f" for ch in user_id)
     )
 
 

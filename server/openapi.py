@@ -23,6 +23,8 @@ from server.models import (
 from server.settings import Settings
 
 REF = "#/components/schemas/{model}"
+USER_ID_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f]+$"
+"""No whitespace, no control characters (projections.decide.valid_user_id)."""
 
 
 def _schema(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
@@ -60,6 +62,17 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     comps["CreateDraftBody"]["properties"]["title"]["maxLength"] = settings.title_max
     comps["CreateDraftBody"]["properties"]["description"]["maxLength"] = settings.description_max
     comps["AppendSegmentBody"]["properties"]["content"]["maxLength"] = settings.content_max
+    # What the handlers check beyond the models' types (found by schemathesis: a schema that
+    # allows more than the server accepts makes valid-looking requests fail).
+    user_id = {"type": "string", "minLength": 1, "maxLength": settings.user_id_max, "pattern": USER_ID_PATTERN}
+    comps["PassRingBody"]["properties"]["to_user_id"] = dict(user_id)
+    comps["AddCollaboratorBody"]["properties"]["user_id"] = dict(user_id)
+    update = comps["UpdateDraftBody"]
+    update["properties"]["title"]["anyOf"][0]["maxLength"] = settings.title_max
+    update["properties"]["description"]["anyOf"][0]["maxLength"] = settings.description_max
+    update["anyOf"] = [  # at least one of the fields, not null
+        {"required": [name], "properties": {name: {"type": "string"}}} for name in ("title", "description")
+    ]
 
     def error(desc: str) -> dict[str, Any]:
         return {"description": desc, "content": {"application/json": {"schema": ref["ErrorModel"]}}}
@@ -89,9 +102,14 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "name": "Idempotency-Key",
             "in": "header",
             "required": False,
-            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            "schema": {"type": "string", "pattern": "^[ -~]{1,255}$"},
         },
-        {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"}},
+        {
+            "name": "If-Match",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "pattern": '^("[0-9]{1,18}"|[0-9]{1,18})$'},
+        },
     ]
 
     def seq_of(key: str, schema: dict[str, Any]) -> dict[str, Any]:
