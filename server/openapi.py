@@ -64,7 +64,12 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     comps["AppendSegmentBody"]["properties"]["content"]["maxLength"] = settings.content_max
     # What the handlers check beyond the models' types (found by schemathesis: a schema that
     # allows more than the server accepts makes valid-looking requests fail).
-    user_id = {"type": "string", "minLength": 1, "maxLength": settings.user_id_max, "pattern": USER_ID_PATTERN}
+    user_id = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": settings.user_id_max,
+        "pattern": USER_ID_PATTERN,
+    }
     comps["PassRingBody"]["properties"]["to_user_id"] = dict(user_id)
     comps["AddCollaboratorBody"]["properties"]["user_id"] = dict(user_id)
     update = comps["UpdateDraftBody"]
