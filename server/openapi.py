@@ -192,7 +192,11 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "operationId": "listEvents",
                 "parameters": [
                     draft_id,
-                    {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 2**62},
+                    },
                     {
                         "name": "limit",
                         "in": "query",

@@ -21,7 +21,7 @@ from eventstore.errors import ConcurrencyConflict, IdempotencyKeyReused
 from eventstore.events import IdempotencyClaim, Record, canonical_json, utc_now_iso
 from eventstore.store import Store
 from projections.decide import Command, CreateDraft, Limits, decide
-from projections.errors import DomainError, Forbidden, NotFound
+from projections.errors import DomainError, Forbidden, NotFound, ValidationFailed
 from projections.fold import fold_all
 from projections.runner import DraftProjector
 from projections.state import DraftState
@@ -154,6 +154,15 @@ class DraftService:
         async with self._locks.hold(draft_id):
             for _ in range(MAX_CONFLICT_RETRIES):
                 state = None if isinstance(command, CreateDraft) else await self.projector.get(draft_id)
+                # An invalid field is the request's own fault whatever the draft's head is: 422
+                # comes before 412 (schemathesis sent a bad user id with a stale If-Match).
+                refused: DomainError | None = None
+                try:
+                    events = decide(state, command, self.clock(), self.limits)
+                except ValidationFailed:
+                    raise
+                except DomainError as e:
+                    events, refused = [], e
                 if state is not None and if_match is not None:
                     if state.role_of(user_id) in (None, "viewer"):
                         raise Forbidden("you may not change this draft")
@@ -164,7 +173,8 @@ class DraftService:
                             f"the draft is at seq {state.seq}, not {if_match}",
                             details={"head_seq": state.seq},
                         )
-                events = decide(state, command, self.clock(), self.limits)
+                if refused is not None:
+                    raise refused
                 if not events:
                     assert state is not None
                     return Outcome(state, None)
