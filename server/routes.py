@@ -127,7 +127,7 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 18 or not low <= int(raw) <= high:
+    if not raw.isdigit() or len(raw) > len(str(high)) or not low <= int(raw) <= high:
         raise ApiError(400, "invalid_parameter", f"{name} must be an integer from {low} to {high}")
     return int(raw)
 
