@@ -52,14 +52,11 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
 from eventstore.errors import (
-    ConcurrencyConflict,
-    IdempotencyKeyReused,
     LogCorrupted,
     StoreError,
     StoreUnavailable,
@@ -70,8 +67,8 @@ from eventstore.events import (
     IdempotencyRecord,
     NewEvent,
     Record,
-    build_records,
 )
+from eventstore.groupcommit import GroupCommitter, PendingAppend, plan_group, record_row
 from eventstore.notifier import Notifier
 from eventstore.pg_schema import SCHEMA, SCHEMA_LOCK, SCHEMA_VERSION
 from eventstore.store import AppendResult, Snapshot
@@ -142,33 +139,7 @@ def record_from_row(row: Sequence[Any]) -> Record:
 
 def _record_columns(records: Sequence[Record]) -> list[list[Any]]:
     """Column arrays for :data:`_INSERT` (unnest of one array per column)."""
-    columns: list[list[Any]] = [[] for _ in range(9)]
-    for r in records:
-        c = r.idempotency
-        values = (
-            r.position,
-            r.draft_id,
-            r.seq,
-            r.type,
-            r.body,
-            r.hash,
-            c.user_id if c else None,
-            c.key if c else None,
-            c.fingerprint if c else None,
-        )
-        for column, value in zip(columns, values, strict=True):
-            column.append(value)
-    return columns
-
-
-@dataclass(slots=True)
-class _Append:
-    draft_id: str
-    events: Sequence[NewEvent]
-    expected_seq: int
-    claim: IdempotencyClaim | None
-    future: asyncio.Future[AppendResult]
-    outcome: AppendResult | StoreError | None = field(default=None)
+    return [list(column) for column in zip(*map(record_row, records), strict=True)] if records else [[]] * 9
 
 
 @contextlib.contextmanager
@@ -211,8 +182,13 @@ class PostgresStore:
         self.listen = listen
         self.notifier = Notifier()
         self._pool: asyncpg.Pool | None = None
-        self._queue: asyncio.Queue[_Append] = asyncio.Queue(QUEUE_SIZE)
-        self._writer: asyncio.Task[None] | None = None
+        self._committer = GroupCommitter(
+            self._commit_group,
+            _append_error,
+            max_group=MAX_GROUP,
+            queue_size=QUEUE_SIZE,
+            name="ringlog-pg-writer",
+        )
         self._closing = False
         # following other nodes
         self._published_position = 0
@@ -274,7 +250,7 @@ class PostgresStore:
             await self.close()
             raise StoreUnavailable(f"cannot open PostgreSQL database: {e}") from e
         loop = asyncio.get_running_loop()
-        self._writer = loop.create_task(self._write_loop(), name="ringlog-pg-writer")
+        self._committer.start()
         if self.listen:
             self._listener = loop.create_task(self._listen_loop(), name="ringlog-pg-listen")
         if self.poll_interval > 0:
@@ -290,14 +266,13 @@ class PostgresStore:
     async def close(self) -> None:
         """Refuse new appends, finish those queued, stop following, close every connection."""
         self._closing = True
-        if self._writer is not None:
-            await self._queue.join()
-        for task in (self._writer, self._listener, self._poller, self._follow_task):
+        await self._committer.stop()
+        for task in (self._listener, self._poller, self._follow_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._writer = self._listener = self._poller = self._follow_task = None
+        self._listener = self._poller = self._follow_task = None
         if self._listen_conn is not None:
             with contextlib.suppress(Exception):
                 await self._listen_conn.close(timeout=2)
@@ -324,65 +299,27 @@ class PostgresStore:
         idempotency: IdempotencyClaim | None = None,
     ) -> AppendResult:
         """Queue an append for the group-commit writer and wait for its outcome."""
-        if self._closing or self._writer is None:
-            raise StoreUnavailable("the store is closed")
-        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Append(draft_id, events, expected_seq, idempotency, future))
-        return await future
+        return await self._committer.submit(draft_id, events, expected_seq, idempotency)
 
-    async def _write_loop(self) -> None:
-        while True:
-            group = [await self._queue.get()]
-            while len(group) < MAX_GROUP and not self._queue.empty():
-                group.append(self._queue.get_nowait())
-            try:
-                await self._commit_group(group)
-            finally:
-                for _ in group:
-                    self._queue.task_done()
-
-    async def _commit_group(self, group: list[_Append]) -> None:
+    async def _commit_group(self, group: list[PendingAppend]) -> None:
         try:
-            await self._transact(group)
+            records = await self._transact(group)
         except asyncpg.PostgresError as e:
-            if len(group) > 1 and not isinstance(e, CONNECTION_ERRORS):
-                # One bad append must not sink the others: commit each on its own.
-                log.warning("group append failed (%s); retrying its %d appends one by one", e, len(group))
-                for item in group:
-                    item.outcome = None
-                    await self._commit_group([item])
-                return
-            self._fail(group, e)
-            return
-        except CONNECTION_ERRORS as e:
-            self._fail(group, e)
-            return
-        except Exception as e:  # never let the writer die: later appends would wait forever
-            log.exception("unexpected error in the append writer")
-            self._fail(group, e)
-            return
-        committed = [
-            r for item in group if isinstance(item.outcome, AppendResult) for r in item.outcome.records
-        ]
-        if committed:
-            await self._publish_local(committed)
-        for item in group:
-            if item.future.done():
-                continue
-            if isinstance(item.outcome, StoreError):
-                item.future.set_exception(item.outcome)
-            elif item.outcome is not None:
-                item.future.set_result(item.outcome)
+            if len(group) == 1 or isinstance(e, CONNECTION_ERRORS):
+                raise
+            # One bad append must not sink the others: commit each on its own.
+            log.warning("group append failed (%s); retrying its %d appends one by one", e, len(group))
+            records = []
+            for item in group:
+                item.outcome = None
+                try:
+                    records.extend(await self._transact([item]))
+                except (asyncpg.PostgresError, *CONNECTION_ERRORS) as single:
+                    item.outcome = _append_error(single)
+        if records:
+            await self._publish_local(records)
 
-    @staticmethod
-    def _fail(group: list[_Append], e: BaseException) -> None:
-        error = e if isinstance(e, StoreError) else StoreUnavailable(f"PostgreSQL append failed: {e}")
-        log.error("append transaction failed (%d appends refused): %s", len(group), e)
-        for item in group:
-            if not item.future.done():
-                item.future.set_exception(error)
-
-    async def _transact(self, group: list[_Append]) -> None:
+    async def _transact(self, group: list[PendingAppend]) -> list[Record]:
         """One transaction: lock the counter, check every append, insert the accepted ones."""
         async with self._acquire() as conn, conn.transaction():
             last_position = int(await conn.fetchval("SELECT position FROM log_head FOR UPDATE"))
@@ -397,9 +334,10 @@ class PostgresStore:
                 rows = await conn.fetch(_CLAIMS, [c.user_id for c in claims], [c.key for c in claims])
                 for row in rows:
                     claimed[(row[0], row[1])] = IdempotencyRecord(row[0], row[1], row[2], row[3], row[4])
-            records = _plan(group, heads, claimed, last_position)
+            records, _ = plan_group(group, lambda d: heads.get(d, (0, GENESIS_HASH)), claimed, last_position)
             if records:
                 await conn.execute(_INSERT, *_record_columns(records))
+            return records
 
     # -- publishing (local commits and other nodes' commits) ---------------------------------
 
@@ -646,41 +584,5 @@ class PostgresStore:
                 await conn.execute("DELETE FROM meta WHERE key = 'snapshot_checkpoint'")
 
 
-def _plan(
-    group: list[_Append],
-    heads: dict[str, tuple[int, bytes]],
-    claimed: dict[tuple[str, str], IdempotencyRecord],
-    last_position: int,
-) -> list[Record]:
-    """Check every append of a group against heads and keys read under the counter lock.
-
-    Sets each item's outcome and returns the records to insert, in position order.
-    """
-    out: list[Record] = []
-    for item in group:
-        claim = item.claim
-        if claim is not None:
-            found = claimed.get((claim.user_id, claim.key))
-            if found is not None:
-                if found.fingerprint != claim.fingerprint:
-                    item.outcome = IdempotencyKeyReused(claim.user_id, claim.key)
-                else:
-                    item.outcome = AppendResult(records=(), replayed=found)
-                continue
-        head, prev_hash = heads.get(item.draft_id, (0, GENESIS_HASH))
-        if head != item.expected_seq:
-            item.outcome = ConcurrencyConflict(item.draft_id, item.expected_seq, head)
-            continue
-        if not item.events:
-            item.outcome = AppendResult(records=())
-            continue
-        records = build_records(item.draft_id, list(item.events), head, last_position, prev_hash, claim)
-        last_position = records[-1].position
-        heads[item.draft_id] = (records[-1].seq, records[-1].hash)
-        if claim is not None:
-            claimed[(claim.user_id, claim.key)] = IdempotencyRecord(
-                claim.user_id, claim.key, claim.fingerprint, item.draft_id, records[0].seq
-            )
-        out.extend(records)
-        item.outcome = AppendResult(records=tuple(records))
-    return out
+def _append_error(e: BaseException) -> StoreError:
+    return e if isinstance(e, StoreError) else StoreUnavailable(f"PostgreSQL append failed: {e}")

@@ -20,21 +20,20 @@ import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
-from eventstore.errors import ConcurrencyConflict, IdempotencyKeyReused, StoreError, StoreUnavailable
+from eventstore.errors import StoreError, StoreUnavailable
 from eventstore.events import (
     GENESIS_HASH,
     IdempotencyClaim,
     IdempotencyRecord,
     NewEvent,
     Record,
-    build_records,
 )
+from eventstore.groupcommit import GroupCommitter, Head, PendingAppend, plan_group, record_row
 from eventstore.notifier import Notifier
 from eventstore.store import AppendResult, Snapshot
 
@@ -95,24 +94,6 @@ def record_from_row(row: Sequence[Any]) -> Record:
     return Record(row[0], row[1], row[2], row[3], bytes(row[4]), bytes(row[5]), claim)
 
 
-@dataclass(slots=True)
-class _Append:
-    draft_id: str
-    events: Sequence[NewEvent]
-    expected_seq: int
-    claim: IdempotencyClaim | None
-    future: asyncio.Future[AppendResult]
-    outcome: AppendResult | StoreError | None = field(default=None)
-
-
-@dataclass(slots=True)
-class _Job:
-    """Any other write (snapshots), run alone in its own transaction by the writer."""
-
-    run: Callable[[sqlite3.Connection], Any]
-    future: asyncio.Future[Any]
-
-
 class SQLiteStore:
     """The Store on one SQLite file."""
 
@@ -128,9 +109,13 @@ class SQLiteStore:
         self._next_reader = itertools.count()
         self._executor: ThreadPoolExecutor | None = None
         self._wconn: sqlite3.Connection | None = None
-        self._queue: asyncio.Queue[_Append | _Job] = asyncio.Queue(QUEUE_SIZE)
-        self._writer: asyncio.Task[None] | None = None
-        self._closing = False
+        self._committer = GroupCommitter(
+            self._commit_group,
+            _unavailable,
+            max_group=MAX_GROUP,
+            queue_size=QUEUE_SIZE,
+            name="ringlog-writer",
+        )
         self._heads = _HeadCache()  # touched only by the writer thread
 
     @property
@@ -153,7 +138,7 @@ class SQLiteStore:
         except (sqlite3.Error, OSError) as e:
             await self.close()
             raise StoreUnavailable(f"cannot open SQLite database {self.path}: {e}") from e
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="ringlog-writer")
+        self._committer.start()
 
     def _open_writer(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -167,13 +152,7 @@ class SQLiteStore:
 
     async def close(self) -> None:
         """Refuse new appends, finish those queued, then close connections."""
-        self._closing = True
-        if self._writer is not None:
-            await self._queue.join()
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
+        await self._committer.stop()
         for conn in self._readers:
             with contextlib.suppress(Exception):
                 await conn.close()
@@ -201,47 +180,19 @@ class SQLiteStore:
         idempotency: IdempotencyClaim | None = None,
     ) -> AppendResult:
         """Queue an append for the group-commit writer and wait for its outcome."""
-        if self._closing or self._writer is None:
-            raise StoreUnavailable("the store is closed")
-        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Append(draft_id, events, expected_seq, idempotency, future))
-        return await future
+        return await self._committer.submit(draft_id, events, expected_seq, idempotency)
 
     async def _run_job(self, run: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closing or self._writer is None:
+        """Any other write (snapshots, imports): its own transaction in the writer's thread.
+
+        The writer's executor has one thread, so jobs and group commits never overlap.
+        """
+        if not self._committer.running:
             raise StoreUnavailable("the store is closed")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(run, future))
-        return await future
-
-    async def _write_loop(self) -> None:
-        while True:
-            first = await self._queue.get()
-            group: list[_Append | _Job] = [first]
-            if isinstance(first, _Append):
-                while len(group) < MAX_GROUP and not self._queue.empty():
-                    nxt = self._queue.get_nowait()
-                    if isinstance(nxt, _Job):
-                        await self._run_single_job(nxt)
-                        self._queue.task_done()
-                        continue
-                    group.append(nxt)
-                appends = [a for a in group if isinstance(a, _Append)]
-                await self._commit_group(appends)
-            else:
-                await self._run_single_job(first)
-            for _ in group:
-                self._queue.task_done()
-
-    async def _run_single_job(self, job: _Job) -> None:
         try:
-            result = await self._in_writer_thread(lambda: self._transaction(job.run))
+            return await self._in_writer_thread(lambda: self._transaction(run))
         except Exception as e:
-            if not job.future.done():
-                job.future.set_exception(_unavailable(e))
-        else:
-            if not job.future.done():
-                job.future.set_result(result)
+            raise _unavailable(e) from e
 
     def _transaction(self, run: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._wconn
@@ -256,37 +207,19 @@ class SQLiteStore:
             raise
         return result
 
-    def _commit_group_in_thread(self, group: list[_Append]) -> None:
+    def _commit_group_in_thread(self, group: list[PendingAppend]) -> list[Record]:
         heads = self._heads
         try:
-            touched, last_position = self._transaction(lambda c: _plan_and_insert(c, group, heads))
+            records, touched, last_position = self._transaction(lambda c: _plan_and_insert(c, group, heads))
         except BaseException:
             heads.clear()  # the transaction rolled back: what it planned never happened
             raise
         heads.committed(touched, last_position)
+        return records
 
-    async def _commit_group(self, group: list[_Append]) -> None:
-        try:
-            await self._in_writer_thread(lambda: self._commit_group_in_thread(group))
-        except Exception as e:
-            error = _unavailable(e)
-            log.error("append transaction failed (%d appends refused): %s", len(group), e)
-            for item in group:
-                if not item.future.done():
-                    item.future.set_exception(error)
-            return
-        committed = [
-            r for item in group if isinstance(item.outcome, AppendResult) for r in item.outcome.records
-        ]
-        committed.sort(key=lambda r: r.position)
-        self.notifier.publish(committed)
-        for item in group:
-            if item.future.done():
-                continue
-            if isinstance(item.outcome, StoreError):
-                item.future.set_exception(item.outcome)
-            elif item.outcome is not None:
-                item.future.set_result(item.outcome)
+    async def _commit_group(self, group: list[PendingAppend]) -> None:
+        records = await self._in_writer_thread(lambda: self._commit_group_in_thread(group))
+        self.notifier.publish(records)
 
     async def import_records(self, records: Sequence[Record]) -> None:
         """Insert already-built records as they are, in one transaction (``ringlog copy``).
@@ -294,7 +227,7 @@ class SQLiteStore:
         They must continue the log: the schema's trigger refuses a position or seq that is not
         the next one, and then nothing of the batch is written.
         """
-        rows = [_row_of(r) for r in sorted(records, key=lambda r: r.position)]
+        rows = [record_row(r) for r in sorted(records, key=lambda r: r.position)]
 
         def run(conn: sqlite3.Connection) -> None:
             conn.executemany(
@@ -470,89 +403,37 @@ def _claims_in_log(
 
 
 def _plan_and_insert(
-    conn: sqlite3.Connection, group: list[_Append], cache: _HeadCache
-) -> tuple[dict[str, tuple[int, bytes]], int]:
+    conn: sqlite3.Connection, group: list[PendingAppend], cache: _HeadCache
+) -> tuple[list[Record], dict[str, Head], int]:
     """Inside the writer's transaction: check every append, insert the accepted ones.
 
-    Returns the heads of the drafts it appended to and the log's last position, for the
-    cache to take once the transaction has committed.
+    Returns the records written, the heads of the drafts appended to and the log's last
+    position, for the head cache to take once the transaction has committed.
     """
     last_position = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()[0]
     cached = cache.valid_at(last_position)
-    heads: dict[str, tuple[int, bytes]] = {}
-    touched: dict[str, tuple[int, bytes]] = {}
+
+    def head_of(draft_id: str) -> Head:
+        known = cached.get(draft_id)
+        if known is None:
+            row = conn.execute(
+                "SELECT seq, hash FROM events WHERE draft_id = ? ORDER BY seq DESC LIMIT 1", (draft_id,)
+            ).fetchone()
+            known = (row[0], bytes(row[1])) if row else (0, GENESIS_HASH)
+        return known
+
     claimed = _claims_in_log(conn, [item.claim for item in group if item.claim is not None])
-    rows: list[tuple[Any, ...]] = []
-    for item in group:
-        claim = item.claim
-        if claim is not None:
-            found = claimed.get((claim.user_id, claim.key))
-            if found is not None:
-                if found.fingerprint != claim.fingerprint:
-                    item.outcome = IdempotencyKeyReused(claim.user_id, claim.key)
-                else:
-                    item.outcome = AppendResult(records=(), replayed=found)
-                continue
-        if item.draft_id not in heads:
-            known = cached.get(item.draft_id)
-            if known is None:
-                row = conn.execute(
-                    "SELECT seq, hash FROM events WHERE draft_id = ? ORDER BY seq DESC LIMIT 1",
-                    (item.draft_id,),
-                ).fetchone()
-                known = (row[0], bytes(row[1])) if row else (0, GENESIS_HASH)
-            heads[item.draft_id] = known
-        head, prev_hash = heads[item.draft_id]
-        if head != item.expected_seq:
-            item.outcome = ConcurrencyConflict(item.draft_id, item.expected_seq, head)
-            continue
-        if not item.events:
-            item.outcome = AppendResult(records=())
-            continue
-        records = build_records(item.draft_id, list(item.events), head, last_position, prev_hash, claim)
+    records, touched = plan_group(group, head_of, claimed, last_position)
+    if records:
+        conn.executemany(
+            f"INSERT INTO events ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [record_row(r) for r in records],
+        )
         last_position = records[-1].position
-        heads[item.draft_id] = touched[item.draft_id] = (records[-1].seq, records[-1].hash)
-        if claim is not None:
-            claimed[(claim.user_id, claim.key)] = IdempotencyRecord(
-                claim.user_id, claim.key, claim.fingerprint, item.draft_id, records[0].seq
-            )
-        for r in records:
-            c = r.idempotency
-            rows.append(
-                (
-                    r.position,
-                    r.draft_id,
-                    r.seq,
-                    r.type,
-                    r.body,
-                    r.hash,
-                    c.user_id if c else None,
-                    c.key if c else None,
-                    c.fingerprint if c else None,
-                )
-            )
-        item.outcome = AppendResult(records=tuple(records))
-    if rows:
-        conn.executemany(f"INSERT INTO events ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-    return touched, last_position
+    return records, touched, last_position
 
 
 def _unavailable(e: BaseException) -> StoreError:
     if isinstance(e, StoreError):
         return e
     return StoreUnavailable(f"SQLite write failed: {e}")
-
-
-def _row_of(r: Record) -> tuple[Any, ...]:
-    c = r.idempotency
-    return (
-        r.position,
-        r.draft_id,
-        r.seq,
-        r.type,
-        r.body,
-        r.hash,
-        c.user_id if c else None,
-        c.key if c else None,
-        c.fingerprint if c else None,
-    )

@@ -54,7 +54,10 @@ async def verify_log(store: Store, progress: Callable[[int, int], None] | None =
             seq, prev_hash = heads.get(record.draft_id, (0, GENESIS_HASH))
             if record.seq != seq + 1:
                 return VerifyReport(
-                    count, len(heads), f"seq out of order: expected seq {seq + 1}, found {where}", record.position
+                    count,
+                    len(heads),
+                    f"seq out of order: expected seq {seq + 1}, found {where}",
+                    record.position,
                 )
             try:
                 envelope = orjson.loads(record.body)

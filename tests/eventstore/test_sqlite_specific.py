@@ -141,7 +141,7 @@ async def test_close_finishes_queued_appends_then_refuses(tmp_path: Path) -> Non
     store = SQLiteStore(tmp_path / "c.db")
     await store.open()
     tasks = [asyncio.create_task(store.append(f"draft_{i}", [created()], 0)) for i in range(100)]
-    while not all(t.done() for t in tasks) and store._queue.qsize() < 100:
+    while not all(t.done() for t in tasks) and store._committer.pending < 100:
         await asyncio.sleep(0)  # let every append reach the queue (a yield, not a wait)
     await store.close()
     assert all(t.result().records[0].seq == 1 for t in tasks)
