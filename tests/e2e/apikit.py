@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import aiohttp
@@ -113,3 +114,9 @@ async def receive_close(ws: aiohttp.ClientWebSocketResponse, timeout: float = 10
             assert code is not None
             return code
     raise AssertionError("no close frame")
+
+
+def users(*names: str) -> list[str]:
+    """Fresh user ids (a module's server is shared between its tests)."""
+    tag = uuid.uuid4().hex[:8]
+    return [f"{n}_{tag}" for n in names]

@@ -3,34 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.e2e.apikit import TIMEOUT, Api, assert_error, bearer
+from tests.e2e.apikit import TIMEOUT, Api, assert_error, bearer, users
 from tests.serverproc import ServerProcess, make_token
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    tmp: Path = tmp_path_factory.mktemp("errors")
-    with ServerProcess(str(tmp / "errors.db"), "--dev-auth", "--rate-limit", "0",
-                       log_path=tmp / "server.log") as proc:  # fmt: skip
-        yield proc
-
-
-@pytest.fixture
-async def api(srv: ServerProcess) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
-        yield Api(srv, http)
-
-
-def users(*names: str) -> list[str]:
-    tag = uuid.uuid4().hex[:8]
-    return [f"{n}_{tag}" for n in names]
 
 
 async def head(api: Api, draft_id: str, user: str) -> int:

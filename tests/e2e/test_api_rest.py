@@ -5,15 +5,11 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
-from tests.e2e.apikit import TIMEOUT, Api
+from tests.e2e.apikit import TIMEOUT, Api, users
 from tests.serverproc import ServerProcess
 
 TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -24,24 +20,8 @@ STATE_KEYS = {
 EVENT_KEYS = {"type", "draft_id", "seq", "ts", "user_id", "data"}
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    tmp: Path = tmp_path_factory.mktemp("rest")
-    with ServerProcess(str(tmp / "rest.db"), "--dev-auth", "--rate-limit", "0",
-                       log_path=tmp / "server.log") as proc:  # fmt: skip
-        yield proc
 
 
-@pytest.fixture
-async def api(srv: ServerProcess) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
-        yield Api(srv, http)
-
-
-def users(*names: str) -> list[str]:
-    """Fresh user ids (the module's server is shared between tests)."""
-    tag = uuid.uuid4().hex[:8]
-    return [f"{n}_{tag}" for n in names]
 
 
 def check_event(event: dict[str, Any], draft_id: str, seq: int, type_: str, user: str) -> None:

@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from tests.e2e.apikit import TIMEOUT, Api, assert_error, bearer, receive_close, receive_json
-from tests.serverproc import ServerProcess
+from tests.e2e.apikit import Api, assert_error, bearer, receive_close, receive_json
 
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    tmp: Path = tmp_path_factory.mktemp("roles")
-    with ServerProcess(str(tmp / "roles.db"), "--rate-limit", "0", log_path=tmp / "server.log") as proc:
-        yield proc
-
-
-@pytest.fixture
-async def api(srv: ServerProcess) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
-        yield Api(srv, http)
+SERVER_ARGS = ("--rate-limit", "0")
 
 
 ROLES = ["creator", "contributor", "viewer", "stranger"]

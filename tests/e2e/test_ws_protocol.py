@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -17,19 +16,10 @@ from tests.serverproc import ServerProcess, make_token
 TS_LEN = len("2025-12-23T20:30:45.123Z")
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    tmp: Path = tmp_path_factory.mktemp("ws")
-    args = ["--dev-auth", "--rate-limit", "0", "--max-sockets-per-user", "2", "--ws-flood-limit", "5",
-            "--jwt-leeway", "0"]  # fmt: skip
-    with ServerProcess(str(tmp / "ws.db"), *args, log_path=tmp / "server.log") as proc:
-        yield proc
-
-
-@pytest.fixture
-async def api(srv: ServerProcess) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
-        yield Api(srv, http)
+SERVER_ARGS = (
+    "--dev-auth", "--rate-limit", "0", "--max-sockets-per-user", "2", "--ws-flood-limit", "5",
+    "--jwt-leeway", "0",
+)  # fmt: skip
 
 
 def user() -> str:
