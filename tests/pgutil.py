@@ -6,13 +6,14 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
 ADMIN_URL = os.environ.get("RINGLOG_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-async def _admin_connection():  # type: ignore[no-untyped-def]
+async def _admin_connection() -> Any:
     import asyncpg
 
     try:
