@@ -20,10 +20,6 @@ STATE_KEYS = {
 EVENT_KEYS = {"type", "draft_id", "seq", "ts", "user_id", "data"}
 
 
-
-
-
-
 def check_event(event: dict[str, Any], draft_id: str, seq: int, type_: str, user: str) -> None:
     assert set(event) == EVENT_KEYS, event
     assert event["draft_id"] == draft_id and event["seq"] == seq
