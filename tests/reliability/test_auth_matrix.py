@@ -122,7 +122,7 @@ async def ws_refusal(
 async def test_every_route_refuses_every_bad_credential(server: ServerProcess) -> None:
     async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
         d = await setup_draft(http, server)
-        failures = []
+        failures: list[tuple[Any, ...]] = []
         for name, headers in bad_credentials().items():
             for method, path, body in routes(d):
                 async with http.request(method, server.url + path, json=body, headers=headers) as r:
