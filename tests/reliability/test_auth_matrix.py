@@ -52,7 +52,7 @@ def bad_credentials() -> dict[str, dict[str, str]]:
         "wrong_signature": make_token(
             "alice", secret="another-secret-of-at-least-32-bytes!!", iss=ISSUER, aud=AUDIENCE
         ),
-        "alg_none": jwt.encode(valid, None, algorithm="none"),
+        "alg_none": jwt.encode(valid, None, algorithm="none"),  # type: ignore[arg-type]
         "hs256_with_public_key": hs256_raw(valid, public_pem.encode()),
         "wrong_issuer": make_token("alice", iss="https://evil.example", aud=AUDIENCE),
         "wrong_audience": make_token("alice", iss=ISSUER, aud="someone-else"),
@@ -84,7 +84,7 @@ def routes(d: str) -> list[tuple[str, str, Any]]:
 
 
 @pytest.fixture
-def server(tmp_path: Path):  # type: ignore[no-untyped-def]
+def server(tmp_path: Path):
     srv = ServerProcess(str(tmp_path / "auth.db"), "--rate-limit", "0", "--jwt-issuer", ISSUER,
                         "--jwt-audience", AUDIENCE, log_path=tmp_path / "server.log")  # fmt: skip
     with srv:
