@@ -10,7 +10,11 @@ share a process (or a GIL) with the server under test. Talks JSON lines on stdin
                                       the mark (or TIMEOUT s); reply with counts and latencies
            quit
     python scripts/bench_clients.py catchup --url WS_URL --expect N
-        -> {"events": N, "seconds": S}
+        -> {"events": N, "seconds": S}          (aiohttp client, orjson-decodes every event)
+    python scripts/bench_clients.py catchup-raw --url WS_URL --expect N
+        -> {"events": N, "seconds": S, "bytes": B, "decoded": D}
+           (blocking socket: parses frame headers, takes each event's seq with a bytes search
+           and checks it is the next one; fully decodes one event in 1,000 and the last one)
 
 A stamped message carries ``@<unix time of the send>@`` in its text (the segment content):
 latency = receive time - that stamp, both from ``time.time()`` on the same machine.
@@ -238,6 +242,106 @@ async def run_catchup(args: argparse.Namespace) -> None:
     _reply({"events": events, "seconds": seconds})
 
 
+def run_catchup_raw(args: argparse.Namespace) -> None:
+    """Receive ``--expect`` events as fast as the socket delivers them (no asyncio, no decoding).
+
+    Counts text frames that carry an event, checks seqs are contiguous from the first one by
+    finding ``"seq":`` in each payload (no JSON decode), and orjson-decodes a sample to check the
+    bytes search agrees with the JSON. Client-side work per event is ~1 µs, so the server is
+    what is measured.
+    """
+    import socket
+
+    parts = urlsplit(args.url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    started = time.perf_counter()
+    sock = socket.create_connection((host, port), timeout=120)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    buf = bytearray()
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed during the handshake")
+        buf += chunk
+    end = buf.index(b"\r\n\r\n")
+    if not buf.startswith(b"HTTP/1.1 101"):
+        raise ConnectionError(bytes(buf[:60]).decode(errors="replace"))
+    del buf[: end + 4]
+    events = decoded = received = 0
+    last_seq = -1
+    view = bytearray(1 << 20)
+    mv = memoryview(view)
+    key = b'"seq":'
+    done = False
+    try:
+        while not done:
+            n = len(buf)
+            pos = 0
+            while n - pos >= 2:
+                b1 = buf[pos + 1] & 0x7F
+                head = 2
+                if b1 == 126:
+                    if n - pos < 4:
+                        break
+                    b1 = (buf[pos + 2] << 8) | buf[pos + 3]
+                    head = 4
+                elif b1 == 127:
+                    if n - pos < 10:
+                        break
+                    b1 = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                    head = 10
+                start, stop = pos + head, pos + head + b1
+                if stop > n:
+                    break
+                opcode = buf[pos] & 0x0F
+                pos = stop
+                if opcode == 0x8:
+                    raise ConnectionError(f"server closed the socket: {bytes(buf[start:stop])!r}")
+                if opcode != 0x1:
+                    continue
+                i = buf.find(key, start, stop)
+                if i < 0:
+                    continue  # "connected" and other non-event messages
+                j = i + 6
+                k = j
+                while 48 <= buf[k] <= 57:
+                    k += 1
+                seq = int(buf[j:k])
+                if last_seq >= 0 and seq != last_seq + 1:
+                    raise RuntimeError(f"seq {seq} after {last_seq}: not contiguous")
+                last_seq = seq
+                events += 1
+                if events % 1000 == 1 or events >= args.expect:
+                    if orjson.loads(bytes(buf[start:stop]))["seq"] != seq:
+                        raise RuntimeError(f"the bytes search and the JSON disagree at seq {seq}")
+                    decoded += 1
+                if events >= args.expect:
+                    done = True
+                    break
+            del buf[:pos]
+            if done:
+                break
+            got = sock.recv_into(mv)
+            if not got:
+                break
+            received += got
+            buf += mv[:got]
+        seconds = time.perf_counter() - started
+    finally:
+        sock.close()
+    _reply(
+        {"events": events, "seconds": seconds, "bytes": received, "decoded": decoded, "last_seq": last_seq}
+    )
+
+
 def _reply(obj: dict[str, Any]) -> None:
     sys.stdout.write(orjson.dumps(obj).decode() + "\n")
     sys.stdout.flush()
@@ -254,8 +358,14 @@ def main() -> None:
     c = sub.add_parser("catchup")
     c.add_argument("--url", required=True)
     c.add_argument("--expect", type=int, required=True)
+    r = sub.add_parser("catchup-raw")
+    r.add_argument("--url", required=True)
+    r.add_argument("--expect", type=int, required=True)
     args = parser.parse_args()
     _raise_nofile()
+    if args.mode == "catchup-raw":
+        run_catchup_raw(args)
+        return
     runner = run_sockets if args.mode == "sockets" else run_catchup
     try:
         import uvloop
