@@ -85,6 +85,10 @@ class MemoryStore:
         start = max(after_position, 0)
         return self._log[start : start + max(limit, 0)]
 
+    async def read_draft_bodies(self, draft_id: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """``(seq, body)`` of the draft's records after ``after_seq``."""
+        return [(r.seq, r.body) for r in await self.read(draft_id, after_seq, limit)]
+
     async def read_bodies(self, after_position: int = 0, limit: int = 1000) -> list[tuple[int, bytes]]:
         """``(position, body)`` after ``after_position``."""
         return [(r.position, r.body) for r in await self.read_all(after_position, limit)]

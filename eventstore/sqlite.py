@@ -259,6 +259,14 @@ class SQLiteStore:
         )
         return [record_from_row(r) for r in rows]
 
+    async def read_draft_bodies(self, draft_id: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """``(seq, body)`` of the draft's records after ``after_seq``: what a catch-up sends, and no more."""
+        rows: list[tuple[int, bytes]] = await self._fetch(
+            "SELECT seq, body FROM events WHERE draft_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (draft_id, after_seq, limit),
+        )
+        return rows
+
     async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[Record]:
         """Records with ``position > after_position``; SQLite commits in position order."""
         rows = await self._fetch(

@@ -152,6 +152,20 @@ class BodyReader(Protocol):
         ...
 
 
+@runtime_checkable
+class DraftBodyReader(Protocol):
+    """Optional for a :class:`Store`: page through one draft's bodies only (WebSocket catch-up).
+
+    A socket catching up needs each event's seq (to resume and to join the live stream) and its
+    bytes, nothing else; building a full :class:`Record` per row was the larger part of the
+    server's catch-up cost. Stores without it are read through :meth:`Store.read`.
+    """
+
+    async def read_draft_bodies(self, draft_id: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """``(seq, body)`` of the draft's records with ``seq > after_seq``, oldest first, at most ``limit``."""
+        ...
+
+
 def open_store(url: str, *, synchronous: str = "FULL", pool_size: int = 10) -> Store:
     """Build (not yet open) the backend that ``url`` names.
 

@@ -22,12 +22,12 @@ import logging
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from eventstore.events import Record
 from eventstore.notifier import Notifier
-from eventstore.store import Store
+from eventstore.store import DraftBodyReader, Store
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,26 @@ def text_frame(payload: bytes) -> bytes:
     if n < 65536:
         return struct.pack("!BBH", 0x81, 126, n) + payload
     return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
+_HEADER_16 = struct.Struct("!BBH").pack
+
+
+def text_frames(bodies: Sequence[tuple[int, bytes]]) -> bytes:
+    """The ``(seq, body)`` pairs' bodies as consecutive text frames, in one buffer.
+
+    Same bytes as joining :func:`text_frame` of each, with one copy of each body instead of two.
+    """
+    parts: list[bytes] = []
+    append = parts.append
+    for _, body in bodies:
+        n = len(body)
+        if 126 <= n < 65536:
+            append(_HEADER_16(0x81, 126, n))
+            append(body)
+        else:
+            append(text_frame(body))
+    return b"".join(parts)
 
 
 class Subscriber:
@@ -187,6 +207,14 @@ class Hub:
         self.observe_lag = observe_lag
         self._channels: dict[str, set[Subscriber]] = {}
         self._listeners: dict[str, Callable[[Sequence[Record]], None]] = {}
+        self._read_bodies: Callable[[str, int, int], Awaitable[list[tuple[int, bytes]]]] = (
+            store.read_draft_bodies if isinstance(store, DraftBodyReader) else self._bodies_from_records
+        )
+
+    async def _bodies_from_records(
+        self, draft_id: str, after_seq: int, limit: int
+    ) -> list[tuple[int, bytes]]:
+        return [(r.seq, r.body) for r in await self.store.read(draft_id, after_seq, limit)]
 
     @property
     def subscriber_count(self) -> int:
@@ -231,20 +259,21 @@ class Hub:
         ``sub`` must already be subscribed, so records committed meanwhile are buffered.
         """
         after = since
-        prefetch: asyncio.Task[list[Record]] | None = None
+        read = self._read_bodies  # (seq, body) only: no Record per row
+        prefetch: asyncio.Future[list[tuple[int, bytes]]] | None = None
         try:
             while not sub.closed:
                 if prefetch is None:
-                    page = await self.store.read(sub.draft_id, after, CATCH_UP_PAGE)
+                    page = await read(sub.draft_id, after, CATCH_UP_PAGE)
                 else:
                     page, prefetch = await prefetch, None
                 if page:
-                    after = page[-1].seq
+                    after = page[-1][0]
                     if len(page) == CATCH_UP_PAGE:
                         # read the next page while this one drains: the socket never waits on SQLite
-                        prefetch = asyncio.ensure_future(self.store.read(sub.draft_id, after, CATCH_UP_PAGE))
+                        prefetch = asyncio.ensure_future(read(sub.draft_id, after, CATCH_UP_PAGE))
                     # one write per page: a socket catching up is behind by definition
-                    await sub.send_now(b"".join([text_frame(record.body) for record in page]))
+                    await sub.send_now(text_frames(page))
                 if len(page) == CATCH_UP_PAGE:
                     continue
                 if self._go_live(sub, after):

@@ -20,6 +20,7 @@ from eventstore import (
     open_store,
 )
 from eventstore.events import GENESIS_HASH, chain_hash
+from eventstore.store import DraftBodyReader
 from eventstore.verify import verify_log
 from tests.eventstore.helpers import TS, append_retrying, created, segment, updated
 
@@ -77,6 +78,19 @@ async def test_read_after_seq_and_limit(store: Store) -> None:
     # "seq > after_seq" holds for any after_seq, even one below the first seq
     assert await store.read("draft_a", after_seq=-3) == everything
     assert await store.read("draft_a", after_seq=-3, limit=2) == everything[:2]
+
+
+async def test_read_draft_bodies_agrees_with_read(store: Store) -> None:
+    if not isinstance(store, DraftBodyReader):
+        pytest.skip("optional: this backend has no read_draft_bodies")
+    await store.append("draft_a", [created(), *[segment(position=i) for i in range(1, 10)]], 0)
+    await store.append("draft_b", [created()], 0)
+    everything = [(r.seq, r.body) for r in await store.read("draft_a")]
+    assert await store.read_draft_bodies("draft_a", 0, 100) == everything
+    assert await store.read_draft_bodies("draft_a", 4, 3) == everything[4:7]
+    assert await store.read_draft_bodies("draft_a", 10, 100) == []
+    assert await store.read_draft_bodies("draft_a", 0, 0) == []
+    assert await store.read_draft_bodies("draft_other", 0, 100) == []
 
 
 async def test_read_all_interleaves_drafts_in_position_order(store: Store) -> None:
