@@ -145,7 +145,7 @@ async def draft_socket(request: web.Request) -> web.StreamResponse:
         if not ws.closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), CLOSE_TIMEOUT)
-        closer.done.set()
+        closer.finish()
     return ws
 
 
@@ -154,38 +154,66 @@ class _Closer:
 
     aiohttp's ``close()`` called from another task while the handler is reading drops the TCP
     connection right after the close frame, without waiting for the client's reply; an aiohttp
-    client then reports 1006 instead of our code. So other tasks only *request* a close: the
-    handler stops reading and runs the close handshake itself, bounded by ``CLOSE_TIMEOUT``.
+    client then reports 1006 instead of our code. So other tasks only *request* a close: that
+    interrupts the handler's read (by cancelling it, in the handler's own task: no extra task
+    per socket) and the handler runs the close handshake itself, bounded by ``CLOSE_TIMEOUT``.
     """
+
+    __slots__ = ("_reading", "_waiter", "code", "finished", "transport", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
         self.ws = ws
         self.transport = transport
-        self.requested: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
-        self.done = asyncio.Event()
+        self.code: tuple[int, bytes] | None = None
+        self.finished = False
+        self._waiter: asyncio.Future[None] | None = None  # made only when someone waits (shutdown)
+        self._reading: asyncio.Task[Any] | None = None
 
     def request(self, code: int, message: bytes) -> None:
         """Ask the handler to close with ``code`` (the first request wins)."""
-        if not self.requested.done():
-            self.requested.set_result((code, message))
+        if self.code is None:
+            self.code = (code, message)
+            # from the next loop turn, so the handler is surely suspended in its read when cancelled
+            asyncio.get_running_loop().call_soon(self._interrupt)
+
+    def _interrupt(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
 
     async def close(self, code: int, message: bytes) -> None:
         """Request a close and wait until the handler has finished with the socket."""
         self.request(code, message)
-        await self.done.wait()
+        if not self.finished:
+            if self._waiter is None:
+                self._waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._waiter)
+
+    def finish(self) -> None:
+        """The handler is done with the socket: wake whoever waits in :meth:`close`."""
+        self.finished = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def read_until_closed(self, read_loop: Coroutine[Any, Any, None]) -> None:
         """Run the read loop until the peer goes or a close is requested; then close."""
-        reader = asyncio.ensure_future(read_loop)
-        try:
-            await asyncio.wait((reader, self.requested), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not reader.done():
-                reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
-                await reader
-        if self.requested.done() and not self.ws.closed:
-            code, message = self.requested.result()
+        task = asyncio.current_task()
+        assert task is not None
+        if self.code is None:
+            self._reading = task
+            try:
+                await read_loop
+            except asyncio.CancelledError:
+                # our own request's cancel is absorbed; any other cancellation goes on
+                if self.code is None or task.uncancel() > 0:
+                    raise
+            except (ConnectionError, RuntimeError):
+                pass
+            finally:
+                self._reading = None
+        else:
+            read_loop.close()
+        if self.code is not None and not self.ws.closed:
+            code, message = self.code
             try:
                 await asyncio.wait_for(self.ws.close(code=code, message=message), CLOSE_TIMEOUT)
             except TimeoutError:
