@@ -2,8 +2,9 @@
 
 One ``ringlog serve`` (Bearer JWTs, rate limit off) for the module. Each hypothesis example has
 its own users (a fresh tag) and creates its own drafts, so examples do not see each other.
-Rules: create, append (with or without ``If-Match``), pass the ring, add a collaborator, patch,
-GET state, GET ``/events``, and malformed requests (invalid JSON, a body that is not an object,
+Rules: create, append (with or without ``If-Match``; with an ``Idempotency-Key``, retried, then
+reused with another body and by another user), pass the ring, add a collaborator, patch, GET state
+(and 304 on its ETag), GET ``/events``, and malformed requests (invalid JSON, a body that is not an object,
 wrong types, unknown or missing fields, over-long fields, the wrong content type, bad query
 parameters). Every answer's status and error code must be the one the model (API.md's rules and
 the order of checks in ``projections/decide.py``) predicts, never a 5xx; after every step each
@@ -17,6 +18,7 @@ domain's limits (over-long, blank title, bad user id), 412 (stale ``If-Match``),
 from __future__ import annotations
 
 import http.client
+import os
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -41,6 +43,7 @@ from tests.serverproc import ServerProcess, make_token
 
 USERS = 4  # per example: u0..u3, each a creator, contributor, viewer or stranger per draft
 MAX_DRAFTS = 3
+EXAMPLES = int(os.environ.get("RINGLOG_MODEL_EXAMPLES", "150"))  # more for a run by hand
 NO_DRAFT = "draft_" + "0" * 20  # well-formed, never created
 
 Expected = tuple[int, str | None]  # (status, error code or None for a success)
@@ -341,6 +344,37 @@ class HttpModel(RuleBasedStateMachine):
                 d.types.append("collab.draft_updated")
             self.compare(d, answer["data"])
 
+    @rule(draft=drafts, content=text, other=user_index)
+    def idempotent_append(self, draft: str, content: str, other: int) -> None:
+        """The holder appends with an Idempotency-Key, retries it, then reuses it wrongly."""
+        d = self.model.get(draft)
+        user = d.holder if d is not None else self.users[0]
+        key = {"Idempotency-Key": "k-" + uuid.uuid4().hex}
+        path = self.draft_path(draft, "/segments")
+        status, first, _ = self.client.request("POST", path, user, {"content": content}, headers=key)
+        if d is None:
+            check(status, first, (404, "not_found"))
+            return
+        check(status, first, (201, None))
+        d.segments.append((user, content))
+        d.types.append("collab.segment_added")
+        assert first["data"]["seq"] == d.seq
+        status, again, response = self.client.request("POST", path, user, {"content": content}, headers=key)
+        check(status, again, (201, None))
+        assert again == first and response.getheader("Idempotent-Replayed") == "true"
+        status, reused, _ = self.client.request("POST", path, user, {"content": content + "!"}, headers=key)
+        check(status, reused, (422, "idempotency_key_reused"))
+        # a key belongs to one user: another user's request with it is a request of its own
+        stranger = self.users[other]
+        if stranger == user:
+            return  # the same user, key and body: the retry above
+        status, answer, _ = self.client.request("POST", path, stranger, {"content": content}, headers=key)
+        gate = self.gate(draft, stranger)
+        check(status, answer, gate or ((201, None) if stranger == d.holder else (409, "not_ring_holder")))
+        if status == 201:
+            d.segments.append((stranger, content))
+            d.types.append("collab.segment_added")
+
     @rule(draft=drafts, who=user_index)
     def get_state(self, draft: str, who: int) -> None:
         user = self.users[who]
@@ -504,7 +538,7 @@ def test_http_api_matches_the_model(live_server: ServerProcess) -> None:
     run_state_machine_as_test(
         HttpModel,
         settings=settings(
-            max_examples=150,
+            max_examples=EXAMPLES,
             stateful_step_count=30,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

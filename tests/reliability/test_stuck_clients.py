@@ -58,6 +58,12 @@ def rss(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def p99(values: Sequence[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
@@ -164,6 +170,7 @@ async def run(
     closes_before = await slow_closes(api)
     rss_before = rss(srv.proc.pid)  # type: ignore[union-attr]
     rss_peak = rss_before
+    cpu_server, cpu_self, started = cpu_seconds(srv.proc.pid), time.process_time(), time.monotonic()  # type: ignore[union-attr]
     latencies: list[float] = []
     closed_at: int | None = None
     try:
@@ -189,6 +196,11 @@ async def run(
         assert n_appends is not None or closed_at is not None, "the stuck sockets were never all closed"
         assert not healthy.errors, healthy.errors[:5]
         assert await slow_closes(api) - closes_before == n_stuck, "only the stuck sockets are closed"
+        cpu = (
+            cpu_seconds(srv.proc.pid) - cpu_server,  # type: ignore[union-attr]
+            time.process_time() - cpu_self,
+            time.monotonic() - started,
+        )
         # the stuck clients now read (within the server's 5 s close timeout), then resume
         drained = await asyncio.gather(*(drain_stuck(r, w) for r, w in stuck))
     finally:
@@ -223,6 +235,7 @@ async def run(
         "rss_peak": rss_peak,
         "stuck_frames_read": [len(s) for s, _ in drained],
         "resumed_events": resumed,
+        "cpu_server_test_wall_s": tuple(round(c, 1) for c in cpu),
     }
 
 
@@ -246,6 +259,7 @@ async def test_stuck_clients_do_not_slow_the_others(tmp_path: Path) -> None:
         "rss_growth_mib": round((stuck["rss_peak"] - stuck["rss_before"]) / 2**20, 1),
         "stuck_frames_read": (min(stuck["stuck_frames_read"]), max(stuck["stuck_frames_read"])),
         "resumed_events": stuck["resumed_events"],
+        "cpu_server_test_wall_s": (baseline["cpu_server_test_wall_s"], stuck["cpu_server_test_wall_s"]),
     }
     print(summary)
     assert stuck["p99"] <= max(2 * baseline["p99"], 0.050), summary
