@@ -493,6 +493,17 @@ async def main(args: argparse.Namespace) -> dict[str, str]:
                 await pg_drop(name)
 
     log(f"done in {time.monotonic() - started:.0f} s")
+    if only is not None:
+        # a partial run keeps the page's "How these figures were made" (the full run's) and says so
+        how = sections.pop("## How these figures were made")
+        stamp = how.split("\n")[2].split(" — ", 1)[1].split(";", 1)[0]
+        for heading, text in sections.items():
+            sections[heading] = (
+                text.rstrip("\n")
+                + f"\n\n_This section alone was re-run with `--only {args.only}` ({stamp}); the other "
+                'sections are from the run described under "How these figures were made"._\n'
+            )
+        return sections
     sections["## How these figures were made"] += f"Whole run: {time.monotonic() - started:.0f} s.\n"
     return sections
 
