@@ -1,12 +1,15 @@
 """Stuck clients at scale (issue 6): many sockets on one draft, some of which never read.
 
-One server (small ``--ws-queue-size``), two runs on two drafts of it, each appending the same
-number of ~10 KB segments in lock step (the next append once every healthy socket has the
-previous one):
+One server (small ``--ws-queue-size``), two runs on two drafts of it, each appending ~10 KB
+segments in lock step (the next append once every healthy socket has the previous one), the
+first ``WARMUP`` of each run left out of its latencies:
 
-* baseline: ``SOCKETS - STUCK`` healthy sockets and nothing else;
+* baseline: ``SOCKETS - STUCK`` healthy sockets and nothing else, ``BASELINE_APPENDS`` appends;
 * stuck: the same healthy sockets plus ``STUCK`` raw TCP connections with a small receive buffer
-  that never read (``tests/e2e/test_slow_socket.raw_websocket``).
+  that never read (``tests/e2e/test_slow_socket.raw_websocket``); appends until the server has
+  closed all of them (its slow-close counter), then ``APPENDS_AFTER_CLOSE`` more. The stuck
+  clients then read what they had buffered; they must start within the server's close timeout
+  (5 s, ``server/ws.py``), after which a peer that does not read is dropped without its tail.
 
 Both runs have the same healthy sockets, so the test process does the same work in both and the
 difference is what the stuck sockets cost the server. (An all-healthy baseline of ``SOCKETS``
@@ -42,7 +45,7 @@ SOCKETS = int(os.environ.get("RINGLOG_STUCK_SOCKETS", "300"))
 STUCK = int(os.environ.get("RINGLOG_STUCK_STUCK", "30"))
 QUEUE = 8
 CONTENT = "q" * 10_000  # the segment limit; the event frame is ~10.3 KB
-APPENDS_AFTER_CLOSE = 60
+APPENDS_AFTER_CLOSE = 30  # then the stuck clients read: within the server's 5 s close timeout
 MAX_APPENDS = 600
 BASELINE_APPENDS = 100
 WARMUP = 10  # appends of each run left out of its latencies
