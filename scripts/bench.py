@@ -8,6 +8,11 @@ hub and python-socketio; (3) catch-up from since=0 vs reading the rows straight 
 (4) RSS per idle socket and time to accept 10,000 sockets; (5) the store and projections
 (``scripts/bench_store.py``); (6) workloads 1 and 2 on PostgreSQL with one and two nodes.
 
+Sizes: ``--quick`` (under 2 minutes on the 2-core machine, with other work running) uses 1 s wrk and
+paced runs, 500 sockets, a 30,000-event catch-up and 500 / 1,500 idle sockets; the full run (about
+8–9 minutes) 5 s runs, 1,000 and 5,000 sockets, 100,000 events and 1,000 / 10,000 idle sockets.
+Both do 3 repetitions of every figure (``--reps``).
+
 Servers, socket clients (``bench_clients.py``) and ``wrk`` are separate processes. Each figure
 is min / median / max over ``--reps`` repetitions. The results replace the generated sections of
 ``docs/BENCHMARKS.md``; hand-written sections (the optimisation log) are kept.
@@ -354,7 +359,7 @@ async def main(args: argparse.Namespace) -> dict[str, str]:
         )
 
     # (sockets, client processes, paced appends/s, burst appends); --quick: one socket count, short bursts
-    plans = [(1000, 2, 20.0, 60)] if quick else [(1000, 2, 20.0, 200), (5000, 4, 10.0, 60)]
+    plans = [(500, 2, 20.0, 60)] if quick else [(1000, 2, 20.0, 200), (5000, 4, 10.0, 60)]
     fan_ref: dict[int, bl.FanoutFigures] = {}
     fan_ours: dict[int, bl.FanoutFigures] = {}
     if want("fanout"):
@@ -401,7 +406,7 @@ async def main(args: argparse.Namespace) -> dict[str, str]:
         sections["## 2. Fan-out"] = "\n".join(body)
 
     if want("catchup"):
-        n = 50_000 if quick else 100_000
+        n = 30_000 if quick else 100_000
         log(f"(3) catch-up {n}")
         cu = await catchup_workload(tmp, n, reps)
         sections["## 3. Catch-up"] = catchup_section(n, cu)
@@ -411,7 +416,7 @@ async def main(args: argparse.Namespace) -> dict[str, str]:
             "| server | idle sockets | RSS KiB per socket | seconds to accept all |",
             "|---|---:|---:|---:|",
         ]
-        for n in (1000, 2000) if quick else (1000, 10_000):
+        for n in (500, 1500) if quick else (1000, 10_000):
             for kind in ("raw", "ringlog"):
                 log(f"(4) connections {kind} {n}")
                 rss, secs, got = await idle_sockets(kind, str(tmp / f"conn-{n}.db"), n)
@@ -459,17 +464,17 @@ async def main(args: argparse.Namespace) -> dict[str, str]:
                         )
                     )
                 fan_rows: list[tuple[str, bl.FanoutFigures, float]] = []
-                plan = bl.FanoutPlan(1000, 2, 20.0, seconds, 100 if not quick else 30, reps)
+                plan = bl.FanoutPlan(500 if quick else 1000, 2, 20.0, seconds, 100 if not quick else 30, reps)
                 for nodes in (1, 2):
                     log(f"(6) PostgreSQL fan-out, {nodes} node(s)")
                     fig, rss = await bl.fanout_ringlog(url, plan, nodes)
                     fan_rows.append((f"ringlog, PostgreSQL, {nodes} node(s)", fig, rss))
-                ref = fan_ref.get(1000)
+                ref = fan_ref.get(plan.sockets)
                 if ref is not None:
                     fan_rows.insert(0, ("raw broadcast (ceiling, from workload 2)", ref, float("nan")))
-                if 1000 in fan_ours:
+                if plan.sockets in fan_ours:
                     fan_rows.insert(
-                        1, ("ringlog, SQLite, 1 node (from workload 2)", fan_ours[1000], float("nan"))
+                        1, ("ringlog, SQLite, 1 node (from workload 2)", fan_ours[plan.sockets], float("nan"))
                     )
                 sections["## 6. PostgreSQL"] = "\n".join(
                     [
@@ -483,7 +488,7 @@ async def main(args: argparse.Namespace) -> dict[str, str]:
                         "",
                         *http_rows(rows_http, http_noop),
                         "",
-                        f"Fan-out, 1,000 sockets, paced 20 appends/s for {seconds:g} s, burst {plan.burst} appends:",
+                        f"Fan-out, {plan.sockets:,} sockets, paced 20 appends/s for {seconds:g} s, burst {plan.burst} appends:",
                         "",
                         *bl.fanout_rows(fan_rows, ref if ref is not None else fan_rows[0][1]),
                         "",
