@@ -81,17 +81,33 @@ class Healthy:
         self.arrivals: dict[int, list[float]] = {}
         self.complete: dict[int, asyncio.Event] = {}
         self.errors: list[str] = []
+        self.failed = asyncio.Event()  # a healthy socket saw something it should not
 
-    def expect(self, seq: int) -> asyncio.Event:
+    def fail(self, message: str) -> None:
+        self.errors.append(message)
+        self.failed.set()
+
+    async def wait(self, seq: int, timeout: float) -> None:
+        """Until every healthy socket has ``seq``; fails at once if one of them failed."""
+        done = asyncio.ensure_future(self.complete[seq].wait())
+        failed = asyncio.ensure_future(self.failed.wait())
+        try:
+            await asyncio.wait((done, failed), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            done.cancel()
+            failed.cancel()
+        assert not self.errors, self.errors[:5]
+        assert self.complete[seq].is_set(), f"seq {seq} did not reach every healthy socket in {timeout} s"
+
+    def expect(self, seq: int) -> None:
         self.arrivals[seq] = []
-        event = self.complete[seq] = asyncio.Event()
-        return event
+        self.complete[seq] = asyncio.Event()
 
     async def read(self, index: int, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:
             now = time.monotonic()
             if msg.type != aiohttp.WSMsgType.TEXT:
-                self.errors.append(f"socket {index}: {msg.type} {msg.data!r}")
+                self.fail(f"socket {index}: {msg.type} {msg.data!r}")
                 return
             event = orjson.loads(msg.data)
             if event.get("type") == "pong":
@@ -100,12 +116,12 @@ class Healthy:
             self.seqs[index].append(seq)
             arrivals = self.arrivals.get(seq)
             if arrivals is None:
-                self.errors.append(f"socket {index}: unexpected seq {seq}")
+                self.fail(f"socket {index}: unexpected seq {seq}")
                 return
             arrivals.append(now)
             if len(arrivals) == self.count:
                 self.complete[seq].set()
-        self.errors.append(f"socket {index} closed: {ws.close_code}")
+        self.fail(f"socket {index} closed: {ws.close_code}")
 
 
 async def connect_healthy(
@@ -179,13 +195,13 @@ async def run(
     try:
         for i in range(MAX_APPENDS):
             seq = head + 1
-            done = healthy.expect(seq)
+            healthy.expect(seq)
             sent = time.monotonic()
             status, body, _ = await api.segment(draft, USER, CONTENT)
             assert status == 201, body
             assert body["data"]["seq"] == seq
             head = seq
-            await asyncio.wait_for(done.wait(), 30)
+            await healthy.wait(seq, 30)
             if i >= WARMUP:
                 latencies.extend(t - sent for t in healthy.arrivals[seq])
             rss_peak = max(rss_peak, rss(srv.proc.pid))  # type: ignore[union-attr]
