@@ -193,7 +193,7 @@ def catchup_section(n: int, cu: dict[str, bl.Series]) -> str:
             "search against the JSON. About 1 µs of client CPU per event, so the *server* is measured: "
             "this is the figure the target compares;",
             "* **decoding client** (`bench_clients.py catchup`): aiohttp's WebSocket client, orjson-decoding "
-            "every event as an application would. It saturates its core at ~200–250k events/s, so "
+            "every event as an application would. It saturates its core at ~250–400k events/s (the row on the dump server), so "
             "with it the client, not the server, is the limit.",
             "",
             "| what | events/s min / median / max | vs SQLite read+decode | vs the same client on the dump server |",
