@@ -1,12 +1,24 @@
-"""Domain errors: why a command was refused. The server maps ``code`` to an HTTP status.
+"""Domain errors: why a command was refused. Nothing was appended when one is raised.
 
-DomainError                 code                   (HTTP, mapped in server/errors.py)
-├── ValidationFailed        validation_error       422
-├── NotFound                not_found              404
-├── Forbidden               forbidden              403
-├── NotRingHolder           not_ring_holder        409
-├── InvalidRingTarget       invalid_ring_target    409
-└── AlreadyCollaborator     already_collaborator   409
+The rules of a draft (raised by :func:`projections.decide.decide`) and the conditions the
+application service checks around them (raised by ``server.service.DraftService``) are all
+domain errors: none of them knows HTTP. ``server/errors.py`` turns them into the contract's
+statuses in one table (API.md "HTTP API" and "Errors added")::
+
+    DomainError                 code                     HTTP   raised by
+    ├── ValidationFailed        validation_error         422    decide (field limits), routes (body shape)
+    ├── NotFound                not_found                404    decide, the service (unknown or malformed id)
+    ├── Forbidden               forbidden                403    decide, the service (If-Match by a viewer)
+    ├── NotRingHolder           not_ring_holder          409    decide
+    ├── InvalidRingTarget       invalid_ring_target      409    decide
+    ├── AlreadyCollaborator     already_collaborator     409    decide
+    ├── PreconditionFailed      precondition_failed      412    the service: If-Match names another head
+    ├── WriteConflict           conflict                 409    the service: lost every optimistic-
+    │                                                           concurrency retry within its time budget
+    └── IdempotencyKeyReused    idempotency_key_reused   422    the service: the key names another request
+
+``PreconditionFailed`` and ``WriteConflict`` carry the draft's head as ``head_seq`` (also in
+``details``), so that a client can refetch and decide again.
 """
 
 from __future__ import annotations
@@ -15,7 +27,10 @@ from typing import Any, ClassVar
 
 
 class DomainError(Exception):
-    """A command broke one of the draft's rules; nothing was appended."""
+    """A command was refused; nothing was appended.
+
+    ``code`` is the contract's snake_case error code; ``details`` is JSON-serialisable or None.
+    """
 
     code: ClassVar[str] = "domain_error"
 
@@ -26,7 +41,7 @@ class DomainError(Exception):
 
 
 class ValidationFailed(DomainError):
-    """A field's value is outside what the contract allows."""
+    """A field's value is outside what the contract allows (``details`` names the fields)."""
 
     code = "validation_error"
 
@@ -59,3 +74,47 @@ class AlreadyCollaborator(DomainError):
     """The user is already the creator or a collaborator."""
 
     code = "already_collaborator"
+
+
+class PreconditionFailed(DomainError):
+    """``If-Match`` named a seq that is not the draft's head (API.md: "first writer wins")."""
+
+    code = "precondition_failed"
+
+    def __init__(self, head_seq: int, expected_seq: int | None = None) -> None:
+        message = (
+            f"the draft is at seq {head_seq}, not {expected_seq}"
+            if expected_seq is not None
+            else f"the draft changed meanwhile; it is at seq {head_seq}"
+        )
+        super().__init__(message, {"head_seq": head_seq})
+        self.head_seq = head_seq
+        self.expected_seq = expected_seq
+
+
+class WriteConflict(DomainError):
+    """Concurrent writers on the draft kept winning for longer than the service retries.
+
+    Each lost race is the store's ``ConcurrencyConflict``; this is the service giving up after
+    its time budget (API.md "Errors added": 409 ``conflict`` with ``details.head_seq``).
+    Contention is never reported as unavailability.
+    """
+
+    code = "conflict"
+
+    def __init__(self, head_seq: int, retried_for: float | None = None) -> None:
+        waited = f" for {retried_for:.1f} s" if retried_for is not None else ""
+        super().__init__(
+            f"other writers kept changing the draft{waited}; it is at seq {head_seq}, retry",
+            {"head_seq": head_seq},
+        )
+        self.head_seq = head_seq
+
+
+class IdempotencyKeyReused(DomainError):
+    """The user's ``Idempotency-Key`` was first used for another endpoint or body (API.md)."""
+
+    code = "idempotency_key_reused"
+
+    def __init__(self) -> None:
+        super().__init__("this Idempotency-Key was already used for another request")

@@ -1,46 +1,97 @@
-"""API errors and the one middleware that maps every error to API.md's codes.
+"""API errors and the one place that maps every error to API.md's codes.
 
-Handlers raise; they never build error responses themselves. Mapping:
+Handlers and the service raise; they never build error responses themselves. The service
+raises domain errors (:mod:`projections.errors`), the store raises store errors
+(:mod:`eventstore.errors`); :data:`ERROR_TABLE` below is the only place that gives them an HTTP
+status, and :func:`to_api_error` the only function that reads it (the error middleware for
+REST, the WebSocket handler for its refusals). The classes the table knows::
 
-    ApiError(status, code)          as given (400 invalid_json, 400 invalid_parameter, 401, 412, 415, 429…)
-    projections.DomainError         422 validation_error, 404 not_found, 403 forbidden, 409 …
-    eventstore.IdempotencyKeyReused 422 idempotency_key_reused
-    eventstore.StoreUnavailable     503 unavailable (Retry-After)
-    eventstore.ConcurrencyConflict  503 unavailable (only after retries were exhausted)
-    aiohttp HTTPException           its status, with a JSON body (404 not_found, 405 method_not_allowed, 413…)
-    anything else                   500 internal_error, logged, never with a stack trace in the body
+    ApiError(status, code)               as given: HTTP-level refusals of a handler (400 invalid_json,
+                                         400 invalid_parameter, 401, 413, 415, 429, 503 shutting down)
+    projections.DomainError and below    ERROR_TABLE: 422 / 404 / 403 / 409 / 412 with the error's code
+    eventstore.IdempotencyKeyReused      422 idempotency_key_reused
+    eventstore.ConcurrencyConflict       409 conflict + details.head_seq (the service retries these and
+                                         raises WriteConflict itself; this row keeps a stray one from
+                                         ever reading as unavailability)
+    eventstore.StoreUnavailable          503 unavailable (Retry-After)
+    eventstore.StoreError                503 unavailable (Retry-After)
+    aiohttp HTTPException                its status, with a JSON body (404 not_found, 405 method_not_allowed, 413…)
+    anything else                        500 internal_error, logged, never with a stack trace in the body
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from eventstore.errors import ConcurrencyConflict, IdempotencyKeyReused, StoreError, StoreUnavailable
+from eventstore import errors as store_errors
 from projections.errors import (
     AlreadyCollaborator,
     DomainError,
     Forbidden,
+    IdempotencyKeyReused,
     InvalidRingTarget,
     NotFound,
     NotRingHolder,
+    PreconditionFailed,
     ValidationFailed,
+    WriteConflict,
 )
 
 log = logging.getLogger(__name__)
 
-DOMAIN_STATUS: dict[type[DomainError], int] = {
-    ValidationFailed: 422,
-    NotFound: 404,
-    Forbidden: 403,
-    NotRingHolder: 409,
-    InvalidRingTarget: 409,
-    AlreadyCollaborator: 409,
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """How one error class is answered over HTTP.
+
+    ``code`` / ``message`` None: the error's own ``code`` / ``message`` (domain errors carry
+    them); ``details``: a function of the error giving ``details`` (None: the error's own
+    ``details`` attribute, if any); ``retry_after``: the ``Retry-After`` header, in seconds.
+    """
+
+    status: int
+    code: str | None = None
+    message: str | None = None
+    details: Callable[[Any], Any] | None = None
+    retry_after: str | None = None
+
+
+ERROR_TABLE: dict[type[Exception], Answer] = {
+    # the draft's rules (projections.decide) and the service's checks around them
+    ValidationFailed: Answer(422),
+    NotFound: Answer(404),
+    Forbidden: Answer(403),
+    NotRingHolder: Answer(409),
+    InvalidRingTarget: Answer(409),
+    AlreadyCollaborator: Answer(409),
+    PreconditionFailed: Answer(412),
+    WriteConflict: Answer(409),
+    IdempotencyKeyReused: Answer(422),
+    DomainError: Answer(400),  # a rule added without a row of its own: still the client's fault, never 500
+    # the store's own errors, when one reaches a handler unchanged
+    store_errors.IdempotencyKeyReused: Answer(
+        422, "idempotency_key_reused", "this Idempotency-Key was already used for another request"
+    ),
+    store_errors.ConcurrencyConflict: Answer(
+        409,
+        "conflict",
+        "other writers changed the draft meanwhile; retry",
+        details=lambda e: {"head_seq": e.actual_seq},
+    ),
+    store_errors.StoreUnavailable: Answer(
+        503, "unavailable", "storage is unavailable; retry shortly", retry_after="1"
+    ),
+    store_errors.StoreError: Answer(503, "unavailable", "storage error; retry shortly", retry_after="1"),
 }
+"""Error class -> its HTTP answer (API.md "HTTP API" errors, "Errors added"). Looked up along the
+error's MRO, so a subclass without its own row is answered as its nearest listed base."""
 
 HTTP_CODES = {
     400: "bad_request",
@@ -54,6 +105,7 @@ HTTP_CODES = {
     429: "rate_limited",
     503: "unavailable",
 }
+"""Codes for aiohttp's own HTTP exceptions (unknown route, wrong method, body too large…)."""
 
 
 class ApiError(Exception):
@@ -91,25 +143,24 @@ def error_response(
 
 
 def to_api_error(exc: BaseException) -> ApiError | None:
-    """Map a domain or store error to its contract error; None if it is not one of ours."""
+    """The contract error for ``exc`` (an ApiError, a domain or a store error); None if not ours.
+
+    The one reading of :data:`ERROR_TABLE`: REST answers with it through :func:`error_middleware`,
+    the WebSocket refuses with the same status/code/message.
+    """
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, DomainError):
-        status = DOMAIN_STATUS.get(type(exc), 400)
-        return ApiError(status, exc.code, exc.message, exc.details)
-    if isinstance(exc, IdempotencyKeyReused):
-        return ApiError(
-            422,
-            "idempotency_key_reused",
-            "this Idempotency-Key was already used for another request",
-        )
-    if isinstance(exc, StoreUnavailable | ConcurrencyConflict):
-        return ApiError(
-            503, "unavailable", "storage is unavailable; retry shortly", headers={"Retry-After": "1"}
-        )
-    if isinstance(exc, StoreError):
-        return ApiError(503, "unavailable", "storage error; retry shortly", headers={"Retry-After": "1"})
-    return None
+    for cls in type(exc).__mro__:
+        answer = ERROR_TABLE.get(cls)
+        if answer is not None:
+            break
+    else:
+        return None
+    code = answer.code if answer.code is not None else getattr(exc, "code", "error")
+    message = answer.message if answer.message is not None else getattr(exc, "message", str(exc))
+    details = answer.details(exc) if answer.details is not None else getattr(exc, "details", None)
+    headers = {"Retry-After": answer.retry_after} if answer.retry_after is not None else None
+    return ApiError(answer.status, code, message, details, headers)
 
 
 @web.middleware
@@ -127,8 +178,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception as exc:
         api = to_api_error(exc)
         if api is None:
-            log.exception("unhandled error on %s %s", request.method, request.path)
+            log.exception("unhandled error on %s %r", request.method, request.path)
             return error_response(500, "internal_error", "internal error")
         if api.status == 503:
-            log.warning("%s %s: %s", request.method, request.path, exc)
+            log.warning("%s %r: %r", request.method, request.path, exc)
         return error_response(api.status, api.code, api.message, api.details, api.headers)
