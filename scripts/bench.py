@@ -96,7 +96,7 @@ async def build_draft_log(path: Path, events: int) -> str:
     """One draft with ``events`` events (created + segments), written in batches of 1,000."""
     store = SQLiteStore(path, synchronous="NORMAL")
     await store.open()
-    draft = "draft_catchup"
+    draft = "draft_" + "ca7c" * 5  # the id form the server accepts (server.service.DRAFT_ID)
     try:
         user = bl.OWNER
         batch: list[NewEvent] = [

@@ -1,9 +1,16 @@
 """Runs commands: idempotency, If-Match, decide against current state, append, respond.
 
-No aiohttp here: handlers parse and validate the request, then call :meth:`DraftService.execute`.
+No aiohttp and no HTTP here: handlers parse and validate the request, then call
+:meth:`DraftService.execute`; refusals are domain errors (:mod:`projections.errors`), which only
+``server/errors.py`` turns into statuses.
+
 Commands on one draft are serialised by a per-draft lock on this node (so they rarely conflict);
-the store's expected-seq check is what keeps nodes sharing a log correct, and a conflict is
-retried against fresh state.
+the store's expected-seq check is what keeps nodes sharing a log correct. A lost race (the
+store's ``ConcurrencyConflict``) is retried: the projector is first advanced to the head the
+log reported, then the command is decided again, after a jittered, growing pause. Retrying is
+bounded by time (:data:`CONFLICT_RETRY_SECONDS`), not by a count; when the time is up the command
+is refused with :class:`~projections.errors.WriteConflict` (409 ``conflict`` with the head) —
+contention is never reported as unavailability (issue "contention is not unavailability").
 """
 
 from __future__ import annotations
@@ -11,26 +18,46 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from eventstore.errors import ConcurrencyConflict, IdempotencyKeyReused
-from eventstore.events import IdempotencyClaim, Record, canonical_json, utc_now_iso
+from eventstore import errors as store_errors
+from eventstore.events import IdempotencyClaim, NewEvent, Record, canonical_json, utc_now_iso
 from eventstore.store import Store
 from projections.decide import Command, CreateDraft, Limits, decide
-from projections.errors import DomainError, Forbidden, NotFound, ValidationFailed
+from projections.errors import (
+    DomainError,
+    Forbidden,
+    IdempotencyKeyReused,
+    NotFound,
+    PreconditionFailed,
+    ValidationFailed,
+    WriteConflict,
+)
 from projections.fold import fold_all
 from projections.runner import DraftProjector
 from projections.state import DraftState
-from server.errors import ApiError
 
 log = logging.getLogger(__name__)
 
-Endpoint = Literal["create", "update", "segment", "ring", "collaborator"]
-MAX_CONFLICT_RETRIES = 20
+Endpoint = str
+"""The name of a mutation ("create", "segment"…): part of an Idempotency-Key's fingerprint, so a
+released name never changes (the fingerprints of keys in the log depend on it)."""
+
+CONFLICT_RETRY_SECONDS = 5.0
+"""How long a command keeps retrying after losing optimistic-concurrency races on its draft."""
+
+CONFLICT_BACKOFF_FIRST = 0.002
+CONFLICT_BACKOFF_MAX = 0.25
+"""Seconds: the pause before the n-th retry is drawn from [c/2, c], c = min(MAX, FIRST·2ⁿ)."""
+
+DRAFT_ID = re.compile(r"draft_[0-9a-f]{20}")
+"""The only draft ids there are: what :func:`new_draft_id` makes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +70,18 @@ class Outcome:
 
 
 def new_draft_id() -> str:
-    """A fresh, unguessable draft id."""
+    """A fresh, unguessable draft id: ``draft_`` and 20 lowercase hex digits (80 random bits)."""
     return "draft_" + secrets.token_hex(10)
+
+
+def is_draft_id(value: str) -> bool:
+    """True if ``value`` has the form of an id :func:`new_draft_id` makes (see :data:`DRAFT_ID`).
+
+    Anything else cannot name a draft, so callers answer "not found" without asking the store:
+    such values (a NUL byte, a lone surrogate, megabytes) are what one store refuses and another
+    accepts (issue "values one store accepts and another refuses").
+    """
+    return DRAFT_ID.fullmatch(value) is not None
 
 
 def fingerprint(endpoint: Endpoint, draft_id: str | None, body: Any) -> str:
@@ -77,7 +114,11 @@ class _DraftLocks:
 
 
 class DraftService:
-    """The application layer between HTTP handlers and the domain."""
+    """The application layer between HTTP handlers and the domain.
+
+    ``conflict_retry_seconds`` bounds how long :meth:`execute` retries lost races on one draft;
+    ``rng`` draws the jitter of the pauses between retries (seedable in tests).
+    """
 
     def __init__(
         self,
@@ -85,15 +126,28 @@ class DraftService:
         projector: DraftProjector,
         limits: Limits,
         clock: Callable[[], str] = utc_now_iso,
+        *,
+        conflict_retry_seconds: float = CONFLICT_RETRY_SECONDS,
+        rng: random.Random | None = None,
     ) -> None:
         self.store = store
         self.projector = projector
         self.limits = limits
         self.clock = clock
+        self.conflict_retry_seconds = conflict_retry_seconds
+        self.conflict_backoff = (CONFLICT_BACKOFF_FIRST, CONFLICT_BACKOFF_MAX)
+        """Seconds: the first and the largest pause ceiling between conflict retries."""
+        self._rng = rng if rng is not None else random.Random()
         self._locks = _DraftLocks()
 
     async def view(self, user_id: str, draft_id: str) -> DraftState:
-        """The draft's state if ``user_id`` may view it (404 / 403 otherwise)."""
+        """The draft's state if ``user_id`` may view it.
+
+        Raises :class:`NotFound` (also, without any query, for a value that is not a draft id)
+        or :class:`Forbidden`.
+        """
+        if not is_draft_id(draft_id):
+            raise NotFound("draft not found")
         state = await self.projector.get(draft_id)
         if state is None:
             raise NotFound("draft not found")
@@ -113,17 +167,28 @@ class DraftService:
     ) -> Outcome:
         """Decide and append ``command``; returns the outcome (or the first one, for a retry).
 
-        A repeated Idempotency-Key is recognised by the store inside the append's transaction,
+        ``draft_id`` is None for :class:`CreateDraft` (the command carries the new id). A
+        repeated Idempotency-Key is recognised by the store inside the append's transaction,
         so the common case costs no extra read. Only when the command is refused or changes
         nothing against the current state is the log asked whether the key was used before
         (a retry after the ring moved on must still get its first response).
+
+        Raises a :class:`~projections.errors.DomainError`: the draft's rules, :class:`NotFound`
+        for a value that is not a draft id (before any query), :class:`PreconditionFailed` when
+        ``if_match`` is not the head, :class:`WriteConflict` when concurrent writers kept
+        winning for :attr:`conflict_retry_seconds`, :class:`IdempotencyKeyReused`; or a store
+        error (``StoreUnavailable``) when the log cannot be reached.
         """
+        if draft_id is not None and not is_draft_id(draft_id):
+            raise NotFound("draft not found")
         claim: IdempotencyClaim | None = None
         if idempotency_key is not None:
             claim = IdempotencyClaim(command.user_id, idempotency_key, fingerprint(endpoint, draft_id, body))
         try:
             outcome = await self._decide_and_append(draft_id, command, if_match, claim)
-        except (DomainError, ApiError):
+        except store_errors.IdempotencyKeyReused as e:
+            raise IdempotencyKeyReused() from e
+        except DomainError:
             if claim is not None and (earlier := await self._earlier(claim)) is not None:
                 return earlier
             raise
@@ -140,41 +205,24 @@ class DraftService:
         if found is None:
             return None
         if found.fingerprint != claim.fingerprint:
-            raise IdempotencyKeyReused(claim.user_id, claim.key)
+            raise IdempotencyKeyReused()
         return await self._replay(found.draft_id, found.seq)
 
     async def _decide_and_append(
         self, draft_id: str | None, command: Command, if_match: int | None, claim: IdempotencyClaim | None
     ) -> Outcome:
-        user_id = command.user_id
         if isinstance(command, CreateDraft):
             assert draft_id is None
             draft_id = command.draft_id
         assert draft_id is not None
+        loop = asyncio.get_running_loop()
         async with self._locks.hold(draft_id):
-            for _ in range(MAX_CONFLICT_RETRIES):
-                state = None if isinstance(command, CreateDraft) else await self.projector.get(draft_id)
-                # An invalid field is the request's own fault whatever the draft's head is: 422
-                # comes before 412 (schemathesis sent a bad user id with a stale If-Match).
-                refused: DomainError | None = None
-                try:
-                    events = decide(state, command, self.clock(), self.limits)
-                except ValidationFailed:
-                    raise
-                except DomainError as e:
-                    events, refused = [], e
-                if state is not None and if_match is not None:
-                    if state.role_of(user_id) in (None, "viewer"):
-                        raise Forbidden("you may not change this draft")
-                    if state.seq != if_match:
-                        raise ApiError(
-                            412,
-                            "precondition_failed",
-                            f"the draft is at seq {state.seq}, not {if_match}",
-                            details={"head_seq": state.seq},
-                        )
-                if refused is not None:
-                    raise refused
+            started = loop.time()
+            head = 0  # the least head the log has reported; the projector is advanced to it
+            attempt = 0
+            while True:  # ends by time: see conflict_retry_seconds
+                state = None if isinstance(command, CreateDraft) else await self.projector.get(draft_id, head)
+                events = self._decide(state, command, if_match)
                 if not events:
                     assert state is not None
                     return Outcome(state, None)
@@ -182,15 +230,25 @@ class DraftService:
                     result = await self.store.append(
                         draft_id, events, state.seq if state is not None else 0, claim
                     )
-                except ConcurrencyConflict:
+                except store_errors.ConcurrencyConflict as e:
+                    head = max(head, e.actual_seq)  # read from the log inside the append's transaction
                     if if_match is not None:
-                        head = await self.store.head(draft_id)
-                        raise ApiError(
-                            412,
-                            "precondition_failed",
-                            "the draft changed meanwhile",
-                            details={"head_seq": head},
-                        ) from None
+                        raise PreconditionFailed(head) from None
+                    waited = loop.time() - started
+                    if waited >= self.conflict_retry_seconds:
+                        log.warning(
+                            "draft %r: gave up after %d lost races in %.2f s (head %d)",
+                            draft_id,
+                            attempt + 1,
+                            waited,
+                            head,
+                        )
+                        raise WriteConflict(head, waited) from None
+                    first, most = self.conflict_backoff
+                    ceiling = min(most, first * 2 ** min(attempt, 16))
+                    pause = self._rng.uniform(ceiling / 2, ceiling)
+                    await asyncio.sleep(min(pause, self.conflict_retry_seconds - waited))
+                    attempt += 1
                     continue
                 if result.replayed is not None:
                     return await self._replay(result.replayed.draft_id, result.replayed.seq)
@@ -201,8 +259,30 @@ class DraftService:
                     state, [r.event() for r in result.records]
                 )
                 assert after is not None
-                return Outcome(after, result.records[-1])
-        raise ConcurrencyConflict(draft_id, -1, -1)
+                return Outcome(after, last)
+
+    def _decide(self, state: DraftState | None, command: Command, if_match: int | None) -> list[NewEvent]:
+        """The command's events against ``state``, or the refusal that comes first.
+
+        An invalid field is the request's own fault whatever the draft's head is: 422 comes
+        before 412 (schemathesis sent a bad user id with a stale If-Match); a viewer's If-Match
+        is 403 before 412; then 412; then the draft's other rules.
+        """
+        refused: DomainError | None = None
+        try:
+            events = decide(state, command, self.clock(), self.limits)
+        except ValidationFailed:
+            raise
+        except DomainError as e:
+            events, refused = [], e
+        if state is not None and if_match is not None:
+            if state.role_of(command.user_id) in (None, "viewer"):
+                raise Forbidden("you may not change this draft")
+            if state.seq != if_match:
+                raise PreconditionFailed(state.seq, if_match)
+        if refused is not None:
+            raise refused
+        return events
 
     async def _replay(self, draft_id: str, seq: int) -> Outcome:
         records = await self.store.read(draft_id, 0, seq)

@@ -15,6 +15,7 @@ from aiohttp import WSMsgType, web
 from eventstore.events import utc_now_iso
 from server.errors import ApiError, error_response
 from server.hub import CLOSE_TRY_AGAIN_LATER, Subscriber
+from server.service import is_draft_id
 from server.state import AppState
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,12 @@ async def draft_socket(request: web.Request) -> web.StreamResponse:
     except ApiError as e:
         return await _refuse(ws, "unauthorized", e.message, CLOSE_POLICY)
     user_id = identity.user_id
+    if not is_draft_id(draft_id):  # never sent to the store (issue 10, item 6)
+        return await _refuse(ws, "not_found", "draft not found", CLOSE_NOT_FOUND)
     try:
         state = await st.projector.get(draft_id)
     except Exception:
-        log.warning("socket for %s: store unavailable", draft_id, exc_info=True)
+        log.warning("socket for %r: store unavailable", draft_id, exc_info=True)
         return await _refuse(
             ws, "unavailable", "storage is unavailable; retry shortly", CLOSE_TRY_AGAIN_LATER
         )
