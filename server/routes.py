@@ -1,19 +1,28 @@
-"""REST handlers: thin — authenticate, validate, call the service, serialise."""
+"""REST handlers: thin — authenticate, validate, call the service, serialise.
+
+Every mutation is one declaration of :func:`mutation`: its method and path, the name that goes
+into Idempotency-Key fingerprints, the body model, how the body becomes a domain command, and
+how the outcome becomes the response. The shared template (auth and rate limit, JSON body,
+validation, If-Match, Idempotency-Key, the service, ETag and Idempotent-Replayed) lives once in
+:func:`mutation`. Refusals are raised, never built here: ``server/errors.py`` answers them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import math
-from collections.abc import Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from eventstore.events import Record
-from projections.decide import AddCollaborator, AppendSegment, CreateDraft, PassRing, UpdateDraft
+from projections.decide import AddCollaborator, AppendSegment, Command, CreateDraft, PassRing, UpdateDraft
+from projections.errors import ValidationFailed
 from projections.state import DraftState
 from server.auth import Identity
 from server.errors import ApiError
@@ -83,19 +92,15 @@ async def _read_json(request: web.Request) -> Any:
 
 def _validate(model: type[M], body: Any) -> M:
     if not isinstance(body, dict):
-        raise ApiError(
-            422, "validation_error", "body must be a JSON object", details={"body": "must be an object"}
-        )
+        raise ValidationFailed("body must be a JSON object", {"body": "must be an object"})
     try:
         return model.model_validate(body)
     except ValidationError as e:
         details: dict[str, str] = {}
         for err in e.errors(include_url=False, include_input=False):
-            field = ".".join(str(p) for p in err["loc"]) or "body"
-            details.setdefault(field, err["msg"])
-        raise ApiError(
-            422, "validation_error", "invalid fields: " + ", ".join(details), details=details
-        ) from None
+            name = ".".join(str(p) for p in err["loc"]) or "body"
+            details.setdefault(name, err["msg"])
+        raise ValidationFailed("invalid fields: " + ", ".join(details), details) from None
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -145,46 +150,150 @@ def _wait_param(request: web.Request, high: float) -> float:
     return wait
 
 
-async def _execute(
-    request: web.Request,
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A mutation's success response: status, JSON body, headers beyond ETag/Idempotent-Replayed."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation(Generic[M]):
+    """One REST mutation, declared: everything that differs between two of them.
+
+    ``endpoint`` names it in Idempotency-Key fingerprints (never change a released one);
+    ``command(user_id, draft_id, body)`` builds the domain command (``draft_id`` is None on a
+    path without ``{draft_id}``); ``reply(outcome)`` builds the success response.
+    """
+
+    method: str
+    path: str
+    endpoint: Endpoint
+    body: type[M]
+    command: Callable[[str, str | None, M], Command]
+    reply: Callable[[Outcome], Reply]
+    summary: str
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """Auth and rate limit, body, validation, the service, then the reply with ETag."""
+        st = request.app[AppState.KEY]
+        user_id = await _mutating_user(request)
+        draft_id = request.match_info.get("draft_id")
+        raw = await _read_json(request)
+        command = self.command(user_id, draft_id, _validate(self.body, raw))
+        outcome = await st.service.execute(
+            self.endpoint,
+            draft_id,
+            command,
+            if_match=_if_match(request),
+            idempotency_key=_idempotency_key(request),
+            body=raw,
+        )
+        if outcome.record is not None and not outcome.replayed:
+            st.metrics.events_appended.labels(outcome.record.type).inc()
+        reply = self.reply(outcome)
+        headers = {"ETag": _etag(outcome.state.seq), **reply.headers}
+        if outcome.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return _json(reply.status, reply.body, headers)
+
+
+def mutation(
+    method: str,
+    path: str,
     endpoint: Endpoint,
-    draft_id: str | None,
-    user_id: str,
-    command: Any,
-    body: Any,
-) -> Outcome:
-    st = request.app[AppState.KEY]
-    outcome = await st.service.execute(
-        endpoint,
-        draft_id,
-        command,
-        if_match=_if_match(request),
-        idempotency_key=_idempotency_key(request),
-        body=body,
+    body: type[M],
+    command: Callable[[str, str | None, M], Command],
+    reply: Callable[[Outcome], Reply],
+    summary: str,
+) -> Mutation[M]:
+    """Declare a mutation and register its handler on :data:`routes`."""
+    declared = Mutation(method, path, endpoint, body, command, reply, summary)
+
+    async def handler(request: web.Request) -> web.Response:
+        return await declared.handle(request)
+
+    handler.__name__ = handler.__qualname__ = endpoint.replace("-", "_")
+    handler.__doc__ = summary
+    routes.route(method, path)(handler)
+    return declared
+
+
+def _draft_reply(status: int) -> Callable[[Outcome], Reply]:
+    def reply(outcome: Outcome) -> Reply:
+        return Reply(status, _data_raw(outcome.state.to_json()))
+
+    return reply
+
+
+def _created_draft(outcome: Outcome) -> Reply:
+    return Reply(
+        201, _data_raw(outcome.state.to_json()), {"Location": f"/v1/collab/drafts/{outcome.state.id}"}
     )
-    if outcome.record is not None and not outcome.replayed:
-        st.metrics.events_appended.labels(outcome.record.type).inc()
-    return outcome
 
 
-def _headers(outcome: Outcome) -> dict[str, str]:
-    headers = {"ETag": _etag(outcome.state.seq)}
-    if outcome.replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return headers
+def _event_data(outcome: Outcome) -> dict[str, Any]:
+    assert outcome.record is not None
+    data: dict[str, Any] = orjson.loads(outcome.record.body)["data"]
+    return data
 
 
-@routes.post("/v1/collab/drafts")
-async def create_draft(request: web.Request) -> web.Response:
-    """Create a draft; the caller is its creator and holds the ring."""
-    user_id = await _mutating_user(request)
-    body = await _read_json(request)
-    parsed = _validate(CreateDraftBody, body)
-    command = CreateDraft(user_id, new_draft_id(), parsed.title, parsed.description)
-    outcome = await _execute(request, "create", None, user_id, command, body)
-    headers = _headers(outcome)
-    headers["Location"] = f"/v1/collab/drafts/{outcome.state.id}"
-    return _json(201, _data_raw(outcome.state.to_json()), headers)
+def _segment_reply(outcome: Outcome) -> Reply:
+    return Reply(201, _data({"segment": _event_data(outcome)["segment"], "seq": outcome.state.seq}))
+
+
+def _ring_reply(outcome: Outcome) -> Reply:
+    return Reply(200, _data({"ring_state": _state_ring(outcome.state), "seq": outcome.state.seq}))
+
+
+def _collaborator_reply(outcome: Outcome) -> Reply:
+    data = _event_data(outcome)
+    collaborator = {"user_id": data["collaborator_id"], "role": data["role"], "joined_at": data["joined_at"]}
+    return Reply(201, _data({"collaborator": collaborator, "seq": outcome.state.seq}))
+
+
+def _state_ring(state: DraftState) -> dict[str, Any]:
+    return {
+        "current_holder_id": state.ring_state.current_holder_id,
+        "holders_history": list(state.ring_state.holders_history),
+    }
+
+
+MUTATIONS: tuple[Mutation[Any], ...] = (
+    mutation(
+        "POST", "/v1/collab/drafts", "create", CreateDraftBody,
+        lambda user, _, b: CreateDraft(user, new_draft_id(), b.title, b.description),
+        _created_draft,
+        "Create a draft; the caller is its creator and holds the ring.",
+    ),
+    mutation(
+        "PATCH", "/v1/collab/drafts/{draft_id}", "update", UpdateDraftBody,
+        lambda user, _, b: UpdateDraft(user, b.title, b.description),
+        _draft_reply(200),
+        "Change the title and/or description.",
+    ),
+    mutation(
+        "POST", "/v1/collab/drafts/{draft_id}/segments", "segment", AppendSegmentBody,
+        lambda user, _, b: AppendSegment(user, b.content),
+        _segment_reply,
+        "The ring holder appends a segment.",
+    ),
+    mutation(
+        "POST", "/v1/collab/drafts/{draft_id}/ring/pass", "ring", PassRingBody,
+        lambda user, _, b: PassRing(user, b.to_user_id),
+        _ring_reply,
+        "The ring holder passes the ring.",
+    ),
+    mutation(
+        "POST", "/v1/collab/drafts/{draft_id}/collaborators", "collaborator", AddCollaboratorBody,
+        lambda user, _, b: AddCollaborator(user, b.user_id, b.role),
+        _collaborator_reply,
+        "Invite a contributor or viewer.",
+    ),
+)  # fmt: skip
+"""The REST mutations (API.md "HTTP API"); a new one is one more declaration here."""
 
 
 @routes.get("/v1/collab/drafts")
@@ -209,71 +318,6 @@ async def get_draft(request: web.Request) -> web.Response:
         if etag in tags or "*" in tags:
             return web.Response(status=304, headers={"ETag": etag})
     return _json(200, _data_raw(state.to_json()), {"ETag": etag})
-
-
-@routes.patch("/v1/collab/drafts/{draft_id}")
-async def update_draft(request: web.Request) -> web.Response:
-    """Change the title and/or description."""
-    user_id = await _mutating_user(request)
-    draft_id = request.match_info["draft_id"]
-    body = await _read_json(request)
-    parsed = _validate(UpdateDraftBody, body)
-    command = UpdateDraft(user_id, parsed.title, parsed.description)
-    outcome = await _execute(request, "update", draft_id, user_id, command, body)
-    return _json(200, _data_raw(outcome.state.to_json()), _headers(outcome))
-
-
-def _event_data(outcome: Outcome) -> dict[str, Any]:
-    assert outcome.record is not None
-    data: dict[str, Any] = orjson.loads(outcome.record.body)["data"]
-    return data
-
-
-@routes.post("/v1/collab/drafts/{draft_id}/segments")
-async def append_segment(request: web.Request) -> web.Response:
-    """The ring holder appends a segment."""
-    user_id = await _mutating_user(request)
-    draft_id = request.match_info["draft_id"]
-    body = await _read_json(request)
-    parsed = _validate(AppendSegmentBody, body)
-    outcome = await _execute(
-        request, "segment", draft_id, user_id, AppendSegment(user_id, parsed.content), body
-    )
-    payload = {"segment": _event_data(outcome)["segment"], "seq": outcome.state.seq}
-    return _json(201, _data(payload), _headers(outcome))
-
-
-@routes.post("/v1/collab/drafts/{draft_id}/ring/pass")
-async def pass_ring(request: web.Request) -> web.Response:
-    """The ring holder passes the ring."""
-    user_id = await _mutating_user(request)
-    draft_id = request.match_info["draft_id"]
-    body = await _read_json(request)
-    parsed = _validate(PassRingBody, body)
-    outcome = await _execute(request, "ring", draft_id, user_id, PassRing(user_id, parsed.to_user_id), body)
-    ring = _state_ring(outcome.state)
-    return _json(200, _data({"ring_state": ring, "seq": outcome.state.seq}), _headers(outcome))
-
-
-def _state_ring(state: DraftState) -> dict[str, Any]:
-    return {
-        "current_holder_id": state.ring_state.current_holder_id,
-        "holders_history": list(state.ring_state.holders_history),
-    }
-
-
-@routes.post("/v1/collab/drafts/{draft_id}/collaborators")
-async def add_collaborator(request: web.Request) -> web.Response:
-    """Invite a contributor or viewer."""
-    user_id = await _mutating_user(request)
-    draft_id = request.match_info["draft_id"]
-    body = await _read_json(request)
-    parsed = _validate(AddCollaboratorBody, body)
-    command = AddCollaborator(user_id, parsed.user_id, parsed.role)
-    outcome = await _execute(request, "collaborator", draft_id, user_id, command, body)
-    data = _event_data(outcome)
-    collaborator = {"user_id": data["collaborator_id"], "role": data["role"], "joined_at": data["joined_at"]}
-    return _json(201, _data({"collaborator": collaborator, "seq": outcome.state.seq}), _headers(outcome))
 
 
 def _events_body(records: Sequence[Record], head: int) -> bytes:
