@@ -1,13 +1,25 @@
 """The projector: keeps every draft's state materialised from the log.
 
+Vocabulary: the projector **advances** — it reads the global log from its checkpoint position
+and folds every record into summaries and cached states (:meth:`DraftProjector.advance`). That
+is its own mechanism, distinct from a store *following* other nodes' commits and from a
+socket's *catch-up* (the hub replaying a draft's log before going live).
+
 * Current state of a draft = its snapshot (if any) + the log's events after the snapshot's seq.
   Recent states are cached in memory; the log stays the truth, so a cache entry is used only
   when its seq equals the draft's known head (single-writer stores, kept current by the
   notifier before an append returns) or after reading the log's tail (shared stores).
 * A summary of every draft (title, seq, members) is kept for listing and is caught up from
-  the global log by position, with a checkpoint.
+  the global log by position, with a checkpoint (advancing).
 * Snapshots of drafts that changed are saved periodically with the checkpoint up to which
   they are complete; ``rebuild`` recomputes all of them from the log alone.
+
+Owned tasks (started by :meth:`DraftProjector.start`, cancelled and awaited by
+:meth:`DraftProjector.stop`): ``ringlog-projector-advance`` advances whenever a commit arrived
+out of step, and on failure logs it and tries again with a growing, jittered pause;
+``ringlog-snapshots`` saves snapshots every ``flush_interval`` and logs a failed save (the
+drafts stay dirty for the next round). ``stop`` advances one last time and saves the last
+snapshots, retrying for up to ``stop_flush_seconds``, and logs what it could not save.
 """
 
 from __future__ import annotations
@@ -17,8 +29,10 @@ import contextlib
 import gc
 import itertools
 import logging
+import random
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from typing import Any
 
 import orjson
 
@@ -31,32 +45,57 @@ log = logging.getLogger(__name__)
 
 PAGE = 5000
 
+ADVANCE_RETRY_FIRST = 0.05
+ADVANCE_RETRY_MAX = 5.0
+"""Seconds: pauses of the advance task after a failed read grow from FIRST to MAX (jittered)."""
+
+STOP_FLUSH_SECONDS = 5.0
+"""How long :meth:`DraftProjector.stop` keeps retrying to save the last snapshots."""
+
 SNAPSHOT_BATCH = 1000
 SNAPSHOT_BATCH_BYTES = 2 << 20
 """A rebuild writes snapshots in batches of at most this many drafts or (about) bytes."""
 
 
 class DraftProjector:
-    """Materialised draft states and summaries, caught up from a Store."""
+    """Materialised draft states and summaries, advanced from a Store.
 
-    def __init__(self, store: Store, *, cache_size: int = 10_000, flush_interval: float = 5.0) -> None:
+    ``cache_size``: draft states kept in memory; ``flush_interval``: seconds between snapshot
+    saves (0: no snapshot task, tests flush by hand); ``stop_flush_seconds``: how long
+    :meth:`stop` retries the last save.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        cache_size: int = 10_000,
+        flush_interval: float = 5.0,
+        stop_flush_seconds: float = STOP_FLUSH_SECONDS,
+    ) -> None:
         self.store = store
         self.cache_size = cache_size
         self.flush_interval = flush_interval
+        self.stop_flush_seconds = stop_flush_seconds
         self._cache: OrderedDict[str, DraftState] = OrderedDict()
         self._summaries: dict[str, DraftSummary] = {}
         self._by_member: dict[str, set[str]] = {}
         self._position = 0
         self._dirty: set[str] = set()
-        self._catch_up_lock = asyncio.Lock()
-        self._catch_up_task: asyncio.Task[None] | None = None
-        self._catch_up_wanted = False
-        self._flusher: asyncio.Task[None] | None = None
+        self._advance_lock = asyncio.Lock()
+        self._advance_wanted = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.advance_failures = 0
+        """Failed background advances since start (each one logged, then retried)."""
 
     # -- life cycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load summaries from snapshots, catch up from the checkpoint, follow new commits."""
+        """Load summaries from snapshots, advance from the checkpoint, follow new commits.
+
+        Raises the store's error if the snapshots or the log cannot be read (nothing is left
+        running then).
+        """
         self._position = await self.store.snapshot_checkpoint()
         after = ""
         while True:
@@ -68,25 +107,71 @@ class DraftProjector:
                 self._set_summary(state.summary())
             after = page[-1].draft_id
         self.store.notifier.add_global_listener(self._on_commit)
-        await self.catch_up()
+        try:
+            await self.advance()
+        except BaseException:
+            self.store.notifier.remove_global_listener(self._on_commit)
+            raise
+        self._spawn(self._advance_loop(), "ringlog-projector-advance")
         if self.flush_interval > 0:
-            self._flusher = asyncio.get_running_loop().create_task(
-                self._flush_loop(), name="ringlog-snapshots"
-            )
+            self._spawn(self._flush_loop(), "ringlog-snapshots")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # the loops catch every Exception; this is a bug, and it must not pass unseen
+            log.error("projector task %s stopped", task.get_name(), exc_info=task.exception())
+
+    @property
+    def tasks(self) -> frozenset[asyncio.Task[None]]:
+        """The projector's running background tasks (advance, snapshots)."""
+        return frozenset(self._tasks)
 
     async def stop(self) -> None:
-        """Stop following the log and save the snapshots of drafts that changed."""
-        self.store.notifier.remove_global_listener(self._on_commit)
-        for task in (self._flusher, self._catch_up_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._flusher = self._catch_up_task = None
+        """Stop the background tasks, advance one last time and save the last snapshots.
+
+        Never raises for a store failure: snapshots are derived data (the log has everything),
+        so what cannot be saved within ``stop_flush_seconds`` is logged and rebuilt from the
+        log at the next start.
+        """
+        tasks = tuple(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
         try:
-            await self.flush()
-        except Exception:  # the snapshots are derived data: losing them loses nothing
-            log.exception("could not save snapshots on stop")
+            await self.advance()
+        except Exception:
+            log.warning("could not read the log's last records before saving snapshots", exc_info=True)
+        await self._last_flush()
+        self.store.notifier.remove_global_listener(self._on_commit)
+
+    async def _last_flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.stop_flush_seconds
+        pause = ADVANCE_RETRY_FIRST
+        while True:
+            try:
+                await self.flush()
+                return
+            except Exception:
+                if loop.time() + pause > deadline:
+                    log.exception(
+                        "could not save the snapshots of %d drafts on stop; they will be folded "
+                        "from the log at the next start",
+                        len(self._dirty),
+                    )
+                    return
+                log.warning("could not save snapshots on stop; retrying", exc_info=True)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, ADVANCE_RETRY_MAX)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -95,6 +180,27 @@ class DraftProjector:
                 await self.flush()
             except Exception:
                 log.warning("could not save snapshots; will retry", exc_info=True)
+
+    async def _advance_loop(self) -> None:
+        """Advance whenever asked; a failure is logged and retried after a growing pause."""
+        pause = ADVANCE_RETRY_FIRST
+        while True:
+            await self._advance_wanted.wait()
+            try:
+                await self.advance()
+            except Exception:
+                self.advance_failures += 1
+                log.warning(
+                    "projector could not advance from position %d; retrying in %.2f s",
+                    self._position,
+                    pause,
+                    exc_info=True,
+                )
+                self._advance_wanted.set()
+                await asyncio.sleep(pause * random.uniform(0.5, 1.0))
+                pause = min(pause * 2, ADVANCE_RETRY_MAX)
+            else:
+                pause = ADVANCE_RETRY_FIRST
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -113,12 +219,20 @@ class DraftProjector:
         state = self._cache.get(draft_id)
         return state if state is not None and state.seq == seq else None
 
-    async def get(self, draft_id: str) -> DraftState | None:
-        """The draft's current state, or None if it does not exist."""
+    async def get(self, draft_id: str, at_least: int = 0) -> DraftState | None:
+        """The draft's current state, or None if it does not exist.
+
+        ``at_least``: a head the caller learnt from the log (a lost append race reports it); a
+        cached state behind it is never returned, the log's tail is read instead.
+        """
         cached = self._cache.get(draft_id)
         if cached is not None:
             self._cache.move_to_end(draft_id)
-            if not self.store.is_shared and cached.seq >= self.known_head(draft_id):
+            if (
+                not self.store.is_shared
+                and cached.seq >= self.known_head(draft_id)
+                and cached.seq >= at_least
+            ):
                 return cached
         base = cached
         if base is None:
@@ -137,7 +251,7 @@ class DraftProjector:
 
     async def drafts_for(self, user_id: str) -> list[DraftSummary]:
         """Drafts ``user_id`` may view, most recently updated first."""
-        await self.catch_up()
+        await self.advance()
         ids = self._by_member.get(user_id, ())
         rows = [self._summaries[i] for i in ids]
         rows.sort(key=lambda s: (s.updated_at, s.id), reverse=True)
@@ -175,12 +289,12 @@ class DraftProjector:
         if (
             in_step
             and contiguous
-            and not self._catch_up_lock.locked()
+            and not self._advance_lock.locked()
             and records[0].position == self._position + 1
         ):
             self._position = records[-1].position
         else:
-            self._schedule_catch_up()
+            self._advance_wanted.set()  # the advance task reads the log from our position
 
     def _apply_to_draft(self, record: Record) -> bool:
         """Fold ``record`` into its draft's summary and cached state; False if out of step."""
@@ -204,23 +318,25 @@ class DraftProjector:
         self._dirty.add(record.draft_id)
         return True
 
-    def _schedule_catch_up(self) -> None:
-        self._catch_up_wanted = True
-        if self._catch_up_task is None or self._catch_up_task.done():
-            self._catch_up_task = asyncio.get_running_loop().create_task(self.catch_up())
+    async def advance(self) -> None:
+        """Fold every record after the projector's position into it, reading the global log.
 
-    async def catch_up(self) -> None:
-        """Apply every record after the projector's position, reading the global log."""
-        async with self._catch_up_lock:
-            while True:
-                self._catch_up_wanted = False
-                page = await self.store.read_all(self._position, PAGE)
-                if not page and not self._catch_up_wanted:
-                    return
-                for record in page:
-                    if not self._apply_to_draft(record):
-                        await self._reload_summary(record)
-                    self._position = record.position
+        Raises the store's error if the log cannot be read; what was folded stays folded.
+        """
+        async with self._advance_lock:
+            try:
+                while True:
+                    self._advance_wanted.clear()
+                    page = await self.store.read_all(self._position, PAGE)
+                    if not page and not self._advance_wanted.is_set():
+                        return
+                    for record in page:
+                        if not self._apply_to_draft(record):
+                            await self._reload_summary(record)
+                        self._position = record.position
+            except BaseException:
+                self._advance_wanted.set()  # unfinished: the advance task tries again
+                raise
 
     async def _reload_summary(self, record: Record) -> None:
         self._cache.pop(record.draft_id, None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -144,13 +143,17 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     except BaseException:
         await st.store.close()
         raise
-    log.info("store open: %s", _redact(st.settings.db))
-    yield
-    st.stopping.set()
-    with contextlib.suppress(Exception):
-        await st.projector.stop()
-    await st.store.close()  # finishes appends already queued for the writer
-    log.info("store closed")
+    log.info("store open: %r", _redact(st.settings.db))
+    try:
+        yield
+    finally:
+        st.stopping.set()
+        try:
+            await st.projector.stop()  # stops its tasks, saves the last snapshots (logs what it cannot)
+        except Exception:
+            log.exception("the projector did not stop cleanly")
+        await st.store.close()  # finishes appends already queued for the writer
+        log.info("store closed")
 
 
 async def _close_sockets(app: web.Application) -> None:

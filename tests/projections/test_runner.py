@@ -57,7 +57,7 @@ async def test_concurrent_appends_and_reads_never_see_a_stale_state(
         assert await projector.get(f"d{i}") == await folded(store, f"d{i}")
 
 
-async def test_restart_from_snapshots_and_catch_up(store: Store) -> None:
+async def test_restart_from_snapshots_and_advance(store: Store) -> None:
     ids = await populate(store, drafts=3, steps=40)
     first = DraftProjector(store, flush_interval=0)
     await first.start()
@@ -106,7 +106,7 @@ async def test_rebuild_of_an_empty_log(store: Store) -> None:
 
 
 class GatedStore(MemoryStore):
-    """A real in-memory store whose global reads can be held, to stall the projector's catch-up."""
+    """A real in-memory store whose global reads can be held, to stall the projector's advance."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -123,8 +123,8 @@ class GatedStore(MemoryStore):
         return await super().read_all(after_position, limit)
 
 
-async def test_a_read_during_a_catch_up_still_sees_the_last_append() -> None:
-    """While the projector catches up from the log, its cache must not serve a state older than an append."""
+async def test_a_read_while_the_projector_advances_still_sees_the_last_append() -> None:
+    """While the projector advances from the log, its cache must not serve a state older than an append."""
     store = GatedStore()
     projector = DraftProjector(store, flush_interval=0)
     await projector.start()
@@ -135,17 +135,17 @@ async def test_a_read_during_a_catch_up_still_sees_the_last_append() -> None:
         assert cached is not None and cached.seq == 1
 
         store.gate.clear()
-        catching_up = asyncio.create_task(projector.catch_up())
+        advancing = asyncio.create_task(projector.advance())
         while store.waiting == 0:
             await asyncio.sleep(0)
-        records = await execute(store, "d1", AppendSegment("alice", "during catch-up"), next(now), projector)
+        records = await execute(store, "d1", AppendSegment("alice", "while advancing"), next(now), projector)
         assert isinstance(records, tuple) and records[0].seq == 2
 
         state = await projector.get("d1")
         assert state is not None and state.seq == 2, "served a state older than a successful append"
 
         store.gate.set()
-        await catching_up
+        await advancing
         assert await projector.get("d1") == await folded(store, "d1")
         assert projector.known_head("d1") == 2
     finally:
