@@ -159,20 +159,30 @@ class Reply:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+class NoBody(BaseModel):
+    """The body model of a mutation that takes no body (nothing is read; any body is ignored)."""
+
+
+PathParams = Mapping[str, str]
+"""A request's path parameters (``draft_id`` and any other ``{name}`` in the route)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Mutation(Generic[M]):
     """One REST mutation, declared: everything that differs between two of them.
 
     ``endpoint`` names it in Idempotency-Key fingerprints (never change a released one);
-    ``command(user_id, draft_id, body)`` builds the domain command (``draft_id`` is None on a
-    path without ``{draft_id}``); ``reply(outcome)`` builds the success response.
+    ``body`` is its pydantic model (:class:`NoBody`: no body is read);
+    ``command(user_id, path_params, body)`` builds the domain command; ``reply(outcome)``
+    builds the success response. A path parameter other than ``draft_id`` (say
+    ``{user_id}``) joins the fingerprint, so one key cannot name two different targets.
     """
 
     method: str
     path: str
     endpoint: Endpoint
     body: type[M]
-    command: Callable[[str, str | None, M], Command]
+    command: Callable[[str, PathParams, M], Command]
     reply: Callable[[Outcome], Reply]
     summary: str
 
@@ -180,16 +190,22 @@ class Mutation(Generic[M]):
         """Auth and rate limit, body, validation, the service, then the reply with ETag."""
         st = request.app[AppState.KEY]
         user_id = await _mutating_user(request)
-        draft_id = request.match_info.get("draft_id")
-        raw = await _read_json(request)
-        command = self.command(user_id, draft_id, _validate(self.body, raw))
+        params = request.match_info
+        if self.body is NoBody:
+            raw: Any = None
+            parsed = self.body()
+        else:
+            raw = await _read_json(request)
+            parsed = _validate(self.body, raw)
+        command = self.command(user_id, params, parsed)
+        extra = {k: v for k, v in params.items() if k != "draft_id"}
         outcome = await st.service.execute(
             self.endpoint,
-            draft_id,
+            params.get("draft_id"),
             command,
             if_match=_if_match(request),
             idempotency_key=_idempotency_key(request),
-            body=raw,
+            body={"body": raw, "path": extra} if extra else raw,  # unchanged for the first five
         )
         if outcome.record is not None and not outcome.replayed:
             st.metrics.events_appended.labels(outcome.record.type).inc()
@@ -205,7 +221,7 @@ def mutation(
     path: str,
     endpoint: Endpoint,
     body: type[M],
-    command: Callable[[str, str | None, M], Command],
+    command: Callable[[str, PathParams, M], Command],
     reply: Callable[[Outcome], Reply],
     summary: str,
 ) -> Mutation[M]:

@@ -7,7 +7,7 @@ middleware and handler exactly as in production.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,11 +64,20 @@ class InProcess:
 
 
 @contextlib.asynccontextmanager
-async def running_app(store: MemoryStore | None = None, **settings: Any) -> AsyncIterator[InProcess]:
-    """Start the app on ``store`` (a fresh MemoryStore by default); stop it on exit."""
+async def running_app(
+    store: MemoryStore | None = None,
+    configure: Callable[[web.Application], None] | None = None,
+    **settings: Any,
+) -> AsyncIterator[InProcess]:
+    """Start the app on ``store`` (a fresh MemoryStore by default); stop it on exit.
+
+    ``configure`` may add routes to the app before it starts.
+    """
     store = store if store is not None else MemoryStore()
     options: dict[str, Any] = {"dev_auth": True, "rate_limit": 0.0, "db": "memory:"}
     options.update(settings)
     app = create_app(Settings(**options), store)
+    if configure is not None:
+        configure(app)
     async with TestClient(TestServer(app)) as client:
         yield InProcess(app, client, store)
