@@ -147,7 +147,7 @@ class DraftProjector:
                 await task
         self._tasks.clear()
         try:
-            await self.advance()
+            await asyncio.wait_for(self.advance(), self.stop_flush_seconds)
         except Exception:
             log.warning("could not read the log's last records before saving snapshots", exc_info=True)
         await self._last_flush()
@@ -159,7 +159,7 @@ class DraftProjector:
         pause = ADVANCE_RETRY_FIRST
         while True:
             try:
-                await self.flush()
+                await asyncio.wait_for(self.flush(), max(0.0, deadline - loop.time()))
                 return
             except Exception:
                 if loop.time() + pause > deadline:
@@ -190,14 +190,15 @@ class DraftProjector:
                 await self.advance()
             except Exception:
                 self.advance_failures += 1
+                delay = pause * random.uniform(0.5, 1.0)
                 log.warning(
                     "projector could not advance from position %d; retrying in %.2f s",
                     self._position,
-                    pause,
+                    delay,
                     exc_info=True,
                 )
                 self._advance_wanted.set()
-                await asyncio.sleep(pause * random.uniform(0.5, 1.0))
+                await asyncio.sleep(delay)
                 pause = min(pause * 2, ADVANCE_RETRY_MAX)
             else:
                 pause = ADVANCE_RETRY_FIRST

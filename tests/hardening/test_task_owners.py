@@ -33,6 +33,7 @@ class FlakyStore(MemoryStore):
         self.error = error
         self.fail_reads = 0
         self.fail_saves = 0
+        self.hang_saves = False
         self.failed_reads = 0
         self.failed_saves = 0
         self.caught_up = asyncio.Event()
@@ -50,6 +51,8 @@ class FlakyStore(MemoryStore):
         return page
 
     async def save_snapshots(self, snapshots: Sequence[Snapshot], checkpoint: int) -> None:
+        if self.hang_saves:
+            await asyncio.Event().wait()  # a store that never answers
         if self.fail_saves > 0:
             self.fail_saves -= 1
             self.failed_saves += 1
@@ -179,3 +182,19 @@ async def test_a_last_save_that_keeps_failing_is_logged_and_shutdown_still_ends(
     assert await store.load_snapshot(d) is None
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "could not save the snapshots of 1 drafts" in errors[0].getMessage()
+
+
+async def test_a_last_save_that_hangs_is_bounded_logged_and_shutdown_still_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="projections.runner")
+    store = FlakyStore()
+    loop = asyncio.get_running_loop()
+    async with running_app(store) as srv:
+        d = await srv.create()
+        srv.state.projector.stop_flush_seconds = 0.3
+        store.hang_saves = True
+        started = loop.time()
+    assert loop.time() - started < 5
+    assert await store.load_snapshot(d) is None
+    assert any(r.levelno == logging.ERROR and "could not save" in r.getMessage() for r in caplog.records)
