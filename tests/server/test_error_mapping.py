@@ -134,7 +134,12 @@ async def test_domain_errors_through_the_real_app() -> None:
         missing = "draft_" + "0" * 20
         await record("not_found", *(await srv.call("GET", f"/v1/collab/drafts/{missing}", "alice"))[:2])
         await record("forbidden", *(await srv.call("GET", base, "mallory"))[:2])
-        await record("not_ring_holder", *(await srv.append(d, user="mallory"))[:2])
+        await record("stranger", *(await srv.append(d, user="mallory"))[:2])
+        s, b, _ = await srv.call(
+            "POST", f"{base}/collaborators", "alice", {"user_id": "carol", "role": "contributor"}
+        )
+        assert s == 201, b
+        await record("not_ring_holder", *(await srv.append(d, user="carol"))[:2])
         s, b, _ = await srv.call(
             "POST", f"{base}/collaborators", "alice", {"user_id": "bob", "role": "viewer"}
         )
@@ -156,10 +161,11 @@ async def test_domain_errors_through_the_real_app() -> None:
         await record("reuse", *(await srv.append(d, "other", headers={"Idempotency-Key": "k1"}))[:2])
     assert seen["not_found.code"] == (404, "not_found")
     assert seen["forbidden.code"] == (403, "forbidden")
-    assert seen["not_ring_holder.code"] == (403, "forbidden")  # a stranger: role first
+    assert seen["stranger.code"] == (403, "forbidden")  # a stranger: the role comes first
+    assert seen["not_ring_holder.code"] == (409, "not_ring_holder")
     assert seen["ring.code"] == (409, "invalid_ring_target")
     assert seen["already.code"] == (409, "already_collaborator")
-    assert seen["412"] == (412, {"head_seq": 2})
+    assert seen["412"] == (412, {"head_seq": 3})
     assert seen["412.code"] == (412, "precondition_failed")
     assert seen["422.code"][0] == 422 and seen["422.code"][1] == "validation_error"
     assert seen["422"][1] is not None and "title" in seen["422"][1]  # type: ignore[operator]
