@@ -1,10 +1,26 @@
-"""The Python client: a resuming event stream and REST helpers with safe retries."""
+"""The v1 import name of the Python client (API.md: ``from client import DraftStream``).
 
-from client.backoff import Backoff
-from client.models import Collaborator, DraftState, DraftSummary, Event, RingState, Segment, fold
-from client.ordering import SeqOrderer
-from client.rest import ApiError, RinglogClient
-from client.stream import DraftStream, StreamError
+New code imports :mod:`ringlog` instead (``from ringlog import DraftStream``): ``client`` is a
+common module name in users' own projects, ``ringlog`` is not. This module only re-exports.
+"""
+
+from ringlog import (
+    ApiError,
+    Backoff,
+    Collaborator,
+    DraftState,
+    DraftStream,
+    DraftSummary,
+    Event,
+    EventType,
+    FoldError,
+    RinglogClient,
+    RingState,
+    Segment,
+    SeqOrderer,
+    StreamError,
+    fold,
+)
 
 __all__ = [
     "ApiError",
@@ -14,6 +30,8 @@ __all__ = [
     "DraftStream",
     "DraftSummary",
     "Event",
+    "EventType",
+    "FoldError",
     "RingState",
     "RinglogClient",
     "Segment",

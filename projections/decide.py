@@ -18,6 +18,7 @@ from projections.errors import (
     NotRingHolder,
     ValidationFailed,
 )
+from projections.event_types import EventType
 from projections.state import DraftState
 
 
@@ -142,7 +143,7 @@ def _create(c: CreateDraft, now: str, limits: Limits) -> list[NewEvent]:
         errors["description"] = err
     _check(errors)
     data = {"title": c.title, "description": c.description, "creator_id": c.user_id}
-    return [NewEvent("collab.draft_created", c.user_id, now, data)]
+    return [NewEvent(EventType.DRAFT_CREATED, c.user_id, now, data)]
 
 
 def _append_segment(s: DraftState, c: AppendSegment, now: str, limits: Limits) -> list[NewEvent]:
@@ -157,7 +158,7 @@ def _append_segment(s: DraftState, c: AppendSegment, now: str, limits: Limits) -
         "position": len(s.segments) + 1,
         "created_at": now,
     }
-    return [NewEvent("collab.segment_added", c.user_id, now, {"segment": segment}, ("segment", "id"))]
+    return [NewEvent(EventType.SEGMENT_ADDED, c.user_id, now, {"segment": segment}, ("segment", "id"))]
 
 
 def _pass_ring(s: DraftState, c: PassRing, now: str, limits: Limits) -> list[NewEvent]:
@@ -176,7 +177,7 @@ def _pass_ring(s: DraftState, c: PassRing, now: str, limits: Limits) -> list[New
         "current_holder_id": c.to_user_id,
         "holders_history": history,
     }
-    return [NewEvent("collab.ring_passed", c.user_id, now, data)]
+    return [NewEvent(EventType.RING_PASSED, c.user_id, now, data)]
 
 
 def _add_collaborator(s: DraftState, c: AddCollaborator, now: str, limits: Limits) -> list[NewEvent]:
@@ -189,7 +190,7 @@ def _add_collaborator(s: DraftState, c: AddCollaborator, now: str, limits: Limit
     if s.role_of(c.collaborator_id) is not None:
         raise AlreadyCollaborator(f"{c.collaborator_id} is already on this draft")
     data = {"collaborator_id": c.collaborator_id, "role": c.role, "joined_at": now}
-    return [NewEvent("collab.collaborator_added", c.user_id, now, data)]
+    return [NewEvent(EventType.COLLABORATOR_ADDED, c.user_id, now, data)]
 
 
 def _update(s: DraftState, c: UpdateDraft, now: str, limits: Limits) -> list[NewEvent]:
@@ -208,4 +209,4 @@ def _update(s: DraftState, c: UpdateDraft, now: str, limits: Limits) -> list[New
         data["description"] = c.description
     if not data:
         return []  # nothing changed: nothing to record
-    return [NewEvent("collab.draft_updated", c.user_id, now, data)]
+    return [NewEvent(EventType.DRAFT_UPDATED, c.user_id, now, data)]

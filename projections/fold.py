@@ -1,21 +1,45 @@
 """fold(state, event) -> state: one handler per event type, no I/O.
 
+This is the only fold of a draft's events: the server's projector, the operator tools
+(``ringlog replay/rebuild/drafts``) and the Python client (``ringlog.fold``) all use it. It takes
+any event with the envelope's attributes (:class:`FoldableEvent`: the log's
+``eventstore.Event`` and the client's ``ringlog.Event`` alike).
+
 ``fold_all`` folds many events through a mutable builder and freezes once, so rebuilding a
 long draft is linear rather than quadratic; it gives exactly what repeated ``fold`` gives.
+Two shortcuts exist for speed, each proven equal to the fold by a hypothesis property test
+(tests/projections/test_fold_properties.py): :meth:`LogFolder.add_envelope` inlines
+``collab.segment_added`` (the bulk of any log) for rebuilds, and :func:`fold_summary` keeps
+only a draft's list row (``fold_summary(…) == fold_all(…).summary()``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from eventstore.events import Event
+from projections.event_types import EventType
 from projections.state import Collaborator, DraftState, DraftSummary, RingState, Segment
 
 
 class FoldError(ValueError):
     """An event cannot follow the state it is folded into (wrong draft, seq or type)."""
+
+
+class FoldableEvent(Protocol):
+    """What the fold reads of an event: the envelope's fields (API.md "Events")."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def draft_id(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def ts(self) -> str: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
 
 
 @dataclass(slots=True)
@@ -99,23 +123,21 @@ def _draft_updated(b: _Builder, d: dict[str, Any]) -> None:
 
 
 HANDLERS: dict[str, Callable[[_Builder, dict[str, Any]], None]] = {
-    "collab.segment_added": _segment_added,
-    "collab.ring_passed": _ring_passed,
-    "collab.collaborator_added": _collaborator_added,
-    "collab.draft_updated": _draft_updated,
+    EventType.SEGMENT_ADDED: _segment_added,
+    EventType.RING_PASSED: _ring_passed,
+    EventType.COLLABORATOR_ADDED: _collaborator_added,
+    EventType.DRAFT_UPDATED: _draft_updated,
 }
-
-CREATED = "collab.draft_created"
-SEGMENT_ADDED = "collab.segment_added"
+"""One handler per event type but ``collab.draft_created`` (which starts a builder)."""
 
 
 def _apply_fields(
     b: _Builder | None, type_: str, draft_id: str, seq: int, ts: str, data: dict[str, Any]
 ) -> _Builder:
-    if type_ == CREATED:
+    if type_ == EventType.DRAFT_CREATED:
         b = _created(b, draft_id, ts, data)
     elif b is None:
-        raise FoldError(f"draft {draft_id!r}: first event must be {CREATED}, got {type_}")
+        raise FoldError(f"draft {draft_id!r}: first event must be {EventType.DRAFT_CREATED}, got {type_}")
     elif draft_id != b.id:
         raise FoldError(f"event of draft {draft_id!r} folded into draft {b.id!r}")
     else:
@@ -129,11 +151,11 @@ def _apply_fields(
     return b
 
 
-def _apply(b: _Builder | None, e: Event) -> _Builder:
+def _apply(b: _Builder | None, e: FoldableEvent) -> _Builder:
     return _apply_fields(b, e.type, e.draft_id, e.seq, e.ts, e.data)
 
 
-def fold_all(state: DraftState | None, events: Iterable[Event]) -> DraftState | None:
+def fold_all(state: DraftState | None, events: Iterable[FoldableEvent]) -> DraftState | None:
     """Fold ``events`` (in seq order) into ``state``; None stays None for no events."""
     b = _Builder.thaw(state) if state is not None else None
     touched = False
@@ -145,26 +167,26 @@ def fold_all(state: DraftState | None, events: Iterable[Event]) -> DraftState | 
     return b.freeze() if touched or state is None else state
 
 
-def fold(state: DraftState | None, event: Event) -> DraftState:
-    """The state after one more event."""
+def fold(state: DraftState | None, event: FoldableEvent) -> DraftState:
+    """The state after one more event; ``state`` is None before ``collab.draft_created``.
+
+    Raises :class:`FoldError` when the event cannot follow ``state`` (another draft, not the
+    next seq, a second ``collab.draft_created``, or a first event of another type). An event
+    of a type this version does not know only advances ``seq`` and ``updated_at``.
+    """
     result = fold_all(state, (event,))
     assert result is not None
     return result
 
 
-def state_at(events: Iterable[Event], until_seq: int | None = None) -> DraftState | None:
+def state_at(events: Iterable[FoldableEvent], until_seq: int | None = None) -> DraftState | None:
     """The draft's state as of ``until_seq`` (or its last event), from its log alone."""
     if until_seq is None:
         return fold_all(None, events)
     return fold_all(None, (e for e in events if e.seq <= until_seq))
 
 
-def event_of(envelope: dict[str, Any]) -> Event:
-    """An Event from a decoded envelope, without re-validation (it came from the log)."""
-    return Event.model_construct(**envelope)
-
-
-def fold_log(events: Iterable[Event]) -> dict[str, DraftState]:
+def fold_log(events: Iterable[FoldableEvent]) -> dict[str, DraftState]:
     """Fold an interleaved log (position order) into every draft's state, in linear time."""
     folder = LogFolder()
     for e in events:
@@ -196,8 +218,9 @@ class LogFolder:
         draft_id = envelope["draft_id"]
         b = self._builders.get(draft_id)
         seq = envelope["seq"]
-        if envelope["type"] == SEGMENT_ADDED and b is not None and seq == b.seq + 1:
-            # the bulk of any log, inlined (same effect as _apply_fields)
+        if envelope["type"] == EventType.SEGMENT_ADDED and b is not None and seq == b.seq + 1:
+            # the bulk of any log, inlined (same effect as _apply_fields: a property test
+            # in tests/projections/test_fold_properties.py holds them equal)
             s = envelope["data"]["segment"]
             b.segments.append(
                 Segment(s["id"], s["author_user_id"], s["content"], s["position"], s["created_at"])
@@ -213,16 +236,20 @@ class LogFolder:
         return {draft_id: b.freeze() for draft_id, b in self._builders.items()}
 
 
-def fold_summary(summary: DraftSummary | None, e: Event) -> DraftSummary:
-    """Keep a draft's list row and member set current without its whole state."""
-    if e.type == "collab.draft_created":
+def fold_summary(summary: DraftSummary | None, e: FoldableEvent) -> DraftSummary:
+    """Keep a draft's list row and member set current without its whole state.
+
+    Equal to ``fold_all(None, events).summary()`` for every log the fold accepts (property
+    test in tests/projections/test_fold_properties.py); raises :class:`FoldError` like the fold.
+    """
+    if e.type == EventType.DRAFT_CREATED:
         if summary is not None:
             raise FoldError(f"draft {e.draft_id!r} was already created")
         return DraftSummary(e.draft_id, e.data["title"], e.seq, e.ts, frozenset([e.data["creator_id"]]))
     if summary is None or e.seq != summary.seq + 1:
         raise FoldError(f"draft {e.draft_id!r}: seq {e.seq} does not follow the summary")
-    title = e.data.get("title", summary.title) if e.type == "collab.draft_updated" else summary.title
+    title = e.data.get("title", summary.title) if e.type == EventType.DRAFT_UPDATED else summary.title
     members = summary.members
-    if e.type == "collab.collaborator_added":
+    if e.type == EventType.COLLABORATOR_ADDED:
         members = members | {e.data["collaborator_id"]}
     return DraftSummary(summary.id, title, e.seq, e.ts, members)

@@ -39,6 +39,7 @@ import benchlib as bl
 
 from eventstore import NewEvent
 from eventstore.sqlite import SQLiteStore
+from projections.event_types import EventType
 
 PG_ADMIN = os.environ.get("RINGLOG_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 TS = "2025-12-23T20:30:45.123Z"
@@ -100,12 +101,12 @@ async def build_draft_log(path: Path, events: int) -> str:
     try:
         user = bl.OWNER
         batch: list[NewEvent] = [
-            NewEvent("collab.draft_created", user, TS, {"title": "T", "description": "", "creator_id": user})
+            NewEvent(EventType.DRAFT_CREATED, user, TS, {"title": "T", "description": "", "creator_id": user})
         ]
         head = 0
         for position in range(1, events):
             seg = {"id": 0, "author_user_id": user, "content": bl.PAD, "position": position, "created_at": TS}
-            batch.append(NewEvent("collab.segment_added", user, TS, {"segment": seg}, ("segment", "id")))
+            batch.append(NewEvent(EventType.SEGMENT_ADDED, user, TS, {"segment": seg}, ("segment", "id")))
             if len(batch) == 1000:
                 await store.append(draft, batch, head)
                 head += len(batch)

@@ -35,6 +35,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 
+from projections.event_types import EventType
 from server.hub import text_frame
 
 DRAFT = "draft_bench"
@@ -44,7 +45,7 @@ def envelope(seq: int, content: str) -> dict[str, Any]:
     """A ``collab.segment_added`` event shaped exactly like ringlog's."""
     ts = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
     return {
-        "type": "collab.segment_added",
+        "type": EventType.SEGMENT_ADDED,
         "draft_id": DRAFT,
         "seq": seq,
         "ts": ts,

@@ -43,6 +43,7 @@ import orjson
 
 from eventstore import NewEvent
 from eventstore.sqlite import SQLiteStore
+from projections.event_types import EventType
 from projections.fold import LogFolder
 from projections.runner import rebuild
 
@@ -55,11 +56,11 @@ SECTION = "## Store and projections"
 def segment_event(user: str, position: int) -> NewEvent:
     """A realistic ``collab.segment_added`` event; the store fills in the segment id."""
     seg = {"id": 0, "author_user_id": user, "content": CONTENT, "position": position, "created_at": TS}
-    return NewEvent("collab.segment_added", user, TS, {"segment": seg}, ("segment", "id"))
+    return NewEvent(EventType.SEGMENT_ADDED, user, TS, {"segment": seg}, ("segment", "id"))
 
 
 def created_event(user: str) -> NewEvent:
-    return NewEvent("collab.draft_created", user, TS, {"title": "T", "description": "", "creator_id": user})
+    return NewEvent(EventType.DRAFT_CREATED, user, TS, {"title": "T", "description": "", "creator_id": user})
 
 
 @dataclass
@@ -137,7 +138,7 @@ async def bare_group_commit(path: Path, synchronous: str, producers: int, events
             rows = []
             for draft, seq, body, _ in batch:
                 position += 1
-                rows.append((position, draft, seq, "collab.segment_added", body))
+                rows.append((position, draft, seq, EventType.SEGMENT_ADDED, body))
             await conn.execute("BEGIN IMMEDIATE")
             await conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows)
             await conn.execute("COMMIT")
@@ -187,7 +188,7 @@ async def eventsourcing_appends(path: Path, synchronous: str, producers: int, ev
         new = segment_event("u", seq)
         body = orjson.dumps(new.materialise(draft, seq, 0), option=orjson.OPT_SORT_KEYS)
         return StoredEvent(
-            originator_id=draft, originator_version=seq, topic="collab.segment_added", state=body
+            originator_id=draft, originator_version=seq, topic=EventType.SEGMENT_ADDED, state=body
         )
 
     async def producer(index: int) -> None:
@@ -229,7 +230,7 @@ async def build_log(path: Path, events: int, drafts: int = 100) -> None:
             batch: list[NewEvent] = [created_event(creator)]
             batch += [
                 NewEvent(
-                    "collab.collaborator_added",
+                    EventType.COLLABORATOR_ADDED,
                     creator,
                     TS,
                     {"collaborator_id": u, "role": "contributor", "joined_at": TS},
@@ -246,14 +247,14 @@ async def build_log(path: Path, events: int, drafts: int = 100) -> None:
                     holders.append(to)
                     batch.append(
                         NewEvent(
-                            "collab.ring_passed",
+                            EventType.RING_PASSED,
                             data["from_user_id"],
                             TS,
                             {**data, "holders_history": list(holders)},
                         )
                     )
                 elif k % 37 == 0:
-                    batch.append(NewEvent("collab.draft_updated", creator, TS, {"title": f"T{k}"}))
+                    batch.append(NewEvent(EventType.DRAFT_UPDATED, creator, TS, {"title": f"T{k}"}))
                 else:
                     segments += 1
                     batch.append(segment_event(holders[-1], segments))

@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from projections.event_types import EventType  # noqa: E402
 from tests.serverproc import ServerProcess  # noqa: E402
 
 OWNER = "chaos-writer"
@@ -180,7 +181,7 @@ class Chaos:
             segments = {s["id"]: s for s in state["segments"]}
             seen_keys: set[str] = set()
             for event in log:
-                if event["type"] != "collab.segment_added":
+                if event["type"] != EventType.SEGMENT_ADDED:
                     continue
                 content = event["data"]["segment"]["content"]
                 key = content.split(" ", 1)[0]
@@ -195,7 +196,7 @@ class Chaos:
                 if ack.seq > len(log):
                     raise Violation(f"acknowledged {key} (seq {ack.seq}) lost: head is {len(log)}")
                 event = log[ack.seq - 1]
-                if event["type"] != "collab.segment_added" or event["data"]["segment"] != ack.segment:
+                if event["type"] != EventType.SEGMENT_ADDED or event["data"]["segment"] != ack.segment:
                     raise Violation(f"acknowledged {key} changed: {ack.segment} vs {event}")
                 if segments.get(ack.segment["id"]) != ack.segment:
                     raise Violation(

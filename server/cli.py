@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return serve(settings_from(args))
         if args.command == "tail":
-            from client.tail import tail
+            from ringlog.tail import tail
 
             return asyncio.run(tail(args.url, args.draft, args.since, args.token, args.user_id, args.pretty))
         return asyncio.run(_run_tool(args))

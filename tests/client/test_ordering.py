@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.backoff import Backoff, parse_retry_after
-from client.ordering import SeqOrderer
+from ringlog.backoff import Backoff, parse_retry_after
+from ringlog.ordering import SeqOrderer
 
 
 @dataclass(frozen=True)

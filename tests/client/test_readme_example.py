@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from client import RinglogClient
+from ringlog import RinglogClient
 from tests.serverproc import ServerProcess
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from client import ApiError, DraftStream, Event, RinglogClient, StreamError, fold
-from client.backoff import Backoff
+from ringlog import ApiError, DraftStream, Event, RinglogClient, StreamError, fold
+from ringlog.backoff import Backoff
 from tests.serverproc import ServerProcess, make_token
 
 TIMEOUT = 20

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from client import RinglogClient
+from ringlog import RinglogClient
 from tests.serverproc import ServerProcess
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from client import RinglogClient
+from ringlog import RinglogClient
 from tests.serverproc import ServerProcess
 
 pytestmark = pytest.mark.browser

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from playwright.async_api import Browser, Page, WebSocketRoute, expect
 
-from client import RinglogClient
+from ringlog import RinglogClient
 from tests.e2e.test_browser import WAIT_MS, browser  # noqa: F401  (the Chromium fixture)
 from tests.serverproc import ServerProcess, make_token
 

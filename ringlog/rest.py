@@ -16,8 +16,19 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
-from client.backoff import Backoff, parse_retry_after
-from client.models import Collaborator, DraftState, DraftSummary, Event, RingState, Segment
+from ringlog.backoff import Backoff, parse_retry_after
+from ringlog.models import (
+    Collaborator,
+    DraftState,
+    DraftSummary,
+    Event,
+    RingState,
+    Segment,
+    parse_collaborator,
+    parse_draft_state,
+    parse_ring_state,
+    parse_segment,
+)
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 TRANSIENT_ERRORS = (aiohttp.ClientConnectionError, asyncio.TimeoutError)
@@ -136,7 +147,7 @@ class RinglogClient:
         reply = await self.request(
             "POST", "/v1/collab/drafts", {"title": title, "description": description}, **kw
         )
-        return DraftState.model_validate(reply["data"])
+        return parse_draft_state(reply["data"])
 
     async def list_drafts(self) -> list[DraftSummary]:
         """``GET /v1/collab/drafts``"""
@@ -146,7 +157,7 @@ class RinglogClient:
     async def get_draft(self, draft_id: str) -> DraftState:
         """``GET /v1/collab/drafts/{id}``"""
         reply = await self.request("GET", f"/v1/collab/drafts/{draft_id}")
-        return DraftState.model_validate(reply["data"])
+        return parse_draft_state(reply["data"])
 
     async def update_draft(
         self, draft_id: str, title: str | None = None, description: str | None = None, **kw: Any
@@ -154,21 +165,21 @@ class RinglogClient:
         """``PATCH /v1/collab/drafts/{id}``"""
         body = {k: v for k, v in (("title", title), ("description", description)) if v is not None}
         reply = await self.request("PATCH", f"/v1/collab/drafts/{draft_id}", body, **kw)
-        return DraftState.model_validate(reply["data"])
+        return parse_draft_state(reply["data"])
 
     async def append_segment(self, draft_id: str, content: str, **kw: Any) -> tuple[Segment, int]:
         """``POST …/segments``: the new segment and the draft's seq after it."""
         reply = await self.request(
             "POST", f"/v1/collab/drafts/{draft_id}/segments", {"content": content}, **kw
         )
-        return Segment.model_validate(reply["data"]["segment"]), int(reply["data"]["seq"])
+        return parse_segment(reply["data"]["segment"]), int(reply["data"]["seq"])
 
     async def pass_ring(self, draft_id: str, to_user_id: str, **kw: Any) -> tuple[RingState, int]:
         """``POST …/ring/pass``"""
         reply = await self.request(
             "POST", f"/v1/collab/drafts/{draft_id}/ring/pass", {"to_user_id": to_user_id}, **kw
         )
-        return RingState.model_validate(reply["data"]["ring_state"]), int(reply["data"]["seq"])
+        return parse_ring_state(reply["data"]["ring_state"]), int(reply["data"]["seq"])
 
     async def add_collaborator(
         self, draft_id: str, user_id: str, role: Literal["contributor", "viewer"] = "contributor", **kw: Any
@@ -177,7 +188,7 @@ class RinglogClient:
         reply = await self.request(
             "POST", f"/v1/collab/drafts/{draft_id}/collaborators", {"user_id": user_id, "role": role}, **kw
         )
-        return Collaborator.model_validate(reply["data"]["collaborator"]), int(reply["data"]["seq"])
+        return parse_collaborator(reply["data"]["collaborator"]), int(reply["data"]["seq"])
 
     async def events(
         self, draft_id: str, since: int = 0, limit: int | None = None, wait: float | None = None

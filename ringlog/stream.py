@@ -19,10 +19,11 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
-from client.backoff import Backoff, parse_retry_after
-from client.models import Event
-from client.ordering import SeqOrderer
-from client.rest import TRANSIENT_ERRORS, auth_headers
+from projections.event_types import EVENT_TYPE_PREFIX
+from ringlog.backoff import Backoff, parse_retry_after
+from ringlog.models import Event
+from ringlog.ordering import SeqOrderer
+from ringlog.rest import TRANSIENT_ERRORS, auth_headers
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class DraftStream:
                         self._backoff.reset()
                     elif kind == "error":
                         last_error = obj
-                    elif kind.startswith("collab."):
+                    elif kind.startswith(EVENT_TYPE_PREFIX):
                         await self._deliver([Event.model_validate(obj)])
                 code = ws.close_code
         except aiohttp.WSServerHandshakeError as e:

@@ -11,8 +11,9 @@ from typing import TextIO
 
 import orjson
 
-from client.models import Event
-from client.stream import DraftStream, StreamError
+from projections.event_types import EventType
+from ringlog.models import Event
+from ringlog.stream import DraftStream, StreamError
 
 log = logging.getLogger(__name__)
 
@@ -20,16 +21,16 @@ log = logging.getLogger(__name__)
 def describe(event: Event) -> str:
     """One readable line for an event."""
     d = event.data
-    if event.type == "collab.draft_created":
+    if event.type == EventType.DRAFT_CREATED:
         what = f"created {d.get('title')!r}"
-    elif event.type == "collab.segment_added":
+    elif event.type == EventType.SEGMENT_ADDED:
         seg = d.get("segment", {})
         what = f"segment {seg.get('position')}: {seg.get('content')!r}"
-    elif event.type == "collab.ring_passed":
+    elif event.type == EventType.RING_PASSED:
         what = f"passed the ring to {d.get('to_user_id')}"
-    elif event.type == "collab.collaborator_added":
+    elif event.type == EventType.COLLABORATOR_ADDED:
         what = f"invited {d.get('collaborator_id')} as {d.get('role')}"
-    elif event.type == "collab.draft_updated":
+    elif event.type == EventType.DRAFT_UPDATED:
         what = "updated " + ", ".join(f"{k}={v!r}" for k, v in sorted(d.items()))
     else:
         what = event.type

@@ -1,0 +1,37 @@
+"""The one list of event types a draft's log may hold (API.md "Events").
+
+Every module that writes, folds, describes or filters events names them through
+:class:`EventType`; nothing else spells a ``collab.*`` string. This module imports nothing, so
+the Python client (``ringlog``) and the operator scripts use it without pulling in the server.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class EventType(StrEnum):
+    """The ``type`` of an event envelope; a ``str``, so it compares equal to the wire string.
+
+    ``data`` of each type (API.md "Events"):
+
+    * ``DRAFT_CREATED`` — ``{"title", "description", "creator_id"}``; always seq 1.
+    * ``SEGMENT_ADDED`` — ``{"segment": {"id", "author_user_id", "content", "position", "created_at"}}``.
+    * ``RING_PASSED`` — ``{"from_user_id", "to_user_id", "current_holder_id", "holders_history"}``.
+    * ``COLLABORATOR_ADDED`` — ``{"collaborator_id", "role", "joined_at"}``.
+    * ``DRAFT_UPDATED`` — ``{"title"?, "description"?}`` (only the fields that changed).
+
+    A log may also hold types this version does not know (written by a newer server): folds
+    treat them as advancing ``seq`` only, so compare ``event.type`` with members, never
+    convert an arbitrary string with ``EventType(...)`` without handling ``ValueError``.
+    """
+
+    DRAFT_CREATED = "collab.draft_created"
+    SEGMENT_ADDED = "collab.segment_added"
+    RING_PASSED = "collab.ring_passed"
+    COLLABORATOR_ADDED = "collab.collaborator_added"
+    DRAFT_UPDATED = "collab.draft_updated"
+
+
+EVENT_TYPE_PREFIX = "collab."
+"""Every event type starts with this; other WebSocket messages (``connected``, ``error``…) do not."""

@@ -1,0 +1,46 @@
+"""ringlog's Python client: a resuming event stream and REST helpers with safe retries.
+
+The public, collision-free import name for users::
+
+    from ringlog import DraftStream, RinglogClient
+
+``DraftStream`` delivers a draft's events exactly once, in seq order, across reconnects (API.md
+"Python client"); ``RinglogClient`` sends REST requests with an ``Idempotency-Key`` so retries
+are safe. ``DraftState``, its parts and :func:`fold` are the server's own definitions, and
+:class:`EventType` is the one list of event types. The older import name ``client`` (API.md
+v1: ``from client import DraftStream``) re-exports exactly these names.
+"""
+
+from projections.event_types import EventType
+from ringlog.backoff import Backoff
+from ringlog.models import (
+    Collaborator,
+    DraftState,
+    DraftSummary,
+    Event,
+    FoldError,
+    RingState,
+    Segment,
+    fold,
+)
+from ringlog.ordering import SeqOrderer
+from ringlog.rest import ApiError, RinglogClient
+from ringlog.stream import DraftStream, StreamError
+
+__all__ = [
+    "ApiError",
+    "Backoff",
+    "Collaborator",
+    "DraftState",
+    "DraftStream",
+    "DraftSummary",
+    "Event",
+    "EventType",
+    "FoldError",
+    "RingState",
+    "RinglogClient",
+    "Segment",
+    "SeqOrderer",
+    "StreamError",
+    "fold",
+]
