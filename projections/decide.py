@@ -76,6 +76,10 @@ class UpdateDraft:
     description: str | None = None
 
 
+SEGMENT_ID_IS_LOG_POSITION = ("segment", "id")
+"""Where in ``collab.segment_added``'s data the store writes the event's global log position:
+a segment's id *is* that position (projections/state.py says what each number means)."""
+
 Command = CreateDraft | AppendSegment | PassRing | AddCollaborator | UpdateDraft
 
 DEFAULT_LIMITS = Limits()
@@ -151,14 +155,16 @@ def _append_segment(s: DraftState, c: AppendSegment, now: str, limits: Limits) -
         _check({"content": f"must be 1–{limits.content_max} characters"})
     if s.ring_state.current_holder_id != c.user_id:
         raise NotRingHolder("only the ring holder may append a segment")
+    place_in_draft = len(s.segments) + 1
     segment = {
-        "id": 0,  # replaced by the event's global position at append
+        "id": 0,  # the log position, written by the store at append (SEGMENT_ID_IS_LOG_POSITION)
         "author_user_id": c.user_id,
         "content": c.content,
-        "position": len(s.segments) + 1,
+        "position": place_in_draft,
         "created_at": now,
     }
-    return [NewEvent(EventType.SEGMENT_ADDED, c.user_id, now, {"segment": segment}, ("segment", "id"))]
+    data = {"segment": segment}
+    return [NewEvent(EventType.SEGMENT_ADDED, c.user_id, now, data, SEGMENT_ID_IS_LOG_POSITION)]
 
 
 def _pass_ring(s: DraftState, c: PassRing, now: str, limits: Limits) -> list[NewEvent]:

@@ -1,4 +1,19 @@
-"""Draft state as frozen values (API.md, "Draft state"). orjson serialises them directly."""
+"""Draft state as frozen values (API.md, "Draft state"). orjson serialises them directly.
+
+Three numbers, three meanings (the one place that says so; docs/API.md points here):
+
+* an event's **seq** — its place in its draft's log: 1, 2, 3… with no gaps (``DraftState.seq``
+  is the last one folded in);
+* an event's **position** (``Record.position``, ``read_all(after_position)``, the projector's
+  checkpoint) — its place in the *global* log, across all drafts, increasing;
+* a segment's **id** (``Segment.id``) — the global *position* of the ``collab.segment_added``
+  event that added it (the store writes it there at append, so a rebuild reproduces it), and a
+  segment's **position** (``Segment.position``) — its place among the draft's segments: 1, 2, 3….
+
+The wire names ``id`` and ``position`` of a segment are fixed by the contract; in code a
+segment's place is always spelled ``segment.position`` (or ``place_in_draft``) and a global
+position always ``record.position`` / ``log_position``, never one for the other.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +27,27 @@ Role = Literal["creator", "contributor", "viewer"]
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """One appended piece of text; ``id`` is the global log position of the event that added it."""
+    """One appended piece of text.
+
+    ``id``: the global log position of the ``collab.segment_added`` event that added it (unique
+    across the store); ``position``: its place in the draft, 1-based (see the module docstring).
+    """
 
     id: int
     author_user_id: str
     content: str
     position: int
     created_at: str
+
+    @property
+    def log_position(self) -> int:
+        """The global position of the event that added this segment (the same number as ``id``)."""
+        return self.id
+
+    @property
+    def place_in_draft(self) -> int:
+        """This segment's place among the draft's segments, 1-based (the same as ``position``)."""
+        return self.position
 
 
 @dataclass(frozen=True, slots=True)

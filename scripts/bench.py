@@ -39,6 +39,7 @@ import benchlib as bl
 
 from eventstore import NewEvent
 from eventstore.sqlite import SQLiteStore
+from projections.decide import SEGMENT_ID_IS_LOG_POSITION
 from projections.event_types import EventType
 
 PG_ADMIN = os.environ.get("RINGLOG_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -106,7 +107,9 @@ async def build_draft_log(path: Path, events: int) -> str:
         head = 0
         for position in range(1, events):
             seg = {"id": 0, "author_user_id": user, "content": bl.PAD, "position": position, "created_at": TS}
-            batch.append(NewEvent(EventType.SEGMENT_ADDED, user, TS, {"segment": seg}, ("segment", "id")))
+            batch.append(
+                NewEvent(EventType.SEGMENT_ADDED, user, TS, {"segment": seg}, SEGMENT_ID_IS_LOG_POSITION)
+            )
             if len(batch) == 1000:
                 await store.append(draft, batch, head)
                 head += len(batch)

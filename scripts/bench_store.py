@@ -43,6 +43,7 @@ import orjson
 
 from eventstore import NewEvent
 from eventstore.sqlite import SQLiteStore
+from projections.decide import SEGMENT_ID_IS_LOG_POSITION
 from projections.event_types import EventType
 from projections.fold import LogFolder
 from projections.runner import rebuild
@@ -56,7 +57,7 @@ SECTION = "## Store and projections"
 def segment_event(user: str, position: int) -> NewEvent:
     """A realistic ``collab.segment_added`` event; the store fills in the segment id."""
     seg = {"id": 0, "author_user_id": user, "content": CONTENT, "position": position, "created_at": TS}
-    return NewEvent(EventType.SEGMENT_ADDED, user, TS, {"segment": seg}, ("segment", "id"))
+    return NewEvent(EventType.SEGMENT_ADDED, user, TS, {"segment": seg}, SEGMENT_ID_IS_LOG_POSITION)
 
 
 def created_event(user: str) -> NewEvent:
