@@ -8,6 +8,7 @@ the server then either applies it once or returns its first answer again.
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 import uuid
 from collections.abc import Mapping
 from types import TracebackType
@@ -29,6 +30,7 @@ from ringlog.models import (
     parse_ring_state,
     parse_segment,
 )
+from ringlog.urls import base_url as checked_base_url
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 TRANSIENT_ERRORS = (aiohttp.ClientConnectionError, asyncio.TimeoutError)
@@ -62,6 +64,22 @@ def _error_of(status: int, body: bytes) -> ApiError:
         return ApiError(status, "http_error", body[:200].decode(errors="replace"))
 
 
+def _reply_of(status: int, body: bytes) -> dict[str, Any]:
+    """A success body (``{"data": …}``), or :class:`ApiError` ``bad_response`` if it is not one."""
+    try:
+        reply = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        reply = None
+    if not isinstance(reply, dict):
+        raise ApiError(status, "bad_response", "the server's reply is not a JSON object")
+    return reply
+
+
+def _path_id(value: str) -> str:
+    """An id as one URL path segment (``/`` and ``?`` in it cannot change the route)."""
+    return urllib.parse.quote(value, safe="")
+
+
 class RinglogClient:
     """``async with RinglogClient(url, user_id="alice") as c: await c.create_draft("Title")``."""
 
@@ -75,7 +93,7 @@ class RinglogClient:
         timeout: float = 30.0,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = checked_base_url(base_url)  # ValueError at once for "127.0.0.1:8000"
         self.headers = auth_headers(token, user_id)
         self.attempts = attempts
         self.timeout = aiohttp.ClientTimeout(total=timeout)
@@ -131,8 +149,7 @@ class RinglogClient:
                 ) as r:
                     raw = await r.read()
                     if r.status < 400:
-                        reply: dict[str, Any] = orjson.loads(raw)
-                        return reply
+                        return _reply_of(r.status, raw)
                     if r.status not in RETRY_STATUSES or attempt == self.attempts:
                         raise _error_of(r.status, raw)
                     retry_after = parse_retry_after(r.headers.get("Retry-After"))
@@ -156,7 +173,7 @@ class RinglogClient:
 
     async def get_draft(self, draft_id: str) -> DraftState:
         """``GET /v1/collab/drafts/{id}``"""
-        reply = await self.request("GET", f"/v1/collab/drafts/{draft_id}")
+        reply = await self.request("GET", f"/v1/collab/drafts/{_path_id(draft_id)}")
         return parse_draft_state(reply["data"])
 
     async def update_draft(
@@ -164,20 +181,20 @@ class RinglogClient:
     ) -> DraftState:
         """``PATCH /v1/collab/drafts/{id}``"""
         body = {k: v for k, v in (("title", title), ("description", description)) if v is not None}
-        reply = await self.request("PATCH", f"/v1/collab/drafts/{draft_id}", body, **kw)
+        reply = await self.request("PATCH", f"/v1/collab/drafts/{_path_id(draft_id)}", body, **kw)
         return parse_draft_state(reply["data"])
 
     async def append_segment(self, draft_id: str, content: str, **kw: Any) -> tuple[Segment, int]:
         """``POST …/segments``: the new segment and the draft's seq after it."""
         reply = await self.request(
-            "POST", f"/v1/collab/drafts/{draft_id}/segments", {"content": content}, **kw
+            "POST", f"/v1/collab/drafts/{_path_id(draft_id)}/segments", {"content": content}, **kw
         )
         return parse_segment(reply["data"]["segment"]), int(reply["data"]["seq"])
 
     async def pass_ring(self, draft_id: str, to_user_id: str, **kw: Any) -> tuple[RingState, int]:
         """``POST …/ring/pass``"""
         reply = await self.request(
-            "POST", f"/v1/collab/drafts/{draft_id}/ring/pass", {"to_user_id": to_user_id}, **kw
+            "POST", f"/v1/collab/drafts/{_path_id(draft_id)}/ring/pass", {"to_user_id": to_user_id}, **kw
         )
         return parse_ring_state(reply["data"]["ring_state"]), int(reply["data"]["seq"])
 
@@ -186,7 +203,10 @@ class RinglogClient:
     ) -> tuple[Collaborator, int]:
         """``POST …/collaborators``"""
         reply = await self.request(
-            "POST", f"/v1/collab/drafts/{draft_id}/collaborators", {"user_id": user_id, "role": role}, **kw
+            "POST",
+            f"/v1/collab/drafts/{_path_id(draft_id)}/collaborators",
+            {"user_id": user_id, "role": role},
+            **kw,
         )
         return parse_collaborator(reply["data"]["collaborator"]), int(reply["data"]["seq"])
 
@@ -199,5 +219,5 @@ class RinglogClient:
             params["limit"] = str(limit)
         if wait is not None:
             params["wait"] = f"{wait:g}"
-        reply = await self.request("GET", f"/v1/collab/drafts/{draft_id}/events", params=params)
+        reply = await self.request("GET", f"/v1/collab/drafts/{_path_id(draft_id)}/events", params=params)
         return [Event.model_validate(e) for e in reply["data"]], int(reply["head_seq"])

@@ -5,6 +5,13 @@ when the socket cannot open or drops, it long-polls ``/events?since=…&wait=…
 socket attempt is due (exponential backoff with full jitter, never sooner than ``Retry-After``).
 Every delivery, from either channel, goes through one :class:`SeqOrderer`, so overlaps are
 dropped and holes are filled from ``/events`` before anything after them is released.
+
+Nothing ends silently. A frame that is not what API.md "WebSocket" promises (not JSON, not an
+object, an event without an integer ``seq`` or of another draft, a binary frame) is skipped with
+a logged warning and the stream resynchronises from ``/events?since=last_seq``; a reply of
+``/events`` that is not the contract's JSON, and any unexpected error of the background task,
+is raised from the consumer's ``async for`` as :class:`StreamError` — never a consumer left
+waiting for events that will not come.
 """
 
 from __future__ import annotations
@@ -12,22 +19,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, Literal
 
 import aiohttp
 import orjson
+from pydantic import ValidationError
 
 from projections.event_types import EVENT_TYPE_PREFIX
 from ringlog.backoff import Backoff, parse_retry_after
 from ringlog.models import Event
 from ringlog.ordering import SeqOrderer
 from ringlog.rest import TRANSIENT_ERRORS, auth_headers
+from ringlog.urls import base_url as checked_base_url
+from ringlog.urls import websocket_url
 
 log = logging.getLogger(__name__)
 
 Status = Literal["live", "polling", "offline"]
+StatusCallback = Callable[[Status, str], None]
+"""``on_status(status, detail)``: called on every status change and on every failed attempt to
+reach the server (``detail`` then says why and when the next attempt is due)."""
 
 #: close codes after which reconnecting cannot help (API.md "WebSocket")
 FATAL_CLOSE_CODES = {1008: "policy", 4400: "invalid_since", 4404: "not_found"}
@@ -45,6 +59,10 @@ class StreamError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class BadFrame(ValueError):
+    """A WebSocket frame or an ``/events`` reply is not what API.md promises."""
 
 
 class _Unavailable(Exception):
@@ -73,10 +91,18 @@ class DraftStream:
         poll_retry: float = 1.0,
         long_poll_wait: float = LONG_POLL_WAIT,
         queue_size: int = 1000,
+        on_status: StatusCallback | None = None,
     ) -> None:
+        """Raise ``ValueError`` at once for a base URL that is not ``http(s)://host[:port]``,
+        for no credentials, or for a negative ``since``; everything later is reported through
+        the iteration (:class:`StreamError`) or ``on_status``."""
         auth_headers(token, user_id)  # fail early without credentials
-        self.base_url = base_url.rstrip("/")
+        if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+            raise ValueError(f"since must be an integer >= 0, not {since!r}")
+        self.base_url = checked_base_url(base_url)
         self.draft_id = draft_id
+        self._draft_path = urllib.parse.quote(draft_id, safe="")
+        self.on_status = on_status
         self.token = token
         self.user_id = user_id
         self.get_token = get_token
@@ -91,6 +117,7 @@ class DraftStream:
         self._status_changed = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+        self._last_failure = ""
         self._closed = False
         self._error: BaseException | None = None
 
@@ -145,26 +172,41 @@ class DraftStream:
                 await self._status_changed.wait()
         return self.status
 
-    def _set_status(self, status: Status) -> None:
+    def _set_status(self, status: Status, detail: str = "") -> None:
         if status != self.status:
-            log.info("draft %s: %s -> %s", self.draft_id, self.status, status)
+            log.info("draft %s: %s -> %s %s", self.draft_id, self.status, status, detail)
             self.status = status
             self.status_history.append(status)
             self._status_changed.set()
+            self._tell(status, detail)
+
+    def _tell(self, status: Status, detail: str) -> None:
+        if self.on_status is not None:
+            try:
+                self.on_status(status, detail)
+            except Exception:  # the caller's callback must not end the stream
+                log.exception("on_status callback failed")
 
     # -- the connection ------------------------------------------------------------------
 
     async def _run(self) -> None:
+        """The one background task; whatever ends it is handed to the consumer."""
         try:
             while True:
                 retry_after = await self._stream_socket()
                 if retry_after == 0:
                     continue  # a fresh token: reconnect at once
                 delay = self._backoff.next_delay(retry_after)
+                if self.status != "live" and self._last_failure:
+                    self._tell(self.status, f"{self._last_failure}; retrying in {delay:.1f} s")
                 await self._poll_until(asyncio.get_running_loop().time() + delay)
         except StreamError as e:
-            self._set_status("offline")
+            self._set_status("offline", str(e))
             await self._queue.put(e)
+        except Exception as e:  # a bug or a surprise: the consumer must hear of it, not wait
+            log.exception("draft %s: the stream stopped", self.draft_id)
+            self._set_status("offline", str(e))
+            await self._queue.put(StreamError("internal_error", f"{type(e).__name__}: {e}"))
 
     def _headers(self) -> dict[str, str]:
         return auth_headers(self.token, self.user_id)
@@ -191,8 +233,10 @@ class DraftStream:
 
     async def _stream_socket(self) -> float | None:
         """Stream until the socket ends; the ``Retry-After`` hint (0: retry at once)."""
-        url = self.base_url.replace("http", "ws", 1) + f"/v1/ws/drafts/{self.draft_id}"
+        url = websocket_url(self.base_url) + f"/v1/ws/drafts/{self._draft_path}"
         last_error: dict[str, Any] = {}
+        if self.status == "offline" and not self._last_failure:
+            self._tell("offline", f"connecting to {self.base_url}")
         try:
             async with self._http().ws_connect(
                 url,
@@ -202,26 +246,71 @@ class DraftStream:
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
             ) as ws:
                 async for msg in ws:
-                    if msg.type != aiohttp.WSMsgType.TEXT:
+                    try:
+                        obj = self._message_of(msg)
+                    except BadFrame as e:
+                        log.warning(
+                            "draft %s: skipped a bad frame (%s); resyncing from /events", self.draft_id, e
+                        )
+                        await self._resync()
                         continue
-                    obj = orjson.loads(msg.data)
-                    kind = obj.get("type", "")
+                    kind = obj["type"]
                     if kind == "connected":
+                        self._last_failure = ""
                         self._set_status("live")
                         self._backoff.reset()
                     elif kind == "error":
                         last_error = obj
-                    elif kind.startswith(EVENT_TYPE_PREFIX):
-                        await self._deliver([Event.model_validate(obj)])
+                    elif isinstance(obj.get("event"), Event):
+                        await self._deliver([obj["event"]])
                 code = ws.close_code
         except aiohttp.WSServerHandshakeError as e:
             if e.status in FATAL_HTTP - {404}:
                 raise StreamError("unauthorized" if e.status == 401 else "forbidden", e.message) from e
             retry = parse_retry_after(e.headers.get("Retry-After") if e.headers else None)
+            self._last_failure = f"WebSocket refused with HTTP {e.status}"
             return retry
-        except (*TRANSIENT_ERRORS, _Unavailable):
+        except (*TRANSIENT_ERRORS, _Unavailable) as e:
+            self._last_failure = f"server not reachable at {self.base_url} ({_reason(e)})"
             return None
+        self._last_failure = f"socket closed ({code})"
         return await self._after_close(code, last_error)
+
+    def _message_of(self, msg: aiohttp.WSMessage) -> dict[str, Any]:
+        """A server message as a dict whose ``type`` is a str; an event is parsed into ``"event"``.
+
+        Raises :class:`BadFrame` for a binary frame, text that is not a JSON object, a message
+        without a string ``type``, or an event that is not API.md's envelope for this draft.
+        """
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            raise BadFrame(f"a {msg.type.name} frame where text was expected")
+        try:
+            obj = orjson.loads(msg.data)
+        except orjson.JSONDecodeError as e:
+            raise BadFrame(f"not JSON: {e}") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+            raise BadFrame("not a JSON object with a string 'type'")
+        if obj["type"].startswith(EVENT_TYPE_PREFIX):
+            return {"type": obj["type"], "event": self._event_of(obj)}
+        return obj
+
+    def _event_of(self, obj: Any) -> Event:
+        """API.md's envelope for this draft, checked strictly, or :class:`BadFrame`."""
+        try:
+            event = Event.model_validate(obj, strict=True)
+        except ValidationError as e:
+            raise BadFrame(f"not an event envelope ({e.error_count()} field errors)") from None
+        if event.draft_id != self.draft_id or event.seq < 1:
+            raise BadFrame(f"event {event.draft_id!r}#{event.seq} does not belong to this stream")
+        return event
+
+    async def _resync(self) -> None:
+        """After a bad frame: fetch what the log has after ``last_seq``, so nothing is missed."""
+        try:
+            events, _head = await self._fetch_events(self._orderer.last_seq, 0)
+        except _Unavailable:
+            return  # the socket's next events (or the next reconnect) will find the gap
+        await self._deliver(events)
 
     async def _after_close(self, code: int | None, last_error: dict[str, Any]) -> float | None:
         reason = str(last_error.get("message", ""))
@@ -240,7 +329,7 @@ class DraftStream:
         params = {"since": str(since), "limit": str(PAGE_LIMIT)}
         if wait > 0:
             params["wait"] = f"{wait:.3f}"
-        url = f"{self.base_url}/v1/collab/drafts/{self.draft_id}/events"
+        url = f"{self.base_url}/v1/collab/drafts/{self._draft_path}/events"
         try:
             async with self._http().get(
                 url, params=params, headers=self._headers(), timeout=aiohttp.ClientTimeout(total=wait + 15)
@@ -255,9 +344,18 @@ class DraftStream:
                 if r.status != 200:
                     raise _Unavailable(parse_retry_after(r.headers.get("Retry-After")))
         except TRANSIENT_ERRORS as e:
+            self._last_failure = f"server not reachable at {self.base_url} ({_reason(e)})"
             raise _Unavailable() from e
-        reply = orjson.loads(raw)
-        return [Event.model_validate(e) for e in reply["data"]], int(reply["head_seq"])
+        try:
+            reply = orjson.loads(raw)
+            events = [self._event_of(e) for e in reply["data"]]
+            head = reply["head_seq"]
+            if isinstance(head, bool) or not isinstance(head, int):
+                raise BadFrame("head_seq is not an integer")
+        except (orjson.JSONDecodeError, KeyError, TypeError, BadFrame) as e:
+            # a server that answers 200 with something else is not one this client can follow
+            raise StreamError("bad_response", f"GET {url} did not answer API.md's JSON: {e}") from None
+        return events, head
 
     async def _poll_until(self, deadline: float) -> None:
         """Long-poll ``/events`` until the next socket attempt is due."""
@@ -271,9 +369,15 @@ class DraftStream:
                     self._orderer.last_seq, min(self._long_poll_wait, remaining)
                 )
             except _Unavailable as e:
-                self._set_status("offline")
+                self._set_status("offline", self._last_failure)
                 pause = max(self._poll_retry, e.retry_after or 0.0)
                 await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
                 continue
             self._set_status("polling")
             await self._deliver(events)
+
+
+def _reason(error: BaseException) -> str:
+    """A short, one-line reason for a connection failure."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    return text or type(error).__name__

@@ -1,4 +1,10 @@
-"""``ringlog tail``: follow a draft's events, resuming across disconnects, until Ctrl-C."""
+"""``ringlog tail``: follow a draft's events, resuming across disconnects, until Ctrl-C.
+
+Events go to stdout (JSON lines, or ``--pretty`` lines); what ``tail`` is doing goes to stderr,
+one line each: ``connecting to …``, ``server not reachable at … (…); retrying in N s``, ``live``,
+``long-polling …``. Exit status: 0 on Ctrl-C or SIGTERM, 1 when the stream is refused or ends
+(forbidden, unknown draft, bad credentials), 2 for usage errors (no credentials, a bad URL).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,8 @@ import orjson
 
 from projections.event_types import EventType
 from ringlog.models import Event
-from ringlog.stream import DraftStream, StreamError
+from ringlog.stream import DraftStream, Status, StreamError
+from ringlog.urls import base_url
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,16 @@ def describe(event: Event) -> str:
     return f"#{event.seq} {event.ts} {event.user_id} {what}"
 
 
+def _status_line(status: Status, detail: str, err: TextIO) -> None:
+    if status == "live":
+        text = "live" + (f" ({detail})" if detail else "")
+    elif status == "polling":
+        text = "WebSocket unavailable; long-polling /events" + (f" ({detail})" if detail else "")
+    else:
+        text = detail or "offline"
+    _write(err, "ringlog tail: " + " ".join(text.split()))
+
+
 def _write(out: TextIO, line: str) -> None:
     out.write(line + "\n")
     out.flush()
@@ -58,14 +75,21 @@ async def tail(
     user_id: str | None,
     pretty: bool,
     out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """Print the draft's events after ``since`` (default: all), then live ones; 0 on Ctrl-C."""
     out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
     if not token and not user_id:
-        print("ringlog tail: give --token or --user-id", file=sys.stderr)
+        _write(err, "ringlog tail: give --token or --user-id")
         return 2
     if since is not None and since < 0:
-        print("ringlog tail: --since must be >= 0", file=sys.stderr)
+        _write(err, "ringlog tail: --since must be >= 0")
+        return 2
+    try:
+        url = base_url(url)
+    except ValueError as e:
+        _write(err, f"ringlog tail: --url: {e}")
         return 2
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -75,7 +99,14 @@ async def tail(
             loop.add_signal_handler(sig, stop.set)
             handled.append(sig)
     try:
-        async with DraftStream(url, draft_id, token=token, user_id=user_id, since=since or 0) as stream:
+        async with DraftStream(
+            url,
+            draft_id,
+            token=token,
+            user_id=user_id,
+            since=since or 0,
+            on_status=lambda status, detail: _status_line(status, detail, err),
+        ) as stream:
             follow = asyncio.create_task(_follow(stream, pretty, out))
             stopped = asyncio.create_task(stop.wait())
             try:
@@ -87,7 +118,7 @@ async def tail(
             if follow.done() and not follow.cancelled() and follow.exception() is not None:
                 raise follow.exception()  # type: ignore[misc]
     except StreamError as e:
-        print(f"ringlog tail: {e.code}: {e.message}", file=sys.stderr)
+        _write(err, f"ringlog tail: {e.code}: {' '.join(e.message.split())}")
         return 1
     finally:
         for sig in handled:

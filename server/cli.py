@@ -1,12 +1,21 @@
-"""The ``ringlog`` command line: serve, and the operator tools that work on a log."""
+"""The ``ringlog`` command line: serve, and the operator tools that work on a log.
+
+No command shows a traceback. Each ends with one line on stderr when it cannot do its job, and
+an exit status: 0 done, 1 failed (the store cannot be reached or read, the log is unsound or
+cannot be folded, the draft does not exist, the stream was refused), 2 usage (a bad flag or
+value, a database file that does not exist), 130 interrupted. Anything unexpected is also one
+line; ``ringlog --debug …`` or ``RINGLOG_DEBUG=1`` adds its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 import orjson
@@ -14,8 +23,9 @@ import orjson
 from eventstore import StoreError, open_store
 from eventstore.store import Store
 from eventstore.verify import verify_log
-from projections.fold import FoldError
+from projections.fold import FoldError, fold_summary
 from projections.runner import rebuild
+from projections.state import DraftSummary
 from server.progress import Progress
 from server.settings import add_arguments, settings_from
 
@@ -23,6 +33,12 @@ from server.settings import add_arguments, settings_from
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="ringlog", description="Event-sourced collaboration backend")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False,
+        help="show the traceback of an unexpected error (also RINGLOG_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the HTTP and WebSocket server")
@@ -38,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     log_cmd.add_argument("--db", required=True)
     log_cmd.add_argument("--draft", required=True)
     log_cmd.add_argument("--since", type=int, default=0)
+
+    drafts = sub.add_parser("drafts", help="list the drafts in a log (id, title, seq, updated)")
+    drafts.add_argument("--db", required=True)
+    drafts.add_argument("--json", action="store_true", help="one JSON object per draft (JSON lines)")
 
     verify = sub.add_parser("verify", help="check seqs, positions and the hash chain")
     verify.add_argument("--db", required=True)
@@ -61,27 +81,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``ringlog`` console script."""
+    """Entry point of the ``ringlog`` console script; returns the exit status (module docstring)."""
     args = build_parser().parse_args(argv)
+    debug = bool(args.debug) or os.environ.get("RINGLOG_DEBUG", "") not in ("", "0")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    command = f"ringlog {args.command}"
     try:
-        if args.command == "serve":
-            from server.main import serve
-
-            return serve(settings_from(args))
-        if args.command == "tail":
-            from ringlog.tail import tail
-
-            return asyncio.run(tail(args.url, args.draft, args.since, args.token, args.user_id, args.pretty))
-        return asyncio.run(_run_tool(args))
+        return _dispatch(args)
     except KeyboardInterrupt:
         return 130
-    except StoreError as e:
-        print(f"ringlog: {e}", file=sys.stderr)
-        return 2
-    except FoldError as e:  # a sound chain whose events break the drafts' rules
-        print(f"ringlog: the log cannot be folded into draft state: {e}", file=sys.stderr)
+    except BrokenPipeError:  # stdout closed early (`ringlog log … | head`): nothing more to say
+        _silence_stdout()
         return 1
+    except StoreError as e:
+        _error(command, f"{type(e).__name__}: {e}", debug)
+        return 1
+    except FoldError as e:  # a sound chain whose events break the drafts' rules
+        _error(command, f"the log cannot be folded into draft state: {e}", debug)
+        return 1
+    except Exception as e:  # the last resort: one line, never a traceback unless asked
+        _error(command, f"unexpected error: {type(e).__name__}: {e}", debug)
+        if not debug:
+            print(f"{command}: run with --debug or RINGLOG_DEBUG=1 for details", file=sys.stderr)
+        return 1
+
+
+def _error(command: str, message: str, debug: bool) -> None:
+    """One line on stderr (newlines in ``message`` folded), the traceback too when debugging."""
+    if debug:
+        traceback.print_exc()
+    print(f"{command}: {' '.join(message.split())}", file=sys.stderr)
+
+
+def _silence_stdout() -> None:
+    # Python would report the broken pipe again when it flushes stdout at exit
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        from server.main import serve
+
+        return serve(settings_from(args))
+    if args.command == "tail":
+        from ringlog.tail import tail
+
+        return asyncio.run(tail(args.url, args.draft, args.since, args.token, args.user_id, args.pretty))
+    return asyncio.run(_run_tool(args))
 
 
 def _sqlite_path(url: str) -> str | None:
@@ -115,6 +163,8 @@ async def _run_tool(args: argparse.Namespace) -> int:
             return await _log(store, args.draft, args.since)
         if args.command == "verify":
             return await _verify(store)
+        if args.command == "drafts":
+            return await _drafts(store, args.json)
         if args.command == "rebuild":
             progress = Progress("rebuild")
             count = await rebuild(store, progress)
@@ -165,6 +215,51 @@ async def _log(store: Store, draft_id: str, since: int) -> int:
         print(f"ringlog: draft {draft_id!r} not found", file=sys.stderr)
         return 1
     return 0
+
+
+async def _drafts(store: Store, as_json: bool) -> int:
+    """``ringlog drafts``: every draft's list row, folded from the whole log (exact, any store).
+
+    Most recently updated first, like ``GET /v1/collab/drafts``. JSON lines carry that
+    endpoint's row keys (``id``, ``title``, ``seq``, ``updated_at``); the table escapes control
+    characters in titles so that one draft is always one line.
+    """
+    from eventstore.events import Event
+
+    summaries: dict[str, DraftSummary] = {}
+    after = 0
+    while True:
+        page = await store.read_all(after, 5000)
+        if not page:
+            break
+        for record in page:
+            event = Event.from_body(record.body)
+            summaries[event.draft_id] = fold_summary(summaries.get(event.draft_id), event)
+        after = page[-1].position
+    rows = sorted(summaries.values(), key=lambda s: (s.updated_at, s.id), reverse=True)
+    out = sys.stdout
+    if as_json:
+        for row in rows:
+            out.write(orjson.dumps(row.to_dict()).decode() + "\n")
+        return 0
+    if not rows:
+        print("no drafts", file=sys.stderr)
+        return 0
+    cells = [(_cell(r.id, 60), _cell(r.title, 60), str(r.seq), r.updated_at) for r in rows]
+    header = ("ID", "TITLE", "SEQ", "UPDATED")
+    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(4)]
+    for cell in [header, *cells]:
+        out.write(
+            f"{cell[0]:<{widths[0]}}  {cell[1]:<{widths[1]}}  {cell[2]:>{widths[2]}}  {cell[3]}".rstrip()
+            + "\n"
+        )
+    return 0
+
+
+def _cell(text: str, width: int) -> str:
+    """``text`` on one line: control characters escaped, cut to ``width`` with an ellipsis."""
+    shown = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+    return shown if len(shown) <= width else shown[: width - 1] + "…"
 
 
 async def _verify(store: Store) -> int:
