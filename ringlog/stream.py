@@ -49,6 +49,8 @@ CLOSE_TOKEN_EXPIRED = 4401
 FATAL_HTTP = frozenset({400, 401, 403, 404})
 LONG_POLL_WAIT = 25.0
 PAGE_LIMIT = 1000
+MAX_SEQ = 2**63 - 1
+"""The largest seq either store can hold (a signed 64-bit integer)."""
 MAX_PAGES = 10_000
 
 
@@ -300,7 +302,7 @@ class DraftStream:
             event = Event.model_validate(obj, strict=True)
         except ValidationError as e:
             raise BadFrame(f"not an event envelope ({e.error_count()} field errors)") from None
-        if event.draft_id != self.draft_id or event.seq < 1:
+        if event.draft_id != self.draft_id or not 1 <= event.seq <= MAX_SEQ:
             raise BadFrame(f"event {event.draft_id!r}#{event.seq} does not belong to this stream")
         return event
 
