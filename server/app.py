@@ -95,6 +95,14 @@ async def _index(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def _favicon(request: web.Request) -> web.Response:
+    """``/favicon.ico``, which browsers ask for on pages that name no icon (the JS, the JSON)."""
+    svg = resources.files("server").joinpath("static/favicon.svg").read_bytes()
+    return web.Response(
+        body=svg, content_type="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"}
+    )
+
+
 async def _openapi(request: web.Request) -> web.Response:
     st = request.app[AppState.KEY]
     return web.json_response(openapi_document(st.settings))
@@ -128,6 +136,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app.router.add_get("/v1/ws/drafts/{draft_id}", draft_socket)
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/", _index)
+    app.router.add_get("/favicon.ico", _favicon)
     static_dir = resources.files("server").joinpath("static")
     app.router.add_static("/static/", str(static_dir), append_version=False)
     app.cleanup_ctx.append(_lifetime)

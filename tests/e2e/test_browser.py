@@ -172,3 +172,17 @@ async def test_sign_in_page_screenshot_and_csp(browser: Browser, server: ServerP
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "demo-signin-phone.png"), full_page=True)
     assert errors == []
+
+
+async def test_the_page_loads_with_no_failed_request(browser: Browser, server: ServerProcess) -> None:
+    """No 404 in the console: not for /favicon.ico, nor for anything else the page loads."""
+    page = await (await browser.new_context()).new_page()
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.on("requestfailed", lambda r: failed.append(f"failed {r.url}"))
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    await page.goto(server.url + "/", wait_until="networkidle")
+    await expect(page.locator("#signin-view")).to_be_visible()
+    await page.goto(server.url + "/static/ringlog.js", wait_until="networkidle")  # no <link rel=icon> here
+    assert failed == [] and errors == []
