@@ -128,7 +128,16 @@ class DraftStream:
     async def __aenter__(self) -> DraftStream:
         self._session = aiohttp.ClientSession()
         self._task = asyncio.create_task(self._run(), name=f"DraftStream {self.draft_id}")
+        self._task.add_done_callback(self._task_ended)
         return self
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """The last guard: a task that ended other than through :meth:`close` wakes the consumer."""
+        if self._closed:
+            return
+        if task.cancelled():  # cancelled by someone else: say so rather than leave a consumer waiting
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(StreamError("internal_error", "the stream's task was cancelled"))
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

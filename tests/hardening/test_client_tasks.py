@@ -253,3 +253,43 @@ def test_clients_refuse_a_base_url_they_cannot_use(url: str) -> None:
 def test_a_stream_refuses_a_since_it_cannot_use(since: Any) -> None:
     with pytest.raises(ValueError, match="since"):
         DraftStream("http://127.0.0.1:1", DRAFT, user_id="alice", since=since)
+
+
+async def test_a_cancelled_task_still_wakes_the_consumer(
+    serve: Callable[[FakeServer], Awaitable[str]],
+) -> None:
+    url = await serve(FakeServer([], [envelope(1)]))
+    async with _stream(url) as stream:
+        assert [e.seq for e in await _take(stream, 1)] == [1]
+        waiting = asyncio.ensure_future(_take(stream, 1))
+        task = stream._task
+        assert task is not None
+        task.cancel()  # what an event loop shutting down, or a careless caller, does
+        with pytest.raises(StreamError) as err:
+            await asyncio.wait_for(waiting, WAIT)
+        assert err.value.code == "internal_error"
+
+
+def _not_ringlog(body: bytes | None) -> web.Application:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if body is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=body, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    return app
+
+
+@pytest.mark.parametrize("body", [None, b"<html>a different web server</html>"])
+async def test_a_server_that_is_not_ringlog_ends_the_stream(body: bytes | None) -> None:
+    """``tail --url`` pointing at some other web server: an error from the loop, not a wait."""
+    server = TestServer(_not_ringlog(body), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with _stream(str(server.make_url("")).rstrip("/")) as stream:
+            with pytest.raises(StreamError) as err:
+                await _take(stream, 1)
+        assert err.value.code in ("http_error", "bad_response")
+    finally:
+        await server.close()
