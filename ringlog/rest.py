@@ -70,8 +70,8 @@ def _reply_of(status: int, body: bytes) -> dict[str, Any]:
         reply = orjson.loads(body)
     except orjson.JSONDecodeError:
         reply = None
-    if not isinstance(reply, dict):
-        raise ApiError(status, "bad_response", "the server's reply is not a JSON object")
+    if not isinstance(reply, dict) or "data" not in reply:
+        raise ApiError(status, "bad_response", "the server's reply is not a JSON object with 'data'")
     return reply
 
 

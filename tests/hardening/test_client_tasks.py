@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from ringlog import DraftStream, Event, RinglogClient, StreamError
+from ringlog import ApiError, DraftStream, Event, RinglogClient, StreamError
 from ringlog.backoff import Backoff
 
 DRAFT = "draft_fake"
@@ -291,5 +291,18 @@ async def test_a_server_that_is_not_ringlog_ends_the_stream(body: bytes | None) 
             with pytest.raises(StreamError) as err:
                 await _take(stream, 1)
         assert err.value.code in ("http_error", "bad_response")
+    finally:
+        await server.close()
+
+
+@pytest.mark.parametrize("body", [b"<html>not json</html>", b"[]", b'{"nodata": 1}', b"null"])
+async def test_rest_replies_that_are_not_the_contract_s_are_api_errors(body: bytes) -> None:
+    server = TestServer(_not_ringlog(body), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with RinglogClient(str(server.make_url("")), user_id="alice") as api:
+            with pytest.raises(ApiError) as err:
+                await api.get_draft("draft_x")
+        assert err.value.code == "bad_response"
     finally:
         await server.close()
