@@ -4,37 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import selectors
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from ringlog import RinglogClient
+from tests.hardening.cliproc import Lines
 from tests.serverproc import ServerProcess
-
-
-class Lines:
-    """Read a child's stdout line by line with a deadline (no sleeps)."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None
-        self.stdout = proc.stdout
-        self.sel = selectors.DefaultSelector()
-        self.sel.register(proc.stdout, selectors.EVENT_READ)
-
-    def next(self, timeout: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.sel.select(timeout=max(0.0, deadline - time.monotonic())):
-                line = self.stdout.readline()
-                if not line:
-                    raise EOFError("tail exited")
-                return line.decode().rstrip("\n")
-        raise TimeoutError("no line from ringlog tail")
 
 
 @contextlib.contextmanager
@@ -54,7 +33,8 @@ async def test_tail_follows_resumes_and_exits_zero_on_ctrl_c(server: ServerProce
         draft = await alice.create_draft("Tailed")
         await alice.append_segment(draft.id, "old")
         with _tail(server, draft.id, "--user-id", "alice", "--since", "1") as proc:
-            lines = Lines(proc)
+            assert proc.stdout is not None
+            lines = Lines(proc.stdout)
             first = json.loads(lines.next())
             assert first["seq"] == 2 and first["data"]["segment"]["content"] == "old"
             await alice.append_segment(draft.id, "new")
@@ -72,7 +52,8 @@ async def test_tail_pretty_and_refusal(server: ServerProcess) -> None:
     async with RinglogClient(server.url, user_id="alice") as alice:
         draft = await alice.create_draft("Pretty")
     with _tail(server, draft.id, "--user-id", "alice", "--pretty") as proc:
-        line = Lines(proc).next()
+        assert proc.stdout is not None
+        line = Lines(proc.stdout).next()
         assert line.startswith("#1 ") and "alice created 'Pretty'" in line
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0

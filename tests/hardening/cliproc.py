@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import selectors
 import subprocess
 import sys
@@ -25,25 +26,36 @@ def ringlog(
 
 
 class Lines:
-    """Read a child's pipe line by line with a deadline (select, no sleeps)."""
+    """Read a child's pipe line by line with a deadline (select, no sleeps).
+
+    Reads the pipe's file descriptor directly and keeps its own buffer: with a buffered reader,
+    several lines arriving at once would sit in its buffer while select() waits for more.
+    """
 
     def __init__(self, pipe: IO[bytes]) -> None:
-        self.pipe = pipe
+        self.fd = pipe.fileno()
         self.sel = selectors.DefaultSelector()
-        self.sel.register(pipe, selectors.EVENT_READ)
+        self.sel.register(self.fd, selectors.EVENT_READ)
+        self.buffer = b""
+        self.closed = False
         self.seen: list[str] = []
 
     def next(self, timeout: float = 20.0) -> str:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.sel.select(timeout=max(0.0, deadline - time.monotonic())):
-                line = self.pipe.readline()
-                if not line:
-                    raise EOFError(f"the pipe closed; lines so far: {self.seen}")
-                text = line.decode().rstrip("\n")
-                self.seen.append(text)
-                return text
-        raise TimeoutError(f"no line within {timeout} s; lines so far: {self.seen}")
+        while b"\n" not in self.buffer:
+            if self.closed:
+                raise EOFError(f"the pipe closed; lines so far: {self.seen}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no line within {timeout} s; lines so far: {self.seen}")
+            if self.sel.select(timeout=remaining):
+                chunk = os.read(self.fd, 65536)
+                self.buffer += chunk
+                self.closed = not chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        text = line.decode()
+        self.seen.append(text)
+        return text
 
     def until(self, needle: str, timeout: float = 20.0) -> str:
         """The first line containing ``needle``."""
