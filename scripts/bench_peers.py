@@ -36,7 +36,7 @@ from aiohttp import web
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 
 from projections.event_types import EventType
-from server.hub import text_frame
+from server.frames import text_frame
 
 DRAFT = "draft_bench"
 

@@ -122,7 +122,12 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
         store=store,
         projector=projector,
         service=DraftService(store, projector, settings.limits),
-        hub=Hub(store),
+        hub=Hub(
+            store,
+            max_backlog_bytes=settings.ws_queue_bytes,
+            max_backlog_events=settings.ws_queue_size,
+            observe_lag=metrics.fanout_lag.observe,
+        ),
         auth=Authenticator(settings),
         limiter=RateLimiter(settings.rate_limit),
         metrics=metrics,

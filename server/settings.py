@@ -35,6 +35,7 @@ class Settings:
     ws_ping_interval: float = 25.0
     ws_flood_limit: int = 50
     ws_queue_size: int = 1024
+    ws_queue_bytes: int = 4 * 1024 * 1024
     ws_enabled: bool = True
     drain_timeout: float = 10.0
     longpoll_max: float = 30.0

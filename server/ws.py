@@ -1,279 +1,169 @@
-"""``/v1/ws/drafts/{id}?since=N``: the read-only event stream (API.md, "WebSocket")."""
+"""``/v1/ws/drafts/{id}?since=N``: the read-only event stream (API.md, "WebSocket").
+
+The handler has two phases. **Admission** (this module) decides whether the socket may stream:
+the server-wide switches and the Origin before the upgrade (refused as HTTP errors by the error
+middleware), then, on the upgraded socket, authentication, draft access, ``since`` and the
+per-user socket cap. Every refusal is an exception mapped by :func:`server.errors.to_api_error`,
+the same mapping as REST, and then by one table from the error's code to a close code
+(:data:`CLOSE_CODE_OF`). **Streaming** (:mod:`server.ws_stream`) runs the admitted socket:
+catch-up then live, pings, the flood limit and every server-side close.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web
 
-from eventstore.events import utc_now_iso
-from server.errors import ApiError, error_response
-from server.hub import CLOSE_TRY_AGAIN_LATER, Subscriber
+from projections.errors import Forbidden, NotFound
+from server.errors import ApiError, to_api_error
 from server.service import is_draft_id
 from server.state import AppState
+from server.ws_stream import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_INVALID_SINCE,
+    CLOSE_NOT_FOUND,
+    CLOSE_POLICY,
+    CLOSE_TIMEOUT,
+    CLOSE_TRY_AGAIN_LATER,
+    stream_events,
+)
 
 log = logging.getLogger(__name__)
 
-CLOSE_POLICY = 1008
-CLOSE_GOING_AWAY = 1001
-CLOSE_INVALID_SINCE = 4400
-CLOSE_TOKEN_EXPIRED = 4401
-CLOSE_NOT_FOUND = 4404
-CLOSE_TIMEOUT = 5.0
-"""Seconds a close handshake may take before the connection is dropped."""
+MAX_CLIENT_MESSAGE = 4096
+"""Bytes in one client message (the socket is read-only: pings and nothing else)."""
+
+CLOSE_CODE_OF: dict[str, int] = {
+    "unauthorized": CLOSE_POLICY,
+    "forbidden": CLOSE_POLICY,
+    "too_many_sockets": CLOSE_POLICY,
+    "not_found": CLOSE_NOT_FOUND,
+    "invalid_since": CLOSE_INVALID_SINCE,
+    "invalid_parameter": CLOSE_INVALID_SINCE,
+    "validation_error": CLOSE_INVALID_SINCE,
+    "unavailable": CLOSE_TRY_AGAIN_LATER,
+    "internal_error": CLOSE_INTERNAL_ERROR,
+}
+"""Refusal code (API.md's error codes) → WebSocket close code (API.md "WebSocket" item 1;
+1008 "Policy Violation", 1011 "Internal Error", 1013 "Try Again Later" are RFC 6455 §7.4.1)."""
 
 
-async def _refuse(
-    ws: web.WebSocketResponse, code: str, message: str, close_code: int
-) -> web.WebSocketResponse:
-    with contextlib.suppress(ConnectionError, RuntimeError):
-        await ws.send_frame(orjson.dumps({"type": "error", "code": code, "message": message}), WSMsgType.TEXT)
-    with contextlib.suppress(ConnectionError, RuntimeError):
-        await ws.close(code=close_code, message=code.encode())
-    return ws
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A socket allowed to stream: whose, which draft, from which seq; ``head_seq`` at admission."""
 
-
-def _message(kind: str, **fields: Any) -> bytes:
-    return orjson.dumps({"type": kind, **fields})
+    draft_id: str
+    user_id: str
+    since: int
+    head_seq: int
+    expires_at: float | None
+    """The token's ``exp`` (Unix seconds), None for dev auth."""
 
 
 async def draft_socket(request: web.Request) -> web.StreamResponse:
-    """Authenticate, check access, catch up from ``since``, then stream live events."""
+    """Admit the socket (or refuse it with the mapped close code), then stream the draft's events."""
     st: AppState = request.app[AppState.KEY]
-    settings = st.settings
-    if not settings.ws_enabled:
-        return error_response(503, "unavailable", "WebSockets are switched off on this server; poll /events")
-    origin = request.headers.get("Origin")
-    if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
-        return error_response(403, "forbidden", "this Origin is not allowed")
-    if st.sockets.closing:
-        return error_response(503, "unavailable", "server is shutting down", headers={"Retry-After": "1"})
+    _admit_upgrade(request, st)  # ApiError here is an HTTP response (error middleware)
     ws = web.WebSocketResponse(
-        heartbeat=settings.ws_ping_interval,
-        compress=False,
-        max_msg_size=4096,
-        timeout=5.0,
+        heartbeat=st.settings.ws_ping_interval,
+        compress=False,  # the fan-out writes one pre-framed copy of each event to every socket
+        max_msg_size=MAX_CLIENT_MESSAGE,
+        timeout=CLOSE_TIMEOUT,
+        autoclose=False,  # a peer's Close is answered by the stream, after it stops delivering
     )
     await ws.prepare(request)
-    draft_id = request.match_info["draft_id"]
+    try:
+        admission = await admit(request, st)
+    except Exception as exc:
+        await refuse(ws, exc)
+        return ws
+    await stream_events(request, ws, st, admission)
+    return ws
 
-    try:
-        identity = await st.auth.identify(request.headers, request.query, websocket=True)
-    except ApiError as e:
-        return await _refuse(ws, "unauthorized", e.message, CLOSE_POLICY)
+
+def _admit_upgrade(request: web.Request, st: AppState) -> None:
+    """Checks that need no credentials, answered before the upgrade (HTTP 403 / 503)."""
+    settings = st.settings
+    if not settings.ws_enabled:
+        raise ApiError(503, "unavailable", "WebSockets are switched off on this server; poll /events")
+    origin = request.headers.get("Origin")
+    if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
+        raise ApiError(403, "forbidden", "this Origin is not allowed")
+    if st.sockets.closing:
+        raise ApiError(503, "unavailable", "server is shutting down", headers={"Retry-After": "1"})
+
+
+async def admit(request: web.Request, st: AppState) -> Admission:
+    """Authenticate, check access to the draft, validate ``since``, check the socket cap.
+
+    Raises ``ApiError`` (401 ``unauthorized``, 400 ``invalid_since``, 429 ``too_many_sockets``),
+    ``NotFound``, ``Forbidden``, or a store error (mapped to ``unavailable``).
+    """
+    identity = await st.auth.identify(request.headers, request.query, websocket=True)
     user_id = identity.user_id
+    draft_id = request.match_info["draft_id"]
     if not is_draft_id(draft_id):  # never sent to the store (issue 10, item 6)
-        return await _refuse(ws, "not_found", "draft not found", CLOSE_NOT_FOUND)
-    try:
-        state = await st.projector.get(draft_id)
-    except Exception:
-        log.warning("socket for %r: store unavailable", draft_id, exc_info=True)
-        return await _refuse(
-            ws, "unavailable", "storage is unavailable; retry shortly", CLOSE_TRY_AGAIN_LATER
-        )
+        raise NotFound("draft not found")
+    state = await st.projector.get(draft_id)
     if state is None:
-        return await _refuse(ws, "not_found", "draft not found", CLOSE_NOT_FOUND)
+        raise NotFound("draft not found")
     if not state.can_view(user_id):
-        return await _refuse(ws, "forbidden", "you are not a collaborator on this draft", CLOSE_POLICY)
+        raise Forbidden("you are not a collaborator on this draft")
     head = state.seq
     raw_since = request.query.get("since")
     if raw_since is None:
         since = head
     else:
-        try:
-            since = int(raw_since)
-        except ValueError:
-            since = -1
+        since = _parse_since(raw_since)
         if since > head:
             # the projection follows commits a moment after they are readable, and a client may
             # have seen the newest events from the log in a catch-up: the log's head decides
-            with contextlib.suppress(Exception):
-                head = max(head, await st.store.head(draft_id))
+            head = max(head, await st.store.head(draft_id))
         if not 0 <= since <= head:
-            return await _refuse(
-                ws, "invalid_since", f"since must be an integer from 0 to {head}", CLOSE_INVALID_SINCE
-            )
-    cap = settings.max_sockets_per_user
+            raise ApiError(400, "invalid_since", f"since must be an integer from 0 to {head}")
+    cap = st.settings.max_sockets_per_user
     if cap and st.sockets.count(user_id) >= cap:
-        return await _refuse(ws, "too_many_sockets", f"at most {cap} sockets per user", CLOSE_POLICY)
+        raise ApiError(429, "too_many_sockets", f"at most {cap} sockets per user")
+    return Admission(draft_id, user_id, since, head, identity.expires_at)
 
-    transport = request.transport
-    assert transport is not None
 
-    closer = _Closer(ws, transport)
-
-    def on_overflow(sub: Subscriber) -> None:
-        st.metrics.slow_closes.inc()
-        closer.request(CLOSE_TRY_AGAIN_LATER, b"too slow: reconnect with since")
-
-    sub = Subscriber(
-        draft_id,
-        transport,
-        on_overflow,
-        settings.ws_queue_size,
-        st.metrics.fanout_lag.observe,
-    )
-    st.sockets.add(user_id, ws, closer.close)
-    st.metrics.open_sockets.inc()
-    st.hub.subscribe(sub)  # buffer live events before catching up: the seam has no gap
-    tasks: list[asyncio.Task[Any]] = []
+def _parse_since(raw: str) -> int:
+    """``since`` from the query; -1 (refused by the range check) when it is not an integer."""
     try:
-        await ws.send_frame(
-            _message("connected", draft_id=draft_id, user_id=user_id, ts=utc_now_iso(), head_seq=head),
-            WSMsgType.TEXT,
-        )
-
-        def resync() -> None:
-            tasks.append(st.sockets.spawn(st.hub.catch_up_then_live(sub, sub.last_seq)))
-
-        sub.resync = resync
-        tasks.append(st.sockets.spawn(st.hub.catch_up_then_live(sub, since)))
-        if identity.expires_at is not None:
-            tasks.append(st.sockets.spawn(_expire(ws, closer, identity.expires_at)))
-        await closer.read_until_closed(_read_loop(ws, settings.ws_flood_limit))
-    except (ConnectionError, RuntimeError):
-        pass
-    finally:
-        st.hub.unsubscribe(sub)
-        for task in tasks:
-            task.cancel()
-        st.sockets.remove(user_id, ws)
-        st.metrics.open_sockets.dec()
-        if not ws.closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), CLOSE_TIMEOUT)
-        closer.finish()
-    return ws
+        return int(raw)
+    except ValueError:
+        return -1
 
 
-class _Closer:
-    """Closes a socket from its own handler task, whoever asks (overflow, expiry, shutdown).
+def refusal(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """The close code and ``error`` message for an admission failure.
 
-    aiohttp's ``close()`` called from another task while the handler is reading drops the TCP
-    connection right after the close frame, without waiting for the client's reply; an aiohttp
-    client then reports 1006 instead of our code. So other tasks only *request* a close: that
-    interrupts the handler's read (by cancelling it, in the handler's own task: no extra task
-    per socket) and the handler runs the close handshake itself, bounded by ``CLOSE_TIMEOUT``.
+    The error is mapped as REST maps it (:func:`server.errors.to_api_error`); anything unmapped
+    is an internal error (logged). A ``Retry-After`` the REST answer would carry becomes a
+    ``retry_after`` field (seconds), so a client does not reconnect in a tight loop.
     """
-
-    __slots__ = ("_reading", "_waiter", "code", "finished", "transport", "ws")
-
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
-        self.ws = ws
-        self.transport = transport
-        self.code: tuple[int, bytes] | None = None
-        self.finished = False
-        self._waiter: asyncio.Future[None] | None = None  # made only when someone waits (shutdown)
-        self._reading: asyncio.Task[Any] | None = None
-
-    def request(self, code: int, message: bytes) -> None:
-        """Ask the handler to close with ``code`` (the first request wins)."""
-        if self.code is None:
-            self.code = (code, message)
-            # from the next loop turn, so the handler is surely suspended in its read when cancelled
-            asyncio.get_running_loop().call_soon(self._interrupt)
-
-    def _interrupt(self) -> None:
-        if self._reading is not None:
-            self._reading.cancel()
-
-    async def close(self, code: int, message: bytes) -> None:
-        """Request a close and wait until the handler has finished with the socket."""
-        self.request(code, message)
-        if not self.finished:
-            if self._waiter is None:
-                self._waiter = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._waiter)
-
-    def finish(self) -> None:
-        """The handler is done with the socket: wake whoever waits in :meth:`close`."""
-        self.finished = True
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def read_until_closed(self, read_loop: Coroutine[Any, Any, None]) -> None:
-        """Run the read loop until the peer goes or a close is requested; then close."""
-        task = asyncio.current_task()
-        assert task is not None
-        if self.code is None:
-            self._reading = task
-            try:
-                await read_loop
-            except asyncio.CancelledError:
-                # our own request's cancel is absorbed; any other cancellation goes on
-                if self.code is None or task.uncancel() > 0:
-                    raise
-            except (ConnectionError, RuntimeError):
-                pass
-            finally:
-                self._reading = None
-        else:
-            read_loop.close()
-        if self.code is not None and not self.ws.closed:
-            code, message = self.code
-            try:
-                await asyncio.wait_for(self.ws.close(code=code, message=message), CLOSE_TIMEOUT)
-            except TimeoutError:
-                self.transport.abort()  # a peer that never reads would hold the socket forever
+    api = to_api_error(exc)
+    if api is None:
+        log.error("socket refused: unexpected error", exc_info=exc)
+        api = ApiError(500, "internal_error", "internal error")
+    elif api.status >= 500:
+        log.warning("socket refused: %r", exc)
+    message: dict[str, Any] = {"type": "error", "code": api.code, "message": api.message}
+    retry_after = api.headers.get("Retry-After")
+    if retry_after is not None and retry_after.isdigit():
+        message["retry_after"] = int(retry_after)
+    return CLOSE_CODE_OF.get(api.code, CLOSE_POLICY), message
 
 
-async def _expire(ws: web.WebSocketResponse, closer: _Closer, expires_at: float) -> None:
-    await asyncio.sleep(max(0.0, expires_at - time.time()))
-    if not ws.closed:
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await ws.send_frame(
-                _message(
-                    "error", code="token_expired", message="your token expired; reconnect with a fresh one"
-                ),
-                WSMsgType.TEXT,
-            )
-        closer.request(CLOSE_TOKEN_EXPIRED, b"token_expired")
-
-
-async def _read_loop(ws: web.WebSocketResponse, flood_limit: int) -> None:
-    """The socket is read-only: answer pings, refuse anything else, close floods."""
-    window_start = time.monotonic()
-    count = 0
-    async for msg in ws:
-        now = time.monotonic()
-        if now - window_start >= 1.0:
-            window_start, count = now, 0
-        count += 1
-        if flood_limit and count > flood_limit:
-            await _refuse_flood(ws)
-            return
-        if msg.type == WSMsgType.TEXT:
-            try:
-                parsed = orjson.loads(msg.data)
-            except orjson.JSONDecodeError:
-                parsed = None
-            if isinstance(parsed, dict) and parsed.get("type") == "ping":
-                await ws.send_frame(_message("pong", ts=utc_now_iso()), WSMsgType.TEXT)
-                continue
-            await ws.send_frame(
-                _message(
-                    "error", code="bad_message", message='the socket is read-only; send only {"type": "ping"}'
-                ),
-                WSMsgType.TEXT,
-            )
-        elif msg.type == WSMsgType.BINARY:
-            await ws.send_frame(
-                _message("error", code="bad_message", message="binary frames are not accepted"),
-                WSMsgType.TEXT,
-            )
-        elif msg.type == WSMsgType.ERROR:
-            return
-
-
-async def _refuse_flood(ws: web.WebSocketResponse) -> None:
+async def refuse(ws: web.WebSocketResponse, exc: BaseException) -> None:
+    """Send the refusal's ``error`` message, then close with its code; nothing else is written."""
+    close_code, message = refusal(exc)
     with contextlib.suppress(ConnectionError, RuntimeError):
-        await ws.send_frame(
-            _message("error", code="rate_limited", message="too many messages; slow down"), WSMsgType.TEXT
-        )
-        await ws.close(code=CLOSE_POLICY, message=b"flood")
+        await ws.send_frame(orjson.dumps(message), WSMsgType.TEXT)
+    with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
+        await ws.close(code=close_code, message=message["code"].encode())

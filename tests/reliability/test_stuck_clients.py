@@ -49,7 +49,7 @@ APPENDS_AFTER_CLOSE = 30  # then the stuck clients read: within the server's 5 s
 MAX_APPENDS = 600
 BASELINE_APPENDS = 100
 WARMUP = 10  # appends of each run left out of its latencies
-HIGH_WATER = 256 * 1024  # server/hub.py: a socket's transport buffer before its backlog is used
+HIGH_WATER = 256 * 1024  # server/subscriber.py: a socket's transport buffer before its backlog is used
 USER = "owner"
 
 

@@ -1,0 +1,366 @@
+"""One socket's subscription to one stream: the seam, a sink to write to, a backlog bounded in bytes.
+
+* A socket that keeps up gets each batch's frames written straight to its :class:`Sink` in the
+  notifier callback, with no task switch. A socket whose sink holds more than ``HIGH_WATER``
+  unsent bytes gets a backlog and a writer task instead, so one slow socket never delays
+  another; a backlog that would exceed its bound (bytes, and events) closes the socket with
+  1013 (API.md "WebSocket" item 6: the client resumes with ``since``).
+* Catch-up (the socket's replay of the log after ``since``) never overflows: it writes a page,
+  then waits until the sink is writable again.
+* Once the subscriber is closing (any close reason), it writes nothing more.
+
+The sink is a small protocol so that the subscriber is tested with an in-memory fake;
+:class:`TransportSink` is the real one, over an asyncio transport, using only public API
+(``write``, ``get_write_buffer_size``, ``set_write_buffer_limits`` and the protocol's
+``pause_writing``/``resume_writing`` calls, observed by :class:`FlowObserver`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
+
+from server.frames import Batch, text_frames
+from server.seam import RESYNC, CatchUpSeam, LogGap
+
+log = logging.getLogger(__name__)
+
+CLOSE_TRY_AGAIN_LATER = 1013
+"""RFC 6455 §7.4.1 "Try Again Later": the socket fell too far behind (API.md "WebSocket" item 6)."""
+CLOSE_INTERNAL_ERROR = 1011
+"""RFC 6455 §7.4.1 "Internal Error": the log read back is not contiguous."""
+
+HIGH_WATER = 256 * 1024
+"""Unsent bytes in a socket's sink above which it is 'behind': writes go to its backlog."""
+
+CATCH_UP_PAGE = 1000
+"""Events per log read during catch-up."""
+
+ReadPage = Callable[[str, int, int], Awaitable[list[tuple[int, bytes]]]]
+"""``read(stream_id, after_seq, limit)`` → ``(seq, body)`` pairs, oldest first."""
+
+RequestClose = Callable[[int, bytes], None]
+"""Asks the socket's handler to close with ``(code, reason)``; the subscriber is already closed."""
+
+Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
+"""Starts a coroutine as a task owned by the socket (cancelled when the socket ends)."""
+
+
+class SinkClosed(ConnectionError):
+    """A write to a sink that is closing: nothing but the close may follow a decision to close."""
+
+
+class Sink(Protocol):
+    """Where a subscriber writes: one socket's outgoing bytes (already framed, RFC 6455 §5.2)."""
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` for sending; raises :class:`SinkClosed` once :attr:`closing`."""
+        ...
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written but not yet sent."""
+        ...
+
+    @property
+    def closing(self) -> bool:
+        """True once the socket is closing: no write is accepted any more."""
+        ...
+
+    async def writable(self) -> None:
+        """Return when the sink can take more (its buffer has drained) or is closing."""
+        ...
+
+
+class FlowObserver(asyncio.Protocol):
+    """Stands between a transport and its protocol to see ``pause_writing``/``resume_writing``.
+
+    Every call is passed on to the wrapped protocol (aiohttp's own flow control keeps working);
+    the observer only remembers whether writing is paused and wakes whoever waits for resume.
+    """
+
+    def __init__(self, inner: asyncio.BaseProtocol) -> None:
+        self.inner = inner
+        self.paused = False
+        self._resumed: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.paused = False
+        self._wake()
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)  # type: ignore[attr-defined]
+
+    def eof_received(self) -> bool | None:
+        result: bool | None = self.inner.eof_received()  # type: ignore[attr-defined]
+        return result
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._wake()
+        self.inner.resume_writing()
+
+    async def resumed(self) -> None:
+        """Wait until writing is resumed (or the connection is lost); at once if not paused."""
+        if not self.paused:
+            return
+        if self._resumed is None or self._resumed.done():
+            self._resumed = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._resumed)
+
+    def _wake(self) -> None:
+        if self._resumed is not None and not self._resumed.done():
+            self._resumed.set_result(None)
+
+
+class TransportSink:
+    """A :class:`Sink` over an asyncio transport (the upgraded WebSocket connection).
+
+    The transport's high-water mark is set to ``high_water`` (its low-water mark is asyncio's
+    default, a quarter of it); :meth:`writable` waits for the transport's own resume signal.
+    """
+
+    __slots__ = ("_closing", "_flow", "transport")
+
+    def __init__(self, transport: asyncio.Transport, high_water: int = HIGH_WATER) -> None:
+        self.transport = transport
+        self._closing = False
+        transport.set_write_buffer_limits(high=high_water)
+        self._flow = FlowObserver(transport.get_protocol())
+        transport.set_protocol(self._flow)
+
+    def write(self, data: bytes) -> None:
+        """Write to the transport; :class:`SinkClosed` once closing."""
+        if self._closing or self.transport.is_closing():
+            raise SinkClosed("the socket is closing")
+        self.transport.write(data)
+
+    @property
+    def buffered(self) -> int:
+        """The transport's unsent bytes."""
+        return self.transport.get_write_buffer_size()
+
+    @property
+    def closing(self) -> bool:
+        """True after :meth:`start_closing` or once the transport itself is closing."""
+        return self._closing or self.transport.is_closing()
+
+    def start_closing(self) -> None:
+        """Refuse every write from now on (the close frame is sent by the socket's handler)."""
+        self._closing = True
+
+    async def writable(self) -> None:
+        """Wait until the transport resumes writing (below its low-water mark) or is closing."""
+        if not self.closing:
+            await self._flow.resumed()
+
+
+class Subscriber:
+    """One socket's delivery of one stream: catch-up from ``since``, then live, into ``sink``.
+
+    ``max_backlog_bytes`` bounds both the live batches buffered during catch-up (overflow there
+    only means reading the log again) and the backlog of a live socket that is behind (overflow
+    there closes the subscriber and calls ``request_close(1013, …)``); ``max_backlog_events``
+    also bounds the backlog in events (``--ws-queue-size``). ``observe_lag(seconds)`` receives
+    the commit→write lag. ``spawn`` runs the writer and catch-up tasks, owned by the socket.
+    """
+
+    __slots__ = (
+        "_backlog",
+        "_backlog_bytes",
+        "_backlog_events",
+        "_catching_up",
+        "_observe_lag",
+        "_read_page",
+        "_request_close",
+        "_spawn",
+        "_writer",
+        "closing",
+        "max_backlog_bytes",
+        "max_backlog_events",
+        "seam",
+        "sink",
+        "stream_id",
+    )
+
+    def __init__(
+        self,
+        stream_id: str,
+        sink: Sink,
+        since: int,
+        *,
+        read_page: ReadPage,
+        spawn: Spawn,
+        request_close: RequestClose,
+        max_backlog_bytes: int,
+        max_backlog_events: int,
+        observe_lag: Callable[[float], None] | None = None,
+    ) -> None:
+        self.stream_id = stream_id
+        self.sink = sink
+        self.seam = CatchUpSeam(since, max_backlog_bytes)
+        self.max_backlog_bytes = max_backlog_bytes
+        self.max_backlog_events = max_backlog_events
+        self.closing = False
+        self._read_page = read_page
+        self._spawn = spawn
+        self._request_close = request_close
+        self._observe_lag = observe_lag
+        self._backlog: deque[tuple[bytes, int, float]] = deque()  # (frames, events, commit stamp)
+        self._backlog_bytes = 0
+        self._backlog_events = 0
+        self._writer: asyncio.Task[None] | None = None
+        self._catching_up: asyncio.Task[None] | None = None
+
+    @property
+    def position(self) -> int:
+        """The seq of the last event handed to the sink or the backlog."""
+        return self.seam.position
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes waiting in the backlog (not yet written to the sink)."""
+        return self._backlog_bytes
+
+    # -- the hub calls these ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the catch-up (the subscriber must already receive live batches through ``offer``)."""
+        self._start_catch_up()
+
+    def offer(self, batch: Batch) -> None:
+        """A batch of this stream was just committed (called for every commit, in seq order)."""
+        if self.closing:
+            return
+        before = self.seam.position
+        out = self.seam.on_live(batch)
+        if out is RESYNC:
+            self._start_catch_up()
+        elif out:
+            self._deliver(out, self.seam.position - before, batch.stamp)
+
+    def close(self) -> None:
+        """Stop delivering for good: nothing more is written, the backlog is dropped."""
+        self.closing = True
+        self._backlog.clear()
+        self._backlog_bytes = self._backlog_events = 0
+
+    # -- live delivery ------------------------------------------------------------------------
+
+    def _deliver(self, data: bytes, events: int, stamp: float) -> None:
+        sink = self.sink
+        if not self._backlog and sink.buffered < HIGH_WATER:
+            try:
+                sink.write(data)
+            except ConnectionError:
+                self.close()
+                return
+            if self._observe_lag is not None:
+                self._observe_lag(time.monotonic() - stamp)
+            return
+        if (
+            self._backlog_bytes + len(data) > self.max_backlog_bytes
+            or self._backlog_events + events > self.max_backlog_events
+        ):
+            self.close()
+            self._request_close(CLOSE_TRY_AGAIN_LATER, b"too slow: reconnect with since")
+            return
+        self._backlog.append((data, events, stamp))
+        self._backlog_bytes += len(data)
+        self._backlog_events += events
+        if self._writer is None or self._writer.done():
+            self._writer = self._spawn(self._write_backlog())
+
+    async def _write_backlog(self) -> None:
+        """Write the backlog in chunks of about ``HIGH_WATER`` bytes, waiting for the sink between them."""
+        sink = self.sink
+        backlog = self._backlog
+        try:
+            while backlog and not self.closing:
+                chunk: list[bytes] = []
+                stamps: list[float] = []
+                size = 0
+                while backlog and size < HIGH_WATER:
+                    data, events, stamp = backlog.popleft()
+                    self._backlog_bytes -= len(data)
+                    self._backlog_events -= events
+                    chunk.append(data)
+                    stamps.append(stamp)
+                    size += len(data)
+                sink.write(chunk[0] if len(chunk) == 1 else b"".join(chunk))
+                if self._observe_lag is not None:
+                    now = time.monotonic()
+                    for stamp in stamps:
+                        self._observe_lag(now - stamp)
+                await sink.writable()
+        except ConnectionError:
+            self.close()
+
+    # -- catch-up -----------------------------------------------------------------------------
+
+    def _start_catch_up(self) -> None:
+        if self._catching_up is None or self._catching_up.done():
+            self._catching_up = self._spawn(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        """Send every event after the position from the log, then switch to live (the seam).
+
+        Pages are written whole and then the sink is waited for: a socket catching up is behind
+        by definition, and catch-up never overflows. The next page is read while one drains.
+        """
+        seam = self.seam
+        read = self._read_page
+        stream_id = self.stream_id
+        prefetch: asyncio.Future[list[tuple[int, bytes]]] | None = None
+        try:
+            while not self.closing:
+                if prefetch is None:
+                    page = await read(stream_id, seam.position, CATCH_UP_PAGE)
+                else:
+                    page, prefetch = await prefetch, None
+                full = len(page) == CATCH_UP_PAGE
+                fresh = seam.on_page(page)
+                if full:
+                    prefetch = asyncio.ensure_future(read(stream_id, seam.position, CATCH_UP_PAGE))
+                if fresh:
+                    await self._write_waiting(text_frames(fresh))
+                if full or self.closing:
+                    continue
+                # no await from here until live: nothing can slip between log and live
+                before = seam.position
+                out = seam.go_live()
+                if out is RESYNC:
+                    continue
+                if out:
+                    self._deliver(out, seam.position - before, time.monotonic())
+                return
+        except ConnectionError:
+            self.close()
+        except LogGap:
+            log.exception("catch-up of %r stopped: the log is not contiguous", stream_id)
+            self.close()
+            self._request_close(CLOSE_INTERNAL_ERROR, b"internal error")
+        finally:
+            if prefetch is not None:
+                prefetch.cancel()
+
+    async def _write_waiting(self, data: bytes) -> None:
+        """Write catch-up frames after any backlog, then wait until the sink is writable."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+        if self.closing:
+            return
+        self.sink.write(data)
+        await self.sink.writable()

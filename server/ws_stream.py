@@ -1,0 +1,256 @@
+"""Streaming an admitted draft socket: catch-up then live, pings, flood limit, every close.
+
+Close reasons (API.md "WebSocket"; codes from RFC 6455 §7.4.1 unless 4xxx): a client flooding
+messages 1008, a token that expires 4401, a socket that falls too far behind 1013, a server
+shutting down 1001, an internal error 1011, and the peer's own Close (answered).
+
+A decision to close is final (issue "delivery after a decision to close"): the moment it is
+taken, the socket's sink refuses writes, and before the Close frame is sent the subscriber is
+unsubscribed and the socket's tasks are cancelled. Nothing is written after the Close frame,
+however long the peer takes to answer it (at most ``CLOSE_TIMEOUT``, then the connection is
+dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from eventstore.events import utc_now_iso
+from server.subscriber import CLOSE_INTERNAL_ERROR, CLOSE_TRY_AGAIN_LATER, TransportSink
+from server.ws_registry import CLOSE_GOING_AWAY, SocketTasks
+
+if TYPE_CHECKING:
+    from server.state import AppState
+    from server.ws import Admission
+
+log = logging.getLogger(__name__)
+
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
+CLOSE_INVALID_SINCE = 4400
+CLOSE_TOKEN_EXPIRED = 4401
+CLOSE_NOT_FOUND = 4404
+CLOSE_TIMEOUT = 5.0
+"""Seconds a close handshake may take before the connection is dropped."""
+
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_INTERNAL_ERROR",
+    "CLOSE_INVALID_SINCE",
+    "CLOSE_NOT_FOUND",
+    "CLOSE_POLICY",
+    "CLOSE_TIMEOUT",
+    "CLOSE_TOKEN_EXPIRED",
+    "CLOSE_TRY_AGAIN_LATER",
+    "Closer",
+    "stream_events",
+]
+
+
+def _message(kind: str, **fields: Any) -> bytes:
+    return orjson.dumps({"type": kind, **fields})
+
+
+async def stream_events(
+    request: web.Request, ws: web.WebSocketResponse, st: AppState, admission: Admission
+) -> None:
+    """Run an admitted socket until it closes: ``connected``, catch-up, live, then the close."""
+    transport = request.transport
+    assert transport is not None  # prepared: the upgraded connection
+    sink = TransportSink(transport)
+    closer = Closer(ws, transport, sink)
+    tasks = SocketTasks(st.sockets)
+    user_id = admission.user_id
+
+    def request_close(code: int, reason: bytes) -> None:
+        if code == CLOSE_TRY_AGAIN_LATER:
+            st.metrics.slow_closes.inc()
+        closer.request(code, reason)
+
+    st.sockets.add(user_id, ws, closer.close)
+    st.metrics.open_sockets.inc()
+    sub = None
+    try:
+        await ws.send_frame(
+            _message(
+                "connected",
+                draft_id=admission.draft_id,
+                user_id=user_id,
+                ts=utc_now_iso(),
+                head_seq=admission.head_seq,
+            ),
+            WSMsgType.TEXT,
+        )
+        if closer.code is None:
+            sub = st.hub.subscribe(
+                admission.draft_id, sink, admission.since, spawn=tasks.spawn, request_close=request_close
+            )
+        if admission.expires_at is not None:
+            # the same rule as REST: a token is good until exp + leeway (API.md "Authentication")
+            tasks.spawn(_expire(closer, admission.expires_at + st.settings.jwt_leeway))
+        await closer.read_until_close(_read_loop(ws, closer, st.settings.ws_flood_limit))
+    except (ConnectionError, RuntimeError):
+        pass
+    finally:
+        # the decision to close is final: stop delivery before anything else is sent
+        sink.start_closing()
+        if sub is not None:
+            st.hub.unsubscribe(sub)
+        tasks.cancel_all()
+        try:
+            await closer.send_close()
+        finally:
+            st.sockets.remove(user_id, ws)
+            st.metrics.open_sockets.dec()
+            closer.finish()
+
+
+class Closer:
+    """Closes a socket from its own handler task, whoever asks (overflow, expiry, flood, shutdown).
+
+    aiohttp's ``close()`` called from another task while the handler is reading drops the TCP
+    connection right after the close frame, without waiting for the client's reply; an aiohttp
+    client then reports 1006 instead of our code. So other tasks only *request* a close: the
+    request stops all writes at once (the sink refuses them), then interrupts the handler's read
+    (by cancelling it, in the handler's own task: no extra task per socket), and the handler
+    sends the ``error`` message if any and the Close frame itself, bounded by ``CLOSE_TIMEOUT``.
+    """
+
+    __slots__ = ("_reading", "_waiter", "code", "error", "finished", "sink", "transport", "ws")
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, sink: TransportSink) -> None:
+        self.ws = ws
+        self.transport = transport
+        self.sink = sink
+        self.code: tuple[int, bytes] | None = None
+        self.error: bytes | None = None
+        self.finished = False
+        self._waiter: asyncio.Future[None] | None = None  # made only when someone waits (shutdown)
+        self._reading: asyncio.Task[Any] | None = None
+
+    def request(self, code: int, reason: bytes, error: bytes | None = None) -> None:
+        """Decide to close with ``code`` (the first decision wins), sending ``error`` before it.
+
+        From this call on the sink refuses every write: no event follows the decision.
+        """
+        if self.code is not None:
+            return
+        self.code = (code, reason)
+        self.error = error
+        self.sink.start_closing()
+        # from the next loop turn, so the handler is surely suspended in its read when cancelled
+        asyncio.get_running_loop().call_soon(self._interrupt)
+
+    def _interrupt(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+
+    async def close(self, code: int, reason: bytes) -> None:
+        """Request a close and wait until the handler has finished with the socket."""
+        self.request(code, reason)
+        if not self.finished:
+            if self._waiter is None:
+                self._waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._waiter)
+
+    def finish(self) -> None:
+        """The handler is done with the socket: wake whoever waits in :meth:`close`."""
+        self.finished = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read_until_close(self, read_loop: Coroutine[Any, Any, None]) -> None:
+        """Run the read loop until the peer closes or goes, or a close is requested."""
+        task = asyncio.current_task()
+        assert task is not None
+        if self.code is not None:
+            read_loop.close()
+            return
+        self._reading = task
+        try:
+            await read_loop
+        except asyncio.CancelledError:
+            # our own request's cancel is absorbed; any other cancellation goes on
+            if self.code is None or task.uncancel() > 0:
+                raise
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            self._reading = None
+
+    async def send_close(self) -> None:
+        """Send the ``error`` message (if any) and the Close frame, and wait for the peer's reply.
+
+        A peer that does not answer within ``CLOSE_TIMEOUT`` has its connection dropped. With no
+        close requested, this answers the peer's Close (or finishes a connection already gone).
+        """
+        ws = self.ws
+        if ws.closed:
+            return
+        code, reason = self.code if self.code is not None else (CLOSE_NORMAL, b"")
+        try:
+            if self.error is not None and not ws.closed:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await ws.send_frame(self.error, WSMsgType.TEXT)
+            await asyncio.wait_for(ws.close(code=code, message=reason), CLOSE_TIMEOUT)
+        except TimeoutError:
+            self.transport.abort()  # a peer that never reads would hold the socket forever
+        except (ConnectionError, RuntimeError):
+            pass
+
+
+async def _expire(closer: Closer, deadline: float) -> None:
+    """Close with 4401 when the socket's token stops being valid (``deadline``, Unix seconds)."""
+    await asyncio.sleep(max(0.0, deadline - time.time()))
+    closer.request(
+        CLOSE_TOKEN_EXPIRED,
+        b"token_expired",
+        _message("error", code="token_expired", message="your token expired; reconnect with a fresh one"),
+    )
+
+
+async def _read_loop(ws: web.WebSocketResponse, closer: Closer, flood_limit: int) -> None:
+    """The socket is read-only: answer pings, refuse anything else, close floods (1008)."""
+    window_start = time.monotonic()
+    count = 0
+    async for msg in ws:
+        now = time.monotonic()
+        if now - window_start >= 1.0:
+            window_start, count = now, 0
+        count += 1
+        if flood_limit and count > flood_limit:
+            closer.request(
+                CLOSE_POLICY,
+                b"flood",
+                _message("error", code="rate_limited", message="too many messages; slow down"),
+            )
+            return
+        if msg.type == WSMsgType.TEXT:
+            try:
+                parsed = orjson.loads(msg.data)
+            except orjson.JSONDecodeError:
+                parsed = None
+            if isinstance(parsed, dict) and parsed.get("type") == "ping":
+                await ws.send_frame(_message("pong", ts=utc_now_iso()), WSMsgType.TEXT)
+                continue
+            await ws.send_frame(
+                _message(
+                    "error", code="bad_message", message='the socket is read-only; send only {"type": "ping"}'
+                ),
+                WSMsgType.TEXT,
+            )
+        elif msg.type == WSMsgType.BINARY:
+            await ws.send_frame(
+                _message("error", code="bad_message", message="binary frames are not accepted"),
+                WSMsgType.TEXT,
+            )
+        elif msg.type == WSMsgType.ERROR:
+            return
