@@ -1,0 +1,115 @@
+"""An in-memory :class:`server.subscriber.Sink` and helpers to read what reached it (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable
+
+import orjson
+
+from eventstore import NewEvent
+from eventstore.memory import MemoryStore
+from server.subscriber import SinkClosed
+
+TS = "2025-12-23T20:30:45.123Z"
+
+
+class FakeSink:
+    """A socket as the subscriber sees it: a send buffer that a fake network empties.
+
+    ``auto_drain`` sends every write at once (a client that keeps up); without it, writes stay
+    in :attr:`buffered` until :meth:`drain` (a client that does not read). ``writes`` keeps each
+    written object, to check that the same frame bytes went to every socket.
+    """
+
+    def __init__(self, auto_drain: bool = True, low_water: int = 0) -> None:
+        self.auto_drain = auto_drain
+        self.low_water = low_water
+        self.sent = bytearray()
+        self.pending = bytearray()
+        self.writes: list[bytes] = []
+        self.refused = 0
+        self._closing = False
+        self._changed = asyncio.Event()
+
+    def write(self, data: bytes) -> None:
+        if self._closing:
+            self.refused += 1
+            raise SinkClosed("closing")
+        self.writes.append(data)
+        (self.sent if self.auto_drain else self.pending).extend(data)
+        self._wake()
+
+    @property
+    def buffered(self) -> int:
+        return len(self.pending)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def start_closing(self) -> None:
+        self._closing = True
+        self._wake()
+
+    async def writable(self) -> None:
+        while not self._closing and len(self.pending) > self.low_water:
+            await self._wait()
+
+    def drain(self, n: int | None = None) -> None:
+        """The peer reads ``n`` bytes (all by default)."""
+        n = len(self.pending) if n is None else n
+        self.sent.extend(self.pending[:n])
+        del self.pending[:n]
+        self._wake()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait (event-driven, bounded) until ``predicate()`` holds after some write or drain."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await self._wait()
+
+    def seqs(self) -> list[int]:
+        """The ``seq`` of every complete event frame sent so far."""
+        return [event["seq"] for event in decode_frames(bytes(self.sent))]
+
+    async def _wait(self) -> None:
+        self._changed.clear()
+        await self._changed.wait()
+
+    def _wake(self) -> None:
+        self._changed.set()
+
+
+def decode_frames(data: bytes) -> list[dict[str, object]]:
+    """Parse unmasked server text frames (RFC 6455 §5.2); a trailing partial frame is ignored."""
+    out: list[dict[str, object]] = []
+    i = 0
+    while i + 2 <= len(data):
+        assert data[i] == 0x81, f"not a final text frame at byte {i}"
+        n = data[i + 1]
+        header = 2
+        if n == 126:
+            if i + 4 > len(data):
+                break
+            (n,) = struct.unpack_from("!H", data, i + 2)
+            header = 4
+        elif n == 127:
+            if i + 10 > len(data):
+                break
+            (n,) = struct.unpack_from("!Q", data, i + 2)
+            header = 10
+        if i + header + n > len(data):
+            break
+        out.append(orjson.loads(data[i + header : i + header + n]))
+        i += header + n
+    return out
+
+
+async def append(store: MemoryStore, draft_id: str, count: int = 1, size: int = 10) -> int:
+    """Append ``count`` events of about ``size`` bytes of content to ``draft_id``; the new head."""
+    head = await store.head(draft_id)
+    events = [NewEvent("collab.segment_added", "u", TS, {"content": "x" * size}) for _ in range(count)]
+    result = await store.append(draft_id, events, head)
+    return result.records[-1].seq

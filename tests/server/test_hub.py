@@ -1,0 +1,231 @@
+"""The hub and its subscribers in-process: a MemoryStore, fake sinks, no sockets, no server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+import pytest
+
+from eventstore.memory import MemoryStore
+from server.frames import batches_of
+from server.hub import Hub
+from server.subscriber import CATCH_UP_PAGE, HIGH_WATER, Subscriber
+from tests.server.fakes import FakeSink, append
+
+DRAFT = "draft_hub"
+
+
+class Owner:
+    """Owns the tasks the subscribers spawn (like a socket's SocketTasks) and records close requests."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.spawned = 0
+        self.closes: list[tuple[int, bytes]] = []
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        self.spawned += 1
+        return task
+
+    def request_close(self, code: int, reason: bytes) -> None:
+        self.closes.append((code, reason))
+
+    async def idle(self) -> None:
+        """Wait until every task has finished (and re-raise a failure)."""
+        while self.tasks:
+            await asyncio.gather(*self.tasks)
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[MemoryStore]:
+    s = MemoryStore()
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def owner() -> AsyncIterator[Owner]:
+    o = Owner()
+    yield o
+    o.cancel()
+
+
+def make_hub(store: MemoryStore, max_bytes: int = 1 << 20, max_events: int = 10_000) -> Hub:
+    return Hub(store, max_backlog_bytes=max_bytes, max_backlog_events=max_events)
+
+
+def subscribe(hub: Hub, owner: Owner, sink: FakeSink, since: int) -> Subscriber:
+    return hub.subscribe(DRAFT, sink, since, spawn=owner.spawn, request_close=owner.request_close)
+
+
+async def test_every_subscriber_gets_since_plus_one_to_head_then_live(
+    store: MemoryStore, owner: Owner
+) -> None:
+    await append(store, DRAFT, 7)
+    hub = make_hub(store)
+    sinks = {since: FakeSink() for since in (0, 3, 7)}
+    subs = [subscribe(hub, owner, sink, since) for since, sink in sinks.items()]
+    assert hub.subscriber_count == 3
+    head = await append(store, DRAFT, 2)  # while the catch-ups run
+    await owner.idle()
+    head = await append(store, DRAFT, 3)
+    for since, sink in sinks.items():  # live commits reach a socket that keeps up synchronously
+        assert sink.seqs() == list(range(since + 1, head + 1))
+    assert all(sub.seam.live for sub in subs)
+
+
+async def test_a_live_commit_is_framed_once_for_every_socket(store: MemoryStore, owner: Owner) -> None:
+    await append(store, DRAFT, 1)
+    hub = make_hub(store)
+    sinks = [FakeSink() for _ in range(5)]
+    for sink in sinks:
+        subscribe(hub, owner, sink, 1)
+    await owner.idle()
+    await append(store, DRAFT, 2)
+    written = [sink.writes[-1] for sink in sinks]
+    assert all(w is written[0] for w in written)  # the same bytes object: no per-socket framing
+    assert [sink.seqs() for sink in sinks] == [[2, 3]] * 5
+
+
+async def test_unsubscribed_subscriber_writes_nothing_and_the_listener_goes(
+    store: MemoryStore, owner: Owner
+) -> None:
+    hub = make_hub(store)
+    sink = FakeSink()
+    sub = subscribe(hub, owner, sink, 0)
+    await owner.idle()
+    await append(store, DRAFT, 1)
+    assert store.notifier.listener_count(DRAFT) == 1
+    hub.unsubscribe(sub)
+    hub.unsubscribe(sub)  # idempotent
+    writes = len(sink.writes)
+    await append(store, DRAFT, 3)
+    assert len(sink.writes) == writes and sub.closing
+    assert store.notifier.listener_count(DRAFT) == 0 and hub.subscriber_count == 0
+
+
+async def test_a_slow_socket_gets_a_backlog_and_loses_nothing_when_it_reads_again(
+    store: MemoryStore, owner: Owner
+) -> None:
+    hub = make_hub(store)
+    slow, fast = FakeSink(auto_drain=False), FakeSink()
+    sub_slow = subscribe(hub, owner, slow, 0)
+    subscribe(hub, owner, fast, 0)
+    await owner.idle()
+    head = 0
+    while slow.buffered < HIGH_WATER:
+        head = await append(store, DRAFT, 1, size=20_000)
+    head = await append(store, DRAFT, 3, size=20_000)
+    assert sub_slow.backlog_bytes > 0  # behind: the backlog holds what the sink cannot take
+    assert fast.seqs() == list(range(1, head + 1))  # the fast one is not held up
+    while len(slow.seqs()) < head:
+        slow.drain()
+        await asyncio.sleep(0)  # let the backlog writer run (a yield, not a wait)
+    await slow.wait_until(lambda: len(slow.seqs()) == head)
+    assert slow.seqs() == list(range(1, head + 1)) and not owner.closes
+
+
+@pytest.mark.parametrize(("size", "max_bytes", "max_events"), [(20_000, 100_000, 10_000), (50, 1 << 20, 5)])
+async def test_backlog_overflow_closes_with_1013_and_writes_nothing_more(
+    store: MemoryStore, owner: Owner, size: int, max_bytes: int, max_events: int
+) -> None:
+    hub = make_hub(store, max_bytes=max_bytes, max_events=max_events)
+    sink = FakeSink(auto_drain=False)
+    sub = subscribe(hub, owner, sink, 0)
+    await owner.idle()
+    sink.pending.extend(b"\0" * HIGH_WATER)  # the socket is already behind
+    for _ in range(1000):
+        await append(store, DRAFT, 1, size=size)
+        if owner.closes:
+            break
+        assert sub.backlog_bytes <= max_bytes
+    assert owner.closes == [(1013, b"too slow: reconnect with since")]
+    assert sub.closing and sub.backlog_bytes == 0
+    writes = len(sink.writes)
+    await append(store, DRAFT, 5)
+    sink.drain()
+    await owner.idle()
+    assert len(sink.writes) == writes
+
+
+async def test_the_backlog_is_bounded_in_bytes_not_frames(store: MemoryStore, owner: Owner) -> None:
+    """Many small events fit where a few large ones overflow (same byte bound)."""
+    hub = make_hub(store, max_bytes=200_000, max_events=100_000)
+    small, large = FakeSink(auto_drain=False), FakeSink(auto_drain=False)
+    subscribe(hub, owner, small, 0)
+    await owner.idle()
+    small.pending.extend(b"\0" * HIGH_WATER)
+    for _ in range(1000):  # 1,000 events of ~150 bytes: about 150 KB
+        await append(store, DRAFT, 1, size=10)
+    assert owner.closes == []
+    other, owner2 = "draft_large", Owner()
+    hub.subscribe(other, large, 0, spawn=owner2.spawn, request_close=owner2.request_close)
+    await owner2.idle()
+    large.pending.extend(b"\0" * HIGH_WATER)
+    for _ in range(20):  # 20 events of 20 KB: 400 KB
+        await append(store, other, 1, size=20_000)
+    owner2.cancel()
+    assert owner2.closes == [(1013, b"too slow: reconnect with since")]
+
+
+async def test_catch_up_waits_for_a_slow_socket_instead_of_overflowing(
+    store: MemoryStore, owner: Owner
+) -> None:
+    head = await append(store, DRAFT, CATCH_UP_PAGE * 2 + 10, size=200)
+    hub = make_hub(store, max_bytes=50_000, max_events=10)  # far less than the catch-up
+    sink = FakeSink(auto_drain=False, low_water=1000)
+    subscribe(hub, owner, sink, 0)
+    for _ in range(100):
+        await sink.wait_until(lambda: sink.buffered > 0 or len(sink.seqs()) == head)
+        if len(sink.seqs()) == head:
+            break
+        sink.drain()
+    assert sink.seqs() == list(range(1, head + 1)) and owner.closes == []
+
+
+async def test_a_gap_in_live_batches_reads_the_log_again(store: MemoryStore, owner: Owner) -> None:
+    sink = FakeSink()
+    sub = Subscriber(
+        DRAFT,
+        sink,
+        0,
+        read_page=store.read_draft_bodies,
+        spawn=owner.spawn,
+        request_close=owner.request_close,
+        max_backlog_bytes=1 << 20,
+        max_backlog_events=1000,
+    )
+    sub.start()
+    await owner.idle()
+    assert sub.seam.live and owner.spawned == 1
+    await append(store, DRAFT, 4)  # this subscriber is not on the notifier: nothing offered
+    records = await store.read(DRAFT, 3, 10)
+    [late] = batches_of(records, 0.0)  # only seq 4 arrives: 1..3 were "lost"
+    sub.offer(late)
+    assert not sub.seam.live  # back to catch-up
+    await owner.idle()
+    assert sink.seqs() == [1, 2, 3, 4] and sub.seam.live
+    assert owner.spawned == 2 and not owner.tasks  # finished tasks are not kept
+
+
+async def test_a_sink_that_starts_closing_gets_no_more_writes(store: MemoryStore, owner: Owner) -> None:
+    hub = make_hub(store)
+    sink = FakeSink()
+    sub = subscribe(hub, owner, sink, 0)
+    await owner.idle()
+    await append(store, DRAFT, 1)
+    sink.start_closing()
+    await append(store, DRAFT, 2)
+    assert sink.seqs() == [1] and sub.closing  # the refused write closed the subscriber
+    await append(store, DRAFT, 2)
+    assert sink.refused == 1  # and it tried no more
