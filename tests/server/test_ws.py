@@ -1,0 +1,230 @@
+"""The WebSocket's admission and streaming in-process: the real app on a MemoryStore, no server process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from eventstore.errors import StoreUnavailable
+from eventstore.memory import MemoryStore
+from server.state import AppState
+from tests.server.wsclient import serving_app
+from tests.serverproc import make_token
+
+SETTINGS = {"max_sockets_per_user": 2, "ws_flood_limit": 5, "jwt_leeway": 0.0}
+
+
+class Client:
+    def __init__(self, server: TestServer, http: aiohttp.ClientSession) -> None:
+        self.server = server
+        self.http = http
+
+    async def post(self, path: str, user: str, body: dict[str, Any]) -> Any:
+        async with self.http.post(self.server.make_url(path), json=body, headers={"X-User-Id": user}) as r:
+            assert r.status in (200, 201), await r.text()
+            return (await r.json())["data"]
+
+    async def create(self, user: str) -> str:
+        return str((await self.post("/v1/collab/drafts", user, {"title": "T"}))["id"])
+
+    async def segment(self, draft_id: str, user: str, content: str = "s") -> int:
+        return int(
+            (await self.post(f"/v1/collab/drafts/{draft_id}/segments", user, {"content": content}))["seq"]
+        )
+
+    def ws(self, draft_id: str, query: str = "", **kwargs: Any) -> Any:
+        url = self.server.make_url(f"/v1/ws/drafts/{draft_id}" + (f"?{query}" if query else ""))
+        return self.http.ws_connect(url, **kwargs)
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[tuple[Client, MemoryStore]]:
+    timeout = aiohttp.ClientTimeout(total=20)
+    async with serving_app(**SETTINGS) as (server, store), aiohttp.ClientSession(timeout=timeout) as http:
+        yield Client(server, http), store
+
+
+async def receive_json(ws: aiohttp.ClientWebSocketResponse) -> Any:
+    msg = await ws.receive(timeout=10)
+    assert msg.type == aiohttp.WSMsgType.TEXT, msg
+    return msg.json()
+
+
+async def refusal(ws: aiohttp.ClientWebSocketResponse) -> tuple[dict[str, Any], int | None]:
+    error = await receive_json(ws)
+    msg = await ws.receive(timeout=10)
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+    return error, ws.close_code
+
+
+async def test_connected_then_catch_up_then_live(app: tuple[Client, MemoryStore]) -> None:
+    c, _ = app
+    d = await c.create("alice")
+    for i in range(3):
+        await c.segment(d, "alice", f"s{i}")
+    async with c.ws(d, "since=1&user_id=alice") as ws:
+        connected = await receive_json(ws)
+        assert connected["type"] == "connected" and connected["head_seq"] == 4
+        assert [(await receive_json(ws))["seq"] for _ in range(3)] == [2, 3, 4]
+        await c.segment(d, "alice", "live")
+        assert (await receive_json(ws))["seq"] == 5
+
+
+@pytest.mark.parametrize(
+    ("query", "user", "code", "close"),
+    [
+        ("", None, "unauthorized", 1008),
+        ("user_id=", None, "unauthorized", 1008),
+        ("user_id=bob", None, "forbidden", 1008),
+        ("since=abc&user_id=alice", None, "invalid_since", 4400),
+        ("since=-1&user_id=alice", None, "invalid_since", 4400),
+        ("since=2&user_id=alice", None, "invalid_since", 4400),
+        ("since=&user_id=alice", None, "invalid_since", 4400),
+        ("since=1.0&user_id=alice", None, "invalid_since", 4400),
+        ("since=" + "9" * 5000 + "&user_id=alice", None, "invalid_since", 4400),
+        ("access_token=not.a.jwt", None, "unauthorized", 1008),
+    ],
+)
+async def test_refusals_are_mapped_like_rest_then_one_close_table(
+    app: tuple[Client, MemoryStore], query: str, user: str | None, code: str, close: int
+) -> None:
+    c, _ = app
+    d = await c.create("alice")
+    async with c.ws(d, query) as ws:
+        error, close_code = await refusal(ws)
+    assert error["type"] == "error" and error["code"] == code and error["message"]
+    assert close_code == close
+
+
+async def test_unknown_draft_is_4404(app: tuple[Client, MemoryStore]) -> None:
+    c, _ = app
+    async with c.ws("draft_nope", "user_id=alice") as ws:
+        error, close_code = await refusal(ws)
+    assert (error["code"], close_code) == ("not_found", 4404)
+
+
+async def test_socket_cap_is_1008_too_many_sockets(app: tuple[Client, MemoryStore]) -> None:
+    c, _ = app
+    d = await c.create("alice")
+    async with c.ws(d, "user_id=alice") as a, c.ws(d, "user_id=alice") as b:
+        assert (await receive_json(a))["type"] == (await receive_json(b))["type"] == "connected"
+        async with c.ws(d, "user_id=alice") as third:
+            error, close_code = await refusal(third)
+    assert (error["code"], close_code) == ("too_many_sockets", 1008)
+
+
+async def test_store_unavailable_is_1013_with_a_retry_hint(
+    app: tuple[Client, MemoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c, _ = app
+    d = await c.create("alice")
+    projector = c.server.app[AppState.KEY].projector
+
+    async def unavailable(draft_id: str) -> None:
+        raise StoreUnavailable("down")
+
+    monkeypatch.setattr(projector, "get", unavailable)
+    async with c.ws(d, "user_id=alice") as ws:
+        error, close_code = await refusal(ws)
+    assert (error["code"], close_code) == ("unavailable", 1013)
+    assert error["retry_after"] == 1
+
+
+async def test_an_unexpected_error_is_1011_internal_error(
+    app: tuple[Client, MemoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c, _ = app
+    d = await c.create("alice")
+    projector = c.server.app[AppState.KEY].projector
+
+    async def broken(draft_id: str) -> None:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(projector, "get", broken)
+    async with c.ws(d, "user_id=alice") as ws:
+        error, close_code = await refusal(ws)
+    assert (error["code"], close_code) == ("internal_error", 1011)
+    assert "bug" not in error["message"]
+
+
+async def test_ping_pong_bad_messages_then_flood_1008(app: tuple[Client, MemoryStore]) -> None:
+    c, _ = app
+    d = await c.create("alice")
+    async with c.ws(d, "user_id=alice") as ws:
+        await receive_json(ws)
+        await ws.send_json({"type": "ping"})
+        assert (await receive_json(ws))["type"] == "pong"
+        await ws.send_str("nope")
+        assert (await receive_json(ws))["code"] == "bad_message"
+        await ws.send_bytes(b"\x00")
+        assert (await receive_json(ws))["code"] == "bad_message"
+        for _ in range(10):
+            await ws.send_json({"type": "ping"})
+        messages = []
+        while (msg := await ws.receive(timeout=10)).type == aiohttp.WSMsgType.TEXT:
+            messages.append(msg.json())
+        assert messages[-1]["code"] == "rate_limited"
+        assert ws.close_code == 1008
+
+
+async def test_4401_when_the_token_expires(app: tuple[Client, MemoryStore]) -> None:
+    c, _ = app
+    d = await c.create("alice")
+    token = make_token("alice", expires_in=1.5)
+    async with c.ws(d, f"access_token={token}") as ws:
+        assert (await receive_json(ws))["type"] == "connected"
+        error = await receive_json(ws)
+        assert error == {"type": "error", "code": "token_expired", "message": error["message"]}
+        assert (await ws.receive(timeout=10)).type == aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 4401
+
+
+async def test_the_socket_lives_as_long_as_rest_accepts_its_token() -> None:
+    """REST accepts a token until exp + leeway: so does the socket (one rule on every channel)."""
+    async with serving_app(jwt_leeway=30.0) as (server, _), aiohttp.ClientSession() as http:
+        c = Client(server, http)
+        d = await c.create("alice")
+        token = make_token("alice", expires_in=-2)  # expired, but within the leeway
+        async with http.get(
+            server.make_url(f"/v1/collab/drafts/{d}"), headers={"Authorization": f"Bearer {token}"}
+        ) as r:
+            assert r.status == 200
+        async with c.ws(d, f"access_token={token}") as ws:
+            assert (await receive_json(ws))["type"] == "connected"
+            await c.segment(d, "alice", "still streaming")
+            assert (await receive_json(ws))["seq"] == 2
+
+
+async def test_1001_on_shutdown() -> None:
+    async with serving_app() as (server, _), aiohttp.ClientSession() as http:
+        c = Client(server, http)
+        d = await c.create("alice")
+        sockets = [
+            await http.ws_connect(server.make_url(f"/v1/ws/drafts/{d}?user_id=alice")) for _ in range(3)
+        ]
+        for ws in sockets:
+            assert (await receive_json(ws))["type"] == "connected"
+        closing = asyncio.ensure_future(server.close())
+        for ws in sockets:
+            assert (await ws.receive(timeout=10)).type == aiohttp.WSMsgType.CLOSE
+            assert ws.close_code == 1001
+            await ws.close()
+        await asyncio.wait_for(closing, 20)
+
+
+async def test_socket_tasks_do_not_pile_up(app: tuple[Client, MemoryStore]) -> None:
+    c, _ = app
+    d = await c.create("alice")
+    registry = c.server.app[AppState.KEY].sockets
+    async with c.ws(d, "since=0&user_id=alice") as ws:
+        await receive_json(ws)
+        assert (await receive_json(ws))["seq"] == 1
+        for i in range(5):
+            await c.segment(d, "alice", f"s{i}")
+            assert (await receive_json(ws))["seq"] == i + 2
+        assert len(registry.tasks) == 0  # the catch-up finished and was dropped; no backlog writer
