@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp.test_utils import TestServer
 
@@ -39,6 +40,31 @@ async def serving_app(**overrides: Any) -> AsyncIterator[tuple[TestServer, Memor
         yield server, store
     finally:
         await server.close()
+
+
+class Client:
+    """A JSON client of the in-process server (dev auth: ``X-User-Id``)."""
+
+    def __init__(self, server: TestServer, http: aiohttp.ClientSession) -> None:
+        self.server = server
+        self.http = http
+
+    async def post(self, path: str, user: str, body: dict[str, Any]) -> Any:
+        async with self.http.post(self.server.make_url(path), json=body, headers={"X-User-Id": user}) as r:
+            assert r.status in (200, 201), await r.text()
+            return (await r.json())["data"]
+
+    async def create(self, user: str) -> str:
+        return str((await self.post("/v1/collab/drafts", user, {"title": "T"}))["id"])
+
+    async def segment(self, draft_id: str, user: str, content: str = "s") -> int:
+        return int(
+            (await self.post(f"/v1/collab/drafts/{draft_id}/segments", user, {"content": content}))["seq"]
+        )
+
+    def ws(self, draft_id: str, query: str = "", **kwargs: Any) -> Any:
+        url = self.server.make_url(f"/v1/ws/drafts/{draft_id}" + (f"?{query}" if query else ""))
+        return self.http.ws_connect(url, **kwargs)
 
 
 @dataclass
