@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,8 +23,9 @@ from aiohttp.test_utils import TestServer
 import server.ws
 import server.ws_stream
 from server.state import AppState
+from tests.e2e.apikit import Api
 from tests.server.wsclient import OP_CLOSE, OP_TEXT, Client, RawSocket, raw_connect, serving_app
-from tests.serverproc import make_token
+from tests.serverproc import ServerProcess, make_token
 
 SHORT_CLOSE = 0.5
 """Seconds the server waits for the peer's Close reply in these tests (5 s in production)."""
@@ -214,3 +216,34 @@ async def test_unknown_draft_4404_and_socket_cap_1008_then_nothing(app: tuple[Cl
         await appender.stop()
         for sock in (unknown, third, *held):
             sock.close()
+
+
+async def test_a_real_server_sends_nothing_after_its_close_frame(tmp_path: Path) -> None:
+    """The same check end to end: ``ringlog serve``, appends over HTTP, flood 1008 (5 s close timeout)."""
+    args = ("--dev-auth", "--rate-limit", "0", "--ws-flood-limit", "5")
+    with ServerProcess(str(tmp_path / "final.db"), *args, log_path=tmp_path / "server.log") as proc:
+        async with aiohttp.ClientSession() as http:
+            api = Api(proc, http)
+            d = (await api.create("alice"))["id"]
+            stop = asyncio.Event()
+
+            async def keep_appending() -> None:
+                for i in range(20_000):
+                    if stop.is_set():
+                        return
+                    status, _, _ = await api.segment(d, "alice", f"e2e {i}")
+                    assert status == 201
+
+            appending = asyncio.ensure_future(keep_appending())
+            sock = await raw_connect(proc, f"/v1/ws/drafts/{d}?since=0", headers={"X-User-Id": "alice"})
+            try:
+                assert (await sock.read_json())["type"] == "connected"
+                await stream_until(sock, 5)
+                for _ in range(10):
+                    sock.send(b'{"type": "ping"}')
+                close, after = await sock.until_close_then_eof(timeout=30)
+                assert_final(close, after, sock, 1008)
+            finally:
+                stop.set()
+                await asyncio.wait_for(appending, 30)
+                sock.close()

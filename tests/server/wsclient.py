@@ -14,7 +14,7 @@ import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -156,10 +156,18 @@ class RawSocket:
         self.writer.close()
 
 
+class HasPort(Protocol):
+    @property
+    def port(self) -> int | None: ...
+
+
 async def raw_connect(
-    server: TestServer, path: str, headers: dict[str, str] | None = None, rcvbuf: int | None = None
+    server: HasPort, path: str, headers: dict[str, str] | None = None, rcvbuf: int | None = None
 ) -> RawSocket:
-    """Open ``path`` with a hand-made upgrade; ``rcvbuf`` shrinks the socket's receive buffer."""
+    """Open ``path`` on a loopback server (in-process or a process) with a hand-made upgrade.
+
+    ``rcvbuf`` shrinks the socket's receive buffer (a client that reads slowly fills up fast).
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
