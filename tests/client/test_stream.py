@@ -128,7 +128,9 @@ async def test_an_expired_socket_token_is_refreshed_and_nothing_is_lost(server: 
 
     async with RinglogClient(server.url, token=make_token("alice")) as alice:
         draft = await alice.create_draft("Short-lived token")
-        short = make_token("alice", expires_in=2)  # the server closes the socket with 4401 at exp
+        # the server closes the socket with 4401 when REST would refuse the token too: at exp plus
+        # the leeway (30 s by default), so this token is two seconds from the end of its grace
+        short = make_token("alice", expires_in=2 - 30)
         async with DraftStream(server.url, draft.id, token=short, get_token=get_token) as stream:
             assert [e.seq for e in await _take(stream, 1)] == [1]
             await stream.wait_for_status("live", timeout=TIMEOUT)
