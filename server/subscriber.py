@@ -125,17 +125,28 @@ class FlowObserver(asyncio.Protocol):
             self._resumed.set_result(None)
 
 
+class Closable(Protocol):
+    """The WebSocket the sink belongs to: ``closed`` turns true as its Close frame is sent."""
+
+    @property
+    def closed(self) -> bool: ...
+
+
 class TransportSink:
     """A :class:`Sink` over an asyncio transport (the upgraded WebSocket connection).
 
     The transport's high-water mark is set to ``high_water`` (its low-water mark is asyncio's
     default, a quarter of it); :meth:`writable` waits for the transport's own resume signal.
+    The sink is closing once :meth:`start_closing` was called, the transport is closing, or
+    ``socket.closed`` is true: aiohttp sets it just before it writes a Close frame of its own
+    (a protocol error such as 1007 or 1009), so no event follows that frame either.
     """
 
-    __slots__ = ("_closing", "_flow", "transport")
+    __slots__ = ("_closing", "_flow", "socket", "transport")
 
-    def __init__(self, transport: asyncio.Transport, high_water: int = HIGH_WATER) -> None:
+    def __init__(self, transport: asyncio.Transport, socket: Closable, high_water: int = HIGH_WATER) -> None:
         self.transport = transport
+        self.socket = socket
         self._closing = False
         transport.set_write_buffer_limits(high=high_water)
         self._flow = FlowObserver(transport.get_protocol())
@@ -143,7 +154,7 @@ class TransportSink:
 
     def write(self, data: bytes) -> None:
         """Write to the transport; :class:`SinkClosed` once closing."""
-        if self._closing or self.transport.is_closing():
+        if self._closing or self.socket.closed or self.transport.is_closing():
             raise SinkClosed("the socket is closing")
         self.transport.write(data)
 
@@ -154,8 +165,8 @@ class TransportSink:
 
     @property
     def closing(self) -> bool:
-        """True after :meth:`start_closing` or once the transport itself is closing."""
-        return self._closing or self.transport.is_closing()
+        """True after :meth:`start_closing`, or once the socket or its transport is closing."""
+        return self._closing or self.socket.closed or self.transport.is_closing()
 
     def start_closing(self) -> None:
         """Refuse every write from now on (the close frame is sent by the socket's handler)."""

@@ -65,7 +65,7 @@ async def stream_events(
     """Run an admitted socket until it closes: ``connected``, catch-up, live, then the close."""
     transport = request.transport
     assert transport is not None  # prepared: the upgraded connection
-    sink = TransportSink(transport)
+    sink = TransportSink(transport, ws)
     closer = Closer(ws, transport, sink)
     tasks = SocketTasks(st.sockets)
     user_id = admission.user_id

@@ -247,3 +247,28 @@ async def test_a_real_server_sends_nothing_after_its_close_frame(tmp_path: Path)
                 stop.set()
                 await asyncio.wait_for(appending, 30)
                 sock.close()
+
+
+@pytest.mark.parametrize(
+    ("payload", "close_code"),
+    [
+        (b"\xff\xfe not utf-8", 1007),  # RFC 6455 §8.1: invalid UTF-8 in a text frame
+        (b'{"type": "ping"' + b" " * 5000 + b"}", 1009),  # over the 4 KiB message limit
+    ],
+)
+async def test_protocol_errors_close_then_nothing(
+    app: tuple[Client, TestServer], payload: bytes, close_code: int
+) -> None:
+    c, srv = app
+    d = await c.create("alice")
+    appender = Appender(c, d)
+    sock = await raw_connect(srv, f"/v1/ws/drafts/{d}?since=0&user_id=alice")
+    try:
+        assert (await sock.read_json())["type"] == "connected"
+        await stream_until(sock, 3)
+        sock.send(payload)
+        close, after = await sock.until_close_then_eof()
+        assert_final(close, after, sock, close_code)
+    finally:
+        await appender.stop()
+        sock.close()

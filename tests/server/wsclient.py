@@ -117,11 +117,12 @@ class RawSocket:
             assert frame.opcode == OP_PING, frame
 
     def send(self, payload: bytes, opcode: int = OP_TEXT) -> None:
-        """Send one masked frame (payloads under 126 bytes)."""
-        assert len(payload) < 126
+        """Send one masked frame (payloads under 64 KiB)."""
+        n = len(payload)
+        length = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n)
         mask = os.urandom(4)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.writer.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+        self.writer.write(bytes([0x80 | opcode]) + length + mask + masked)
 
     async def until_close_then_eof(self, timeout: float = 30.0) -> tuple[Frame, list[Frame]]:
         """Read up to the server's Close frame, never answer it, read on to EOF.
