@@ -12,7 +12,7 @@ import pytest
 from eventstore.errors import StoreUnavailable
 from eventstore.memory import MemoryStore
 from server.state import AppState
-from tests.server.wsclient import Client, serving_app
+from tests.server.wsclient import OP_TEXT, Client, raw_connect, serving_app
 from tests.serverproc import make_token
 
 SETTINGS = {"max_sockets_per_user": 2, "ws_flood_limit": 5, "jwt_leeway": 0.0}
@@ -204,3 +204,28 @@ async def test_socket_tasks_do_not_pile_up(app: tuple[Client, MemoryStore]) -> N
             await c.segment(d, "alice", f"s{i}")
             assert (await receive_json(ws))["seq"] == i + 2
         assert len(registry.tasks) == 0  # the catch-up finished and was dropped; no backlog writer
+
+
+async def test_a_socket_that_stops_reading_then_reads_again_gets_everything() -> None:
+    """The backlog forms on the real transport and drains when it resumes writing (no 1013)."""
+    settings = {"ws_queue_size": 100_000, "ws_queue_bytes": 64 << 20}
+    async with serving_app(**settings) as (server, _), aiohttp.ClientSession() as http:
+        c = Client(server, http)
+        d = await c.create("alice")
+        registry = server.app[AppState.KEY].sockets
+        sock = await raw_connect(server, f"/v1/ws/drafts/{d}?since=0&user_id=alice", rcvbuf=4096)
+        try:
+            head = 1
+            for _ in range(2000):  # until the socket's backlog writer runs: the transport paused
+                head = await c.segment(d, "alice", "z" * 10_000)
+                if registry.tasks:
+                    break
+            assert registry.tasks, "the transport never filled up"
+            head = max(head, *[await c.segment(d, "alice", "after") for _ in range(5)])
+            assert (await sock.read_json())["type"] == "connected"
+            while len(sock.events()) < head:
+                frame = await sock.read_frame()
+                assert frame is not None and frame.opcode == OP_TEXT, frame
+            assert [e["seq"] for e in sock.events()] == list(range(1, head + 1))
+        finally:
+            sock.close()
