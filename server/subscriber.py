@@ -236,11 +236,6 @@ class Subscriber:
         self._catching_up: asyncio.Task[None] | None = None
 
     @property
-    def position(self) -> int:
-        """The seq of the last event handed to the sink or the backlog."""
-        return self.seam.position
-
-    @property
     def backlog_bytes(self) -> int:
         """Bytes waiting in the backlog (not yet written to the sink)."""
         return self._backlog_bytes

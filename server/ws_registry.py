@@ -91,9 +91,6 @@ class SocketTasks:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def __len__(self) -> int:
-        return len(self._tasks)
-
     def cancel_all(self) -> None:
         """Cancel every task still running (the socket is closing)."""
         for task in tuple(self._tasks):
