@@ -86,14 +86,19 @@ DEFAULT_LIMITS = Limits()
 
 
 def valid_user_id(user_id: object, limits: Limits = DEFAULT_LIMITS) -> bool:
-    """1–``user_id_max`` characters, none of them whitespace or control characters."""
+    """1–``user_id_max`` characters, none of them whitespace or control characters, and every
+    one a Unicode scalar value (no lone surrogate: it cannot be encoded as UTF-8, so it could be
+    neither stored nor sent). The one user-id rule, for every channel (API.md "Limits")."""
     return (
         isinstance(user_id, str)
         and 1 <= len(user_id) <= limits.user_id_max
         # API.md's rule exactly (and what /openapi.json's pattern can say): no whitespace, no
         # C0/C1 control characters. str.isprintable() also refused unassigned code points,
         # which a schema cannot describe, so schema-valid ids were refused.
-        and not any(ch.isspace() or ch <= "\x1f" or "\x7f" <= ch <= "\x9f" for ch in user_id)
+        and not any(
+            ch.isspace() or ch <= "\x1f" or "\x7f" <= ch <= "\x9f" or "\ud800" <= ch <= "\udfff"
+            for ch in user_id
+        )
     )
 
 

@@ -18,7 +18,9 @@ from server.errors import error_middleware
 from server.hub import Hub
 from server.metrics import Metrics
 from server.openapi import openapi_document
+from server.origins import origin_allowed
 from server.ratelimit import RateLimiter
+from server.request_text import text_guard
 from server.service import DraftService
 from server.settings import MAX_BODY_BYTES, Settings
 from server.state import AppState
@@ -36,12 +38,12 @@ CORS_EXPOSE = "ETag, Retry-After, Location, Idempotent-Replayed"
 
 
 def _cors_middleware(settings: Settings) -> web.middleware:  # type: ignore[valid-type]
-    allowed = set(settings.allowed_origins)
+    allowed = settings.allowed_origins
 
     @web.middleware
     async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        ok = origin is not None and ("*" in allowed or origin in allowed)
+        ok = origin_allowed(allowed, origin)  # the WebSocket upgrade asks the same function
         if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
             if not ok:
                 return web.Response(status=403, text="origin not allowed")
@@ -134,7 +136,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     )
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[_cors_middleware(settings), _timing, error_middleware],
+        middlewares=[text_guard, _cors_middleware(settings), _timing, error_middleware],
     )
     app[AppState.KEY] = state
     app.add_routes(rest.routes)

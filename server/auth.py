@@ -3,13 +3,21 @@ dev auth on — an ``X-User-Id`` header / ``user_id`` query parameter.
 
 Algorithms are an explicit allow-list per key source: an HS256 secret accepts only HS256, a JWKS
 accepts only RS256/ES256, so ``alg: none`` and HS/RS confusion are refused. ``exp`` is required.
+
+The time claims (``exp``, ``nbf``, ``iat``) are judged here, by :func:`token_valid_until`, not by
+pyjwt: pyjwt accepts ``"exp": "123"`` and ``true`` and lets ``int(1e400)``'s OverflowError out;
+and the WebSocket must close a socket at exactly the moment REST starts refusing its token (same
+leeway, same clock), so that moment is computed once, here, and carried in
+:attr:`Identity.expires_at`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import math
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +31,63 @@ log = logging.getLogger(__name__)
 
 JWKS_ALGORITHMS = ["RS256", "ES256"]
 
+MAX_NUMERIC_DATE = 253_402_300_799
+"""9999-12-31T23:59:59Z: the largest ``exp``/``nbf``/``iat`` accepted (RFC 7519 §2 NumericDate)."""
+
+TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
+class ClaimError(ValueError):
+    """A time claim that is not a usable NumericDate, or says the token is not valid now."""
+
+
+def numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
+    """The claim ``name`` as seconds since the epoch, or None if absent.
+
+    RFC 7519 §2: a NumericDate is a JSON number. Accepted: an int or float (never a bool or a
+    string), finite, from 0 to :data:`MAX_NUMERIC_DATE`. Anything else (``1e400``, ``NaN``,
+    ``Infinity``, ``-1``, ``true``, ``"123"``) raises :class:`ClaimError`.
+    """
+    if name not in claims:
+        return None
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ClaimError(f"'{name}' must be a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ClaimError(f"'{name}' must be a finite number")
+    if not 0 <= value <= MAX_NUMERIC_DATE:
+        raise ClaimError(f"'{name}' is out of range")
+    return float(value)
+
+
+def token_valid_until(claims: Mapping[str, Any], now: float, leeway: float) -> float:
+    """The moment (epoch seconds) after which a token with these claims is refused.
+
+    The one rule for every channel (API.md "Authentication": ``exp`` required, leeway at most
+    60 s): the token is valid while ``now < exp + leeway``, once ``nbf - leeway <= now`` and
+    ``iat - leeway <= now`` (as pyjwt judges ``nbf``/``iat``). Raises :class:`ClaimError`.
+    """
+    exp = numeric_date(claims, "exp")
+    nbf = numeric_date(claims, "nbf")
+    iat = numeric_date(claims, "iat")
+    if exp is None:
+        raise ClaimError("token has no 'exp'")
+    if now >= exp + leeway:
+        raise ClaimError("token expired")
+    if nbf is not None and nbf - leeway > now:
+        raise ClaimError("token is not valid yet (nbf)")
+    if iat is not None and iat - leeway > now:
+        raise ClaimError("token is not valid yet (iat)")
+    return exp + leeway
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """An authenticated caller; ``expires_at`` is the token's ``exp`` (None for dev auth)."""
+    """An authenticated caller.
+
+    ``expires_at``: epoch seconds from which its token is refused (``exp`` plus the leeway, as
+    :func:`token_valid_until` computes it; compare with ``time.time()``); None for dev auth.
+    """
 
     user_id: str
     expires_at: float | None = None
@@ -40,8 +101,9 @@ def unauthorized(message: str) -> ApiError:
 class Authenticator:
     """Checks credentials according to the settings."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        self.clock = clock
         self._jwks: jwt.PyJWKClient | None = None
         if settings.jwks_url:
             self._jwks = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300, timeout=5)
@@ -73,7 +135,10 @@ class Authenticator:
                 user_id = query.get("user_id")
             if user_id is not None:
                 if not valid_user_id(user_id, self.settings.limits):
-                    raise unauthorized("X-User-Id must be 1–128 characters without whitespace")
+                    raise unauthorized(
+                        f"X-User-Id must be 1–{self.settings.user_id_max} characters without whitespace "
+                        "or control characters"
+                    )
                 return Identity(user_id)
         raise unauthorized("missing credentials")
 
@@ -82,11 +147,17 @@ class Authenticator:
         s = self.settings
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as e:
+        except (jwt.PyJWTError, UnicodeError, ValueError) as e:
             raise unauthorized("malformed token") from e
         alg = header.get("alg")
-        options: dict[str, Any] = {"require": ["exp", "sub"]}
-        kwargs: dict[str, Any] = {"leeway": s.jwt_leeway, "options": options}
+        # the time claims are judged by token_valid_until below, not by pyjwt
+        options: dict[str, Any] = {
+            "require": ["exp", "sub"],
+            "verify_exp": False,
+            "verify_nbf": False,
+            "verify_iat": False,
+        }
+        kwargs: dict[str, Any] = {"options": options}
         if s.jwt_issuer:
             kwargs["issuer"] = s.jwt_issuer
         if s.jwt_audience:
@@ -105,10 +176,12 @@ class Authenticator:
                 claims = jwt.decode(token, signing_key.key, algorithms=algorithms, **kwargs)
             else:
                 raise unauthorized(f"token algorithm {alg!r} is not accepted")
-        except jwt.ExpiredSignatureError as e:
-            raise unauthorized("token expired") from e
-        except (jwt.PyJWTError, TypeError, ValueError) as e:
+        except (jwt.PyJWTError, TypeError, ValueError, ArithmeticError) as e:
             raise unauthorized(f"invalid token: {e}") from e
+        try:
+            valid_until = token_valid_until(claims, self.clock(), s.jwt_leeway)
+        except ClaimError as e:
+            raise unauthorized(str(e)) from None
         sub = claims.get("sub")
         if not valid_user_id(sub, s.limits):
             raise unauthorized("token has no valid 'sub'")
@@ -116,8 +189,7 @@ class Authenticator:
             azp = claims.get("azp")
             if azp not in s.jwt_authorized_parties:
                 raise unauthorized("token's authorized party is not accepted")
-        exp = claims.get("exp")
-        return Identity(str(sub), float(exp) if isinstance(exp, int | float) else None)
+        return Identity(str(sub), valid_until)
 
     async def _signing_key(self, token: str) -> jwt.PyJWK:
         assert self._jwks is not None

@@ -17,6 +17,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 import orjson
 
@@ -26,34 +27,47 @@ from eventstore.verify import verify_log
 from projections.fold import FoldError, fold_summary
 from projections.runner import rebuild
 from projections.state import DraftSummary
+from server.params import MAX_SEQ, int_flag
 from server.progress import Progress
-from server.settings import add_arguments, settings_from
+from server.settings import SettingError, add_arguments, settings_from
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line ("ringlog serve: error: argument --port: …") and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every subcommand."""
-    parser = argparse.ArgumentParser(prog="ringlog", description="Event-sourced collaboration backend")
+    """The argument parser for every subcommand; integer flags go through :func:`int_flag`."""
+    parser = _Parser(prog="ringlog", description="Event-sourced collaboration backend")
     parser.add_argument(
         "--debug",
         action="store_true",
         default=False,
         help="show the traceback of an unexpected error (also RINGLOG_DEBUG=1)",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    serve = sub.add_parser("serve", help="run the HTTP and WebSocket server")
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP and WebSocket server",
+        description="Run the HTTP and WebSocket server. Every option can also be set by the environment "
+        "variable named in its help (flags win); a refused value is a usage error (exit 2).",
+    )
     add_arguments(serve)
 
     replay = sub.add_parser("replay", help="a draft's state as of a seq, from the log alone")
     replay.add_argument("--db", required=True)
     replay.add_argument("--draft", required=True)
-    replay.add_argument("--until-seq", type=int, default=None)
+    replay.add_argument("--until-seq", type=int_flag(1, MAX_SEQ), default=None, metavar="N")
     replay.add_argument("--json", action="store_true", help="print canonical JSON")
 
     log_cmd = sub.add_parser("log", help="a draft's events as JSON lines")
     log_cmd.add_argument("--db", required=True)
     log_cmd.add_argument("--draft", required=True)
-    log_cmd.add_argument("--since", type=int, default=0)
+    log_cmd.add_argument("--since", type=int_flag(0, MAX_SEQ), default=0, metavar="N")
 
     drafts = sub.add_parser("drafts", help="list the drafts in a log (id, title, seq, updated)")
     drafts.add_argument("--db", required=True)
@@ -73,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail = sub.add_parser("tail", help="follow a draft's events live")
     tail.add_argument("--url", required=True)
     tail.add_argument("--draft", required=True)
-    tail.add_argument("--since", type=int, default=None)
+    tail.add_argument("--since", type=int_flag(0, MAX_SEQ), default=None, metavar="N")
     tail.add_argument("--token", default=None)
     tail.add_argument("--user-id", default=None)
     tail.add_argument("--pretty", action="store_true", help="a readable line per event")
@@ -124,7 +138,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from server.main import serve
 
-        return serve(settings_from(args))
+        try:
+            settings = settings_from(args)
+        except SettingError as e:  # a RINGLOG_* value (flags were checked while parsing)
+            print(f"ringlog serve: error: {e} (see ringlog serve --help)", file=sys.stderr)
+            return 2
+        return serve(settings)
     if args.command == "tail":
         from ringlog.tail import tail
 

@@ -56,7 +56,8 @@ def serve(settings: Settings) -> int:
     try:
         import uvloop
 
-        return uvloop.run(_serve(settings))
+        status: int = uvloop.run(_serve(settings))
+        return status
     except ImportError:
         return asyncio.run(_serve(settings))
 

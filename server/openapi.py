@@ -20,11 +20,13 @@ from server.models import (
     SegmentModel,
     UpdateDraftBody,
 )
+from server.params import MAX_SEQ, digits_at_most
 from server.settings import Settings
 
 REF = "#/components/schemas/{model}"
 USER_ID_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f]+$"
 """No whitespace, no control characters (projections.decide.valid_user_id)."""
+SEQ_DIGITS = digits_at_most(MAX_SEQ)
 
 
 def _schema(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +115,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "name": "If-Match",
             "in": "header",
             "required": False,
-            "schema": {"type": "string", "pattern": '^("[0-9]{1,18}"|[0-9]{1,18})$'},
+            # exactly what server.params.parse_entity_tag_seq accepts: "<seq>" or <seq>, 0..MAX_SEQ
+            "schema": {"type": "string", "pattern": f'^("{SEQ_DIGITS}"|{SEQ_DIGITS})$'},
         },
     ]
 
@@ -195,7 +198,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     {
                         "name": "since",
                         "in": "query",
-                        "schema": {"type": "integer", "minimum": 0, "maximum": 2**62},
+                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
                     },
                     {
                         "name": "limit",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -33,11 +32,13 @@ from server.models import (
     PassRingBody,
     UpdateDraftBody,
 )
+from server.params import MAX_SEQ, ParameterError, parse_entity_tag_seq, parse_int, parse_number
 from server.service import Endpoint, Outcome, new_draft_id
 from server.settings import MAX_BODY_BYTES
 from server.state import AppState
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 routes = web.RouteTableDef()
 
@@ -114,14 +115,15 @@ def _idempotency_key(request: web.Request) -> str | None:
 
 def _if_match(request: web.Request) -> int | None:
     raw = request.headers.get("If-Match")
-    if raw is None:
-        return None
-    value = raw.strip()
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        value = value[1:-1]
-    if not value.isdigit() or len(value) > 18:
-        raise ApiError(400, "invalid_parameter", 'If-Match must be "<seq>"')
-    return int(value)
+    return None if raw is None else _parsed(parse_entity_tag_seq, raw)
+
+
+def _parsed(parse: Callable[..., T], *args: Any) -> T:
+    """``parse(*args)`` (a :mod:`server.params` parser); its refusal is 400 invalid_parameter."""
+    try:
+        return parse(*args)
+    except ParameterError as e:
+        raise ApiError(400, "invalid_parameter", e.message) from None
 
 
 def _etag(seq: int) -> str:
@@ -130,24 +132,12 @@ def _etag(seq: int) -> str:
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or len(raw) > len(str(high)) or not low <= int(raw) <= high:
-        raise ApiError(400, "invalid_parameter", f"{name} must be an integer from {low} to {high}")
-    return int(raw)
+    return default if raw is None else _parsed(parse_int, raw, name, low, high)
 
 
 def _wait_param(request: web.Request, high: float) -> float:
     raw = request.query.get("wait")
-    if raw is None:
-        return 0.0
-    try:
-        wait = float(raw)
-    except ValueError:
-        wait = -1.0
-    if not math.isfinite(wait) or not 0 <= wait <= high:
-        raise ApiError(400, "invalid_parameter", f"wait must be a number of seconds from 0 to {high:g}")
-    return wait
+    return 0.0 if raw is None else _parsed(parse_number, raw, "wait", 0.0, high)
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +336,7 @@ async def list_events(request: web.Request) -> web.Response:
     st = request.app[AppState.KEY]
     identity = await _identify(request)
     draft_id = request.match_info["draft_id"]
-    since = _int_param(request, "since", 0, 0, 2**62)
+    since = _int_param(request, "since", 0, 0, MAX_SEQ)
     limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     wait = _wait_param(request, st.settings.longpoll_max)
     state = await st.service.view(identity.user_id, draft_id)

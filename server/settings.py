@@ -1,59 +1,259 @@
-"""Typed settings, built once (from CLI flags and ``RINGLOG_*`` variables) and passed in."""
+"""Typed settings, built once (from CLI flags and ``RINGLOG_*`` variables) and passed in.
+
+Each setting has exactly one :class:`Rule`. The rule turns the operator's text into a value
+(``--port 8000`` and ``RINGLOG_PORT=8000`` go through the same ``from_text``) and checks a typed
+value (``Settings(port=8000)`` in code goes through the same ``check``), so a value is accepted
+or refused for the same reason whichever way it comes in. Numbers use :mod:`server.params`:
+ASCII digits only, ranges checked, nothing clamped. A refusal is a :class:`SettingError`, which
+the command line prints as one line naming the flag (and the variable it came from) and exits 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from projections.decide import Limits
+from server.origins import parse_allowed_origin
+from server.params import ParameterError, parse_int, parse_number, plain_number
 
 MAX_BODY_BYTES = 64 * 1024
+ENV_PREFIX = "RINGLOG_"
+
+
+class SettingError(ValueError):
+    """A setting's value is refused; ``str()`` is one line naming the flag (and env variable)."""
+
+    def __init__(self, name: str, message: str, env: bool = False) -> None:
+        where = f"{flag_of(name)} (from {env_of(name)})" if env else flag_of(name)
+        super().__init__(f"{where}: {message}")
+        self.name = name
+        self.from_env = env
+
+
+def flag_of(name: str) -> str:
+    """``jwt_leeway`` → ``--jwt-leeway``."""
+    return "--" + name.replace("_", "-")
+
+
+def env_of(name: str) -> str:
+    """``jwt_leeway`` → ``RINGLOG_JWT_LEEWAY``."""
+    return ENV_PREFIX + name.upper()
+
+
+# -- rules -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one setting is written as text and which values it may take.
+
+    ``from_text`` raises ValueError (with a message that does not repeat the setting's name);
+    ``check`` returns the value (possibly normalised) or raises ValueError.
+    """
+
+    describe: str
+    from_text: Callable[[str], Any]
+    check: Callable[[Any], Any]
+
+
+def _int_rule(low: int, high: int, note: str = "") -> Rule:
+    def from_text(raw: str) -> int:
+        return parse_int(raw, "", low, high)
+
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"must be an integer from {low} to {high}")
+        return value
+
+    return Rule(f"integer {low}–{high}{note}", from_text, check)
+
+
+def _number_rule(low: float, high: float, unit: str = "", note: str = "") -> Rule:
+    def from_text(raw: str) -> float:
+        return parse_number(raw, "", low, high, unit)
+
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            raise ValueError(f"must be a number{unit} from {plain_number(low)} to {plain_number(high)}")
+        return float(value)
+
+    return Rule(f"number {plain_number(low)}–{plain_number(high)}{note}", from_text, check)
+
+
+def _choice_rule(*choices: str) -> Rule:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or value.upper() not in choices:
+            raise ValueError("must be one of " + ", ".join(choices))
+        return value.upper()
+
+    return Rule("one of " + ", ".join(choices), check, check)
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _bool_from_text(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError("must be one of " + ", ".join(_TRUE + _FALSE))
+
+
+def _bool_check(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _text_rule(*, optional: bool, spaces: bool = False, url: bool = False) -> Rule:
+    def check(value: Any) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or not value or not value.replace(" ", "x").isprintable():
+            raise ValueError("must be non-empty text without control characters")
+        if not spaces and any(ch.isspace() for ch in value):
+            raise ValueError("must not contain whitespace")
+        if url and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    def from_text(raw: str) -> str | None:
+        # an empty variable (RINGLOG_JWT_SECRET=) means "not set" for optional settings
+        return check(None if optional and raw == "" else raw)
+
+    return Rule("URL" if url else "text", from_text, check)
+
+
+def _list_rule(item: Callable[[str], str]) -> Rule:
+    def check(value: Any) -> tuple[str, ...]:
+        if isinstance(value, str) or not isinstance(value, tuple | list):
+            raise ValueError("must be a list")
+        return tuple(item(part) for part in value)
+
+    def from_text(raw: str) -> tuple[str, ...]:
+        return check(tuple(part.strip() for part in raw.split(",") if part.strip()))
+
+    return Rule("comma-separated list", from_text, check)
+
+
+def _party(value: Any) -> str:
+    if not isinstance(value, str) or not value or any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError(f"{value!r} must be non-empty text without spaces or control characters")
+    return value
+
+
+BOOL = Rule("on/off", _bool_from_text, _bool_check)
+SECONDS_MAX = 86_400.0
+
+
+def _setting(default: Any, rule: Rule, help: str) -> Any:
+    return field(default=default, metadata={"rule": rule, "help": help})
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything ``ringlog serve`` can be told. Every field has a ``RINGLOG_<NAME>`` variable."""
+    """Everything ``ringlog serve`` can be told. Every field has a ``RINGLOG_<NAME>`` variable.
 
-    host: str = "127.0.0.1"
-    port: int = 8000
-    db: str = "./ringlog.db"
-    synchronous: str = "FULL"
-    pool_size: int = 10
-    dev_auth: bool = False
-    jwt_secret: str | None = None
-    jwks_url: str | None = None
-    jwt_issuer: str | None = None
-    jwt_audience: str | None = None
-    jwt_authorized_parties: tuple[str, ...] = ()
-    jwt_leeway: float = 30.0
-    rate_limit: float = 20.0
-    max_sockets_per_user: int = 20
-    allowed_origins: tuple[str, ...] = ()
-    ws_ping_interval: float = 25.0
-    ws_flood_limit: int = 50
-    ws_queue_size: int = 1024
-    ws_queue_bytes: int = 4 * 1024 * 1024
-    ws_enabled: bool = True
-    drain_timeout: float = 10.0
-    longpoll_max: float = 30.0
-    title_max: int = 200
-    description_max: int = 2000
-    content_max: int = 10_000
-    user_id_max: int = 128
-    log_level: str = "INFO"
-    log_json: bool = False
+    Raises :class:`SettingError` when a field breaks its rule (see the module docstring).
+    """
+
+    host: str = _setting("127.0.0.1", _text_rule(optional=False), "address to listen on")
+    port: int = _setting(
+        8000, _int_rule(0, 65535), "TCP port (0 picks a free one; the chosen one is printed)"
+    )
+    db: str = _setting(
+        "./ringlog.db",
+        _text_rule(optional=False, spaces=True),
+        "SQLite file path, or postgresql://user@host:5432/db",
+    )
+    synchronous: str = _setting(
+        "FULL",
+        _choice_rule("FULL", "NORMAL", "EXTRA"),
+        "SQLite durability: FULL (an acknowledged append survives power loss) or NORMAL (faster)",
+    )
+    pool_size: int = _setting(10, _int_rule(1, 1000), "PostgreSQL connections per server process")
+    dev_auth: bool = _setting(False, BOOL, "trust X-User-Id / ?user_id= (development only)")
+    jwt_secret: str | None = _setting(
+        None, _text_rule(optional=True, spaces=True), "HS256 secret (32 bytes or more)"
+    )
+    jwks_url: str | None = _setting(
+        None, _text_rule(optional=True, url=True), "JWKS URL for RS256/ES256 tokens (keys rotate by kid)"
+    )
+    jwt_issuer: str | None = _setting(None, _text_rule(optional=True, spaces=True), "required iss claim")
+    jwt_audience: str | None = _setting(None, _text_rule(optional=True, spaces=True), "required aud claim")
+    jwt_authorized_parties: tuple[str, ...] = _setting(
+        (), _list_rule(_party), "accepted azp values, comma-separated"
+    )
+    jwt_leeway: float = _setting(30.0, _number_rule(0, 60, " of seconds"), "clock-skew leeway in seconds")
+    rate_limit: float = _setting(
+        20.0,
+        _number_rule(0, 1_000_000, note="; 0 = off"),
+        "mutations per user per second (bursts to 2x); 0 = off; per server process",
+    )
+    max_sockets_per_user: int = _setting(
+        20,
+        _int_rule(0, 1_000_000, "; 0 = off"),
+        "concurrent WebSockets per user; 0 = off; per server process",
+    )
+    allowed_origins: tuple[str, ...] = _setting(
+        (),
+        _list_rule(parse_allowed_origin),
+        "CORS origins, comma-separated (scheme://host[:port] or *); also the WebSocket Origin allow-list",
+    )
+    ws_ping_interval: float = _setting(
+        25.0,
+        _number_rule(0.1, SECONDS_MAX, " of seconds"),
+        "seconds between protocol pings; peers that do not answer are dropped",
+    )
+    ws_flood_limit: int = _setting(
+        50,
+        _int_rule(0, 1_000_000, "; 0 = off"),
+        "client messages per second before the socket is closed with 1008; 0 = off",
+    )
+    ws_queue_size: int = _setting(
+        1024,
+        _int_rule(1, 10_000_000),
+        "events a slow socket may fall behind before it is closed with 1013",
+    )
+    ws_queue_bytes: int = _setting(
+        4 * 1024 * 1024,
+        _int_rule(64 * 1024, 2**40),
+        "bytes of frames a slow socket may fall behind before it is closed with 1013 (also bounds the "
+        "live events held while a socket catches up)",
+    )
+    ws_enabled: bool = _setting(True, BOOL, "accept WebSocket upgrades (--no-ws-enabled: 503, clients poll)")
+    drain_timeout: float = _setting(
+        10.0,
+        _number_rule(0, SECONDS_MAX, " of seconds"),
+        "seconds SIGTERM waits for sockets and in-flight requests",
+    )
+    longpoll_max: float = _setting(
+        30.0, _number_rule(0, SECONDS_MAX, " of seconds"), "largest wait (seconds) accepted by /events"
+    )
+    title_max: int = _setting(200, _int_rule(1, 1_000_000), "title length limit (characters)")
+    description_max: int = _setting(2000, _int_rule(0, 1_000_000), "description length limit (characters)")
+    content_max: int = _setting(10_000, _int_rule(1, 1_000_000), "segment length limit (characters)")
+    user_id_max: int = _setting(128, _int_rule(1, 1024), "user id length limit (characters)")
+    log_level: str = _setting(
+        "INFO", _choice_rule("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), "logging level"
+    )
+    log_json: bool = _setting(False, BOOL, "one JSON object per log line")
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.jwt_leeway <= 60:
-            raise ValueError("jwt_leeway must be between 0 and 60 seconds")
-        if self.rate_limit < 0 or self.max_sockets_per_user < 0:
-            raise ValueError("rate_limit and max_sockets_per_user must be >= 0")
-        if self.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
-            raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
+        for f in _setting_fields():
+            try:
+                value = f.metadata["rule"].check(getattr(self, f.name))
+            except ValueError as e:
+                raise SettingError(f.name, str(e)) from None
+            object.__setattr__(self, f.name, value)  # the normalised value (frozen dataclass)
 
     @property
     def limits(self) -> Limits:
@@ -61,57 +261,83 @@ class Settings:
         return Limits(self.title_max, self.description_max, self.content_max, self.user_id_max)
 
 
-_BOOL_TRUE = {"1", "true", "yes", "on"}
+def _setting_fields() -> list[Any]:
+    return [f for f in fields(Settings) if "rule" in f.metadata]
 
 
-def _field_type(name: str) -> str:
-    for f in fields(Settings):
-        if f.name == name:
-            return str(f.type)
-    raise KeyError(name)
+def setting_from_text(name: str, raw: str, from_env: bool = False) -> Any:
+    """The value of setting ``name`` written as ``raw``; raises :class:`SettingError`."""
+    rule: Rule = next(f.metadata["rule"] for f in _setting_fields() if f.name == name)
+    try:
+        return rule.from_text(raw)
+    except ParameterError as e:
+        raise SettingError(name, e.message, from_env) from None
+    except ValueError as e:
+        raise SettingError(name, str(e), from_env) from None
 
 
-def _convert(name: str, raw: str) -> Any:
-    kind = _field_type(name)
-    if kind == "bool":
-        return raw.strip().lower() in _BOOL_TRUE
-    if kind == "int":
-        return int(raw)
-    if kind == "float":
-        return float(raw)
-    if kind.startswith("tuple"):
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
-    return raw
+def _flag_type(name: str) -> Callable[[str], Any]:
+    def convert(raw: str) -> Any:
+        try:
+            return setting_from_text(name, raw)
+        except SettingError as e:
+            # argparse names the flag itself: "argument --port: must be …"
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+
+    convert.__name__ = name  # argparse's fallback message names the type
+    return convert
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one ``--option`` per setting (defaults come from the environment, then Settings)."""
-    for f in fields(Settings):
-        if f.name == "extra":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if str(f.type) == "bool":
-            parser.add_argument(flag, dest=f.name, action="store_true", default=None)
+    """Add one ``--option`` per setting; each help says what it does, its default and its
+    environment variable. Values are checked by the setting's rule as they are parsed."""
+    for f in _setting_fields():
+        flag = flag_of(f.name)
+        rule: Rule = f.metadata["rule"]
+        default = f.default
+        if isinstance(default, tuple):
+            default = ",".join(default) or "none"
+        elif isinstance(default, bool):
+            default = "on" if default else "off"
+        elif default is None:
+            default = "none"
+        help_text = f"{f.metadata['help']} [{rule.describe}; default: {default}; env: {env_of(f.name)}]"
+        help_text = help_text.replace("%", "%%")
+        if f.metadata["rule"] is BOOL:
+            parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
             parser.add_argument(
-                "--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", help=argparse.SUPPRESS
+                "--no-" + f.name.replace("_", "-"),
+                dest=f.name,
+                action="store_false",
+                help=f"turn {flag} off",
             )
         else:
-            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper())
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                default=None,
+                type=_flag_type(f.name),
+                metavar=f.name.upper(),
+                help=help_text,
+            )
 
 
 def settings_from(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Flags win over ``RINGLOG_*`` variables, which win over defaults."""
+    """Flags win over ``RINGLOG_*`` variables, which win over defaults.
+
+    Raises :class:`SettingError` (naming the flag, and the variable when the value came from
+    one) for a value its rule refuses; flags parsed by :func:`add_arguments` are already checked.
+    """
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
-    for f in fields(Settings):
-        if f.name == "extra":
-            continue
-        raw = env.get("RINGLOG_" + f.name.upper())
-        if raw is not None:
-            values[f.name] = _convert(f.name, raw)
+    for f in _setting_fields():
         given = getattr(args, f.name, None) if args is not None else None
         if given is not None:
-            values[f.name] = given if isinstance(given, bool) else _convert(f.name, str(given))
+            values[f.name] = given
+            continue
+        raw = env.get(env_of(f.name))
+        if raw is not None:
+            values[f.name] = setting_from_text(f.name, raw, from_env=True)
     return Settings(**values)
 
 

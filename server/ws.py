@@ -21,6 +21,8 @@ from aiohttp import WSMsgType, web
 
 from projections.errors import Forbidden, NotFound
 from server.errors import ApiError, to_api_error
+from server.origins import origin_allowed
+from server.params import MAX_SEQ, ParameterError, parse_int
 from server.service import is_draft_id
 from server.state import AppState
 from server.ws_stream import (
@@ -62,7 +64,8 @@ class Admission:
     since: int
     head_seq: int
     expires_at: float | None
-    """The token's ``exp`` (Unix seconds), None for dev auth."""
+    """When REST starts refusing the token (Unix seconds: ``exp`` + leeway, ``Identity.expires_at``);
+    None for dev auth."""
 
 
 async def draft_socket(request: web.Request) -> web.StreamResponse:
@@ -92,7 +95,11 @@ def _admit_upgrade(request: web.Request, st: AppState) -> None:
     if not settings.ws_enabled:
         raise ApiError(503, "unavailable", "WebSockets are switched off on this server; poll /events")
     origin = request.headers.get("Origin")
-    if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
+    if (
+        settings.allowed_origins
+        and origin is not None
+        and not origin_allowed(settings.allowed_origins, origin)
+    ):
         raise ApiError(403, "forbidden", "this Origin is not allowed")
     if st.sockets.closing:
         raise ApiError(503, "unavailable", "server is shutting down", headers={"Retry-After": "1"})
@@ -135,8 +142,8 @@ async def admit(request: web.Request, st: AppState) -> Admission:
 def _parse_since(raw: str) -> int:
     """``since`` from the query; -1 (refused by the range check) when it is not an integer."""
     try:
-        return int(raw)
-    except ValueError:
+        return parse_int(raw, "since", 0, MAX_SEQ)
+    except ParameterError:
         return -1
 
 

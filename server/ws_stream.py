@@ -94,8 +94,9 @@ async def stream_events(
                 admission.draft_id, sink, admission.since, spawn=tasks.spawn, request_close=request_close
             )
         if admission.expires_at is not None:
-            # the same rule as REST: a token is good until exp + leeway (API.md "Authentication")
-            tasks.spawn(_expire(closer, admission.expires_at + st.settings.jwt_leeway))
+            # the same rule as REST: a token is good until exp + leeway (API.md "Authentication"),
+            # the moment server.auth.token_valid_until computed for this identity
+            tasks.spawn(_expire(closer, admission.expires_at))
         await closer.read_until_close(_read_loop(ws, closer, st.settings.ws_flood_limit))
     except (ConnectionError, RuntimeError):
         pass

@@ -1,0 +1,122 @@
+"""Request text that is not valid UTF-8, refused once, before any handler or the upgrade.
+
+What aiohttp hands us: header values are decoded as UTF-8 with ``surrogateescape``, so every
+byte that is not part of valid UTF-8 arrives as a lone surrogate U+DC80–U+DCFF (0xFF →
+``"\\udcff"``); such a string raises ``UnicodeEncodeError`` wherever it is encoded again (pyjwt,
+``base64``, the log writer). Query values are percent-decoded by yarl, which replaces invalid
+UTF-8 with U+FFFD, so the original bytes are visible only in the raw query string. Raw non-ASCII
+bytes in the request line never get this far: aiohttp's parser answers 400 itself.
+
+:func:`text_guard` (the app's first middleware) checks every header and query parameter the
+server reads and answers — in the contract's JSON error body, before authentication, before a
+WebSocket upgrade — 401 ``unauthorized`` when the bad bytes are in a credential (Authorization,
+X-User-Id, ``access_token``, ``user_id``), else 400 ``invalid_parameter``. Headers and
+parameters the server never reads are left alone (RFC 9110 §5.5: a recipient treats obs-text
+as opaque data).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote_to_bytes
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from multidict import CIMultiDictProxy
+
+from server.errors import error_response
+
+CREDENTIAL_HEADERS = ("Authorization", "X-User-Id")
+READ_HEADERS = (
+    *CREDENTIAL_HEADERS,
+    "If-Match",
+    "If-None-Match",
+    "Idempotency-Key",
+    "Origin",
+    "Content-Type",
+    "Access-Control-Request-Method",
+    "Host",
+)
+"""Every header the server (or aiohttp on its behalf) interprets as text."""
+
+ASCII_HEADERS = (
+    "Upgrade",
+    "Connection",
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+    "Sec-WebSocket-Protocol",
+    "Sec-WebSocket-Extensions",
+)
+"""WebSocket handshake headers (RFC 6455 §4.2.1): tokens and base64, ASCII by grammar; aiohttp's
+handshake raises on a non-ASCII ``Sec-WebSocket-Key`` instead of answering 400."""
+
+CREDENTIAL_PARAMS = ("access_token", "user_id")
+READ_PARAMS = (*CREDENTIAL_PARAMS, "since", "limit", "wait", "archived", "at_seq", "after")
+"""Every query parameter the server reads."""
+
+
+def undecodable(value: str) -> bool:
+    """True when ``value`` holds a byte that was not valid UTF-8 (a surrogateescape'd byte)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def bad_header(headers: CIMultiDictProxy[str]) -> tuple[str, bool, str] | None:
+    """The first read header whose bytes are unusable: (name, is a credential, what is wrong);
+    or None."""
+    for name in READ_HEADERS:
+        for value in headers.getall(name, ()):
+            if undecodable(value):
+                return name, name in CREDENTIAL_HEADERS, "is not valid UTF-8 text"
+    for name in ASCII_HEADERS:
+        for value in headers.getall(name, ()):
+            if not value.isascii():
+                return name, False, "must be ASCII (RFC 6455)"
+    return None
+
+
+def bad_query_param(raw_query: str) -> tuple[str, bool, str] | None:
+    """The first read parameter in a raw (percent-encoded) query string whose value is not
+    valid UTF-8 once decoded, and whether it is a credential; or None.
+
+    ``+`` is a space and pairs are split on ``&``, as in ``application/x-www-form-urlencoded``
+    and yarl.
+    """
+    for pair in raw_query.split("&"):
+        raw_name, _, raw_value = pair.partition("=")
+        name = unquote_to_bytes(raw_name.replace("+", " ")).decode("utf-8", "replace")
+        if name not in READ_PARAMS:
+            continue
+        try:
+            unquote_to_bytes(raw_value.replace("+", " ")).decode("utf-8")
+        except UnicodeDecodeError:
+            return name, name in CREDENTIAL_PARAMS, "is not valid UTF-8 text"
+    return None
+
+
+def refusal(request: web.Request) -> web.Response | None:
+    """The 401/400 answer for a request with unusable bytes in what the server reads, or None."""
+    found = bad_header(request.headers)
+    if found is None:
+        found = bad_query_param(request.rel_url.raw_query_string)
+        kind = "query parameter"
+    else:
+        kind = "header"
+    if found is None:
+        return None
+    name, credential, problem = found
+    message = f"the {name} {kind} {problem}"
+    if credential:
+        return error_response(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+    return error_response(400, "invalid_parameter", message)
+
+
+@web.middleware
+async def text_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """First middleware: refuse unusable request text before anything else happens."""
+    answer = refusal(request)
+    if answer is not None:
+        return answer
+    return await handler(request)
