@@ -27,7 +27,7 @@ FEW_EXAMPLES = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
-ASCII_INT = re.compile(r"[0-9]{1,%d}" % MAX_DIGITS)  # [0-9], never \d: \d matches every Nd digit
+ASCII_INT = re.compile(f"[0-9]{{1,{MAX_DIGITS}}}")  # [0-9], never \d: \d matches every Nd digit
 
 
 def ascii_int_in(raw: str, low: int, high: int) -> bool:
@@ -94,7 +94,9 @@ async def app_client(**overrides: Any) -> AsyncIterator[TestClient[Any, Any]]:
         await client.close()
 
 
-async def create_draft(client: TestClient[Any, Any], user: str = "alice", segments: int = 0) -> tuple[str, int]:
+async def create_draft(
+    client: TestClient[Any, Any], user: str = "alice", segments: int = 0
+) -> tuple[str, int]:
     """A draft of ``user`` with ``segments`` segments: (id, head seq)."""
     headers = {"X-User-Id": user}
     r = await client.post("/v1/collab/drafts", json={"title": "T"}, headers=headers)
@@ -102,7 +104,9 @@ async def create_draft(client: TestClient[Any, Any], user: str = "alice", segmen
     body = await r.json()
     draft_id, seq = body["data"]["id"], body["data"]["seq"]
     for i in range(segments):
-        r = await client.post(f"/v1/collab/drafts/{draft_id}/segments", json={"content": f"s{i}"}, headers=headers)
+        r = await client.post(
+            f"/v1/collab/drafts/{draft_id}/segments", json={"content": f"s{i}"}, headers=headers
+        )
         assert r.status == 201, await r.text()
         seq = (await r.json())["data"]["seq"]
     return draft_id, seq

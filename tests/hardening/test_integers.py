@@ -86,7 +86,9 @@ IF_MATCH_PATTERN = next(p for p in _PATCH if p["name"] == "If-Match")["schema"][
 
 
 @settings(max_examples=1500)
-@given(raw=st.one_of(INTEGER_LIKE, st.integers(0, 2**64).map(str), st.text(alphabet="0123456789", max_size=21)))
+@given(
+    raw=st.one_of(INTEGER_LIKE, st.integers(0, 2**64).map(str), st.text(alphabet="0123456789", max_size=21))
+)
 def test_openapi_if_match_pattern_says_exactly_what_the_server_accepts(raw: str) -> None:
     body = IF_MATCH_PATTERN.removeprefix("^").removesuffix("$")  # Python's $ also matches before \n
     for value in (raw, f'"{raw}"'):
@@ -142,7 +144,7 @@ async def test_events_query_integers(rest, raw: str, name: str) -> None:
 @EXAMPLES
 @given(raw=st.one_of(INTEGER_LIKE, st.floats(min_value=0, max_value=40).map(repr)))
 async def test_events_wait_is_the_number_parser(rest, raw: str) -> None:
-    client, draft_id, head = rest
+    client, draft_id, _ = rest
     # since=0 with events present answers at once whatever the wait
     r = await client.get(
         f"/v1/collab/drafts/{draft_id}/events",
