@@ -56,12 +56,13 @@ def origin_allowed(allowed: Iterable[str], origin: str | None) -> bool:
 
     ``allowed`` holds normalised entries (:func:`parse_allowed_origin`). No ``Origin`` header
     is never "allowed" here: the channels decide what a request without one means (CORS adds
-    no headers; the WebSocket lets non-browser clients in).
+    no headers; the WebSocket lets non-browser clients in). With ``*`` every origin is allowed,
+    ``null`` included, but a value that is no origin at all is not (it is never echoed back).
     """
     if origin is None:
         return False
+    normal = normalize_origin(origin)
     allowed = tuple(allowed)
     if ANY_ORIGIN in allowed:
-        return True
-    normal = normalize_origin(origin)
+        return normal is not None or origin == "null"  # any origin, but not any text
     return normal is not None and normal in allowed
