@@ -151,3 +151,8 @@ def test_settings_built_in_code_follow_the_same_rules() -> None:
             Settings(**bad)
     assert Settings(synchronous="normal").synchronous == "NORMAL"
     assert Settings(allowed_origins=("HTTPS://A.example:443/",)).allowed_origins == ("https://a.example",)
+
+
+def test_every_setting_has_a_rule_and_so_a_flag_a_variable_and_help() -> None:
+    unruled = [f.name for f in fields(Settings) if f.name != "extra" and "rule" not in f.metadata]
+    assert unruled == [], "declare new settings with _setting(default, rule, help)"
