@@ -1,6 +1,18 @@
-"""The append-only, sequenced event log: envelope, Store protocol, backends, notifier.
+"""The append-only, sequenced event log: streams of records, a Store protocol, its backends.
 
-Knows nothing of HTTP or of drafts' rules.
+Knows nothing of HTTP or of drafts' rules (a draft's events are one stream). Modules:
+
+* :mod:`eventstore.events`      value types (Event envelope, NewEvent, Record, AppendResult,
+                                Snapshot, idempotency claims) and their canonical encoding
+* :mod:`eventstore.values`      the one rule for what every backend can store
+* :mod:`eventstore.errors`      the error tree
+* :mod:`eventstore.store`       the Store protocol and its optional capabilities
+* :mod:`eventstore.factory`     URL → backend (``open_store``), ``sqlite_path``
+* :mod:`eventstore.memory`, :mod:`eventstore.sqlite`, :mod:`eventstore.postgres`  the backends
+* :mod:`eventstore.sql`         what the SQL backends share; :mod:`eventstore.groupcommit` their writer
+* :mod:`eventstore.notifier`    wakes readers after a commit
+* :mod:`eventstore.verify`, :mod:`eventstore.copy`  whole-log checks and store-to-store copy
+* :mod:`eventstore.ownership`   the writer lock of an SQLite log (one owning process)
 """
 
 from eventstore.errors import (
@@ -8,11 +20,22 @@ from eventstore.errors import (
     IdempotencyKeyReused,
     LogCorrupted,
     StoreError,
+    StoreLocked,
     StoreUnavailable,
+    UnrepresentableValue,
 )
-from eventstore.events import Event, IdempotencyClaim, IdempotencyRecord, NewEvent, Record
+from eventstore.events import (
+    AppendResult,
+    Event,
+    IdempotencyClaim,
+    IdempotencyRecord,
+    NewEvent,
+    Record,
+    Snapshot,
+)
+from eventstore.factory import open_store
 from eventstore.notifier import Notifier
-from eventstore.store import AppendResult, Snapshot, Store, open_store
+from eventstore.store import Store
 
 __all__ = [
     "AppendResult",
@@ -28,6 +51,8 @@ __all__ = [
     "Snapshot",
     "Store",
     "StoreError",
+    "StoreLocked",
     "StoreUnavailable",
+    "UnrepresentableValue",
     "open_store",
 ]

@@ -1,12 +1,22 @@
-"""The event envelope, pending events, stored records and their canonical encoding.
+"""The log's value types: the event envelope, pending events, stored records, append results,
+snapshots, and their canonical encoding.
+
+The log is a set of *streams* (one per draft; the stream id is the draft id), each a sequence of
+records numbered by ``seq`` (1, 2, 3… per stream), all of them together ordered by ``position``
+(1, 2, 3… across the whole log). The envelope a record carries is the contract's (API.md,
+"Events"), so there the stream id appears under its domain name ``draft_id``; everywhere else the
+log layer speaks of streams and knows nothing of drafts' rules.
 
 A stored :class:`Record` keeps the event's canonical JSON bytes (``body``): they are what the
-hash chain covers and what every channel sends, so an event is serialised once, at append.
+hash chain covers and what every channel sends, so an event is serialised once, before it is
+queued for the writer (:func:`encode_bodies`), and only an event whose data holds its own
+position (``position_path``) is encoded again once the writer has assigned it.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -14,8 +24,11 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict
 
+from eventstore.errors import LogCorrupted, UnrepresentableValue
+from eventstore.values import check_text
+
 GENESIS_HASH = bytes(32)
-"""The ``prev_hash`` of every draft's first event."""
+"""The ``prev_hash`` of every stream's first event."""
 
 
 def utc_now_iso() -> str:
@@ -51,9 +64,9 @@ def canonical_json(value: Any) -> bytes:
 
 
 def chain_hash(prev_hash: bytes, position: int, body: bytes) -> bytes:
-    """One link of a draft's hash chain: ``sha256(prev_hash ‖ position as 8 bytes big-endian ‖ body)``.
+    """One link of a stream's hash chain: ``sha256(prev_hash ‖ position as 8 bytes big-endian ‖ body)``.
 
-    The global position is covered too, so moving events around the log (even between drafts,
+    The global position is covered too, so moving events around the log (even between streams,
     whose chains are separate) breaks a link.
     """
     return hashlib.sha256(prev_hash + position.to_bytes(8, "big") + body).digest()
@@ -74,14 +87,14 @@ class NewEvent:
     data: dict[str, Any]
     position_path: tuple[str, ...] | None = None
 
-    def materialise(self, draft_id: str, seq: int, position: int) -> dict[str, Any]:
-        """The envelope this event gets once it has its seq and position."""
+    def materialise(self, stream_id: str, seq: int, position: int) -> dict[str, Any]:
+        """The envelope this event gets once it has its seq and position (API.md, "Events")."""
         data = self.data
         if self.position_path:
             data = _with_value_at(data, self.position_path, position)
         return {
             "type": self.type,
-            "draft_id": draft_id,
+            "draft_id": stream_id,
             "seq": seq,
             "ts": self.ts,
             "user_id": self.user_id,
@@ -112,17 +125,20 @@ class IdempotencyRecord:
     user_id: str
     key: str
     fingerprint: str
-    draft_id: str
+    stream_id: str
     seq: int
     """The seq of the first event that the original append wrote."""
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One event as stored: envelope bytes plus its place in the log and its chain hash."""
+    """One event as stored: envelope bytes plus its place in the log and its chain hash.
+
+    ``position`` is the record's place in the whole log, ``seq`` its place in its stream.
+    """
 
     position: int
-    draft_id: str
+    stream_id: str
     seq: int
     type: str
     body: bytes
@@ -139,25 +155,79 @@ class Record:
         return result
 
 
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """The outcome of an append: the records written, or the earlier append a retry matched."""
+
+    records: tuple[Record, ...]
+    replayed: IdempotencyRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A materialised projection of one stream as of ``seq`` (opaque bytes to the store)."""
+
+    stream_id: str
+    seq: int
+    state: bytes
+
+
+def check_claim(claim: IdempotencyClaim | None) -> None:
+    """Raise :class:`UnrepresentableValue` if a claim holds text no backend can store."""
+    if claim is not None:
+        check_text("idempotency user id", claim.user_id)
+        check_text("idempotency key", claim.key)
+        check_text("idempotency fingerprint", claim.fingerprint)
+
+
+def encode_bodies(stream_id: str, events: Sequence[NewEvent], expected_seq: int) -> tuple[bytes, ...]:
+    """Check and serialise an append before it is queued for the shared writer.
+
+    Returns each event's canonical body for seqs ``expected_seq + 1, …`` (the only seqs the
+    append can get; an event with a ``position_path`` is encoded with position 0 here, which
+    proves its data encodable, and again by the writer with its real position). Raises
+    :class:`UnrepresentableValue` for a stream id or type no backend can store, or data that is
+    not JSON (non-string keys, lone surrogates, integers beyond 64 bits, other objects): one
+    caller's bad value fails that caller alone, never the group it would have joined.
+    """
+    check_text("stream id", stream_id)
+    bodies: list[bytes] = []
+    for offset, new in enumerate(events, start=1):
+        check_text("event type", new.type)
+        try:
+            bodies.append(canonical_json(new.materialise(stream_id, expected_seq + offset, 0)))
+        except (TypeError, ValueError) as e:  # orjson.JSONEncodeError is a TypeError
+            raise UnrepresentableValue("event data", str(e)) from e
+    return tuple(bodies)
+
+
 def build_records(
-    draft_id: str,
-    events: list[NewEvent] | tuple[NewEvent, ...],
+    stream_id: str,
+    events: Sequence[NewEvent],
     head_seq: int,
     last_position: int,
     prev_hash: bytes,
     claim: IdempotencyClaim | None,
+    bodies: Sequence[bytes] | None = None,
 ) -> list[Record]:
-    """Give pending events their seqs, positions, bodies and chain hashes (shared by backends)."""
+    """Give pending events their seqs, positions, bodies and chain hashes (shared by backends).
+
+    ``bodies``, when given, are :func:`encode_bodies` of the same events after ``head_seq``;
+    they are reused as they are for events whose data does not hold their position.
+    """
     records: list[Record] = []
     for offset, new in enumerate(events, start=1):
         seq = head_seq + offset
         position = last_position + offset
-        body = canonical_json(new.materialise(draft_id, seq, position))
+        if bodies is not None and not new.position_path:
+            body = bodies[offset - 1]
+        else:
+            body = canonical_json(new.materialise(stream_id, seq, position))
         prev_hash = chain_hash(prev_hash, position, body)
         records.append(
             Record(
                 position=position,
-                draft_id=draft_id,
+                stream_id=stream_id,
                 seq=seq,
                 type=new.type,
                 body=body,
@@ -166,3 +236,33 @@ def build_records(
             )
         )
     return records
+
+
+def check_continues(
+    records: Sequence[Record], head_of: Callable[[str], tuple[int, bytes]], last_position: int
+) -> None:
+    """Raise :class:`LogCorrupted` unless ``records`` (in position order) continue the log.
+
+    They must take the next positions after ``last_position``, each the next seq of its stream
+    after ``head_of(stream_id)`` (its last seq and hash), and link the hash chain. The rule every
+    backend applies to a bulk import, so that a batch one store refuses no other store accepts.
+    Also checks that their text columns are storable (:class:`UnrepresentableValue`).
+    """
+    heads: dict[str, tuple[int, bytes]] = {}
+    expected_position = last_position + 1
+    for r in records:
+        check_text("stream id", r.stream_id)
+        check_text("event type", r.type)
+        check_claim(r.idempotency)
+        seq, prev_hash = heads.get(r.stream_id) or head_of(r.stream_id)
+        where = f"position {r.position} (stream {r.stream_id!r}, seq {r.seq})"
+        if r.position != expected_position:
+            raise LogCorrupted(
+                f"imported records do not continue the log: expected position {expected_position} at {where}"
+            )
+        if r.seq != seq + 1:
+            raise LogCorrupted(f"imported records do not continue the log: expected seq {seq + 1} at {where}")
+        if r.hash != chain_hash(prev_hash, r.position, r.body):
+            raise LogCorrupted(f"imported records do not continue the log: hash chain broken at {where}")
+        heads[r.stream_id] = (r.seq, r.hash)
+        expected_position += 1

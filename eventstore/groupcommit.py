@@ -1,10 +1,18 @@
 """Group commit, shared by the SQL backends: many concurrent appends, one transaction per group.
 
-Callers ``submit`` an append and wait. One writer task takes everything pending (up to
-``max_group``) and hands the group to the backend's ``commit``, which runs one transaction:
-it reads the heads and idempotency keys it needs, calls :func:`plan_group` to decide each
-append's outcome, inserts the accepted records and publishes them. Then every caller is resolved.
-A ``commit`` that raises fails the whole group (nothing of it was written).
+Callers ``submit`` an append and wait. Before anything is queued, the append is checked and its
+events serialised (:func:`eventstore.events.encode_bodies`): a value no backend can store fails
+that caller alone with :class:`UnrepresentableValue`. One writer task then takes everything
+pending (up to ``max_group``) and hands the group to the backend's ``commit``, which runs one
+transaction: it reads the heads and idempotency keys it needs, calls :func:`plan_group` to decide
+each append's outcome, inserts the accepted records and publishes them. Then every caller is
+resolved.
+
+A failed transaction wrote nothing. If the storage itself is unavailable
+(:class:`StoreUnavailable`) every append of the group gets that error; any other failure may
+have been caused by one append's data, so each append of the group is committed again on its
+own, and only an append that fails alone gets the error (one request's bad data never reaches
+its neighbours' outcome).
 """
 
 from __future__ import annotations
@@ -14,34 +22,45 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from eventstore.errors import ConcurrencyConflict, IdempotencyKeyReused, StoreError, StoreUnavailable
 from eventstore.events import (
+    AppendResult,
     IdempotencyClaim,
     IdempotencyRecord,
     NewEvent,
     Record,
     build_records,
+    check_claim,
+    encode_bodies,
 )
-from eventstore.store import AppendResult
 
 log = logging.getLogger(__name__)
 
 Head = tuple[int, bytes]
-"""A draft's last seq and the hash of its last record."""
+"""A stream's last seq and the hash of its last record."""
 
 
 @dataclass(slots=True)
 class PendingAppend:
-    """One caller's append, waiting for its group's transaction."""
+    """One caller's append, checked and serialised, waiting for its group's transaction."""
 
-    draft_id: str
+    stream_id: str
     events: Sequence[NewEvent]
     expected_seq: int
     claim: IdempotencyClaim | None
+    bodies: tuple[bytes, ...]
+    """:func:`encode_bodies` of ``events`` after ``expected_seq``."""
     future: asyncio.Future[AppendResult]
     outcome: AppendResult | StoreError | None = field(default=None)
+
+
+def prepare_append(
+    stream_id: str, events: Sequence[NewEvent], expected_seq: int, claim: IdempotencyClaim | None
+) -> tuple[bytes, ...]:
+    """Check an append's text and serialise its events; raises :class:`UnrepresentableValue`."""
+    check_claim(claim)
+    return encode_bodies(stream_id, events, expected_seq)
 
 
 def plan_group(
@@ -55,7 +74,7 @@ def plan_group(
     Sets each item's outcome: records to write, a replay of an earlier append with the same
     key and fingerprint, :class:`IdempotencyKeyReused`, or :class:`ConcurrencyConflict`.
     Appends later in the group see the heads and keys of earlier ones. Returns the records to
-    insert (in position order) and the new head of every draft appended to.
+    insert (in position order) and the new head of every stream appended to.
     """
     heads: dict[str, Head] = {}
     touched: dict[str, Head] = {}
@@ -70,58 +89,47 @@ def plan_group(
                 else:
                     item.outcome = AppendResult(records=(), replayed=found)
                 continue
-        head = heads.get(item.draft_id)
+        head = heads.get(item.stream_id)
         if head is None:
-            head = heads[item.draft_id] = head_of(item.draft_id)
+            head = heads[item.stream_id] = head_of(item.stream_id)
         seq, prev_hash = head
         if seq != item.expected_seq:
-            item.outcome = ConcurrencyConflict(item.draft_id, item.expected_seq, seq)
+            item.outcome = ConcurrencyConflict(item.stream_id, item.expected_seq, seq)
             continue
         if not item.events:
             item.outcome = AppendResult(records=())
             continue
-        records = build_records(item.draft_id, list(item.events), seq, last_position, prev_hash, claim)
+        records = build_records(
+            item.stream_id, item.events, seq, last_position, prev_hash, claim, item.bodies
+        )
         last_position = records[-1].position
-        heads[item.draft_id] = touched[item.draft_id] = (records[-1].seq, records[-1].hash)
+        heads[item.stream_id] = touched[item.stream_id] = (records[-1].seq, records[-1].hash)
         if claim is not None:
             claimed[(claim.user_id, claim.key)] = IdempotencyRecord(
-                claim.user_id, claim.key, claim.fingerprint, item.draft_id, records[0].seq
+                claim.user_id, claim.key, claim.fingerprint, item.stream_id, records[0].seq
             )
         out.extend(records)
         item.outcome = AppendResult(records=tuple(records))
     return out, touched
 
 
-def record_row(r: Record) -> tuple[Any, ...]:
-    """A record as the nine stored columns (position, draft_id, seq, type, body, hash, idem_*)."""
-    c = r.idempotency
-    return (
-        r.position,
-        r.draft_id,
-        r.seq,
-        r.type,
-        r.body,
-        r.hash,
-        c.user_id if c else None,
-        c.key if c else None,
-        c.fingerprint if c else None,
-    )
-
-
 class GroupCommitter:
-    """The bounded queue of pending appends and the one writer task that commits them."""
+    """The bounded queue of pending appends and the one writer task that commits them.
+
+    ``commit(group)`` runs one transaction for the group and raises a :class:`StoreError`
+    (mapped by the backend's one error mapping) if it wrote nothing; any other exception is a
+    bug and is reported to the callers as :class:`StoreUnavailable`.
+    """
 
     def __init__(
         self,
         commit: Callable[[list[PendingAppend]], Awaitable[None]],
-        to_store_error: Callable[[BaseException], StoreError],
         *,
         max_group: int = 1000,
         queue_size: int = 10_000,
         name: str = "ringlog-writer",
     ) -> None:
         self._commit = commit
-        self._to_store_error = to_store_error
         self.max_group = max_group
         self.name = name
         self._queue: asyncio.Queue[PendingAppend] = asyncio.Queue(queue_size)
@@ -144,13 +152,19 @@ class GroupCommitter:
         return self._task is not None and not self._closing
 
     async def submit(
-        self, draft_id: str, events: Sequence[NewEvent], expected_seq: int, claim: IdempotencyClaim | None
+        self, stream_id: str, events: Sequence[NewEvent], expected_seq: int, claim: IdempotencyClaim | None
     ) -> AppendResult:
-        """Queue an append (waiting if the queue is full) and wait for its group's outcome."""
+        """Check and serialise an append, queue it (waiting if the queue is full), await its outcome.
+
+        Raises :class:`UnrepresentableValue` without queueing anything if a value of the append
+        cannot be stored; otherwise the outcome :func:`plan_group` decided, or the error of the
+        transaction that failed for this append.
+        """
         if not self.running:
             raise StoreUnavailable("the store is closed")
+        bodies = prepare_append(stream_id, events, expected_seq, claim)
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        await self._queue.put(PendingAppend(draft_id, events, expected_seq, claim, future))
+        await self._queue.put(PendingAppend(stream_id, events, expected_seq, claim, bodies, future))
         return await future
 
     async def stop(self) -> None:
@@ -175,16 +189,36 @@ class GroupCommitter:
                 for _ in group:
                     self._queue.task_done()
 
-    async def _commit_and_resolve(self, group: list[PendingAppend]) -> None:
+    async def _try_commit(self, group: list[PendingAppend]) -> StoreError | None:
+        """Commit ``group``; the error that made it write nothing, or None."""
         try:
             await self._commit(group)
+        except StoreError as e:
+            return e
         except Exception as e:  # never let the writer die: later appends would wait forever
-            error = self._to_store_error(e)
-            log.error("append transaction failed (%d appends refused): %s", len(group), e)
+            log.exception("append transaction failed unexpectedly")
+            return StoreUnavailable(f"append failed unexpectedly: {type(e).__name__}")
+        return None
+
+    async def _commit_and_resolve(self, group: list[PendingAppend]) -> None:
+        error = await self._try_commit(group)
+        if error is not None:
             for item in group:
-                if not item.future.done():
-                    item.future.set_exception(error)
-            return
+                item.outcome = error
+            if len(group) > 1 and not isinstance(error, StoreUnavailable):
+                # Possibly one append's data: commit each alone so only that one fails.
+                log.warning(
+                    "append transaction of %d appends failed (%r); committing them one by one",
+                    len(group),
+                    str(error),
+                )
+                for item in group:
+                    item.outcome = None
+                    single = await self._try_commit([item])
+                    if single is not None:
+                        item.outcome = single
+            else:
+                log.error("append transaction failed (%d appends refused): %r", len(group), str(error))
         for item in group:
             if item.future.done():
                 continue

@@ -1,4 +1,8 @@
-"""An in-memory Store: the fake that unit tests run against (same contract, no I/O)."""
+"""An in-memory Store: the fake that unit tests run against (same contract, no I/O).
+
+It applies the same value rules as the SQL backends (:mod:`eventstore.values`), so a test that
+passes on it does not pass only because memory takes what a database refuses.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,18 @@ from collections.abc import Sequence
 from eventstore.errors import ConcurrencyConflict, IdempotencyKeyReused
 from eventstore.events import (
     GENESIS_HASH,
+    AppendResult,
     IdempotencyClaim,
     IdempotencyRecord,
     NewEvent,
     Record,
+    Snapshot,
     build_records,
+    check_continues,
 )
+from eventstore.groupcommit import prepare_append
 from eventstore.notifier import Notifier
-from eventstore.store import AppendResult, Snapshot
+from eventstore.values import INT64_MAX, check_text, clamp_int64, is_storable_text, read_limit
 
 
 class MemoryStore:
@@ -43,12 +51,13 @@ class MemoryStore:
 
     async def append(
         self,
-        draft_id: str,
+        stream_id: str,
         events: Sequence[NewEvent],
         expected_seq: int,
         idempotency: IdempotencyClaim | None = None,
     ) -> AppendResult:
         """Append atomically; see :meth:`eventstore.store.Store.append`."""
+        bodies = prepare_append(stream_id, events, expected_seq, idempotency)
         await asyncio.sleep(0)  # behave like a real backend: appends yield to the loop
         if idempotency is not None:
             found = self._keys.get((idempotency.user_id, idempotency.key))
@@ -56,46 +65,66 @@ class MemoryStore:
                 if found.fingerprint != idempotency.fingerprint:
                     raise IdempotencyKeyReused(idempotency.user_id, idempotency.key)
                 return AppendResult(records=(), replayed=found)
-        stream = self._streams.get(draft_id, [])
+        stream = self._streams.get(stream_id, [])
         head = len(stream)
         if head != expected_seq:
-            raise ConcurrencyConflict(draft_id, expected_seq, head)
+            raise ConcurrencyConflict(stream_id, expected_seq, head)
         if not events:
             return AppendResult(records=())
         prev_hash = stream[-1].hash if stream else GENESIS_HASH
-        records = build_records(draft_id, list(events), head, len(self._log), prev_hash, idempotency)
-        self._streams.setdefault(draft_id, []).extend(records)
-        self._log.extend(records)
-        if idempotency is not None:
-            self._keys[(idempotency.user_id, idempotency.key)] = IdempotencyRecord(
-                idempotency.user_id, idempotency.key, idempotency.fingerprint, draft_id, head + 1
-            )
+        records = build_records(stream_id, events, head, len(self._log), prev_hash, idempotency, bodies)
+        self._insert(records)
         self.notifier.publish(records)
         return AppendResult(records=tuple(records))
 
-    async def read(self, draft_id: str, after_seq: int = 0, limit: int | None = None) -> list[Record]:
-        """The draft's records after ``after_seq``."""
-        stream = self._streams.get(draft_id, [])
-        start = max(after_seq, 0)  # a negative index would slice from the end of the list
-        end = None if limit is None else start + max(limit, 0)
+    def _insert(self, records: Sequence[Record]) -> None:
+        for record in records:
+            self._streams.setdefault(record.stream_id, []).append(record)
+            self._log.append(record)
+            claim = record.idempotency
+            if claim is not None:
+                self._keys[(claim.user_id, claim.key)] = IdempotencyRecord(
+                    claim.user_id, claim.key, claim.fingerprint, record.stream_id, record.seq
+                )
+
+    async def import_records(self, records: Sequence[Record]) -> None:
+        """Insert already-built records as they are; see :class:`eventstore.store.BulkImporter`."""
+        ordered = sorted(records, key=lambda r: r.position)
+
+        def head_of(stream_id: str) -> tuple[int, bytes]:
+            stream = self._streams.get(stream_id)
+            return (stream[-1].seq, stream[-1].hash) if stream else (0, GENESIS_HASH)
+
+        check_continues(ordered, head_of, len(self._log))
+        self._insert(ordered)
+
+    async def read(self, stream_id: str, after_seq: int = 0, limit: int | None = None) -> list[Record]:
+        """The stream's records after ``after_seq``."""
+        if not is_storable_text(stream_id):
+            return []
+        stream = self._streams.get(stream_id, [])
+        start = min(max(clamp_int64(after_seq), 0), INT64_MAX)  # a negative index would slice from the end
+        bounded = read_limit(limit)
+        end = None if bounded is None else start + bounded
         return stream[start:end]
 
     async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[Record]:
-        """Every draft's records after ``after_position``."""
-        start = max(after_position, 0)
-        return self._log[start : start + max(limit, 0)]
+        """Every stream's records after ``after_position``."""
+        start = max(clamp_int64(after_position), 0)
+        bounded = read_limit(limit)
+        return self._log[start : None if bounded is None else start + bounded]
 
-    async def read_draft_bodies(self, draft_id: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
-        """``(seq, body)`` of the draft's records after ``after_seq``."""
-        return [(r.seq, r.body) for r in await self.read(draft_id, after_seq, limit)]
+    async def read_stream_bodies(self, stream_id: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """``(seq, body)`` of the stream's records after ``after_seq``."""
+        return [(r.seq, r.body) for r in await self.read(stream_id, after_seq, limit)]
 
     async def read_bodies(self, after_position: int = 0, limit: int = 1000) -> list[tuple[int, bytes]]:
         """``(position, body)`` after ``after_position``."""
         return [(r.position, r.body) for r in await self.read_all(after_position, limit)]
 
-    async def head(self, draft_id: str) -> int:
-        """The draft's last seq."""
-        return len(self._streams.get(draft_id, ()))
+    async def head(self, stream_id: str) -> int:
+        """The stream's last seq."""
+        return len(self._streams.get(stream_id, ()))
 
     async def last_position(self) -> int:
         """The log's last position."""
@@ -105,22 +134,26 @@ class MemoryStore:
         """The append that first used the key."""
         return self._keys.get((user_id, key))
 
-    async def load_snapshot(self, draft_id: str) -> Snapshot | None:
-        """The stored projection of a draft."""
-        return self._snapshots.get(draft_id)
+    async def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        """The stored projection of a stream."""
+        return self._snapshots.get(stream_id)
 
-    async def list_snapshots(self, after_draft_id: str = "", limit: int = 1000) -> list[Snapshot]:
-        """Stored projections ordered by draft id."""
+    async def list_snapshots(self, after_stream_id: str = "", limit: int = 1000) -> list[Snapshot]:
+        """Stored projections ordered by stream id."""
+        check_text("stream id", after_stream_id)
         ids = sorted(self._snapshots)
-        start = bisect.bisect_right(ids, after_draft_id)
-        return [self._snapshots[i] for i in ids[start : start + limit]]
+        start = bisect.bisect_right(ids, after_stream_id)
+        bounded = read_limit(limit)
+        return [self._snapshots[i] for i in ids[start : None if bounded is None else start + bounded]]
 
     async def save_snapshots(self, snapshots: Sequence[Snapshot], checkpoint: int) -> None:
         """Store projections, never going back in seq."""
         for snap in snapshots:
-            old = self._snapshots.get(snap.draft_id)
+            check_text("stream id", snap.stream_id)
+        for snap in snapshots:
+            old = self._snapshots.get(snap.stream_id)
             if old is None or old.seq <= snap.seq:
-                self._snapshots[snap.draft_id] = snap
+                self._snapshots[snap.stream_id] = snap
         self._checkpoint = max(self._checkpoint, checkpoint)
 
     async def snapshot_checkpoint(self) -> int:

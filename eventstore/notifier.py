@@ -2,7 +2,8 @@
 
 A wake-up is a hint, never the data of record: a reader that is woken reads the log by seq.
 Listeners are plain callbacks run on the event loop right after the commit that produced the
-records, in position order; they must not block (they queue work and return).
+records (this process's own commits, and on a shared store the commits of other processes found
+by commit discovery), in position order; they must not block (they queue work and return).
 """
 
 from __future__ import annotations
@@ -20,19 +21,19 @@ Listener = Callable[[Sequence[Record]], None]
 
 
 class Notifier:
-    """Per-draft and global subscribers of committed records."""
+    """Per-stream and global subscribers of committed records."""
 
     def __init__(self) -> None:
-        self._by_draft: dict[str, list[Listener]] = defaultdict(list)
+        self._by_stream: dict[str, list[Listener]] = defaultdict(list)
         self._global: list[Listener] = []
 
-    def add_listener(self, draft_id: str, listener: Listener) -> None:
-        """Call ``listener`` with every batch of ``draft_id``'s records committed from now on."""
-        self._by_draft[draft_id].append(listener)
+    def add_listener(self, stream_id: str, listener: Listener) -> None:
+        """Call ``listener`` with every batch of ``stream_id``'s records committed from now on."""
+        self._by_stream[stream_id].append(listener)
 
-    def remove_listener(self, draft_id: str, listener: Listener) -> None:
+    def remove_listener(self, stream_id: str, listener: Listener) -> None:
         """Stop calling ``listener``; unknown listeners are ignored."""
-        listeners = self._by_draft.get(draft_id)
+        listeners = self._by_stream.get(stream_id)
         if listeners is None:
             return
         try:
@@ -40,10 +41,10 @@ class Notifier:
         except ValueError:
             return
         if not listeners:
-            del self._by_draft[draft_id]
+            del self._by_stream[stream_id]
 
     def add_global_listener(self, listener: Listener) -> None:
-        """Call ``listener`` with every committed batch, whatever its draft."""
+        """Call ``listener`` with every committed batch, whatever its stream."""
         self._global.append(listener)
 
     def remove_global_listener(self, listener: Listener) -> None:
@@ -51,28 +52,28 @@ class Notifier:
         if listener in self._global:
             self._global.remove(listener)
 
-    def listener_count(self, draft_id: str) -> int:
-        """How many per-draft listeners ``draft_id`` has."""
-        return len(self._by_draft.get(draft_id, ()))
+    def listener_count(self, stream_id: str) -> int:
+        """How many per-stream listeners ``stream_id`` has."""
+        return len(self._by_stream.get(stream_id, ()))
 
     def publish(self, records: Sequence[Record]) -> None:
-        """Deliver committed records (of one or several drafts, in position order)."""
+        """Deliver committed records (of one or several streams, in position order)."""
         if not records:
             return
         for listener in tuple(self._global):
             self._call(listener, records)
-        if not self._by_draft:
+        if not self._by_stream:
             return
-        first = records[0].draft_id
-        if all(r.draft_id == first for r in records):
+        first = records[0].stream_id
+        if all(r.stream_id == first for r in records):
             groups: dict[str, Sequence[Record]] = {first: records}
         else:
             grouped: dict[str, list[Record]] = defaultdict(list)
             for record in records:
-                grouped[record.draft_id].append(record)
+                grouped[record.stream_id].append(record)
             groups = dict(grouped)
-        for draft_id, group in groups.items():
-            for listener in tuple(self._by_draft.get(draft_id, ())):
+        for stream_id, group in groups.items():
+            for listener in tuple(self._by_stream.get(stream_id, ())):
                 self._call(listener, group)
 
     @staticmethod
@@ -82,8 +83,8 @@ class Notifier:
         except Exception:  # one broken subscriber must not stop the others
             log.exception("notifier listener failed")
 
-    async def wait_for(self, draft_id: str, after_seq: int, timeout: float) -> bool:
-        """Wait until a record of ``draft_id`` with ``seq > after_seq`` is published.
+    async def wait_for(self, stream_id: str, after_seq: int, timeout: float) -> bool:
+        """Wait until a record of ``stream_id`` with ``seq > after_seq`` is published.
 
         Returns ``False`` on timeout. Callers must check the log first: only records published
         after this call starts wake it.
@@ -95,11 +96,11 @@ class Notifier:
             if not woken.done() and records[-1].seq > after_seq:
                 woken.set_result(None)
 
-        self.add_listener(draft_id, listener)
+        self.add_listener(stream_id, listener)
         try:
             await asyncio.wait_for(woken, timeout)
             return True
         except TimeoutError:
             return False
         finally:
-            self.remove_listener(draft_id, listener)
+            self.remove_listener(stream_id, listener)

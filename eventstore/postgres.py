@@ -2,12 +2,12 @@
 
 Writing
 -------
-Each store has one writer task that takes every pending append (of any drafts) and commits them
+Each store has one writer task that takes every pending append (of any streams) and commits them
 as one transaction on a pooled connection (group commit, as in :mod:`eventstore.sqlite`). The
 transaction first row-locks the single-row counter ``log_head`` (``SELECT … FOR UPDATE``), then
-reads the drafts' heads and the idempotency keys, checks ``expected_seq`` and the keys, builds
+reads the streams' heads and the idempotency keys, checks ``expected_seq`` and the keys, builds
 the records (seq, position, body, hash chain) and inserts them, and sends
-``pg_notify('ringlog', draft_id || ':' || last_seq)`` for each draft it wrote. The counter lock
+``pg_notify('ringlog', stream_id || ':' || last_seq)`` for each stream it wrote. The counter lock
 serialises writers across all nodes, so the head and key checks made under it stay true until
 commit; the schema checks the rest again (:mod:`eventstore.pg_schema`).
 
@@ -28,21 +28,28 @@ Sequences also leave holes after rollbacks. Here positions come from ``log_head`
 
 So every snapshot sees a prefix 1..k of the log, and ``read_all(after)`` (one statement, one
 snapshot) can never return a record while one with a smaller position is still to commit. The
-price is that appends are serialised globally (not only per draft) while a transaction holds
+price is that appends are serialised globally (not only per stream) while a transaction holds
 the lock; group commit amortises this: one lock hold and one WAL flush per group.
 
-Cross-node wake-up
-------------------
+Commit discovery (how a node learns of other nodes' commits)
+------------------------------------------------------------
 Local appends are published to :attr:`notifier` right after commit, before ``append`` returns.
-Records written by other nodes are learnt from the log itself: the store keeps the position up
-to which it has published (``published_position``) and, when woken, publishes
+Records written by other nodes are *discovered* from the log itself: the store keeps the
+position up to which it has published (``published_position``) and, when woken, publishes
 ``read_all(published_position)`` in position order. Because positions are commit-ordered and
-gap-free, this one cursor gives every draft's records in seq order, each exactly once. Wake-ups
+gap-free, this one cursor gives every stream's records in seq order, each exactly once. Wake-ups
 come from a dedicated ``LISTEN ringlog`` connection (a notification is only a hint: it names a
-draft and seq, and one for records already published is ignored), and from a periodic check
+stream and seq, and one for records already published is ignored), and from a periodic check
 every ``poll_interval`` seconds, which covers lost notifications and a dropped listener
 connection. That connection is re-established automatically, and reconnecting also triggers a
-catch-up.
+discovery. (Commit discovery is the store's own mechanism; the projector's replay of the log
+and a socket's replay of a stream are other things, named in their own modules.)
+
+Errors
+------
+Driver and socket errors are mapped to the store's errors in one place, :func:`_store_error`
+(used through :func:`_mapped_errors`), with the same meanings as on SQLite. The stream id is
+stored in the column ``draft_id`` (see :mod:`eventstore.sql`).
 """
 
 from __future__ import annotations
@@ -56,44 +63,36 @@ from typing import Any
 
 import asyncpg
 
-from eventstore.errors import (
-    LogCorrupted,
-    StoreError,
-    StoreUnavailable,
-)
+from eventstore.errors import LogCorrupted, StoreError, StoreUnavailable, UnrepresentableValue
 from eventstore.events import (
     GENESIS_HASH,
+    AppendResult,
     IdempotencyClaim,
     IdempotencyRecord,
     NewEvent,
     Record,
+    Snapshot,
+    check_continues,
 )
-from eventstore.groupcommit import GroupCommitter, PendingAppend, plan_group, record_row
+from eventstore.groupcommit import GroupCommitter, PendingAppend, plan_group
 from eventstore.notifier import Notifier
 from eventstore.pg_schema import SCHEMA, SCHEMA_LOCK, SCHEMA_VERSION
-from eventstore.store import AppendResult, Snapshot
+from eventstore.sql import MAX_GROUP, QUEUE_SIZE, RECORD_COLUMNS, record_from_row, record_row
+from eventstore.values import check_text, clamp_int64, is_storable_text, read_limit
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "ringlog"
-"""The LISTEN/NOTIFY channel; payloads are ``draft_id:last_seq``."""
+"""The LISTEN/NOTIFY channel; payloads are ``stream_id:last_seq``."""
 
 LISTEN_APPLICATION_NAME = "ringlog-listen"
 """``application_name`` of the listener connection (operators can find it in pg_stat_activity)."""
 
-RECORD_COLUMNS = "position, draft_id, seq, type, body, hash, idem_user, idem_key, idem_fp"
-
-MAX_GROUP = 1000
-"""Appends committed together at most."""
-
-QUEUE_SIZE = 10_000
-"""Appends waiting for the writer at most; callers beyond it wait (back-pressure)."""
-
-FOLLOW_PAGE = 1000
-"""Records read per query when catching up with other nodes' appends."""
+DISCOVERY_PAGE = 1000
+"""Records read per query by commit discovery."""
 
 KNOWN_HEADS = 100_000
-"""Drafts whose last published seq is remembered (to ignore notifications already handled)."""
+"""Streams whose last published seq is remembered (to ignore notifications already handled)."""
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -131,26 +130,44 @@ JOIN events e ON e.idem_user = c.idem_user AND e.idem_key = c.idem_key AND e.ide
 """
 
 
-def record_from_row(row: Sequence[Any]) -> Record:
-    """Build a Record from a row selected with :data:`RECORD_COLUMNS`."""
-    claim = IdempotencyClaim(row[6], row[7], row[8]) if row[7] is not None else None
-    return Record(row[0], row[1], row[2], row[3], bytes(row[4]), bytes(row[5]), claim)
-
-
 def _record_columns(records: Sequence[Record]) -> list[list[Any]]:
     """Column arrays for :data:`_INSERT` (unnest of one array per column)."""
     return [list(column) for column in zip(*map(record_row, records), strict=True)] if records else [[]] * 9
 
 
+def _store_error(e: BaseException, action: str) -> StoreError | None:
+    """THE mapping of asyncpg's and the socket's errors to the store's (None: not a storage error).
+
+    Same meanings as :func:`eventstore.sqlite._store_error`: an integrity constraint (the
+    schema's triggers, UNIQUE) refusing a write is :class:`LogCorrupted`; a data exception
+    (SQLSTATE class 22: NUL in text, invalid UTF-8, a number out of range, an argument the
+    driver cannot encode) is :class:`UnrepresentableValue`; connection loss, timeouts and every
+    other server error are :class:`StoreUnavailable`. Messages carry ``repr`` of the driver's
+    text, so no raw byte of a value reaches a log line.
+    """
+    if isinstance(e, StoreError):
+        return e
+    if isinstance(e, asyncpg.IntegrityConstraintViolationError):
+        return LogCorrupted(f"the log's schema refused the {action}: {str(e)!r}")
+    if isinstance(e, asyncpg.DataError | UnicodeEncodeError | OverflowError):
+        return UnrepresentableValue(
+            f"a value of the {action}", f"PostgreSQL cannot store it ({e.__class__.__name__})"
+        )
+    if isinstance(e, (asyncpg.PostgresError, *CONNECTION_ERRORS)):
+        return StoreUnavailable(f"PostgreSQL {action} failed: {str(e)!r}")
+    return None
+
+
 @contextlib.contextmanager
 def _mapped_errors(action: str) -> Iterator[None]:
-    """Re-raise asyncpg's and the socket's errors as :class:`StoreUnavailable`."""
+    """Re-raise a lower-layer error as the store's (:func:`_store_error`), ``from`` the original."""
     try:
         yield
-    except StoreError:
-        raise
-    except (asyncpg.PostgresError, *CONNECTION_ERRORS) as e:
-        raise StoreUnavailable(f"PostgreSQL {action} failed: {e}") from e
+    except Exception as e:
+        mapped = _store_error(e, action)
+        if mapped is None or mapped is e:
+            raise
+        raise mapped from e
 
 
 class PostgresStore:
@@ -184,18 +201,17 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._committer = GroupCommitter(
             self._commit_group,
-            _append_error,
             max_group=MAX_GROUP,
             queue_size=QUEUE_SIZE,
             name="ringlog-pg-writer",
         )
         self._closing = False
-        # following other nodes
+        # commit discovery (other nodes' commits)
         self._published_position = 0
         self._known_heads: OrderedDict[str, int] = OrderedDict()
-        self._follow_lock = asyncio.Lock()
-        self._follow_task: asyncio.Task[None] | None = None
-        self._follow_wanted = False
+        self._discovery_lock = asyncio.Lock()
+        self._discovery_task: asyncio.Task[None] | None = None
+        self._discovery_wanted = False
         self._listener: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._listen_conn: asyncpg.Connection | None = None
@@ -230,31 +246,35 @@ class PostgresStore:
     # -- life cycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create the schema (idempotent), open the pool, start the writer and the follower."""
+        """Create the schema (idempotent), open the pool, start the writer and commit discovery."""
         try:
-            self._pool = await asyncpg.create_pool(
-                self.url,
-                min_size=min(2, self.pool_size),
-                max_size=self.pool_size,
-                timeout=self.connect_timeout,
-                command_timeout=self.command_timeout,
-            )
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-                if await self._schema_version(conn) != SCHEMA_VERSION:
-                    await conn.execute(SCHEMA)
-                self._published_position = int(
-                    await conn.fetchval("SELECT COALESCE(MAX(position), 0) FROM events")
-                )
-        except (asyncpg.PostgresError, *CONNECTION_ERRORS) as e:
+            with _mapped_errors("open"):
+                await self._open_pool()
+        except StoreError:
             await self.close()
-            raise StoreUnavailable(f"cannot open PostgreSQL database: {e}") from e
+            raise
         loop = asyncio.get_running_loop()
         self._committer.start()
         if self.listen:
             self._listener = loop.create_task(self._listen_loop(), name="ringlog-pg-listen")
         if self.poll_interval > 0:
             self._poller = loop.create_task(self._poll_loop(), name="ringlog-pg-poll")
+
+    async def _open_pool(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self.url,
+            min_size=min(2, self.pool_size),
+            max_size=self.pool_size,
+            timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+            if await self._schema_version(conn) != SCHEMA_VERSION:
+                await conn.execute(SCHEMA)
+            self._published_position = int(
+                await conn.fetchval("SELECT COALESCE(MAX(position), 0) FROM events")
+            )
 
     @staticmethod
     async def _schema_version(conn: asyncpg.Connection) -> str | None:
@@ -264,15 +284,15 @@ class PostgresStore:
         return str(value) if value is not None else None
 
     async def close(self) -> None:
-        """Refuse new appends, finish those queued, stop following, close every connection."""
+        """Refuse new appends, finish those queued, stop commit discovery, close every connection."""
         self._closing = True
         await self._committer.stop()
-        for task in (self._listener, self._poller, self._follow_task):
+        for task in (self._listener, self._poller, self._discovery_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._listener = self._poller = self._follow_task = None
+        self._listener = self._poller = self._discovery_task = None
         if self._listen_conn is not None:
             with contextlib.suppress(Exception):
                 await self._listen_conn.close(timeout=2)
@@ -293,63 +313,57 @@ class PostgresStore:
 
     async def append(
         self,
-        draft_id: str,
+        stream_id: str,
         events: Sequence[NewEvent],
         expected_seq: int,
         idempotency: IdempotencyClaim | None = None,
     ) -> AppendResult:
-        """Queue an append for the group-commit writer and wait for its outcome."""
-        return await self._committer.submit(draft_id, events, expected_seq, idempotency)
+        """Check and serialise the append, queue it for the group-commit writer, await its outcome."""
+        return await self._committer.submit(stream_id, events, expected_seq, idempotency)
 
     async def _commit_group(self, group: list[PendingAppend]) -> None:
-        try:
+        """One group's transaction (a failure is retried append by append by the committer)."""
+        with _mapped_errors("append"):
             records = await self._transact(group)
-        except asyncpg.PostgresError as e:
-            if len(group) == 1 or isinstance(e, CONNECTION_ERRORS):
-                raise
-            # One bad append must not sink the others: commit each on its own.
-            log.warning("group append failed (%s); retrying its %d appends one by one", e, len(group))
-            records = []
-            for item in group:
-                item.outcome = None
-                try:
-                    records.extend(await self._transact([item]))
-                except (asyncpg.PostgresError, *CONNECTION_ERRORS) as single:
-                    item.outcome = _append_error(single)
         if records:
             await self._publish_local(records)
+
+    async def _heads(
+        self, conn: asyncpg.Connection, stream_ids: Sequence[str]
+    ) -> dict[str, tuple[int, bytes]]:
+        """The last (seq, hash) of each stream, (0, genesis) for a new one: one query."""
+        return {
+            row[0]: (int(row[1]), bytes(row[2])) if row[1] is not None else (0, GENESIS_HASH)
+            for row in await conn.fetch(_HEADS, sorted(set(stream_ids)))
+        }
 
     async def _transact(self, group: list[PendingAppend]) -> list[Record]:
         """One transaction: lock the counter, check every append, insert the accepted ones."""
         async with self._acquire() as conn, conn.transaction():
             last_position = int(await conn.fetchval("SELECT position FROM log_head FOR UPDATE"))
-            drafts = sorted({item.draft_id for item in group})
-            heads: dict[str, tuple[int, bytes]] = {
-                row[0]: (int(row[1]), bytes(row[2])) if row[1] is not None else (0, GENESIS_HASH)
-                for row in await conn.fetch(_HEADS, drafts)
-            }
+            heads = await self._heads(conn, [item.stream_id for item in group])
             claims = [item.claim for item in group if item.claim is not None]
             claimed: dict[tuple[str, str], IdempotencyRecord] = {}
             if claims:
                 rows = await conn.fetch(_CLAIMS, [c.user_id for c in claims], [c.key for c in claims])
                 for row in rows:
                     claimed[(row[0], row[1])] = IdempotencyRecord(row[0], row[1], row[2], row[3], row[4])
-            records, _ = plan_group(group, lambda d: heads.get(d, (0, GENESIS_HASH)), claimed, last_position)
+            records, _ = plan_group(group, lambda s: heads.get(s, (0, GENESIS_HASH)), claimed, last_position)
             if records:
                 await conn.execute(_INSERT, *_record_columns(records))
             return records
 
-    # -- publishing (local commits and other nodes' commits) ---------------------------------
+    # -- publishing (local commits, and other nodes' commits found by commit discovery) -------
 
     async def _publish_local(self, records: list[Record]) -> None:
         """Publish a commit of ours, after any earlier commits of other nodes not yet published."""
         records.sort(key=lambda r: r.position)
         if records[0].position > self._published_position + 1:
             try:
-                await self._catch_up()
-            except StoreError:
-                log.warning("could not read other nodes' records before publishing ours", exc_info=True)
-                self._schedule_catch_up()
+                await self._discover_commits()
+            except StoreError as e:
+                log.warning("could not read other nodes' records before publishing ours: %r", str(e))
+                self._schedule_discovery()
                 return
         self._deliver(records)
 
@@ -365,7 +379,7 @@ class PostgresStore:
             if record.position < expected:
                 continue
             if record.position > expected:
-                self._schedule_catch_up()  # a gap: read it from the log rather than skip it
+                self._schedule_discovery()  # a gap: read it from the log rather than skip it
                 break
             fresh.append(record)
             expected += 1
@@ -373,47 +387,47 @@ class PostgresStore:
             return
         self._published_position = fresh[-1].position
         for record in fresh:
-            self._known_heads[record.draft_id] = record.seq
-            self._known_heads.move_to_end(record.draft_id)
+            self._known_heads[record.stream_id] = record.seq
+            self._known_heads.move_to_end(record.stream_id)
         while len(self._known_heads) > KNOWN_HEADS:
             self._known_heads.popitem(last=False)
         self.notifier.publish(fresh)
 
-    async def _catch_up(self) -> None:
-        """Publish every committed record after :attr:`published_position`, in position order."""
-        async with self._follow_lock:
+    async def _discover_commits(self) -> None:
+        """Commit discovery: publish every committed record after :attr:`published_position`, in position order."""
+        async with self._discovery_lock:
             while True:
-                page = await self.read_all(self._published_position, FOLLOW_PAGE)
+                page = await self.read_all(self._published_position, DISCOVERY_PAGE)
                 self._deliver(page)
-                if len(page) < FOLLOW_PAGE:
+                if len(page) < DISCOVERY_PAGE:
                     return
 
-    def _schedule_catch_up(self) -> None:
+    def _schedule_discovery(self) -> None:
         if self._closing:
             return
-        self._follow_wanted = True
-        if self._follow_task is None or self._follow_task.done():
-            self._follow_task = asyncio.get_running_loop().create_task(
-                self._follow(), name="ringlog-pg-follow"
+        self._discovery_wanted = True
+        if self._discovery_task is None or self._discovery_task.done():
+            self._discovery_task = asyncio.get_running_loop().create_task(
+                self._discovery_loop(), name="ringlog-pg-discover"
             )
 
-    async def _follow(self) -> None:
-        while self._follow_wanted and not self._closing:
-            self._follow_wanted = False
+    async def _discovery_loop(self) -> None:
+        while self._discovery_wanted and not self._closing:
+            self._discovery_wanted = False
             try:
-                await self._catch_up()
-            except StoreError as e:
-                log.warning("could not read the log to follow other nodes (will retry): %s", e)
+                await self._discover_commits()
+            except StoreError as e:  # the periodic check runs it again
+                log.warning("commit discovery could not read the log (will retry): %r", str(e))
                 return
 
     def _on_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        draft_id, _, seq = payload.rpartition(":")
+        stream_id, _, seq = payload.rpartition(":")
         try:
-            if self._known_heads.get(draft_id, 0) >= int(seq):
+            if self._known_heads.get(stream_id, 0) >= int(seq):
                 return  # our own commit, or one already read from the log
         except ValueError:
             log.warning("ignoring malformed notification %r", payload)
-        self._schedule_catch_up()
+        self._schedule_discovery()
 
     async def _listen_loop(self) -> None:
         """Keep a LISTEN connection open; reconnect with back-off when it drops."""
@@ -432,11 +446,11 @@ class PostgresStore:
                 self._listen_conn = conn
                 self._listening.set()
                 backoff = 0.1
-                self._schedule_catch_up()  # whatever was committed while we were not listening
+                self._schedule_discovery()  # whatever was committed while we were not listening
                 await self._watch(conn, lost)
                 log.warning("LISTEN connection lost; reconnecting")
             except (asyncpg.PostgresError, *CONNECTION_ERRORS) as e:
-                log.warning("LISTEN connection failed (%s); retrying in %.1fs", e, backoff)
+                log.warning("LISTEN connection failed (%r); retrying in %.1fs", str(e), backoff)
             finally:
                 self._listening.clear()
                 self._listen_conn = None
@@ -459,27 +473,29 @@ class PostgresStore:
         """The periodic check: a lost notification delays delivery by one interval at most."""
         while True:
             await asyncio.sleep(self.poll_interval)
-            self._schedule_catch_up()
+            self._schedule_discovery()
 
     # -- bulk import (used by ``ringlog copy``) ------------------------------------------------
 
     async def import_records(self, records: Sequence[Record]) -> None:
         """Insert already-built records as they are, in one transaction.
 
-        They must continue the log (next positions, next seqs, valid hash chain): the schema's
-        triggers refuse anything else with :class:`LogCorrupted`, and nothing of the batch is
-        written.
+        They must continue the log (next positions, next seqs, valid hash chain):
+        :func:`eventstore.events.check_continues` checks it under the counter lock, as on every
+        backend, and the schema's triggers check it again; anything else is refused with
+        :class:`LogCorrupted`, and nothing of the batch is written.
         """
         if not records:
             return
         ordered = sorted(records, key=lambda r: r.position)
         with _mapped_errors("import"):
-            try:
-                async with self._acquire() as conn, conn.transaction():
-                    await conn.execute("SELECT position FROM log_head FOR UPDATE")
-                    await conn.execute(_INSERT, *_record_columns(ordered))
-            except asyncpg.IntegrityConstraintViolationError as e:
-                raise LogCorrupted(f"imported records do not continue the log: {e}") from e
+            async with self._acquire() as conn, conn.transaction():
+                last_position = int(await conn.fetchval("SELECT position FROM log_head FOR UPDATE"))
+                heads = await self._heads(
+                    conn, [r.stream_id for r in ordered if is_storable_text(r.stream_id)]
+                )
+                check_continues(ordered, lambda s: heads.get(s, (0, GENESIS_HASH)), last_position)
+                await conn.execute(_INSERT, *_record_columns(ordered))
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -489,28 +505,44 @@ class PostgresStore:
                 rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
                 return rows
 
-    async def read(self, draft_id: str, after_seq: int = 0, limit: int | None = None) -> list[Record]:
-        """The draft's records with ``seq > after_seq``, oldest first."""
+    async def read(self, stream_id: str, after_seq: int = 0, limit: int | None = None) -> list[Record]:
+        """The stream's records with ``seq > after_seq``, oldest first."""
+        if not is_storable_text(stream_id):
+            return []
         rows = await self._fetch(
             f"SELECT {RECORD_COLUMNS} FROM events WHERE draft_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-            draft_id,
-            after_seq,
-            limit,
+            stream_id,
+            clamp_int64(after_seq),
+            read_limit(limit),
         )
         return [record_from_row(r) for r in rows]
+
+    async def read_stream_bodies(self, stream_id: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """``(seq, body)`` of the stream's records after ``after_seq``: what a replay sends, and no more."""
+        if not is_storable_text(stream_id):
+            return []
+        rows = await self._fetch(
+            "SELECT seq, body FROM events WHERE draft_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            stream_id,
+            clamp_int64(after_seq),
+            read_limit(limit),
+        )
+        return [(int(r[0]), bytes(r[1])) for r in rows]
 
     async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[Record]:
         """Records with ``position > after_position``; never skips one (see the module doc)."""
         rows = await self._fetch(
             f"SELECT {RECORD_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2",
-            after_position,
-            limit,
+            clamp_int64(after_position),
+            read_limit(limit),
         )
         return [record_from_row(r) for r in rows]
 
-    async def head(self, draft_id: str) -> int:
-        """The draft's last seq."""
-        rows = await self._fetch("SELECT COALESCE(MAX(seq), 0) FROM events WHERE draft_id = $1", draft_id)
+    async def head(self, stream_id: str) -> int:
+        """The stream's last seq."""
+        if not is_storable_text(stream_id):
+            return 0
+        rows = await self._fetch("SELECT COALESCE(MAX(seq), 0) FROM events WHERE draft_id = $1", stream_id)
         return int(rows[0][0])
 
     async def last_position(self) -> int:
@@ -520,6 +552,8 @@ class PostgresStore:
 
     async def find_idempotency(self, user_id: str, key: str) -> IdempotencyRecord | None:
         """The append that first used ``(user_id, key)``."""
+        if not (is_storable_text(user_id) and is_storable_text(key)):
+            return None
         rows = await self._fetch(
             "SELECT idem_fp, draft_id, seq FROM events "
             "WHERE idem_user = $1 AND idem_key = $2 AND idem_key IS NOT NULL",
@@ -528,39 +562,44 @@ class PostgresStore:
         )
         if not rows:
             return None
-        fp, draft_id, seq = rows[0]
-        return IdempotencyRecord(user_id, key, fp, draft_id, int(seq))
+        fp, stream_id, seq = rows[0]
+        return IdempotencyRecord(user_id, key, fp, stream_id, int(seq))
 
     # -- snapshots --------------------------------------------------------------------------
 
-    async def load_snapshot(self, draft_id: str) -> Snapshot | None:
-        """The stored projection of a draft."""
-        rows = await self._fetch("SELECT seq, state FROM snapshots WHERE draft_id = $1", draft_id)
-        return Snapshot(draft_id, int(rows[0][0]), bytes(rows[0][1])) if rows else None
+    async def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        """The stored projection of a stream."""
+        if not is_storable_text(stream_id):
+            return None
+        rows = await self._fetch("SELECT seq, state FROM snapshots WHERE draft_id = $1", stream_id)
+        return Snapshot(stream_id, int(rows[0][0]), bytes(rows[0][1])) if rows else None
 
-    async def list_snapshots(self, after_draft_id: str = "", limit: int = 1000) -> list[Snapshot]:
-        """Stored projections ordered by draft id (byte order, like SQLite)."""
+    async def list_snapshots(self, after_stream_id: str = "", limit: int = 1000) -> list[Snapshot]:
+        """Stored projections ordered by stream id (byte order, like SQLite)."""
+        check_text("stream id", after_stream_id)
         rows = await self._fetch(
             'SELECT draft_id, seq, state FROM snapshots WHERE draft_id > $1 COLLATE "C" '
             'ORDER BY draft_id COLLATE "C" LIMIT $2',
-            after_draft_id,
-            limit,
+            after_stream_id,
+            read_limit(limit),
         )
         return [Snapshot(r[0], int(r[1]), bytes(r[2])) for r in rows]
 
     async def save_snapshots(self, snapshots: Sequence[Snapshot], checkpoint: int) -> None:
         """Upsert projections (never to an older seq) and the checkpoint, in one transaction."""
+        for snap in snapshots:
+            check_text("stream id", snap.stream_id)
         with _mapped_errors("snapshot write"):
             async with self._acquire() as conn, conn.transaction():
                 if snapshots:
-                    # rows are locked in draft order: two nodes flushing the same drafts (each in
+                    # rows are locked in stream order: two nodes flushing the same streams (each in
                     # its own set order) would otherwise deadlock
                     await conn.execute(
                         "INSERT INTO snapshots (draft_id, seq, state) "
                         "SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[]) ORDER BY 1 "
                         "ON CONFLICT (draft_id) DO UPDATE SET seq = excluded.seq, state = excluded.state "
                         "WHERE excluded.seq >= snapshots.seq",
-                        [s.draft_id for s in snapshots],
+                        [s.stream_id for s in snapshots],
                         [s.seq for s in snapshots],
                         [s.state for s in snapshots],
                     )
@@ -582,7 +621,3 @@ class PostgresStore:
             async with self._acquire() as conn, conn.transaction():
                 await conn.execute("DELETE FROM snapshots")
                 await conn.execute("DELETE FROM meta WHERE key = 'snapshot_checkpoint'")
-
-
-def _append_error(e: BaseException) -> StoreError:
-    return e if isinstance(e, StoreError) else StoreUnavailable(f"PostgreSQL append failed: {e}")

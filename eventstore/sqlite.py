@@ -8,6 +8,11 @@ process writes the same file. Reads use aiosqlite connections and never block th
 
 The schema keeps the invariants itself: ``UNIQUE(draft_id, seq)``, a trigger that refuses any
 insert whose seq or position is not the next one, and triggers that refuse UPDATE and DELETE.
+The stream id is stored in the column ``draft_id`` (the name of the first schema, kept so that
+existing databases open without a migration; see :mod:`eventstore.sql`).
+
+Driver errors are mapped to the store's errors in one place, :func:`_store_error` (used through
+:func:`_mapped_errors`), with the same meaning as on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -18,24 +23,28 @@ import itertools
 import logging
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
-from eventstore.errors import StoreError, StoreUnavailable
+from eventstore.errors import LogCorrupted, StoreError, StoreUnavailable, UnrepresentableValue
 from eventstore.events import (
     GENESIS_HASH,
+    AppendResult,
     IdempotencyClaim,
     IdempotencyRecord,
     NewEvent,
     Record,
+    Snapshot,
+    check_continues,
 )
-from eventstore.groupcommit import GroupCommitter, Head, PendingAppend, plan_group, record_row
+from eventstore.groupcommit import GroupCommitter, Head, PendingAppend, plan_group
 from eventstore.notifier import Notifier
-from eventstore.store import AppendResult, Snapshot
+from eventstore.sql import MAX_GROUP, QUEUE_SIZE, RECORD_COLUMNS, record_from_row, record_row
+from eventstore.values import check_text, clamp_int64, is_storable_text, read_limit
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +85,45 @@ CREATE TABLE IF NOT EXISTS meta (
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
 """
 
-RECORD_COLUMNS = "position, draft_id, seq, type, body, hash, idem_user, idem_key, idem_fp"
-
-MAX_GROUP = 1000
-"""Appends committed together at most (bounds one transaction's size and latency)."""
-
 HEAD_CACHE_SIZE = 100_000
-"""Drafts whose head the writer remembers between groups at most."""
+"""Streams whose head the writer remembers between groups at most."""
 
-QUEUE_SIZE = 10_000
-"""Appends waiting for the writer at most; callers beyond it wait (back-pressure)."""
+_INSERT = f"INSERT INTO events ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
-def record_from_row(row: Sequence[Any]) -> Record:
-    """Build a Record from a row selected with :data:`RECORD_COLUMNS`."""
-    claim = IdempotencyClaim(row[6], row[7], row[8]) if row[7] is not None else None
-    return Record(row[0], row[1], row[2], row[3], bytes(row[4]), bytes(row[5]), claim)
+def _store_error(e: BaseException, action: str) -> StoreError | None:
+    """THE mapping of SQLite's and the OS's errors to the store's (None: not a storage error).
+
+    Same meanings as :func:`eventstore.postgres._store_error`: the schema refusing a write
+    (trigger, UNIQUE) is :class:`LogCorrupted`; a value the driver cannot bind (lone surrogate,
+    integer beyond 64 bits) is :class:`UnrepresentableValue`; everything else that sqlite3 or
+    the OS raises (locked, disk full, read-only, I/O error, not a database) is
+    :class:`StoreUnavailable`. Messages carry ``repr`` of the driver's text, so no raw byte of a
+    value reaches a log line.
+    """
+    if isinstance(e, StoreError):
+        return e
+    if isinstance(e, sqlite3.IntegrityError):
+        return LogCorrupted(f"the log's schema refused the {action}: {str(e)!r}")
+    if isinstance(e, UnicodeEncodeError | OverflowError):
+        return UnrepresentableValue(
+            f"a value of the {action}", f"the SQLite driver cannot bind it ({e.__class__.__name__})"
+        )
+    if isinstance(e, sqlite3.Error | OSError):
+        return StoreUnavailable(f"SQLite {action} failed: {str(e)!r}")
+    return None
+
+
+@contextlib.contextmanager
+def _mapped_errors(action: str) -> Iterator[None]:
+    """Re-raise a lower-layer error as the store's (:func:`_store_error`), ``from`` the original."""
+    try:
+        yield
+    except Exception as e:
+        mapped = _store_error(e, action)
+        if mapped is None or mapped is e:
+            raise
+        raise mapped from e
 
 
 class SQLiteStore:
@@ -111,7 +143,6 @@ class SQLiteStore:
         self._wconn: sqlite3.Connection | None = None
         self._committer = GroupCommitter(
             self._commit_group,
-            _unavailable,
             max_group=MAX_GROUP,
             queue_size=QUEUE_SIZE,
             name="ringlog-writer",
@@ -129,15 +160,16 @@ class SQLiteStore:
         """Create the schema (idempotent), open the writer thread and the readers."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ringlog-writer")
         try:
-            await self._in_writer_thread(self._open_writer)
-            for _ in range(self._reader_count):
-                conn = await aiosqlite.connect(self.path)
-                await conn.execute("PRAGMA busy_timeout = 5000")
-                await conn.execute("PRAGMA query_only = 1")
-                self._readers.append(conn)
-        except (sqlite3.Error, OSError) as e:
+            with _mapped_errors(f"open of {self.path!r}"):
+                await self._in_writer_thread(self._open_writer)
+                for _ in range(self._reader_count):
+                    conn = await aiosqlite.connect(self.path)
+                    await conn.execute("PRAGMA busy_timeout = 5000")
+                    await conn.execute("PRAGMA query_only = 1")
+                    self._readers.append(conn)
+        except StoreError:
             await self.close()
-            raise StoreUnavailable(f"cannot open SQLite database {self.path}: {e}") from e
+            raise
         self._committer.start()
 
     def _open_writer(self) -> None:
@@ -174,25 +206,23 @@ class SQLiteStore:
 
     async def append(
         self,
-        draft_id: str,
+        stream_id: str,
         events: Sequence[NewEvent],
         expected_seq: int,
         idempotency: IdempotencyClaim | None = None,
     ) -> AppendResult:
-        """Queue an append for the group-commit writer and wait for its outcome."""
-        return await self._committer.submit(draft_id, events, expected_seq, idempotency)
+        """Check and serialise the append, queue it for the group-commit writer, await its outcome."""
+        return await self._committer.submit(stream_id, events, expected_seq, idempotency)
 
-    async def _run_job(self, run: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run_job(self, run: Callable[[sqlite3.Connection], T], action: str) -> T:
         """Any other write (snapshots, imports): its own transaction in the writer's thread.
 
         The writer's executor has one thread, so jobs and group commits never overlap.
         """
         if not self._committer.running:
             raise StoreUnavailable("the store is closed")
-        try:
+        with _mapped_errors(action):
             return await self._in_writer_thread(lambda: self._transaction(run))
-        except Exception as e:
-            raise _unavailable(e) from e
 
     def _transaction(self, run: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._wconn
@@ -218,24 +248,26 @@ class SQLiteStore:
         return records
 
     async def _commit_group(self, group: list[PendingAppend]) -> None:
-        records = await self._in_writer_thread(lambda: self._commit_group_in_thread(group))
+        with _mapped_errors("append"):
+            records = await self._in_writer_thread(lambda: self._commit_group_in_thread(group))
         self.notifier.publish(records)
 
     async def import_records(self, records: Sequence[Record]) -> None:
         """Insert already-built records as they are, in one transaction (``ringlog copy``).
 
-        They must continue the log: the schema's trigger refuses a position or seq that is not
-        the next one, and then nothing of the batch is written.
+        They must continue the log (:func:`eventstore.events.check_continues`, checked inside
+        the transaction; the schema's trigger checks positions and seqs again): otherwise
+        :class:`LogCorrupted` and nothing of the batch is written.
         """
-        rows = [record_row(r) for r in sorted(records, key=lambda r: r.position)]
+        ordered = sorted(records, key=lambda r: r.position)
 
         def run(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                f"INSERT INTO events ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
-            )
+            last_position = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()[0]
+            check_continues(ordered, lambda stream_id: _head(conn, stream_id), last_position)
+            conn.executemany(_INSERT, [record_row(r) for r in ordered])
 
-        if rows:
-            await self._run_job(run)
+        if ordered:  # the head cache needs no care: it is valid only at the last position it saw
+            await self._run_job(run, "import")
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -245,25 +277,27 @@ class SQLiteStore:
         return self._readers[next(self._next_reader) % len(self._readers)]
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        try:
+        with _mapped_errors("read"):
             rows = await self._reader().execute_fetchall(sql, params)
-        except sqlite3.Error as e:
-            raise StoreUnavailable(f"SQLite read failed: {e}") from e
         return list(rows)
 
-    async def read(self, draft_id: str, after_seq: int = 0, limit: int | None = None) -> list[Record]:
-        """The draft's records with ``seq > after_seq``, oldest first."""
+    async def read(self, stream_id: str, after_seq: int = 0, limit: int | None = None) -> list[Record]:
+        """The stream's records with ``seq > after_seq``, oldest first."""
+        if not is_storable_text(stream_id):
+            return []
         rows = await self._fetch(
             f"SELECT {RECORD_COLUMNS} FROM events WHERE draft_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (draft_id, after_seq, -1 if limit is None else limit),
+            (stream_id, clamp_int64(after_seq), _sql_limit(limit)),
         )
         return [record_from_row(r) for r in rows]
 
-    async def read_draft_bodies(self, draft_id: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
-        """``(seq, body)`` of the draft's records after ``after_seq``: what a catch-up sends, and no more."""
+    async def read_stream_bodies(self, stream_id: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """``(seq, body)`` of the stream's records after ``after_seq``: what a replay sends, and no more."""
+        if not is_storable_text(stream_id):
+            return []
         rows: list[tuple[int, bytes]] = await self._fetch(
             "SELECT seq, body FROM events WHERE draft_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (draft_id, after_seq, limit),
+            (stream_id, clamp_int64(after_seq), _sql_limit(limit)),
         )
         return rows
 
@@ -271,7 +305,7 @@ class SQLiteStore:
         """Records with ``position > after_position``; SQLite commits in position order."""
         rows = await self._fetch(
             f"SELECT {RECORD_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
-            (after_position, limit),
+            (clamp_int64(after_position), _sql_limit(limit)),
         )
         return [record_from_row(r) for r in rows]
 
@@ -279,13 +313,15 @@ class SQLiteStore:
         """``(position, body)`` after ``after_position``: what a rebuild needs, and no more."""
         rows = await self._fetch(
             "SELECT position, body FROM events WHERE position > ? ORDER BY position LIMIT ?",
-            (after_position, limit),
+            (clamp_int64(after_position), _sql_limit(limit)),
         )
         return [(r[0], r[1]) for r in rows]
 
-    async def head(self, draft_id: str) -> int:
-        """The draft's last seq."""
-        rows = await self._fetch("SELECT MAX(seq) FROM events WHERE draft_id = ?", (draft_id,))
+    async def head(self, stream_id: str) -> int:
+        """The stream's last seq."""
+        if not is_storable_text(stream_id):
+            return 0
+        rows = await self._fetch("SELECT MAX(seq) FROM events WHERE draft_id = ?", (stream_id,))
         return int(rows[0][0] or 0)
 
     async def last_position(self) -> int:
@@ -295,33 +331,40 @@ class SQLiteStore:
 
     async def find_idempotency(self, user_id: str, key: str) -> IdempotencyRecord | None:
         """The append that first used ``(user_id, key)``."""
+        if not (is_storable_text(user_id) and is_storable_text(key)):
+            return None
         rows = await self._fetch(
             "SELECT idem_fp, draft_id, seq FROM events WHERE idem_user = ? AND idem_key = ?",
             (user_id, key),
         )
         if not rows:
             return None
-        fp, draft_id, seq = rows[0]
-        return IdempotencyRecord(user_id, key, fp, draft_id, seq)
+        fp, stream_id, seq = rows[0]
+        return IdempotencyRecord(user_id, key, fp, stream_id, seq)
 
     # -- snapshots --------------------------------------------------------------------------
 
-    async def load_snapshot(self, draft_id: str) -> Snapshot | None:
-        """The stored projection of a draft."""
-        rows = await self._fetch("SELECT seq, state FROM snapshots WHERE draft_id = ?", (draft_id,))
-        return Snapshot(draft_id, rows[0][0], bytes(rows[0][1])) if rows else None
+    async def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        """The stored projection of a stream."""
+        if not is_storable_text(stream_id):
+            return None
+        rows = await self._fetch("SELECT seq, state FROM snapshots WHERE draft_id = ?", (stream_id,))
+        return Snapshot(stream_id, rows[0][0], bytes(rows[0][1])) if rows else None
 
-    async def list_snapshots(self, after_draft_id: str = "", limit: int = 1000) -> list[Snapshot]:
-        """Stored projections ordered by draft id."""
+    async def list_snapshots(self, after_stream_id: str = "", limit: int = 1000) -> list[Snapshot]:
+        """Stored projections ordered by stream id."""
+        check_text("stream id", after_stream_id)
         rows = await self._fetch(
             "SELECT draft_id, seq, state FROM snapshots WHERE draft_id > ? ORDER BY draft_id LIMIT ?",
-            (after_draft_id, limit),
+            (after_stream_id, _sql_limit(limit)),
         )
         return [Snapshot(r[0], r[1], bytes(r[2])) for r in rows]
 
     async def save_snapshots(self, snapshots: Sequence[Snapshot], checkpoint: int) -> None:
         """Upsert projections (never to an older seq) and the checkpoint, in one transaction."""
-        rows = [(s.draft_id, s.seq, s.state) for s in snapshots]
+        for snap in snapshots:
+            check_text("stream id", snap.stream_id)
+        rows = [(s.stream_id, s.seq, s.state) for s in snapshots]
 
         def run(conn: sqlite3.Connection) -> None:
             conn.executemany(
@@ -336,7 +379,7 @@ class SQLiteStore:
                 (str(checkpoint),),
             )
 
-        await self._run_job(run)
+        await self._run_job(run, "snapshot write")
 
     async def snapshot_checkpoint(self) -> int:
         """The checkpoint saved with the last snapshots."""
@@ -350,20 +393,34 @@ class SQLiteStore:
             conn.execute("DELETE FROM snapshots")
             conn.execute("DELETE FROM meta WHERE key = 'snapshot_checkpoint'")
 
-        await self._run_job(run)
+        await self._run_job(run, "snapshot reset")
+
+
+def _sql_limit(limit: int | None) -> int:
+    """A read's limit as SQLite's ``LIMIT`` takes it (-1: none); see :func:`eventstore.values.read_limit`."""
+    bounded = read_limit(limit)
+    return -1 if bounded is None else bounded
+
+
+def _head(conn: sqlite3.Connection, stream_id: str) -> Head:
+    """A stream's last (seq, hash) read in the writer's transaction."""
+    row = conn.execute(
+        "SELECT seq, hash FROM events WHERE draft_id = ? ORDER BY seq DESC LIMIT 1", (stream_id,)
+    ).fetchone()
+    return (row[0], bytes(row[1])) if row else (0, GENESIS_HASH)
 
 
 class _HeadCache:
-    """Each draft's last (seq, hash) as of ``position``, kept by the writer between groups.
+    """Each stream's last (seq, hash) as of ``position``, kept by the writer between groups.
 
-    Reading a head costs an index lookup per draft per group; the cache saves it. It is used
+    Reading a head costs an index lookup per stream per group; the cache saves it. It is used
     only when the log's last position still equals the one it was filled at: the log is
     append-only and positions are gap-free, so an unchanged last position means no other
     connection or process appended since. Anything else empties it.
     """
 
-    def __init__(self, max_drafts: int = HEAD_CACHE_SIZE) -> None:
-        self.max_drafts = max_drafts
+    def __init__(self, max_streams: int = HEAD_CACHE_SIZE) -> None:
+        self.max_streams = max_streams
         self.position: int | None = None
         self.heads: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
 
@@ -380,10 +437,10 @@ class _HeadCache:
     def committed(self, touched: dict[str, tuple[int, bytes]], last_position: int) -> None:
         """Record the heads a committed transaction left."""
         heads = self.heads
-        for draft_id, head in touched.items():
-            heads[draft_id] = head
-            heads.move_to_end(draft_id)
-        while len(heads) > self.max_drafts:
+        for stream_id, head in touched.items():
+            heads[stream_id] = head
+            heads.move_to_end(stream_id)
+        while len(heads) > self.max_streams:
             heads.popitem(last=False)
         self.position = last_position
 
@@ -405,8 +462,8 @@ def _claims_in_log(
             "SELECT idem_user, idem_key, idem_fp, draft_id, seq FROM events "
             f"WHERE idem_user IN ({','.join('?' * len(users))}) AND idem_key IN ({','.join('?' * len(keys))})"
         )
-        for user, key, fp, draft_id, seq in conn.execute(sql, (*users, *keys)):
-            found[(user, key)] = IdempotencyRecord(user, key, fp, draft_id, seq)
+        for user, key, fp, stream_id, seq in conn.execute(sql, (*users, *keys)):
+            found[(user, key)] = IdempotencyRecord(user, key, fp, stream_id, seq)
     return found
 
 
@@ -415,33 +472,19 @@ def _plan_and_insert(
 ) -> tuple[list[Record], dict[str, Head], int]:
     """Inside the writer's transaction: check every append, insert the accepted ones.
 
-    Returns the records written, the heads of the drafts appended to and the log's last
+    Returns the records written, the heads of the streams appended to and the log's last
     position, for the head cache to take once the transaction has committed.
     """
     last_position = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()[0]
     cached = cache.valid_at(last_position)
 
-    def head_of(draft_id: str) -> Head:
-        known = cached.get(draft_id)
-        if known is None:
-            row = conn.execute(
-                "SELECT seq, hash FROM events WHERE draft_id = ? ORDER BY seq DESC LIMIT 1", (draft_id,)
-            ).fetchone()
-            known = (row[0], bytes(row[1])) if row else (0, GENESIS_HASH)
-        return known
+    def head_of(stream_id: str) -> Head:
+        known = cached.get(stream_id)
+        return known if known is not None else _head(conn, stream_id)
 
     claimed = _claims_in_log(conn, [item.claim for item in group if item.claim is not None])
     records, touched = plan_group(group, head_of, claimed, last_position)
     if records:
-        conn.executemany(
-            f"INSERT INTO events ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [record_row(r) for r in records],
-        )
+        conn.executemany(_INSERT, [record_row(r) for r in records])
         last_position = records[-1].position
     return records, touched, last_position
-
-
-def _unavailable(e: BaseException) -> StoreError:
-    if isinstance(e, StoreError):
-        return e
-    return StoreUnavailable(f"SQLite write failed: {e}")

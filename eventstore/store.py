@@ -1,45 +1,33 @@
-"""The Store protocol every backend implements, and the factory that picks one from a URL.
+"""The Store protocol every backend implements, and its optional capabilities.
 
 Backends: :mod:`eventstore.memory` (tests), :mod:`eventstore.sqlite` (the embedded default),
-:mod:`eventstore.postgres` (several servers sharing one log). One contract test suite runs
-against all of them.
+:mod:`eventstore.postgres` (several servers sharing one log); :mod:`eventstore.factory` picks
+one from a URL. This module imports no backend. One contract test suite
+(``tests/eventstore/test_store_contract.py``) runs against all of them.
+
+The log is a set of streams (one per draft), each numbered by ``seq``; ``position`` orders the
+whole log. Every method keyed by a stream id, user id or idempotency key answers a value that no
+backend can store (:mod:`eventstore.values`) as it answers an unknown one: empty, 0 or None on a
+read, :class:`UnrepresentableValue` on a write; never :class:`StoreUnavailable`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from eventstore.events import IdempotencyClaim, IdempotencyRecord, NewEvent, Record
+from eventstore.events import AppendResult, IdempotencyClaim, IdempotencyRecord, NewEvent, Record, Snapshot
 from eventstore.notifier import Notifier
-
-
-@dataclass(frozen=True, slots=True)
-class AppendResult:
-    """The outcome of an append: the records written, or the earlier append a retry matched."""
-
-    records: tuple[Record, ...]
-    replayed: IdempotencyRecord | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """A materialised projection of one stream as of ``seq`` (opaque bytes to the store)."""
-
-    draft_id: str
-    seq: int
-    state: bytes
 
 
 @runtime_checkable
 class Store(Protocol):
-    """An append-only log of drafts' events.
+    """An append-only log of streams of events.
 
     Invariants every backend keeps, enforced by its storage where it can be:
-    per draft, seqs are 1, 2, 3… with no gap or repeat; globally, positions are 1, 2, 3…;
+    per stream, seqs are 1, 2, 3… with no gap or repeat; globally, positions are 1, 2, 3…;
     records are never updated or deleted; each record's hash links to the previous record of
-    its draft.
+    its stream.
 
     A backend may also implement the optional :class:`BulkImporter` (``import_records``).
     """
@@ -48,7 +36,11 @@ class Store(Protocol):
 
     @property
     def is_shared(self) -> bool:
-        """True when other processes may append to the same log (caches must check heads)."""
+        """True when other processes may append to the same log (caches must check heads).
+
+        Such a store learns of their commits by *commit discovery* (see
+        :mod:`eventstore.postgres`) and publishes them to :attr:`notifier` like its own.
+        """
         ...
 
     async def open(self) -> None:
@@ -61,34 +53,41 @@ class Store(Protocol):
 
     async def append(
         self,
-        draft_id: str,
+        stream_id: str,
         events: Sequence[NewEvent],
         expected_seq: int,
         idempotency: IdempotencyClaim | None = None,
     ) -> AppendResult:
-        """Append ``events`` after ``expected_seq`` atomically, or raise.
+        """Append ``events`` to ``stream_id`` after ``expected_seq`` atomically, or raise.
 
-        Raises :class:`ConcurrencyConflict` if the draft's head is not ``expected_seq``
-        (``0`` for a new draft), :class:`IdempotencyKeyReused` if the claim's key was used
-        with another fingerprint, :class:`StoreUnavailable` if storage failed. If the claim's
-        key was used with the same fingerprint, nothing is written and ``replayed`` is set.
-        Subscribers are notified before this returns.
+        Raises :class:`ConcurrencyConflict` if the stream's head is not ``expected_seq``
+        (``0`` for a new stream), :class:`IdempotencyKeyReused` if the claim's key was used
+        with another fingerprint, :class:`UnrepresentableValue` (before anything is queued) if
+        the stream id, a type, the claim or an event's data cannot be stored,
+        :class:`StoreUnavailable` if storage failed. If the claim's key was used with the same
+        fingerprint, nothing is written and ``replayed`` is set. Subscribers are notified
+        before this returns. Concurrent appends may be committed together (group commit); one
+        append's failure never fails another's.
         """
         ...
 
-    async def read(self, draft_id: str, after_seq: int = 0, limit: int | None = None) -> list[Record]:
-        """The draft's records with ``seq > after_seq``, oldest first."""
+    async def read(self, stream_id: str, after_seq: int = 0, limit: int | None = None) -> list[Record]:
+        """The stream's records with ``seq > after_seq``, oldest first, at most ``limit``.
+
+        Any int is accepted: bounds beyond 64 bits are clamped and a negative ``limit`` reads
+        nothing, the same on every backend.
+        """
         ...
 
     async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[Record]:
-        """Records of every draft with ``position > after_position``, in position order.
+        """Records of every stream with ``position > after_position``, in position order.
 
         Never skips a record that commits later with a smaller position.
         """
         ...
 
-    async def head(self, draft_id: str) -> int:
-        """The draft's last seq, 0 if it has no events."""
+    async def head(self, stream_id: str) -> int:
+        """The stream's last seq, 0 if it has no events."""
         ...
 
     async def last_position(self) -> int:
@@ -99,18 +98,18 @@ class Store(Protocol):
         """The append that first used ``(user_id, key)``, if any."""
         ...
 
-    async def load_snapshot(self, draft_id: str) -> Snapshot | None:
-        """The stored projection of a draft, if one was saved."""
+    async def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        """The stored projection of a stream, if one was saved."""
         ...
 
-    async def list_snapshots(self, after_draft_id: str = "", limit: int = 1000) -> list[Snapshot]:
-        """Stored projections ordered by draft id, for paging through all of them."""
+    async def list_snapshots(self, after_stream_id: str = "", limit: int = 1000) -> list[Snapshot]:
+        """Stored projections ordered by stream id (code point order), for paging through all of them."""
         ...
 
     async def save_snapshots(self, snapshots: Sequence[Snapshot], checkpoint: int) -> None:
         """Store projections (never replacing one with an older seq) and the checkpoint.
 
-        ``checkpoint`` is the global position up to which every draft's events are reflected.
+        ``checkpoint`` is the global position up to which every stream's events are reflected.
         """
         ...
 
@@ -129,8 +128,10 @@ class BulkImporter(Protocol):
 
     Implemented by the SQLite and PostgreSQL backends. ``import_records`` writes the records with
     their positions, seqs, bodies, hashes and idempotency claims unchanged, in one transaction;
-    they must continue the log (next positions and seqs), which the schema checks, so a batch
-    that does not is refused whole with :class:`StoreError`. Subscribers are not notified.
+    they must continue the log (next positions, next seqs, linked hash chain), which every
+    backend checks the same way (:func:`eventstore.events.check_continues`, and the schema again),
+    so a batch that does not is refused whole with :class:`LogCorrupted`, and one holding text no
+    backend can store with :class:`UnrepresentableValue`. Subscribers are not notified.
     """
 
     async def import_records(self, records: Sequence[Record]) -> None:
@@ -153,34 +154,15 @@ class BodyReader(Protocol):
 
 
 @runtime_checkable
-class DraftBodyReader(Protocol):
-    """Optional for a :class:`Store`: page through one draft's bodies only (WebSocket catch-up).
+class StreamBodyReader(Protocol):
+    """Optional for a :class:`Store`: page through one stream's bodies only (a socket's replay).
 
-    A socket catching up needs each event's seq (to resume and to join the live stream) and its
-    bytes, nothing else; building a full :class:`Record` per row was the larger part of the
-    server's catch-up cost. Stores without it are read through :meth:`Store.read`.
+    A socket replaying a stream needs each event's seq (to resume and to join the live stream)
+    and its bytes, nothing else; building a full :class:`Record` per row was the larger part of
+    the server's replay cost. Every backend here implements it; other stores are read through
+    :meth:`Store.read`.
     """
 
-    async def read_draft_bodies(self, draft_id: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
-        """``(seq, body)`` of the draft's records with ``seq > after_seq``, oldest first, at most ``limit``."""
+    async def read_stream_bodies(self, stream_id: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """``(seq, body)`` of the stream's records with ``seq > after_seq``, oldest first, at most ``limit``."""
         ...
-
-
-def open_store(url: str, *, synchronous: str = "FULL", pool_size: int = 10) -> Store:
-    """Build (not yet open) the backend that ``url`` names.
-
-    ``memory:`` is the in-memory fake; ``postgresql://…`` (or ``postgres://``) is PostgreSQL;
-    anything else is an SQLite file path (``sqlite:///path`` also accepted).
-    """
-    if url == "memory:":
-        from eventstore.memory import MemoryStore
-
-        return MemoryStore()
-    if url.startswith(("postgresql://", "postgres://")):
-        from eventstore.postgres import PostgresStore
-
-        return PostgresStore(url, pool_size=pool_size)
-    from eventstore.sqlite import SQLiteStore
-
-    path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
-    return SQLiteStore(path, synchronous=synchronous)

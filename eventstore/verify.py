@@ -1,4 +1,4 @@
-"""Checks a whole log: contiguous seqs per draft, gap-free positions, every hash-chain link."""
+"""Checks a whole log: contiguous seqs per stream, gap-free positions, every hash-chain link."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class VerifyReport:
     """What :func:`verify_log` found: ``problem`` is None when the log is sound."""
 
     events: int
-    drafts: int
+    streams: int
     problem: str | None = None
     bad_position: int | None = None
 
@@ -31,7 +31,8 @@ class VerifyReport:
 async def verify_log(store: Store, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
     """Read the whole log in position order and stop at the first broken invariant.
 
-    ``progress(done, total)`` is called after every page.
+    ``progress(done, total)`` is called after every page. Reads only; never raises for a bad
+    log (the report names the first bad event), only :class:`StoreError` if the store fails.
     """
     total = await store.last_position()
     heads: dict[str, tuple[int, bytes]] = {}
@@ -43,7 +44,7 @@ async def verify_log(store: Store, progress: Callable[[int, int], None] | None =
         if not page:
             break
         for record in page:
-            where = f"event at position {record.position} (draft {record.draft_id!r}, seq {record.seq})"
+            where = f"event at position {record.position} (stream {record.stream_id!r}, seq {record.seq})"
             if record.position != expected_position:
                 return VerifyReport(
                     count,
@@ -51,7 +52,7 @@ async def verify_log(store: Store, progress: Callable[[int, int], None] | None =
                     f"position gap: expected position {expected_position}, found {where}",
                     record.position,
                 )
-            seq, prev_hash = heads.get(record.draft_id, (0, GENESIS_HASH))
+            seq, prev_hash = heads.get(record.stream_id, (0, GENESIS_HASH))
             if record.seq != seq + 1:
                 return VerifyReport(
                     count,
@@ -65,7 +66,7 @@ async def verify_log(store: Store, progress: Callable[[int, int], None] | None =
                 return VerifyReport(count, len(heads), f"undecodable body: {where}", record.position)
             if (
                 not isinstance(envelope, dict)
-                or envelope.get("draft_id") != record.draft_id
+                or envelope.get("draft_id") != record.stream_id
                 or envelope.get("seq") != record.seq
                 or envelope.get("type") != record.type
             ):
@@ -75,7 +76,7 @@ async def verify_log(store: Store, progress: Callable[[int, int], None] | None =
             digest = chain_hash(prev_hash, record.position, record.body)
             if digest != record.hash:
                 return VerifyReport(count, len(heads), f"hash chain broken: {where}", record.position)
-            heads[record.draft_id] = (record.seq, digest)
+            heads[record.stream_id] = (record.seq, digest)
             expected_position += 1
             count += 1
         after = page[-1].position

@@ -36,8 +36,8 @@ from typing import Any
 
 import orjson
 
-from eventstore.events import Record
-from eventstore.store import BodyReader, Snapshot, Store
+from eventstore.events import Record, Snapshot
+from eventstore.store import BodyReader, Store
 from projections.fold import FoldError, LogFolder, fold_all, fold_summary
 from projections.state import DraftState, DraftSummary
 
@@ -105,7 +105,7 @@ class DraftProjector:
             for snap in page:
                 state = DraftState.from_json(snap.state)
                 self._set_summary(state.summary())
-            after = page[-1].draft_id
+            after = page[-1].stream_id
         self.store.notifier.add_global_listener(self._on_commit)
         try:
             await self.advance()
@@ -299,7 +299,7 @@ class DraftProjector:
 
     def _apply_to_draft(self, record: Record) -> bool:
         """Fold ``record`` into its draft's summary and cached state; False if out of step."""
-        summary = self._summaries.get(record.draft_id)
+        summary = self._summaries.get(record.stream_id)
         known = summary.seq if summary is not None else 0
         if record.seq <= known:
             return True  # already reflected
@@ -310,13 +310,13 @@ class DraftProjector:
             self._set_summary(fold_summary(summary, event))
         except FoldError:
             return False
-        cached = self._cache.get(record.draft_id)
+        cached = self._cache.get(record.stream_id)
         if cached is not None:
             if record.seq == cached.seq + 1:
-                self._cache[record.draft_id] = fold_all(cached, (event,)) or cached
+                self._cache[record.stream_id] = fold_all(cached, (event,)) or cached
             elif record.seq > cached.seq + 1:
-                del self._cache[record.draft_id]
-        self._dirty.add(record.draft_id)
+                del self._cache[record.stream_id]
+        self._dirty.add(record.stream_id)
         return True
 
     async def advance(self) -> None:
@@ -340,11 +340,11 @@ class DraftProjector:
                 raise
 
     async def _reload_summary(self, record: Record) -> None:
-        self._cache.pop(record.draft_id, None)
-        state = await self.get(record.draft_id)
+        self._cache.pop(record.stream_id, None)
+        state = await self.get(record.stream_id)
         if state is not None:
             self._set_summary(state.summary())
-        self._dirty.add(record.draft_id)
+        self._dirty.add(record.stream_id)
 
     async def flush(self) -> None:
         """Save snapshots of the drafts that changed, with the checkpoint they are complete to."""

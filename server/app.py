@@ -10,7 +10,8 @@ from importlib import resources
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from eventstore.store import Store, open_store
+from eventstore.factory import open_store
+from eventstore.store import Store
 from projections.runner import DraftProjector
 from server import routes as rest
 from server.auth import Authenticator

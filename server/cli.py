@@ -22,6 +22,8 @@ from typing import NoReturn
 import orjson
 
 from eventstore import StoreError, open_store
+from eventstore.factory import sqlite_path
+from eventstore.ownership import WriterLock, acquire_writer_lock
 from eventstore.store import Store
 from eventstore.verify import verify_log
 from projections.fold import FoldError, fold_summary
@@ -151,13 +153,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     return asyncio.run(_run_tool(args))
 
 
-def _sqlite_path(url: str) -> str | None:
-    """The file an SQLite URL names (as :func:`eventstore.open_store` reads it), else None."""
-    if url == "memory:" or url.startswith(("postgresql://", "postgres://")):
-        return None
-    return url.removeprefix("sqlite:///").removeprefix("sqlite://")
-
-
 async def _open(url: str) -> Store:
     store = open_store(url)
     await store.open()
@@ -166,14 +161,29 @@ async def _open(url: str) -> Store:
 
 async def _run_tool(args: argparse.Namespace) -> int:
     if args.command == "copy":
-        from eventstore.copy import copy_log
+        from server.copy_command import copy_log
 
         return await copy_log(args.source, args.target, force=args.force, progress=Progress("copy"))
-    path = _sqlite_path(args.db)
+    path = sqlite_path(args.db)
     if path is not None and not await asyncio.to_thread(os.path.exists, path):
         # opening would create an empty log, and 'verify' would then call it sound
         print(f"ringlog: no SQLite database at {path}", file=sys.stderr)
         return 2
+    # Writing tools take the writer lock a running server holds (read-only ones need not):
+    # StoreLocked names the file and the server's pid, and main() prints it on one line.
+    lock = await asyncio.to_thread(acquire_writer_lock, args.db) if args.command in WRITING_TOOLS else None
+    try:
+        return await _run_on_store(args)
+    finally:
+        if lock is not None:
+            await asyncio.to_thread(WriterLock.release, lock)
+
+
+WRITING_TOOLS = frozenset({"rebuild"})
+"""Subcommands that write to ``--db`` (``copy`` locks its target itself)."""
+
+
+async def _run_on_store(args: argparse.Namespace) -> int:
     store = await _open(args.db)
     try:
         if args.command == "replay":
@@ -284,7 +294,7 @@ def _cell(text: str, width: int) -> str:
 async def _verify(store: Store) -> int:
     report = await verify_log(store, Progress("verify"))
     if report.ok:
-        print(f"ok: {report.events} events in {report.drafts} drafts")
+        print(f"ok: {report.events} events in {report.streams} drafts")
         return 0
     print(f"BAD: {report.problem}", file=sys.stderr)
     return 1

@@ -10,6 +10,7 @@ REST, the WebSocket handler for its refusals). The classes the table knows::
                                          400 invalid_parameter, 401, 413, 415, 429, 503 shutting down)
     projections.DomainError and below    ERROR_TABLE: 422 / 404 / 403 / 409 / 412 with the error's code
     eventstore.IdempotencyKeyReused      422 idempotency_key_reused
+    eventstore.UnrepresentableValue      422 validation_error, details {what: problem}
     eventstore.ConcurrencyConflict       409 conflict + details.head_seq (the service retries these and
                                          raises WriteConflict itself; this row keeps a stray one from
                                          ever reading as unavailability)
@@ -85,6 +86,9 @@ ERROR_TABLE: dict[type[Exception], Answer] = {
         "other writers changed the draft meanwhile; retry",
         details=lambda e: {"head_seq": e.actual_seq},
     ),
+    store_errors.UnrepresentableValue: Answer(
+        422, "validation_error", details=lambda e: {e.what: e.problem}
+    ),  # a value no store can keep: this request's own, never the storage's fault
     store_errors.StoreUnavailable: Answer(
         503, "unavailable", "storage is unavailable; retry shortly", retry_after="1"
     ),

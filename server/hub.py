@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from eventstore.events import Record
 from eventstore.notifier import Notifier
-from eventstore.store import DraftBodyReader, Store
+from eventstore.store import Store, StreamBodyReader
 from server.frames import batches_of
 from server.subscriber import ReadPage, RequestClose, Sink, Spawn, Subscriber
 
@@ -45,7 +45,7 @@ class Hub:
         self._streams: dict[str, set[Subscriber]] = {}
         self._listeners: dict[str, Callable[[Sequence[Record]], None]] = {}
         self.read_page: ReadPage = (
-            store.read_draft_bodies if isinstance(store, DraftBodyReader) else self._bodies_from_records
+            store.read_stream_bodies if isinstance(store, StreamBodyReader) else self._bodies_from_records
         )
 
     async def _bodies_from_records(

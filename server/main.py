@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from eventstore.errors import StoreError
+from eventstore.ownership import acquire_writer_lock
 from server.app import create_app
 from server.settings import Settings
 
@@ -47,19 +48,29 @@ def configure_logging(settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> int:
-    """Run the server in the foreground; returns the exit status."""
+    """Run the server in the foreground; returns the exit status.
+
+    Refuses to start (one log line naming the file, status 2) when another process owns the
+    SQLite log (:mod:`eventstore.ownership`); the lock is held until the process ends.
+    """
     configure_logging(settings)
+    try:
+        lock = acquire_writer_lock(settings.db)
+    except StoreError as e:
+        log.error("cannot start: %s", e)
+        return 2
     # The store's writer and readers are threads that hand work back and forth with the event
     # loop many times a second. With the default 5 ms switch interval a thread that wants the
     # GIL back waits up to 5 ms while the loop is busy: group commits then take tens of ms.
     sys.setswitchinterval(0.0005)
-    try:
-        import uvloop
+    with lock:
+        try:
+            import uvloop
 
-        status: int = uvloop.run(_serve(settings))
+            status: int = uvloop.run(_serve(settings))
+        except ImportError:
+            status = asyncio.run(_serve(settings))
         return status
-    except ImportError:
-        return asyncio.run(_serve(settings))
 
 
 async def _serve(settings: Settings) -> int:

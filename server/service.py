@@ -206,7 +206,7 @@ class DraftService:
             return None
         if found.fingerprint != claim.fingerprint:
             raise IdempotencyKeyReused()
-        return await self._replay(found.draft_id, found.seq)
+        return await self._replay(found.stream_id, found.seq)
 
     async def _decide_and_append(
         self, draft_id: str | None, command: Command, if_match: int | None, claim: IdempotencyClaim | None
@@ -251,7 +251,7 @@ class DraftService:
                     attempt += 1
                     continue
                 if result.replayed is not None:
-                    return await self._replay(result.replayed.draft_id, result.replayed.seq)
+                    return await self._replay(result.replayed.stream_id, result.replayed.seq)
                 last = result.records[-1]
                 # The projector folded the new records as they committed; fold here only if it
                 # did not keep this draft cached.

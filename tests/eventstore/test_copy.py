@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from eventstore import IdempotencyClaim, Store, open_store
-from eventstore.copy import copy_log
 from projections.decide import (
     AddCollaborator,
     AppendSegment,
@@ -25,6 +24,7 @@ from projections.decide import (
     decide,
 )
 from projections.fold import fold_all
+from server.copy_command import copy_log
 from tests.eventstore.helpers import TS
 from tests.pgutil import temporary_database
 

@@ -17,7 +17,8 @@ import pytest
 
 from eventstore import LogCorrupted, Record, StoreUnavailable
 from eventstore.events import GENESIS_HASH, build_records
-from eventstore.postgres import LISTEN_APPLICATION_NAME, RECORD_COLUMNS, PostgresStore
+from eventstore.postgres import LISTEN_APPLICATION_NAME, PostgresStore
+from eventstore.sql import RECORD_COLUMNS
 from eventstore.verify import verify_log
 from tests.eventstore.helpers import append_retrying, created, segment
 from tests.pgutil import temporary_database
@@ -75,7 +76,7 @@ class Collector:
 
 
 def _row(r: Record) -> tuple[Any, ...]:
-    return (r.position, r.draft_id, r.seq, r.type, r.body, r.hash, None, None, None)
+    return (r.position, r.stream_id, r.seq, r.type, r.body, r.hash, None, None, None)
 
 
 async def _insert_raw(conn: asyncpg.Connection, records: Sequence[Record]) -> None:
@@ -221,7 +222,7 @@ async def test_a_delayed_transaction_is_never_skipped_by_a_global_reader(
     await reader
 
     assert [r.position for r in seen] == list(range(1, last + 1))
-    assert seen[1].draft_id == "slow"
+    assert seen[1].stream_id == "slow"
     assert sorted(r.records[0].position for r in results) == list(range(3, last + 1))
     assert (await verify_log(node_a)).ok
 
@@ -310,7 +311,7 @@ async def test_each_node_publishes_the_others_records_once_and_in_order(
         assert _positions(everything[name].records) == list(range(1, total + 1))
         await one_draft[name].wait_until(lambda rs: len(rs) >= 21, f"node {name} to publish d0")
         assert [r.seq for r in one_draft[name].records] == list(range(1, 22))
-        assert {r.draft_id for r in one_draft[name].records} == {"d0"}
+        assert {r.stream_id for r in one_draft[name].records} == {"d0"}
     # Nothing more arrives later (no duplicates from notifications handled twice).
     await node_a.append("late", [created()], 0)
     await everything["b"].wait_until(lambda rs: len(rs) >= total + 1, "the late record on node b")

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from eventstore.events import Snapshot
 from eventstore.postgres import PostgresStore
-from eventstore.store import Snapshot
 from tests.pgutil import temporary_database
 
 pytestmark = pytest.mark.postgres
@@ -29,7 +29,7 @@ async def test_two_nodes_saving_the_same_snapshots_in_opposite_orders_never_dead
                 )
                 assert list(outcomes) == [None, None], outcomes
             saved = await nodes[1].list_snapshots("", 1000)
-            assert [(s.draft_id, s.seq) for s in saved] == [(f"draft_{i:03d}", 15) for i in range(200)]
+            assert [(s.stream_id, s.seq) for s in saved] == [(f"draft_{i:03d}", 15) for i in range(200)]
             assert await nodes[0].snapshot_checkpoint() == 15
         finally:
             for node in nodes:

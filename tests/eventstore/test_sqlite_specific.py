@@ -15,10 +15,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from eventstore import StoreUnavailable
+from eventstore import StoreUnavailable, open_store
 from eventstore.events import chain_hash
 from eventstore.sqlite import SQLiteStore
-from eventstore.store import open_store
 from eventstore.verify import VerifyReport, verify_log
 from tests.eventstore.helpers import created, segment, updated
 
@@ -188,7 +187,7 @@ CHILD = textwrap.dedent(
             except ConcurrencyConflict:
                 continue
             for r in result.records:
-                sys.stdout.write(f"{r.draft_id} {r.seq} {r.position} {r.hash.hex()}\\n")
+                sys.stdout.write(f"{r.stream_id} {r.seq} {r.position} {r.hash.hex()}\\n")
             sys.stdout.flush()
 
     async def main():
@@ -235,7 +234,7 @@ def test_sigkill_loses_no_acknowledged_append(tmp_path: Path) -> None:
         store = SQLiteStore(db)
         await store.open()
         try:
-            stored = {(r.draft_id, r.seq): (r.position, r.hash) for r in await store.read_all(0, 1_000_000)}
+            stored = {(r.stream_id, r.seq): (r.position, r.hash) for r in await store.read_all(0, 1_000_000)}
             missing = [k for k in acked if k not in stored]
             assert not missing, f"{len(missing)} acknowledged appends lost, e.g. {missing[:3]}"
             changed = [k for k, v in acked.items() if stored[k] != v]

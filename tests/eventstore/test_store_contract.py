@@ -20,7 +20,7 @@ from eventstore import (
     open_store,
 )
 from eventstore.events import GENESIS_HASH, chain_hash
-from eventstore.store import DraftBodyReader
+from eventstore.store import StreamBodyReader
 from eventstore.verify import verify_log
 from tests.eventstore.helpers import TS, append_retrying, created, segment, updated
 
@@ -80,17 +80,17 @@ async def test_read_after_seq_and_limit(store: Store) -> None:
     assert await store.read("draft_a", after_seq=-3, limit=2) == everything[:2]
 
 
-async def test_read_draft_bodies_agrees_with_read(store: Store) -> None:
-    if not isinstance(store, DraftBodyReader):
-        pytest.skip("optional: this backend has no read_draft_bodies")
+async def test_read_stream_bodies_agrees_with_read(store: Store) -> None:
+    if not isinstance(store, StreamBodyReader):
+        pytest.skip("optional: this backend has no read_stream_bodies")
     await store.append("draft_a", [created(), *[segment(position=i) for i in range(1, 10)]], 0)
     await store.append("draft_b", [created()], 0)
     everything = [(r.seq, r.body) for r in await store.read("draft_a")]
-    assert await store.read_draft_bodies("draft_a", 0, 100) == everything
-    assert await store.read_draft_bodies("draft_a", 4, 3) == everything[4:7]
-    assert await store.read_draft_bodies("draft_a", 10, 100) == []
-    assert await store.read_draft_bodies("draft_a", 0, 0) == []
-    assert await store.read_draft_bodies("draft_other", 0, 100) == []
+    assert await store.read_stream_bodies("draft_a", 0, 100) == everything
+    assert await store.read_stream_bodies("draft_a", 4, 3) == everything[4:7]
+    assert await store.read_stream_bodies("draft_a", 10, 100) == []
+    assert await store.read_stream_bodies("draft_a", 0, 0) == []
+    assert await store.read_stream_bodies("draft_other", 0, 100) == []
 
 
 async def test_read_all_interleaves_drafts_in_position_order(store: Store) -> None:
@@ -99,7 +99,7 @@ async def test_read_all_interleaves_drafts_in_position_order(store: Store) -> No
     await store.append("draft_a", [segment()], 1)
     await store.append("draft_b", [segment("bob"), updated("bob")], 1)
     records = await store.read_all()
-    assert [(r.position, r.draft_id, r.seq) for r in records] == [
+    assert [(r.position, r.stream_id, r.seq) for r in records] == [
         (1, "draft_a", 1),
         (2, "draft_b", 1),
         (3, "draft_a", 2),
@@ -131,7 +131,7 @@ async def test_expected_seq_mismatch_raises_and_writes_nothing(store: Store) -> 
     for expected in (0, 1, 3, 7):
         with pytest.raises(ConcurrencyConflict) as info:
             await store.append("draft_a", [segment(), segment()], expected)
-        assert (info.value.draft_id, info.value.expected_seq, info.value.actual_seq) == (
+        assert (info.value.stream_id, info.value.expected_seq, info.value.actual_seq) == (
             "draft_a",
             expected,
             2,
@@ -181,7 +181,7 @@ async def test_idempotent_retry_is_replayed_and_appends_nothing(store: Store) ->
         again = await store.append("draft_a", [created(), segment()], expected, claim)
         assert again.records == ()
         assert again.replayed is not None
-        assert (again.replayed.draft_id, again.replayed.seq) == ("draft_a", 1)
+        assert (again.replayed.stream_id, again.replayed.seq) == ("draft_a", 1)
         assert (again.replayed.user_id, again.replayed.key, again.replayed.fingerprint) == (
             "alice",
             "key-1",
@@ -190,7 +190,7 @@ async def test_idempotent_retry_is_replayed_and_appends_nothing(store: Store) ->
     assert await store.last_position() == 2
 
     found = await store.find_idempotency("alice", "key-1")
-    assert found is not None and (found.draft_id, found.seq, found.fingerprint) == ("draft_a", 1, "fp-1")
+    assert found is not None and (found.stream_id, found.seq, found.fingerprint) == ("draft_a", 1, "fp-1")
     stored = await store.read("draft_a")
     assert stored[0].idempotency == claim
     assert stored[1].idempotency is None
@@ -258,7 +258,7 @@ async def test_idempotency_survives_reopen(tmp_path: Path) -> None:
     await second.open()
     try:
         again = await second.append("draft_a", [created()], 0, claim)
-        assert again.replayed is not None and (again.replayed.draft_id, again.replayed.seq) == ("draft_a", 1)
+        assert again.replayed is not None and (again.replayed.stream_id, again.replayed.seq) == ("draft_a", 1)
         with pytest.raises(IdempotencyKeyReused):
             await second.append("draft_a", [segment()], 2, IdempotencyClaim("alice", "key-1", "other"))
         assert await second.last_position() == 2
@@ -333,7 +333,7 @@ async def test_notifier_wakes_listeners_in_seq_order_after_commit(store: Store) 
     seqs = await asyncio.gather(*tasks)
     assert sorted(seqs[:30]) == list(range(2, 32))
     assert [r.seq for r in delivered] == list(range(2, 32))
-    assert all(r.draft_id == "draft_a" for r in delivered)
+    assert all(r.stream_id == "draft_a" for r in delivered)
     assert global_positions == list(range(2, 37))
     read_back = [r for batch in await asyncio.gather(*checks) for r in batch]
     assert read_back == delivered
@@ -428,7 +428,7 @@ async def test_verify_passes_on_a_mixed_log(store: Store) -> None:
     seen: list[tuple[int, int]] = []
     report = await verify_log(store, lambda done, total: seen.append((done, total)))
     assert report.ok, report.problem
-    assert (report.events, report.drafts) == (110, 10)
+    assert (report.events, report.streams) == (110, 10)
     assert seen[-1] == (110, 110)
 
 

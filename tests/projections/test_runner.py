@@ -63,7 +63,7 @@ async def test_restart_from_snapshots_and_advance(store: Store) -> None:
     await first.start()
     await first.stop()  # saves snapshots with their checkpoint
     assert await store.snapshot_checkpoint() == await store.last_position()
-    assert {s.draft_id for s in await store.list_snapshots()} == set(ids)
+    assert {s.stream_id for s in await store.list_snapshots()} == set(ids)
 
     now = clock(1_900_000_000_000)
     await execute(store, "draft_0", UpdateDraft("alice", title="After the snapshot"), next(now))
@@ -93,9 +93,9 @@ async def test_rebuild_recomputes_every_snapshot_from_the_log(store: Store) -> N
     total = await store.last_position()
     assert count == total and seen[-1] == (total, total)
     snapshots = await store.list_snapshots()
-    assert [s.draft_id for s in snapshots] == sorted(ids)  # the stale and the ghost snapshots are gone
+    assert [s.stream_id for s in snapshots] == sorted(ids)  # the stale and the ghost snapshots are gone
     for snap in snapshots:
-        state = await folded(store, snap.draft_id)
+        state = await folded(store, snap.stream_id)
         assert state is not None and snap.seq == state.seq and snap.state == state.to_json()
     assert await store.snapshot_checkpoint() == total
 

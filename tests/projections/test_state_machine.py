@@ -173,7 +173,7 @@ class DraftsMachine(RuleBasedStateMachine):
             self.run(projector.start())
             self.projectors[i] = projector
             for snap in self.run(store.list_snapshots()):
-                records = self.run(store.read(snap.draft_id))
+                records = self.run(store.read(snap.stream_id))
                 state = fold_all(None, [r.event() for r in records])
                 assert state is not None and snap.state == state.to_json()
 
@@ -209,7 +209,7 @@ class DraftsMachine(RuleBasedStateMachine):
         assert await store.last_position() == len(log)
         by_draft: dict[str, list[Record]] = {}
         for r in log:
-            by_draft.setdefault(r.draft_id, []).append(r)
+            by_draft.setdefault(r.stream_id, []).append(r)
         for draft_id, records in by_draft.items():
             assert [r.seq for r in records] == list(range(1, len(records) + 1))
             assert await store.head(draft_id) == len(records)

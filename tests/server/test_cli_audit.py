@@ -33,7 +33,7 @@ async def _read_log(path: Path) -> dict[str, list[bytes]]:
     try:
         bodies: dict[str, list[bytes]] = {}
         for r in await store.read_all(0, 1_000_000):
-            bodies.setdefault(r.draft_id, []).append(r.body)
+            bodies.setdefault(r.stream_id, []).append(r.body)
         return bodies
     finally:
         await store.close()
@@ -155,7 +155,7 @@ def test_rebuild_shows_progress_and_writes_snapshots_equal_to_the_fold(
         await store.open()
         try:
             assert await store.snapshot_checkpoint() == total
-            return {s.draft_id: (s.seq, s.state) for s in await store.list_snapshots()}
+            return {s.stream_id: (s.seq, s.state) for s in await store.list_snapshots()}
         finally:
             await store.close()
 
