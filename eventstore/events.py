@@ -214,6 +214,7 @@ def build_records(
 
     ``bodies``, when given, are :func:`encode_bodies` of the same events after ``head_seq``;
     they are reused as they are for events whose data does not hold their position.
+    Raises :class:`UnrepresentableValue` if an event's data cannot be encoded.
     """
     records: list[Record] = []
     for offset, new in enumerate(events, start=1):
@@ -222,7 +223,10 @@ def build_records(
         if bodies is not None and not new.position_path:
             body = bodies[offset - 1]
         else:
-            body = canonical_json(new.materialise(stream_id, seq, position))
+            try:
+                body = canonical_json(new.materialise(stream_id, seq, position))
+            except (TypeError, ValueError) as e:  # data changed since encode_bodies checked it
+                raise UnrepresentableValue("event data", str(e)) from e
         prev_hash = chain_hash(prev_hash, position, body)
         records.append(
             Record(

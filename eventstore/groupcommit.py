@@ -135,6 +135,7 @@ class GroupCommitter:
         self._queue: asyncio.Queue[PendingAppend] = asyncio.Queue(queue_size)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._in_flight = 0
 
     def start(self) -> None:
         """Start the writer task."""
@@ -145,6 +146,11 @@ class GroupCommitter:
     def pending(self) -> int:
         """Appends queued and not yet taken by the writer."""
         return self._queue.qsize()
+
+    @property
+    def in_flight(self) -> int:
+        """Appends queued or in a transaction, whose callers have not been answered yet."""
+        return self._in_flight
 
     @property
     def running(self) -> bool:
@@ -164,8 +170,12 @@ class GroupCommitter:
             raise StoreUnavailable("the store is closed")
         bodies = prepare_append(stream_id, events, expected_seq, claim)
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        await self._queue.put(PendingAppend(stream_id, events, expected_seq, claim, bodies, future))
-        return await future
+        self._in_flight += 1
+        try:
+            await self._queue.put(PendingAppend(stream_id, events, expected_seq, claim, bodies, future))
+            return await future
+        finally:
+            self._in_flight -= 1
 
     async def stop(self) -> None:
         """Refuse new appends, commit those already queued, stop the task."""
@@ -189,24 +199,26 @@ class GroupCommitter:
                 for _ in group:
                     self._queue.task_done()
 
-    async def _try_commit(self, group: list[PendingAppend]) -> StoreError | None:
-        """Commit ``group``; the error that made it write nothing, or None."""
+    async def _try_commit(self, group: list[PendingAppend]) -> tuple[StoreError | None, bool]:
+        """Commit ``group``: the error that made it write nothing (or None), and whether one of
+        its appends may have caused it (anything but the storage being unavailable)."""
         try:
             await self._commit(group)
+        except StoreUnavailable as e:
+            return e, False
         except StoreError as e:
-            return e
+            return e, True
         except Exception as e:  # never let the writer die: later appends would wait forever
             log.exception("append transaction failed unexpectedly")
-            return StoreUnavailable(f"append failed unexpectedly: {type(e).__name__}")
-        return None
+            return StoreUnavailable(f"append failed unexpectedly: {type(e).__name__}"), True
+        return None, False
 
     async def _commit_and_resolve(self, group: list[PendingAppend]) -> None:
-        error = await self._try_commit(group)
+        error, maybe_one_append = await self._try_commit(group)
         if error is not None:
             for item in group:
                 item.outcome = error
-            if len(group) > 1 and not isinstance(error, StoreUnavailable):
-                # Possibly one append's data: commit each alone so only that one fails.
+            if len(group) > 1 and maybe_one_append:
                 log.warning(
                     "append transaction of %d appends failed (%r); committing them one by one",
                     len(group),
@@ -214,7 +226,7 @@ class GroupCommitter:
                 )
                 for item in group:
                     item.outcome = None
-                    single = await self._try_commit([item])
+                    single, _ = await self._try_commit([item])
                     if single is not None:
                         item.outcome = single
             else:
