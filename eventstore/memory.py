@@ -97,6 +97,7 @@ class MemoryStore:
 
         check_continues(ordered, head_of, len(self._log))
         self._insert(ordered)
+        self.notifier.publish(ordered)
 
     async def read(self, stream_id: str, after_seq: int = 0, limit: int | None = None) -> list[Record]:
         """The stream's records after ``after_seq``."""

@@ -496,6 +496,7 @@ class PostgresStore:
                 )
                 check_continues(ordered, lambda s: heads.get(s, (0, GENESIS_HASH)), last_position)
                 await conn.execute(_INSERT, *_record_columns(ordered))
+        await self._publish_local(ordered)
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -268,6 +268,7 @@ class SQLiteStore:
 
         if ordered:  # the head cache needs no care: it is valid only at the last position it saw
             await self._run_job(run, "import")
+            self.notifier.publish(ordered)
 
     # -- reading ----------------------------------------------------------------------------
 

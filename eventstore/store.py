@@ -131,7 +131,8 @@ class BulkImporter(Protocol):
     they must continue the log (next positions, next seqs, linked hash chain), which every
     backend checks the same way (:func:`eventstore.events.check_continues`, and the schema again),
     so a batch that does not is refused whole with :class:`LogCorrupted`, and one holding text no
-    backend can store with :class:`UnrepresentableValue`. Subscribers are not notified.
+    backend can store with :class:`UnrepresentableValue`. Subscribers are notified after
+    the commit, as for an append.
     """
 
     async def import_records(self, records: Sequence[Record]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,13 +15,16 @@ from eventstore import (
     ConcurrencyConflict,
     IdempotencyClaim,
     IdempotencyKeyReused,
+    LogCorrupted,
     Record,
     Snapshot,
     Store,
+    UnrepresentableValue,
     open_store,
 )
-from eventstore.events import GENESIS_HASH, chain_hash
-from eventstore.store import StreamBodyReader
+from eventstore.events import GENESIS_HASH, build_records, chain_hash
+from eventstore.memory import MemoryStore
+from eventstore.store import BulkImporter, StreamBodyReader
 from eventstore.verify import verify_log
 from tests.eventstore.helpers import TS, append_retrying, created, segment, updated
 
@@ -81,8 +85,7 @@ async def test_read_after_seq_and_limit(store: Store) -> None:
 
 
 async def test_read_stream_bodies_agrees_with_read(store: Store) -> None:
-    if not isinstance(store, StreamBodyReader):
-        pytest.skip("optional: this backend has no read_stream_bodies")
+    assert isinstance(store, StreamBodyReader)  # every backend has the (seq, body) read now
     await store.append("draft_a", [created(), *[segment(position=i) for i in range(1, 10)]], 0)
     await store.append("draft_b", [created()], 0)
     everything = [(r.seq, r.body) for r in await store.read("draft_a")]
@@ -465,3 +468,80 @@ async def test_200_concurrent_appenders_across_50_drafts(store: Store) -> None:
     report = await verify_log(store)
     assert report.ok, report.problem
     assert report.events == 50 * 201
+
+
+# -- bulk import (ringlog copy) -----------------------------------------------------------------
+
+
+async def _source_log() -> list[Record]:
+    """A small interleaved log with idempotency claims, built by the in-memory store."""
+    source = MemoryStore()
+    await source.append("draft_a", [created(), segment()], 0, IdempotencyClaim("alice", "k1", "fp1"))
+    await source.append("draft_b", [created("bob")], 0)
+    await source.append("draft_a", [updated()], 2, IdempotencyClaim("alice", "k2", "fp2"))
+    await source.append("draft_b", [segment("bob"), segment("bob", position=2)], 1)
+    return await source.read_all(0, 100)
+
+
+async def test_import_records_keeps_every_field_and_continues_the_log(store: Store) -> None:
+    assert isinstance(store, BulkImporter)
+    records = await _source_log()
+    seen: list[Record] = []
+    store.notifier.add_global_listener(seen.extend)
+    await store.import_records(records[:3])
+    await store.import_records(records[3:])
+    stored = await store.read_all(0, 100)
+    assert stored == records
+    assert [r.idempotency for r in stored] == [r.idempotency for r in records]
+    found = await store.find_idempotency("alice", "k2")
+    assert found is not None and (found.stream_id, found.seq, found.fingerprint) == ("draft_a", 3, "fp2")
+    assert seen == records  # subscribers hear of imported records as of appended ones
+    # the imported log goes on like any other
+    more = await store.append("draft_a", [segment()], 3)
+    assert more.records[0].position == len(records) + 1
+    assert (await verify_log(store)).ok
+
+
+def _broken(records: list[Record], fault: str) -> list[Record]:
+    first = records[0]
+    if fault == "position-gap":
+        return build_records("draft_a", [created()], 0, 1, GENESIS_HASH, None)
+    if fault == "seq-gap":
+        return build_records("draft_a", [created()], 1, 0, GENESIS_HASH, None)
+    if fault == "bad-hash":
+        return build_records("draft_a", [created()], 0, 0, b"\x01" * 32, None)
+    if fault == "skips-a-record":
+        return [first, records[2]]
+    if fault == "repeats-a-record":
+        return [first, first]
+    raise AssertionError(fault)
+
+
+@pytest.mark.parametrize(
+    "fault", ["position-gap", "seq-gap", "bad-hash", "skips-a-record", "repeats-a-record"]
+)
+async def test_every_store_refuses_the_same_broken_import_the_same_way(store: Store, fault: str) -> None:
+    """One mapping of refusals: what PostgreSQL's triggers refuse, SQLite and memory refuse too,
+    with the same error (LogCorrupted), and nothing of the batch is written."""
+    assert isinstance(store, BulkImporter)
+    records = await _source_log()
+    with pytest.raises(LogCorrupted):
+        await store.import_records(_broken(records, fault))
+    assert await store.last_position() == 0
+    await store.import_records(records)  # the refusal left nothing behind
+    assert await store.read_all(0, 100) == records
+
+
+@pytest.mark.parametrize("bad", ["\x00", "\ud800", "x\udcff"])
+async def test_every_store_refuses_an_import_it_cannot_represent_the_same_way(store: Store, bad: str) -> None:
+    assert isinstance(store, BulkImporter)
+    (good,) = build_records("draft_a", [created()], 0, 0, GENESIS_HASH, None)
+    for record in (
+        dataclasses.replace(good, stream_id=bad),
+        dataclasses.replace(good, type=bad),
+        dataclasses.replace(good, idempotency=IdempotencyClaim(bad, "k", "fp")),
+        dataclasses.replace(good, idempotency=IdempotencyClaim("alice", bad, "fp")),
+    ):
+        with pytest.raises(UnrepresentableValue):
+            await store.import_records([record])
+    assert await store.last_position() == 0
