@@ -323,7 +323,7 @@ class PostgresStore:
 
     async def _commit_group(self, group: list[PendingAppend]) -> None:
         """One group's transaction (a failure is retried append by append by the committer)."""
-        with _mapped_errors("append"):
+        with _mapped_errors("write"):
             records = await self._transact(group)
         if records:
             await self._publish_local(records)

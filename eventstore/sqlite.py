@@ -248,7 +248,7 @@ class SQLiteStore:
         return records
 
     async def _commit_group(self, group: list[PendingAppend]) -> None:
-        with _mapped_errors("append"):
+        with _mapped_errors("write"):
             records = await self._in_writer_thread(lambda: self._commit_group_in_thread(group))
         self.notifier.publish(records)
 
