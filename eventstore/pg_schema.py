@@ -6,10 +6,13 @@ import, or someone at a ``psql`` prompt):
 * ``events_next_only`` (BEFORE INSERT, per row): takes the next value of the single-row
   counter ``log_head`` (row-locking it until commit, which is what serialises writers and makes
   positions commit-ordered, see :mod:`eventstore.postgres`) and refuses the row unless its
-  ``position`` is that value, its ``seq`` is the draft's head + 1 and its ``hash`` is
+  ``position`` is that value, its ``seq`` is the stream's head + 1 and its ``hash`` is
   ``sha256(previous hash ‖ position (8 bytes, big-endian) ‖ body)``.
 * ``events_append_only`` / ``events_no_truncate``: refuse UPDATE, DELETE and TRUNCATE.
 * ``log_head_guard``: the counter can only move through ``events_next_only``.
+
+The column ``draft_id`` holds the stream id (the first schema's name, kept so that existing
+databases need no migration; see :mod:`eventstore.sql`).
 """
 
 from __future__ import annotations
