@@ -148,7 +148,7 @@ async def test_shutdown_saves_the_last_snapshots(drafts: int) -> None:
             for k in range(n + 1):
                 assert (await srv.append(d, f"{k}"))[0] == 201
         assert await store.list_snapshots() == []  # the periodic save (5 s) has not run
-    snaps = {s.draft_id: s.seq for s in await store.list_snapshots()}
+    snaps = {s.stream_id: s.seq for s in await store.list_snapshots()}
     assert snaps == {d: n + 2 for n, d in enumerate(ids)}
     assert await store.snapshot_checkpoint() == await store.last_position()
 
