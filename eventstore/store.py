@@ -103,7 +103,11 @@ class Store(Protocol):
         ...
 
     async def list_snapshots(self, after_stream_id: str = "", limit: int = 1000) -> list[Snapshot]:
-        """Stored projections ordered by stream id (code point order), for paging through all of them."""
+        """Stored projections ordered by stream id (code point order), for paging through all of them.
+
+        ``after_stream_id`` is a previous page's last id; one no backend can store raises
+        :class:`UnrepresentableValue`.
+        """
         ...
 
     async def save_snapshots(self, snapshots: Sequence[Snapshot], checkpoint: int) -> None:
