@@ -50,9 +50,9 @@ class RecordingStore(MemoryStore):
         self.seen.append(draft_id)
         return await super().read(draft_id, after_seq, limit)
 
-    async def read_draft_bodies(self, draft_id: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+    async def read_stream_bodies(self, draft_id: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
         self.seen.append(draft_id)
-        return await super().read_draft_bodies(draft_id, after_seq, limit)
+        return await super().read_stream_bodies(draft_id, after_seq, limit)
 
     async def head(self, draft_id: str) -> int:
         self.seen.append(draft_id)

@@ -199,7 +199,7 @@ async def test_a_gap_in_live_batches_reads_the_log_again(store: MemoryStore, own
         DRAFT,
         sink,
         0,
-        read_page=store.read_draft_bodies,
+        read_page=store.read_stream_bodies,
         spawn=owner.spawn,
         request_close=owner.request_close,
         max_backlog_bytes=1 << 20,
