@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from eventstore.events import NewEvent
 from projections.errors import (
     AlreadyCollaborator,
+    CannotRemoveCreator,
+    DraftArchived,
     Forbidden,
     InvalidRingTarget,
+    NotCollaborator,
     NotFound,
     NotRingHolder,
     ValidationFailed,
@@ -76,11 +79,52 @@ class UpdateDraft:
     description: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RemoveCollaborator:
+    """Take a collaborator off the draft (API.md v2 "Access that changes live").
+
+    The creator may remove anyone but themselves; a contributor, viewers and themselves; a
+    viewer, themselves. If the removed user holds the ring it goes back to the creator.
+    """
+
+    user_id: str
+    collaborator_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRole:
+    """The creator makes a collaborator a ``contributor`` or a ``viewer`` (API.md v2).
+
+    A ring holder demoted to viewer gives the ring back to the creator.
+    """
+
+    user_id: str
+    collaborator_id: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveDraft:
+    """The creator archives (``archived=True``) or unarchives the draft (API.md v2)."""
+
+    user_id: str
+    archived: bool
+
+
 SEGMENT_ID_IS_LOG_POSITION = ("segment", "id")
 """Where in ``collab.segment_added``'s data the store writes the event's global log position:
 a segment's id *is* that position (projections/state.py says what each number means)."""
 
-Command = CreateDraft | AppendSegment | PassRing | AddCollaborator | UpdateDraft
+Command = (
+    CreateDraft
+    | AppendSegment
+    | PassRing
+    | AddCollaborator
+    | UpdateDraft
+    | RemoveCollaborator
+    | ChangeRole
+    | ArchiveDraft
+)
 
 DEFAULT_LIMITS = Limits()
 
@@ -107,17 +151,28 @@ def decide(
 ) -> list[NewEvent]:
     """The events ``command`` produces against ``state``, or raise a DomainError.
 
-    ``state`` is None when the draft does not exist; ``now`` is the events' timestamp.
+    ``state`` is None when the draft does not exist; ``now`` is the events' timestamp. An
+    empty list means the command changes nothing (same role, already (un)archived, same title).
+    While the draft is archived every command but :class:`ArchiveDraft` raises
+    :class:`DraftArchived` once the caller's right to it is established (API.md v2).
     """
     if isinstance(command, CreateDraft):
         return _create(command, now, limits)
     if state is None:
         raise NotFound("draft not found")
+    if isinstance(command, RemoveCollaborator):
+        return _remove_collaborator(state, command, now, limits)
+    if isinstance(command, ChangeRole):
+        return _change_role(state, command, now, limits)
+    if isinstance(command, ArchiveDraft):
+        return _archive(state, command, now)
     role = state.role_of(command.user_id)
     if role is None:
         raise Forbidden("you are not a collaborator on this draft")
     if role == "viewer":
         raise Forbidden("viewers cannot change the draft")
+    if state.archived:
+        raise DraftArchived("the draft is archived; unarchive it first")
     if isinstance(command, AppendSegment):
         return _append_segment(state, command, now, limits)
     if isinstance(command, PassRing):
@@ -221,3 +276,83 @@ def _update(s: DraftState, c: UpdateDraft, now: str, limits: Limits) -> list[New
     if not data:
         return []  # nothing changed: nothing to record
     return [NewEvent(EventType.DRAFT_UPDATED, c.user_id, now, data)]
+
+
+def _ring_back_to_creator(s: DraftState, leaving: str, caused_by: str, now: str) -> list[NewEvent]:
+    """The ``collab.ring_passed`` that returns the ring to the creator when its holder loses the
+    right to hold it (removed, or demoted to viewer): API.md v2, "in the same append"."""
+    if s.ring_state.current_holder_id != leaving:
+        return []
+    data = {
+        "from_user_id": leaving,
+        "to_user_id": s.creator_id,
+        "current_holder_id": s.creator_id,
+        "holders_history": [*s.ring_state.holders_history, s.creator_id],
+    }
+    return [NewEvent(EventType.RING_PASSED, caused_by, now, data)]
+
+
+def _collaborator_id_error(collaborator_id: str, limits: Limits) -> None:
+    if not valid_user_id(collaborator_id, limits):
+        _check({"user_id": f"must be 1–{limits.user_id_max} characters without whitespace"})
+
+
+def _remove_collaborator(s: DraftState, c: RemoveCollaborator, now: str, limits: Limits) -> list[NewEvent]:
+    """API.md v2 rights: creator → anyone but themselves; contributor → viewers and themselves;
+    viewer → themselves. Refusals in order: 409 cannot_remove_creator (whoever asks), 403 for a
+    stranger, 422 for an id that no user can have, 409 not_collaborator, 403 by the table, 409
+    draft_archived."""
+    target = c.collaborator_id
+    if target == s.creator_id:
+        raise CannotRemoveCreator("the creator cannot be removed from the draft")
+    caller = s.role_of(c.user_id)
+    if caller is None:
+        raise Forbidden("you are not a collaborator on this draft")
+    _collaborator_id_error(target, limits)
+    role = s.role_of(target)
+    if role is None or role == "creator":
+        raise NotCollaborator(f"{target} is not a collaborator on this draft")
+    allowed = caller == "creator" or target == c.user_id or (caller == "contributor" and role == "viewer")
+    if not allowed:
+        raise Forbidden("contributors may remove viewers and themselves; viewers only themselves")
+    if s.archived:
+        raise DraftArchived("the draft is archived; unarchive it first")
+    return [
+        NewEvent(EventType.COLLABORATOR_REMOVED, c.user_id, now, {"collaborator_id": target, "role": role}),
+        *_ring_back_to_creator(s, target, c.user_id, now),
+    ]
+
+
+def _change_role(s: DraftState, c: ChangeRole, now: str, limits: Limits) -> list[NewEvent]:
+    """Only the creator; 422 for a role other than contributor/viewer or an impossible id; 409
+    not_collaborator for the creator or a stranger; 409 draft_archived; same role: nothing."""
+    if s.role_of(c.user_id) != "creator":
+        raise Forbidden("only the creator may change roles")
+    errors: dict[str, str] = {}
+    if not valid_user_id(c.collaborator_id, limits):
+        errors["user_id"] = f"must be 1–{limits.user_id_max} characters without whitespace"
+    if c.role not in ("contributor", "viewer"):
+        errors["role"] = "must be 'contributor' or 'viewer'"
+    _check(errors)
+    role = s.role_of(c.collaborator_id)
+    if role is None or role == "creator":
+        raise NotCollaborator(f"{c.collaborator_id} is not a collaborator on this draft")
+    if s.archived:
+        raise DraftArchived("the draft is archived; unarchive it first")
+    if role == c.role:
+        return []
+    data = {"collaborator_id": c.collaborator_id, "from_role": role, "to_role": c.role}
+    events = [NewEvent(EventType.ROLE_CHANGED, c.user_id, now, data)]
+    if c.role == "viewer":
+        events += _ring_back_to_creator(s, c.collaborator_id, c.user_id, now)
+    return events
+
+
+def _archive(s: DraftState, c: ArchiveDraft, now: str) -> list[NewEvent]:
+    """Only the creator; already in that state: nothing."""
+    if s.role_of(c.user_id) != "creator":
+        raise Forbidden("only the creator may archive or unarchive the draft")
+    if s.archived == c.archived:
+        return []
+    type_ = EventType.DRAFT_ARCHIVED if c.archived else EventType.DRAFT_UNARCHIVED
+    return [NewEvent(type_, c.user_id, now, {})]

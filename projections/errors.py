@@ -12,6 +12,9 @@ statuses in one table (API.md "HTTP API" and "Errors added")::
     ├── NotRingHolder           not_ring_holder          409    decide
     ├── InvalidRingTarget       invalid_ring_target      409    decide
     ├── AlreadyCollaborator     already_collaborator     409    decide
+    ├── CannotRemoveCreator     cannot_remove_creator    409    decide (whoever asks)
+    ├── NotCollaborator         not_collaborator         409    decide (remove / change role)
+    ├── DraftArchived           draft_archived           409    decide: any mutation but (un)archive
     ├── PreconditionFailed      precondition_failed      412    the service: If-Match names another head
     ├── WriteConflict           conflict                 409    the service: lost every optimistic-
     │                                                           concurrency retry within its time budget
@@ -74,6 +77,24 @@ class AlreadyCollaborator(DomainError):
     """The user is already the creator or a collaborator."""
 
     code = "already_collaborator"
+
+
+class CannotRemoveCreator(DomainError):
+    """The creator cannot be removed from their draft, by anyone (API.md v2 "Access that changes live")."""
+
+    code = "cannot_remove_creator"
+
+
+class NotCollaborator(DomainError):
+    """The user named is not a collaborator of the draft (API.md v2 "Access that changes live")."""
+
+    code = "not_collaborator"
+
+
+class DraftArchived(DomainError):
+    """The draft is archived: only ``archive`` and ``unarchive`` are accepted (API.md v2)."""
+
+    code = "draft_archived"
 
 
 class PreconditionFailed(DomainError):

@@ -20,6 +20,12 @@ class EventType(StrEnum):
     * ``RING_PASSED`` — ``{"from_user_id", "to_user_id", "current_holder_id", "holders_history"}``.
     * ``COLLABORATOR_ADDED`` — ``{"collaborator_id", "role", "joined_at"}``.
     * ``DRAFT_UPDATED`` — ``{"title"?, "description"?}`` (only the fields that changed).
+    * ``COLLABORATOR_REMOVED`` — ``{"collaborator_id", "role"}`` (the role they had).
+    * ``ROLE_CHANGED`` — ``{"collaborator_id", "from_role", "to_role"}``.
+    * ``DRAFT_ARCHIVED`` / ``DRAFT_UNARCHIVED`` — ``{}``.
+
+    The last four are API.md v2 "Access that changes live"; a removal or demotion of the ring
+    holder is followed, in the same append, by a ``RING_PASSED`` back to the creator.
 
     A log may also hold types this version does not know (written by a newer server): folds
     treat them as advancing ``seq`` only, so compare ``event.type`` with members, never
@@ -31,6 +37,16 @@ class EventType(StrEnum):
     RING_PASSED = "collab.ring_passed"
     COLLABORATOR_ADDED = "collab.collaborator_added"
     DRAFT_UPDATED = "collab.draft_updated"
+    COLLABORATOR_REMOVED = "collab.collaborator_removed"
+    ROLE_CHANGED = "collab.role_changed"
+    DRAFT_ARCHIVED = "collab.draft_archived"
+    DRAFT_UNARCHIVED = "collab.draft_unarchived"
+
+
+ACCESS_EVENT_TYPES: frozenset[str] = frozenset(
+    {EventType.COLLABORATOR_ADDED, EventType.COLLABORATOR_REMOVED, EventType.ROLE_CHANGED}
+)
+"""The events that change who may view a draft (folded by ``projections.access.ViewAccess``)."""
 
 
 EVENT_TYPE_PREFIX = "collab."

@@ -55,6 +55,7 @@ class _Builder:
     seq: int
     created_at: str
     updated_at: str
+    archived: bool = False
 
     @classmethod
     def thaw(cls, s: DraftState) -> _Builder:
@@ -70,6 +71,7 @@ class _Builder:
             s.seq,
             s.created_at,
             s.updated_at,
+            s.archived,
         )
 
     def freeze(self) -> DraftState:
@@ -84,6 +86,7 @@ class _Builder:
             seq=self.seq,
             created_at=self.created_at,
             updated_at=self.updated_at,
+            archived=self.archived,
         )
 
 
@@ -122,11 +125,35 @@ def _draft_updated(b: _Builder, d: dict[str, Any]) -> None:
         b.description = d["description"]
 
 
+def _collaborator_removed(b: _Builder, d: dict[str, Any]) -> None:
+    gone = d["collaborator_id"]
+    b.collaborators = [c for c in b.collaborators if c.user_id != gone]
+
+
+def _role_changed(b: _Builder, d: dict[str, Any]) -> None:
+    who, role = d["collaborator_id"], d["to_role"]
+    b.collaborators = [
+        Collaborator(c.user_id, role, c.joined_at) if c.user_id == who else c for c in b.collaborators
+    ]
+
+
+def _draft_archived(b: _Builder, d: dict[str, Any]) -> None:
+    b.archived = True
+
+
+def _draft_unarchived(b: _Builder, d: dict[str, Any]) -> None:
+    b.archived = False
+
+
 HANDLERS: dict[str, Callable[[_Builder, dict[str, Any]], None]] = {
     EventType.SEGMENT_ADDED: _segment_added,
     EventType.RING_PASSED: _ring_passed,
     EventType.COLLABORATOR_ADDED: _collaborator_added,
     EventType.DRAFT_UPDATED: _draft_updated,
+    EventType.COLLABORATOR_REMOVED: _collaborator_removed,
+    EventType.ROLE_CHANGED: _role_changed,
+    EventType.DRAFT_ARCHIVED: _draft_archived,
+    EventType.DRAFT_UNARCHIVED: _draft_unarchived,
 }
 """One handler per event type but ``collab.draft_created`` (which starts a builder)."""
 
@@ -250,6 +277,13 @@ def fold_summary(summary: DraftSummary | None, e: FoldableEvent) -> DraftSummary
         raise FoldError(f"draft {e.draft_id!r}: seq {e.seq} does not follow the summary")
     title = e.data.get("title", summary.title) if e.type == EventType.DRAFT_UPDATED else summary.title
     members = summary.members
+    archived = summary.archived
     if e.type == EventType.COLLABORATOR_ADDED:
         members = members | {e.data["collaborator_id"]}
-    return DraftSummary(summary.id, title, e.seq, e.ts, members)
+    elif e.type == EventType.COLLABORATOR_REMOVED:
+        members = members - {e.data["collaborator_id"]}
+    elif e.type == EventType.DRAFT_ARCHIVED:
+        archived = True
+    elif e.type == EventType.DRAFT_UNARCHIVED:
+        archived = False
+    return DraftSummary(summary.id, title, e.seq, e.ts, members, archived)

@@ -250,11 +250,12 @@ class DraftProjector:
         records = await self.store.read(draft_id, after_seq=0, limit=seq)
         return fold_all(None, [r.event() for r in records])
 
-    async def drafts_for(self, user_id: str) -> list[DraftSummary]:
-        """Drafts ``user_id`` may view, most recently updated first."""
+    async def drafts_for(self, user_id: str, *, archived: bool = False) -> list[DraftSummary]:
+        """Drafts ``user_id`` may view, most recently updated first: the archived ones when
+        ``archived``, else the others (API.md v2)."""
         await self.advance()
         ids = self._by_member.get(user_id, ())
-        rows = [self._summaries[i] for i in ids]
+        rows = [row for i in ids if (row := self._summaries[i]).archived == archived]
         rows.sort(key=lambda s: (s.updated_at, s.id), reverse=True)
         return rows
 
@@ -275,6 +276,12 @@ class DraftProjector:
         if old is None or old.members != summary.members:
             for member in summary.members:
                 self._by_member.setdefault(member, set()).add(summary.id)
+            for gone in old.members - summary.members if old is not None else ():
+                drafts = self._by_member.get(gone)
+                if drafts is not None:
+                    drafts.discard(summary.id)
+                    if not drafts:
+                        del self._by_member[gone]
 
     def _on_commit(self, records: Sequence[Record]) -> None:
         """Notifier callback, run right after a commit, before the append returns.

@@ -81,6 +81,9 @@ class DraftState:
     seq: int
     created_at: str
     updated_at: str
+    archived: bool = False
+    """API.md v2: set by ``collab.draft_archived``, cleared by ``collab.draft_unarchived``; a log
+    written before those events existed folds to False."""
 
     def role_of(self, user_id: str) -> Role | None:
         """The user's role, or None for a stranger."""
@@ -137,6 +140,7 @@ class DraftState:
                 "seq": self.seq,
                 "created_at": self.created_at,
                 "updated_at": self.updated_at,
+                "archived": self.archived,
             },
             option=orjson.OPT_SORT_KEYS,
         )
@@ -158,11 +162,12 @@ class DraftState:
             seq=d["seq"],
             created_at=d["created_at"],
             updated_at=d["updated_at"],
+            archived=d.get("archived", False),  # snapshots saved before API.md v2 lack it
         )
 
     def summary(self) -> DraftSummary:
         """What the draft list shows, plus who may see it."""
-        return DraftSummary(self.id, self.title, self.seq, self.updated_at, self.members())
+        return DraftSummary(self.id, self.title, self.seq, self.updated_at, self.members(), self.archived)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +179,9 @@ class DraftSummary:
     seq: int
     updated_at: str
     members: frozenset[str]
+    archived: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """The list row served to clients."""
+        """The list row served to clients (API.md's four fields; which list a row is in says
+        whether it is archived: ``?archived=true``)."""
         return {"id": self.id, "title": self.title, "seq": self.seq, "updated_at": self.updated_at}

@@ -34,10 +34,13 @@ from aiohttp.typedefs import Handler
 from eventstore import errors as store_errors
 from projections.errors import (
     AlreadyCollaborator,
+    CannotRemoveCreator,
     DomainError,
+    DraftArchived,
     Forbidden,
     IdempotencyKeyReused,
     InvalidRingTarget,
+    NotCollaborator,
     NotFound,
     NotRingHolder,
     PreconditionFailed,
@@ -72,6 +75,9 @@ ERROR_TABLE: dict[type[Exception], Answer] = {
     NotRingHolder: Answer(409),
     InvalidRingTarget: Answer(409),
     AlreadyCollaborator: Answer(409),
+    CannotRemoveCreator: Answer(409),
+    NotCollaborator: Answer(409),
+    DraftArchived: Answer(409),
     PreconditionFailed: Answer(412),
     WriteConflict: Answer(409),
     IdempotencyKeyReused: Answer(422),

@@ -44,6 +44,12 @@ class AddCollaboratorBody(_Body):
     role: Literal["contributor", "viewer"]
 
 
+class ChangeRoleBody(_Body):
+    """``PATCH /v1/collab/drafts/{id}/collaborators/{user_id}`` (API.md v2)"""
+
+    role: Literal["contributor", "viewer"]
+
+
 # -- responses (documentation only: the server serialises the domain's values directly) ----
 
 
@@ -77,6 +83,7 @@ class DraftStateModel(BaseModel):
     seq: int
     created_at: str
     updated_at: str
+    archived: bool
 
 
 class DraftSummaryModel(BaseModel):

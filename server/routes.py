@@ -20,7 +20,17 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from eventstore.events import Record
-from projections.decide import AddCollaborator, AppendSegment, Command, CreateDraft, PassRing, UpdateDraft
+from projections.decide import (
+    AddCollaborator,
+    AppendSegment,
+    ArchiveDraft,
+    ChangeRole,
+    Command,
+    CreateDraft,
+    PassRing,
+    RemoveCollaborator,
+    UpdateDraft,
+)
 from projections.errors import ValidationFailed
 from projections.state import DraftState
 from server.auth import Identity
@@ -28,12 +38,13 @@ from server.errors import ApiError
 from server.models import (
     AddCollaboratorBody,
     AppendSegmentBody,
+    ChangeRoleBody,
     CreateDraftBody,
     PassRingBody,
     UpdateDraftBody,
 )
 from server.params import MAX_SEQ, ParameterError, parse_entity_tag_seq, parse_int, parse_number
-from server.service import Endpoint, Outcome, new_draft_id
+from server.service import AtSeqBeyondHead, Endpoint, Outcome, new_draft_id
 from server.settings import MAX_BODY_BYTES
 from server.state import AppState
 
@@ -135,6 +146,22 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     return default if raw is None else _parsed(parse_int, raw, name, low, high)
 
 
+BOOLEAN_VALUES = {"true": True, "false": False}
+"""The only spellings a boolean query parameter has (anything else: 400 invalid_parameter)."""
+
+IMMUTABLE = "private, max-age=31536000, immutable"
+"""Cache-Control of a past state (API.md v2): the log never changes below its head."""
+
+
+def _bool_param(request: web.Request, name: str, default: bool) -> bool:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if len(request.query.getall(name)) > 1 or raw not in BOOLEAN_VALUES:
+        raise ApiError(400, "invalid_parameter", f"{name} must be true or false")
+    return BOOLEAN_VALUES[raw]
+
+
 def _wait_param(request: web.Request, high: float) -> float:
     raw = request.query.get("wait")
     return 0.0 if raw is None else _parsed(parse_number, raw, "wait", 0.0, high)
@@ -164,7 +191,8 @@ class Mutation(Generic[M]):
     ``endpoint`` names it in Idempotency-Key fingerprints (never change a released one);
     ``body`` is its pydantic model (:class:`NoBody`: no body is read);
     ``command(user_id, path_params, body)`` builds the domain command; ``reply(outcome)``
-    builds the success response. A path parameter other than ``draft_id`` (say
+    builds the success response (also when the command changed nothing: ``outcome.record`` is
+    then None and the reply is built from ``outcome.state`` and ``outcome.command``). A path parameter other than ``draft_id`` (say
     ``{user_id}``) joins the fingerprint, so one key cannot name two different targets.
     """
 
@@ -260,6 +288,23 @@ def _collaborator_reply(outcome: Outcome) -> Reply:
     return Reply(201, _data({"collaborator": collaborator, "seq": outcome.state.seq}))
 
 
+def _role_reply(outcome: Outcome) -> Reply:
+    command = outcome.command
+    assert isinstance(command, ChangeRole)
+    state = outcome.state
+    found = [c for c in state.collaborators if c.user_id == command.collaborator_id]
+    collaborator = (
+        {"user_id": found[0].user_id, "role": found[0].role, "joined_at": found[0].joined_at}
+        if found
+        else None  # an idempotent replay after the collaborator was removed meanwhile cannot happen:
+    )  # a replay folds the log up to the key's own seq, where the role was just changed
+    return Reply(200, _data({"collaborator": collaborator, "seq": state.seq}))
+
+
+def _removal_reply(outcome: Outcome) -> Reply:
+    return Reply(200, _data({"seq": outcome.state.seq, "ring_state": _state_ring(outcome.state)}))
+
+
 def _state_ring(state: DraftState) -> dict[str, Any]:
     return {
         "current_holder_id": state.ring_state.current_holder_id,
@@ -298,32 +343,72 @@ MUTATIONS: tuple[Mutation[Any], ...] = (
         _collaborator_reply,
         "Invite a contributor or viewer.",
     ),
+    mutation(
+        "DELETE", "/v1/collab/drafts/{draft_id}/collaborators/{user_id}", "remove-collaborator", NoBody,
+        lambda user, path, _: RemoveCollaborator(user, path["user_id"]),
+        _removal_reply,
+        "Remove a collaborator (the creator: anyone else; a contributor: viewers and themselves; "
+        "a viewer: themselves). A removed ring holder's ring returns to the creator.",
+    ),
+    mutation(
+        "PATCH", "/v1/collab/drafts/{draft_id}/collaborators/{user_id}", "change-role", ChangeRoleBody,
+        lambda user, path, b: ChangeRole(user, path["user_id"], b.role),
+        _role_reply,
+        "The creator changes a collaborator's role; a ring holder made viewer returns the ring.",
+    ),
+    mutation(
+        "POST", "/v1/collab/drafts/{draft_id}/archive", "archive", NoBody,
+        lambda user, _, __: ArchiveDraft(user, True),
+        _draft_reply(200),
+        "The creator archives the draft: every other mutation is then 409 draft_archived.",
+    ),
+    mutation(
+        "POST", "/v1/collab/drafts/{draft_id}/unarchive", "unarchive", NoBody,
+        lambda user, _, __: ArchiveDraft(user, False),
+        _draft_reply(200),
+        "The creator unarchives the draft.",
+    ),
 )  # fmt: skip
 """The REST mutations (API.md "HTTP API"); a new one is one more declaration here."""
 
 
 @routes.get("/v1/collab/drafts")
 async def list_drafts(request: web.Request) -> web.Response:
-    """Drafts the caller may view."""
+    """Drafts the caller may view; archived ones only with ``?archived=true`` (API.md v2)."""
     st = request.app[AppState.KEY]
     identity = await _identify(request)
-    rows = await st.projector.drafts_for(identity.user_id)
+    archived = _bool_param(request, "archived", default=False)
+    rows = await st.projector.drafts_for(identity.user_id, archived=archived)
     return _json(200, _data([r.to_dict() for r in rows]))
 
 
 @routes.get("/v1/collab/drafts/{draft_id}")
 async def get_draft(request: web.Request) -> web.Response:
-    """The draft's state; 304 when the caller's ETag is current."""
+    """The draft's state; 304 when the caller's ETag is current.
+
+    With ``?at_seq=N`` (API.md v2 "Time travel over HTTP"): the state as of seq N, folded from
+    the log, 1 ≤ N ≤ head (else 400 invalid_parameter), with immutable caching headers.
+    """
     st = request.app[AppState.KEY]
     identity = await _identify(request)
-    state = await st.service.view(identity.user_id, request.match_info["draft_id"])
+    raw_at = request.query.get("at_seq")
+    headers: dict[str, str] = {}
+    if raw_at is None:
+        state = await st.service.view(identity.user_id, request.match_info["draft_id"])
+    else:
+        at_seq = _parsed(parse_int, raw_at, "at_seq", 1, MAX_SEQ)
+        try:
+            state = await st.service.view_at(identity.user_id, request.match_info["draft_id"], at_seq)
+        except AtSeqBeyondHead as e:
+            raise ApiError(400, "invalid_parameter", str(e)) from None
+        headers["Cache-Control"] = IMMUTABLE
     etag = _etag(state.seq)
     inm = request.headers.get("If-None-Match")
     if inm is not None:
         tags = {t.strip().removeprefix("W/") for t in inm.split(",")}
         if etag in tags or "*" in tags:
-            return web.Response(status=304, headers={"ETag": etag})
-    return _json(200, _data_raw(state.to_json()), {"ETag": etag})
+            return web.Response(status=304, headers={"ETag": etag, **headers})
+    return _json(200, _data_raw(state.to_json()), {"ETag": etag, **headers})
 
 
 def _events_body(records: Sequence[Record], head: int) -> bytes:

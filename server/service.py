@@ -16,6 +16,7 @@ contention is never reported as unavailability (issue "contention is not unavail
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import random
@@ -67,6 +68,17 @@ class Outcome:
     state: DraftState
     record: Record | None
     replayed: bool = False
+    command: Command | None = None
+    """The command as the request gave it (set by :meth:`DraftService.execute`), so that a reply
+    can name its target even when nothing was appended."""
+
+
+class AtSeqBeyondHead(Exception):
+    """``at_seq`` names a seq the draft has not reached (``head_seq``): a bad parameter, 400."""
+
+    def __init__(self, head_seq: int) -> None:
+        super().__init__(f"at_seq must be at most the draft's head, {head_seq}")
+        self.head_seq = head_seq
 
 
 def new_draft_id() -> str:
@@ -155,6 +167,22 @@ class DraftService:
             raise Forbidden("you are not a collaborator on this draft")
         return state
 
+    async def view_at(self, user_id: str, draft_id: str, at_seq: int) -> DraftState:
+        """The draft's state as of ``at_seq``, folded from the log (API.md v2 "Time travel over HTTP").
+
+        The access rule is the draft's *current* one (:meth:`view`). Raises :class:`NotFound`,
+        :class:`Forbidden`, or :class:`AtSeqBeyondHead` when ``at_seq`` is above the head (the
+        caller checks ``at_seq >= 1`` when parsing).
+        """
+        now = await self.view(user_id, draft_id)
+        if at_seq > now.seq:
+            raise AtSeqBeyondHead(now.seq)
+        if at_seq == now.seq:
+            return now
+        state = await self.projector.state_at(draft_id, at_seq)
+        assert state is not None and state.seq == at_seq  # the log is contiguous from seq 1
+        return state
+
     async def execute(
         self,
         endpoint: Endpoint,
@@ -190,15 +218,15 @@ class DraftService:
             raise IdempotencyKeyReused() from e
         except DomainError:
             if claim is not None and (earlier := await self._earlier(claim)) is not None:
-                return earlier
+                return dataclasses.replace(earlier, command=command)
             raise
         if (
             outcome.record is None
             and claim is not None
             and (earlier := await self._earlier(claim)) is not None
         ):
-            return earlier
-        return outcome
+            outcome = earlier
+        return dataclasses.replace(outcome, command=command)
 
     async def _earlier(self, claim: IdempotencyClaim) -> Outcome | None:
         found = await self.store.find_idempotency(claim.user_id, claim.key)
@@ -265,8 +293,8 @@ class DraftService:
         """The command's events against ``state``, or the refusal that comes first.
 
         An invalid field is the request's own fault whatever the draft's head is: 422 comes
-        before 412 (schemathesis sent a bad user id with a stale If-Match); a viewer's If-Match
-        is 403 before 412; then 412; then the draft's other rules.
+        before 412 (schemathesis sent a bad user id with a stale If-Match); a command the rights
+        table refuses is 403 before 412; then 412; then the draft's other rules.
         """
         refused: DomainError | None = None
         try:
@@ -276,8 +304,8 @@ class DraftService:
         except DomainError as e:
             events, refused = [], e
         if state is not None and if_match is not None:
-            if state.role_of(command.user_id) in (None, "viewer"):
-                raise Forbidden("you may not change this draft")
+            if isinstance(refused, Forbidden):
+                raise refused  # the rights table before the head (a viewer may remove themselves)
             if state.seq != if_match:
                 raise PreconditionFailed(state.seq, if_match)
         if refused is not None:

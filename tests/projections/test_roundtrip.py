@@ -122,6 +122,7 @@ states = st.builds(
     seq=seqs,
     created_at=timestamps,
     updated_at=timestamps,
+    archived=st.booleans(),
 )
 
 
@@ -135,8 +136,9 @@ def test_draft_state_round_trips_through_json(state: DraftState) -> None:
     assert DraftState.from_json(raw.decode()) == state
     assert DraftState.from_json(raw).to_json() == raw
     assert state.to_dict() == orjson.loads(raw)
-    # API.md's shape, nothing more
+    # API.md's shape (v2 adds "archived"), nothing more
     assert set(state.to_dict()) == {
+        "archived",
         "id",
         "title",
         "description",

@@ -11,13 +11,18 @@ from server.service import Outcome
 from tests.server.inprocess import running_app
 
 
-def test_the_five_mutations_are_declared_once_each() -> None:
+def test_the_mutations_are_declared_once_each() -> None:
     assert [(m.method, m.path, m.endpoint) for m in MUTATIONS] == [
         ("POST", "/v1/collab/drafts", "create"),
         ("PATCH", "/v1/collab/drafts/{draft_id}", "update"),
         ("POST", "/v1/collab/drafts/{draft_id}/segments", "segment"),
         ("POST", "/v1/collab/drafts/{draft_id}/ring/pass", "ring"),
         ("POST", "/v1/collab/drafts/{draft_id}/collaborators", "collaborator"),
+        # API.md v2 "Access that changes live"
+        ("DELETE", "/v1/collab/drafts/{draft_id}/collaborators/{user_id}", "remove-collaborator"),
+        ("PATCH", "/v1/collab/drafts/{draft_id}/collaborators/{user_id}", "change-role"),
+        ("POST", "/v1/collab/drafts/{draft_id}/archive", "archive"),
+        ("POST", "/v1/collab/drafts/{draft_id}/unarchive", "unarchive"),
     ]
     assert all(m.summary for m in MUTATIONS)
 
