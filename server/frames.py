@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from projections.access import REMOVAL_MARKER
+
 OPCODE_TEXT_FINAL = 0x81
 """FIN bit set, opcode 0x1 (text): RFC 6455 §5.2."""
 
@@ -62,7 +64,9 @@ class Batch:
     them joined (what a socket that is up to date writes); ``stamp`` is ``time.monotonic()`` at
     commit notification (for the fan-out lag metric). Seqs are contiguous by construction
     (:func:`batches_of`), which is what lets a subscriber check a whole batch against its position
-    with two comparisons.
+    with two comparisons. ``removals`` holds the ``(seq, body)`` of the events that may take a
+    user's view access away (``collab.collaborator_removed``), found once per commit, so that
+    each socket folds only those (:class:`projections.access.ViewAccess`).
     """
 
     first_seq: int
@@ -70,6 +74,7 @@ class Batch:
     frames: tuple[bytes, ...]
     data: bytes
     stamp: float
+    removals: tuple[tuple[int, bytes], ...] = ()
 
     @property
     def size(self) -> int:
@@ -82,6 +87,12 @@ class Batch:
         if start <= 0:
             return self.data
         return b"".join(self.frames[start:])
+
+    def between(self, after_seq: int, through_seq: int) -> bytes:
+        """The frames of the events with ``after_seq < seq <= through_seq``."""
+        start = max(0, after_seq + 1 - self.first_seq)
+        stop = max(0, through_seq + 1 - self.first_seq)
+        return b"".join(self.frames[start:stop])
 
 
 class Committed(Protocol):
@@ -102,21 +113,25 @@ def batches_of(records: Sequence[Committed], stamp: float) -> list[Batch]:
     """
     batches: list[Batch] = []
     frames: list[bytes] = []
+    removals: list[tuple[int, bytes]] = []
     first = prev = 0
     for record in records:
         seq = record.seq
         if frames and seq != prev + 1:
-            batches.append(_batch(first, frames, stamp))
-            frames = []
+            batches.append(_batch(first, frames, stamp, removals))
+            frames, removals = [], []
         if not frames:
             first = seq
-        frames.append(text_frame(record.body))
+        body = record.body
+        frames.append(text_frame(body))
+        if REMOVAL_MARKER in body:
+            removals.append((seq, body))
         prev = seq
     if frames:
-        batches.append(_batch(first, frames, stamp))
+        batches.append(_batch(first, frames, stamp, removals))
     return batches
 
 
-def _batch(first: int, frames: list[bytes], stamp: float) -> Batch:
+def _batch(first: int, frames: list[bytes], stamp: float, removals: list[tuple[int, bytes]]) -> Batch:
     data = frames[0] if len(frames) == 1 else b"".join(frames)
-    return Batch(first, first + len(frames) - 1, tuple(frames), data, stamp)
+    return Batch(first, first + len(frames) - 1, tuple(frames), data, stamp, tuple(removals))

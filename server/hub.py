@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from eventstore.events import Record
 from eventstore.notifier import Notifier
 from eventstore.store import Store, StreamBodyReader
+from projections.access import ViewAccess
 from server.frames import batches_of
 from server.subscriber import ReadPage, RequestClose, Sink, Spawn, Subscriber
 
@@ -59,12 +60,21 @@ class Hub:
         return sum(len(s) for s in self._streams.values())
 
     def subscribe(
-        self, stream_id: str, sink: Sink, since: int, *, spawn: Spawn, request_close: RequestClose
+        self,
+        stream_id: str,
+        sink: Sink,
+        since: int,
+        *,
+        spawn: Spawn,
+        request_close: RequestClose,
+        access: ViewAccess | None = None,
     ) -> Subscriber:
         """Deliver ``stream_id``'s events after ``since`` to ``sink``: catch-up, then live.
 
         The subscriber receives live batches from this call on, and its catch-up task (run
-        with ``spawn``) starts after that: the order the seam relies on.
+        with ``spawn``) starts after that: the order the seam relies on. With ``access`` (the
+        socket user's view access at admission) delivery ends at the event that revokes it and
+        ``request_close(4403, …)`` follows (API.md v2 "Revocation is live").
         """
         sub = Subscriber(
             stream_id,
@@ -76,6 +86,7 @@ class Hub:
             max_backlog_bytes=self.max_backlog_bytes,
             max_backlog_events=self.max_backlog_events,
             observe_lag=self.observe_lag,
+            access=access,
         )
         subs = self._streams.get(stream_id)
         if subs is None:

@@ -64,6 +64,11 @@ class CatchUpSeam:
         """Bytes of live batches buffered while catching up."""
         return self._buffered_bytes
 
+    @property
+    def buffered(self) -> tuple[Batch, ...]:
+        """The live batches kept while catching up (what :meth:`go_live` will merge), oldest first."""
+        return tuple(self._buffer)
+
     def on_live(self, batch: Batch) -> bytes | Literal[Resync.NEEDED]:
         """A batch just committed: the bytes to write now (``b""`` for none) or :data:`RESYNC`.
 

@@ -8,6 +8,11 @@
 * Catch-up (the socket's replay of the log after ``since``) never overflows: it writes a page,
   then waits until the sink is writable again.
 * Once the subscriber is closing (any close reason), it writes nothing more.
+* With a :class:`~projections.access.ViewAccess` (the socket's user's access at admission), it
+  folds the removals it forwards: when one takes the user's view access away, the subscriber
+  delivers the events up to and including it and nothing after, then (once those bytes are
+  handed to the sink) calls ``request_close(4403, …)`` — API.md v2 "Revocation is live". The
+  decision is taken from the stream itself, so every node decides it at the same seq.
 
 The sink is a small protocol so that the subscriber is tested with an in-memory fake;
 :class:`TransportSink` is the real one, over an asyncio transport, using only public API
@@ -21,9 +26,10 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
+from projections.access import REMOVAL_MARKER, ViewAccess
 from server.frames import Batch, text_frames
 from server.seam import RESYNC, CatchUpSeam, LogGap
 
@@ -33,6 +39,8 @@ CLOSE_TRY_AGAIN_LATER = 1013
 """RFC 6455 §7.4.1 "Try Again Later": the socket fell too far behind (API.md "WebSocket" item 6)."""
 CLOSE_INTERNAL_ERROR = 1011
 """RFC 6455 §7.4.1 "Internal Error": the log read back is not contiguous."""
+CLOSE_ACCESS_REVOKED = 4403
+"""API.md v2 "Revocation is live": the socket's user lost view access (clients do not reconnect)."""
 
 HIGH_WATER = 256 * 1024
 """Unsent bytes in a socket's sink above which it is 'behind': writes go to its backlog."""
@@ -189,6 +197,7 @@ class Subscriber:
     """
 
     __slots__ = (
+        "_access",
         "_backlog",
         "_backlog_bytes",
         "_backlog_events",
@@ -201,6 +210,7 @@ class Subscriber:
         "closing",
         "max_backlog_bytes",
         "max_backlog_events",
+        "revoked_at",
         "seam",
         "sink",
         "stream_id",
@@ -218,8 +228,12 @@ class Subscriber:
         max_backlog_bytes: int,
         max_backlog_events: int,
         observe_lag: Callable[[float], None] | None = None,
+        access: ViewAccess | None = None,
     ) -> None:
         self.stream_id = stream_id
+        self._access = access
+        self.revoked_at: int | None = None
+        """The seq of the event that took the user's view access away (delivery ends there)."""
         self.sink = sink
         self.seam = CatchUpSeam(since, max_backlog_bytes)
         self.max_backlog_bytes = max_backlog_bytes
@@ -248,20 +262,50 @@ class Subscriber:
 
     def offer(self, batch: Batch) -> None:
         """A batch of this stream was just committed (called for every commit, in seq order)."""
-        if self.closing:
+        if self.closing or self.revoked_at is not None:
             return
         before = self.seam.position
         out = self.seam.on_live(batch)
         if out is RESYNC:
             self._start_catch_up()
         elif out:
-            self._deliver(out, self.seam.position - before, batch.stamp)
+            cut = self._revocation((batch,), before, self.seam.position)
+            if cut is not None:
+                out = batch.between(before, cut)
+            self._deliver(out, (cut or self.seam.position) - before, batch.stamp)
+            if cut is not None:
+                self._revoke(cut)
 
     def close(self) -> None:
         """Stop delivering for good: nothing more is written, the backlog is dropped."""
         self.closing = True
         self._backlog.clear()
         self._backlog_bytes = self._backlog_events = 0
+
+    # -- revocation (API.md v2) -----------------------------------------------------------------
+
+    def _revocation(self, batches: tuple[Batch, ...], after: int, through: int) -> int | None:
+        """Fold the removals among ``after < seq <= through``; the seq that revokes, if any."""
+        access = self._access
+        if access is None:
+            return None
+        for batch in batches:
+            for seq, body in batch.removals:
+                if after < seq <= through and access.observe_body(seq, body):
+                    return seq
+        return None
+
+    def _revoke(self, seq: int) -> None:
+        """Delivery ends at ``seq``; close with 4403 once everything up to it is in the sink."""
+        self.revoked_at = seq
+        if not self._backlog and (self._writer is None or self._writer.done()):
+            self._close_revoked()
+
+    def _close_revoked(self) -> None:
+        if self.closing:
+            return
+        self.close()
+        self._request_close(CLOSE_ACCESS_REVOKED, b"access_revoked")
 
     # -- live delivery ------------------------------------------------------------------------
 
@@ -313,6 +357,9 @@ class Subscriber:
                 await sink.writable()
         except ConnectionError:
             self.close()
+            return
+        if self.revoked_at is not None and not backlog:
+            self._close_revoked()
 
     # -- catch-up -----------------------------------------------------------------------------
 
@@ -331,7 +378,7 @@ class Subscriber:
         stream_id = self.stream_id
         prefetch: asyncio.Future[list[tuple[int, bytes]]] | None = None
         try:
-            while not self.closing:
+            while not self.closing and self.revoked_at is None:
                 if prefetch is None:
                     page = await read(stream_id, seam.position, CATCH_UP_PAGE)
                 else:
@@ -341,16 +388,28 @@ class Subscriber:
                 if full:
                     prefetch = asyncio.ensure_future(read(stream_id, seam.position, CATCH_UP_PAGE))
                 if fresh:
+                    cut = self._revocation_in_page(fresh)
+                    if cut is not None:
+                        fresh = [pair for pair in fresh if pair[0] <= cut]
                     await self._write_waiting(text_frames(fresh))
+                    if cut is not None:
+                        self._revoke(cut)
+                        return
                 if full or self.closing:
                     continue
                 # no await from here until live: nothing can slip between log and live
                 before = seam.position
+                buffered = seam.buffered
                 out = seam.go_live()
                 if out is RESYNC:
                     continue
                 if out:
-                    self._deliver(out, seam.position - before, time.monotonic())
+                    cut = self._revocation(buffered, before, seam.position)
+                    if cut is not None:
+                        out = _frames_after(buffered, before, cut)
+                    self._deliver(out, (cut or seam.position) - before, time.monotonic())
+                    if cut is not None:
+                        self._revoke(cut)
                 return
         except ConnectionError:
             self.close()
@@ -362,6 +421,16 @@ class Subscriber:
             if prefetch is not None:
                 prefetch.cancel()
 
+    def _revocation_in_page(self, page: Sequence[tuple[int, bytes]]) -> int | None:
+        """Fold the removals of a catch-up page; the seq that revokes, if any."""
+        access = self._access
+        if access is None:
+            return None
+        for seq, body in page:
+            if REMOVAL_MARKER in body and access.observe_body(seq, body):
+                return seq
+        return None
+
     async def _write_waiting(self, data: bytes) -> None:
         """Write catch-up frames after any backlog, then wait until the sink is writable."""
         while self._writer is not None and not self._writer.done():
@@ -370,3 +439,15 @@ class Subscriber:
             return
         self.sink.write(data)
         await self.sink.writable()
+
+
+def _frames_after(batches: tuple[Batch, ...], after: int, through: int) -> bytes:
+    """The frames of seqs ``after < seq <= through`` from consecutive buffered batches, once each."""
+    parts: list[bytes] = []
+    position = after
+    for batch in batches:
+        if batch.last_seq <= position or batch.first_seq > through:
+            continue
+        parts.append(batch.between(position, through))
+        position = min(batch.last_seq, through)
+    return b"".join(parts)

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
+from projections.access import ViewAccess
 from projections.errors import Forbidden, NotFound
 from server.errors import ApiError, to_api_error
 from server.origins import origin_allowed
@@ -26,6 +27,7 @@ from server.params import MAX_SEQ, ParameterError, parse_int
 from server.service import is_draft_id
 from server.state import AppState
 from server.ws_stream import (
+    CLOSE_ACCESS_REVOKED,
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_SINCE,
     CLOSE_NOT_FOUND,
@@ -48,6 +50,7 @@ CLOSE_CODE_OF: dict[str, int] = {
     "invalid_since": CLOSE_INVALID_SINCE,
     "invalid_parameter": CLOSE_INVALID_SINCE,
     "validation_error": CLOSE_INVALID_SINCE,
+    "access_revoked": CLOSE_ACCESS_REVOKED,
     "unavailable": CLOSE_TRY_AGAIN_LATER,
     "internal_error": CLOSE_INTERNAL_ERROR,
 }
@@ -66,6 +69,9 @@ class Admission:
     expires_at: float | None
     """When REST starts refusing the token (Unix seconds: ``exp`` + leeway, ``Identity.expires_at``);
     None for dev auth."""
+    access: ViewAccess | None = None
+    """The user's view access as of the state admitted against; the subscriber folds the
+    removals after it (API.md v2 "Revocation is live")."""
 
 
 async def draft_socket(request: web.Request) -> web.StreamResponse:
@@ -133,10 +139,16 @@ async def admit(request: web.Request, st: AppState) -> Admission:
             head = max(head, await st.store.head(draft_id))
         if not 0 <= since <= head:
             raise ApiError(400, "invalid_since", f"since must be an integer from 0 to {head}")
+        if since > state.seq:
+            # the access fold must start at or below since: no event it needs goes unseen
+            newer = await st.projector.get(draft_id, since)
+            if newer is None or not newer.can_view(user_id):
+                raise Forbidden("you are not a collaborator on this draft")
+            state = newer
     cap = st.settings.max_sockets_per_user
     if cap and st.sockets.count(user_id) >= cap:
         raise ApiError(429, "too_many_sockets", f"at most {cap} sockets per user")
-    return Admission(draft_id, user_id, since, head, identity.expires_at)
+    return Admission(draft_id, user_id, since, head, identity.expires_at, ViewAccess(state, user_id))
 
 
 def _parse_since(raw: str) -> int:

@@ -2,7 +2,9 @@
 
 Close reasons (API.md "WebSocket"; codes from RFC 6455 §7.4.1 unless 4xxx): a client flooding
 messages 1008, a token that expires 4401, a socket that falls too far behind 1013, a server
-shutting down 1001, an internal error 1011, and the peer's own Close (answered).
+shutting down 1001, an internal error 1011, the user's view access revoked 4403 (API.md v2:
+after the removal event, ``{"type": "error", "code": "access_revoked", "draft_id"}``), and the
+peer's own Close (answered).
 
 A decision to close is final (issue "delivery after a decision to close"): the moment it is
 taken, the socket's sink refuses writes, and before the Close frame is sent the subscriber is
@@ -24,7 +26,12 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from eventstore.events import utc_now_iso
-from server.subscriber import CLOSE_INTERNAL_ERROR, CLOSE_TRY_AGAIN_LATER, TransportSink
+from server.subscriber import (
+    CLOSE_ACCESS_REVOKED,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_TRY_AGAIN_LATER,
+    TransportSink,
+)
 from server.ws_registry import CLOSE_GOING_AWAY, SocketTasks
 
 if TYPE_CHECKING:
@@ -42,6 +49,7 @@ CLOSE_TIMEOUT = 5.0
 """Seconds a close handshake may take before the connection is dropped."""
 
 __all__ = [
+    "CLOSE_ACCESS_REVOKED",
     "CLOSE_GOING_AWAY",
     "CLOSE_INTERNAL_ERROR",
     "CLOSE_INVALID_SINCE",
@@ -71,9 +79,17 @@ async def stream_events(
     user_id = admission.user_id
 
     def request_close(code: int, reason: bytes) -> None:
+        error = None
         if code == CLOSE_TRY_AGAIN_LATER:
             st.metrics.slow_closes.inc()
-        closer.request(code, reason)
+        elif code == CLOSE_ACCESS_REVOKED:
+            error = _message(
+                "error",
+                code="access_revoked",
+                draft_id=admission.draft_id,
+                message="you no longer have access to this draft; do not reconnect",
+            )
+        closer.request(code, reason, error)
 
     st.sockets.add(user_id, ws, closer.close)
     st.metrics.open_sockets.inc()
@@ -91,7 +107,12 @@ async def stream_events(
         )
         if closer.code is None:
             sub = st.hub.subscribe(
-                admission.draft_id, sink, admission.since, spawn=tasks.spawn, request_close=request_close
+                admission.draft_id,
+                sink,
+                admission.since,
+                spawn=tasks.spawn,
+                request_close=request_close,
+                access=admission.access,
             )
         if admission.expires_at is not None:
             # the same rule as REST: a token is good until exp + leeway (API.md "Authentication"),

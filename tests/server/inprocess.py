@@ -39,12 +39,13 @@ class InProcess:
         user: str | None = "alice",
         body: Any = None,
         headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
     ) -> tuple[int, Any, Mapping[str, str]]:
-        """(status, decoded JSON body or None, headers)."""
+        """(status, decoded JSON body or None, headers); ``params`` are added to the query."""
         sent = dict(headers or {})
         if user is not None:
             sent["X-User-Id"] = user
-        async with self.client.request(method, path, json=body, headers=sent) as r:
+        async with self.client.request(method, path, json=body, headers=sent, params=params) as r:
             raw = await r.read()
             decoded = await r.json(content_type=None) if raw else None
             return r.status, decoded, r.headers
