@@ -2,7 +2,8 @@
 
 * ``LogFolder.add_envelope`` (rebuilds) inlines ``collab.segment_added``;
 * ``fold_summary`` (the projector's list rows) keeps only title, seq, updated_at and members;
-* ``ringlog.fold`` (the Python client) folds the client's ``Event`` views.
+* ``ringlog.fold`` (the Python client) folds the client's ``Event`` views;
+* ``projections.access.ViewAccess`` (a socket's revocation check) keeps only one user's access.
 
 Each must give exactly what ``fold_all`` gives, on valid logs and on logs the fold refuses.
 """
@@ -22,13 +23,17 @@ from eventstore.events import Event
 from projections import (
     AddCollaborator,
     AppendSegment,
+    ArchiveDraft,
+    ChangeRole,
     Command,
     CreateDraft,
     DomainError,
     PassRing,
+    RemoveCollaborator,
     UpdateDraft,
     decide,
 )
+from projections.access import ViewAccess
 from projections.event_types import EVENT_TYPE_PREFIX, EventType
 from projections.fold import FoldError, LogFolder, fold_all, fold_log, fold_summary
 from projections.state import DraftState, DraftSummary
@@ -40,7 +45,12 @@ DRAFTS = ["draft_a", "draft_b", "draft_c"]
 steps = st.lists(
     st.tuples(
         st.sampled_from(DRAFTS),
-        st.sampled_from(["segment", "segment", "segment", "pass", "invite", "update", "create"]),
+        st.sampled_from(
+            [
+                *("segment", "segment", "segment", "pass", "invite", "invite", "update", "create"),
+                *("remove", "role", "archive", "unarchive"),
+            ]
+        ),
         st.sampled_from(USERS),
         st.sampled_from(USERS),
         st.text(min_size=1, max_size=12),
@@ -59,6 +69,12 @@ def _command(action: str, draft_id: str, user: str, other: str, text: str, role:
         return PassRing(user, other)
     if action == "invite":
         return AddCollaborator(user, other, role)
+    if action == "remove":
+        return RemoveCollaborator(user, other)
+    if action == "role":
+        return ChangeRole(user, other, role)
+    if action in ("archive", "unarchive"):
+        return ArchiveDraft(user, action == "archive")
     return UpdateDraft(user, title=text)
 
 
@@ -179,6 +195,38 @@ def test_the_client_s_state_is_the_server_s() -> None:
     with pytest.raises(FoldError):  # the client's fold refuses like the server's
         ringlog.fold(None, ringlog.Event(type="collab.segment_added", draft_id="d", seq=1, ts="t",
                                          user_id="u", data={}))  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps, st.sampled_from(USERS), st.data())
+def test_a_socket_s_view_access_is_the_fold_s(
+    plan: list[tuple[str, str, str, str, str, str]], user: str, data: st.DataObject
+) -> None:
+    """Admitted at any seq, ViewAccess says 'revoked' exactly at the first later event after
+    which the fold says the user can no longer view the draft (and never otherwise)."""
+    envelopes = [e for e in _log(plan) if e["draft_id"] == "draft_a"]
+    if not envelopes:
+        return
+    events = [Event.model_validate(e) for e in envelopes]
+    states = [fold_all(None, events[: n + 1]) for n in range(len(events))]
+    viewable = [n for n, s in enumerate(states) if s is not None and s.can_view(user)]
+    if not viewable:
+        return
+    start = data.draw(st.sampled_from(viewable))
+    admitted = states[start]
+    assert admitted is not None
+    access = ViewAccess(admitted, user)
+    by_body = ViewAccess(admitted, user)
+    expected_revoked_at = next(
+        (n for n in range(start + 1, len(states)) if not states[n].can_view(user)),  # type: ignore[union-attr]
+        None,
+    )
+    for n, envelope in enumerate(envelopes):  # every event, including those already admitted
+        revoked = access.observe(envelope["seq"], envelope["type"], envelope["data"])
+        assert by_body.observe_body(envelope["seq"], orjson.dumps(envelope)) is revoked
+        assert revoked is (n == expected_revoked_at)
+        if revoked:
+            break
 
 
 def test_no_module_spells_an_event_type_but_the_list() -> None:

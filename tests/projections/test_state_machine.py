@@ -25,10 +25,13 @@ from eventstore.verify import verify_log
 from projections import (
     AddCollaborator,
     AppendSegment,
+    ArchiveDraft,
+    ChangeRole,
     Command,
     CreateDraft,
     DomainError,
     PassRing,
+    RemoveCollaborator,
     UpdateDraft,
 )
 from projections.fold import fold_all
@@ -149,6 +152,40 @@ class DraftsMachine(RuleBasedStateMachine):
     ) -> None:
         self.command(draft, UpdateDraft(actor or self.writer(draft, pick), title, description))
 
+    # API.md v2 "Access that changes live"; ``actor`` None: the creator (allowed everything)
+
+    @rule(draft=drafts, actor=actors, who=users | st.just("bad id"), pick=picks)
+    def remove_collaborator(self, draft: str, actor: str | None, who: str, pick: int) -> None:
+        members = self.members(draft)
+        target = who if actor is not None else members[pick % len(members)]
+        self.command(draft, RemoveCollaborator(actor or self.creator(draft), target))
+
+    @rule(
+        draft=drafts,
+        actor=actors,
+        who=users | st.just("bad id"),
+        role=st.sampled_from(["contributor", "viewer", "viewer", "owner"]),
+        pick=picks,
+    )
+    def change_role(self, draft: str, actor: str | None, who: str, role: str, pick: int) -> None:
+        members = self.members(draft)
+        target = who if actor is not None else members[pick % len(members)]
+        self.command(draft, ChangeRole(actor or self.creator(draft), target, role))
+
+    @rule(draft=drafts, actor=actors, archived=st.booleans())
+    def archive(self, draft: str, actor: str | None, archived: bool) -> None:
+        self.command(draft, ArchiveDraft(actor or self.creator(draft), archived))
+
+    def creator(self, draft_id: str) -> str:
+        state = self.run(self.projectors[0].get(draft_id))
+        return state.creator_id if state is not None else "alice"
+
+    def members(self, draft_id: str) -> list[str]:
+        """The collaborators (not the creator), or a stranger when there are none."""
+        state = self.run(self.projectors[0].get(draft_id))
+        found = [c.user_id for c in state.collaborators] if state is not None else []
+        return found or ["stranger"]
+
     @rule()
     def flush_snapshots(self) -> None:
         for projector in self.projectors:
@@ -228,8 +265,11 @@ class DraftsMachine(RuleBasedStateMachine):
                 None, [r.event() for r in records[:middle]]
             )
             for user in USERS:
-                listed = {s.id for s in await projector.drafts_for(user)}
+                active = {s.id for s in await projector.drafts_for(user)}
+                archived = {s.id for s in await projector.drafts_for(user, archived=True)}
+                listed = active | archived
                 assert (draft_id in listed) == folded.can_view(user)
+                assert (draft_id in archived) == (folded.can_view(user) and folded.archived)
         report = await verify_log(store)
         assert report.ok, report.problem
         assert report.events == len(log)
