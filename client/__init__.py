@@ -5,6 +5,7 @@ common module name in users' own projects, ``ringlog`` is not. This module only 
 """
 
 from ringlog import (
+    AccessRevoked,
     ApiError,
     Backoff,
     Collaborator,
@@ -23,6 +24,7 @@ from ringlog import (
 )
 
 __all__ = [
+    "AccessRevoked",
     "ApiError",
     "Backoff",
     "Collaborator",

@@ -6,7 +6,8 @@ The public, collision-free import name for users::
 
 ``DraftStream`` delivers a draft's events exactly once, in seq order, across reconnects (API.md
 "Python client"); ``RinglogClient`` sends REST requests with an ``Idempotency-Key`` so retries
-are safe. ``DraftState``, its parts and :func:`fold` are the server's own definitions, and
+are safe, and takes ``if_match=`` on every mutation. A stream whose user loses access ends with
+:class:`AccessRevoked` (a :class:`StreamError`, code ``access_revoked``) after the removal event. ``DraftState``, its parts and :func:`fold` are the server's own definitions, and
 :class:`EventType` is the one list of event types. The older import name ``client`` (API.md
 v1: ``from client import DraftStream``) re-exports exactly these names.
 """
@@ -25,9 +26,10 @@ from ringlog.models import (
 )
 from ringlog.ordering import SeqOrderer
 from ringlog.rest import ApiError, RinglogClient
-from ringlog.stream import DraftStream, StreamError
+from ringlog.stream import AccessRevoked, DraftStream, StreamError
 
 __all__ = [
+    "AccessRevoked",
     "ApiError",
     "Backoff",
     "Collaborator",

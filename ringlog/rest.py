@@ -159,56 +159,168 @@ class RinglogClient:
             await asyncio.sleep(backoff.next_delay(retry_after))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def create_draft(self, title: str, description: str = "", **kw: Any) -> DraftState:
+    # Every mutation takes ``idempotency_key=`` (default: a fresh one, reused by the retries of
+    # this call) and ``if_match=`` (the seq the draft must be at, else ApiError 412
+    # ``precondition_failed`` and nothing is appended): API.md "HTTP API".
+
+    async def create_draft(
+        self,
+        title: str,
+        description: str = "",
+        *,
+        idempotency_key: str | None = None,
+        if_match: int | None = None,
+    ) -> DraftState:
         """``POST /v1/collab/drafts``"""
         reply = await self.request(
-            "POST", "/v1/collab/drafts", {"title": title, "description": description}, **kw
+            "POST",
+            "/v1/collab/drafts",
+            {"title": title, "description": description},
+            idempotency_key=idempotency_key,
+            if_match=if_match,
         )
         return parse_draft_state(reply["data"])
 
-    async def list_drafts(self) -> list[DraftSummary]:
-        """``GET /v1/collab/drafts``"""
-        reply = await self.request("GET", "/v1/collab/drafts")
+    async def list_drafts(self, *, archived: bool = False) -> list[DraftSummary]:
+        """``GET /v1/collab/drafts``: the drafts the caller may view; with ``archived=True`` only
+        the archived ones (API.md v2), else only the others."""
+        params = {"archived": "true"} if archived else None
+        reply = await self.request("GET", "/v1/collab/drafts", params=params)
         return [DraftSummary.model_validate(row) for row in reply["data"]]
 
-    async def get_draft(self, draft_id: str) -> DraftState:
-        """``GET /v1/collab/drafts/{id}``"""
-        reply = await self.request("GET", f"/v1/collab/drafts/{_path_id(draft_id)}")
+    async def get_draft(self, draft_id: str, *, at_seq: int | None = None) -> DraftState:
+        """``GET /v1/collab/drafts/{id}``; with ``at_seq`` the state as of that seq (API.md v2
+        "Time travel over HTTP": 1 ≤ at_seq ≤ head, else ApiError 400 ``invalid_parameter``)."""
+        params = {"at_seq": str(at_seq)} if at_seq is not None else None
+        reply = await self.request("GET", f"/v1/collab/drafts/{_path_id(draft_id)}", params=params)
         return parse_draft_state(reply["data"])
 
     async def update_draft(
-        self, draft_id: str, title: str | None = None, description: str | None = None, **kw: Any
+        self,
+        draft_id: str,
+        title: str | None = None,
+        description: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+        if_match: int | None = None,
     ) -> DraftState:
         """``PATCH /v1/collab/drafts/{id}``"""
         body = {k: v for k, v in (("title", title), ("description", description)) if v is not None}
-        reply = await self.request("PATCH", f"/v1/collab/drafts/{_path_id(draft_id)}", body, **kw)
+        reply = await self.request(
+            "PATCH",
+            f"/v1/collab/drafts/{_path_id(draft_id)}",
+            body,
+            idempotency_key=idempotency_key,
+            if_match=if_match,
+        )
         return parse_draft_state(reply["data"])
 
-    async def append_segment(self, draft_id: str, content: str, **kw: Any) -> tuple[Segment, int]:
+    async def append_segment(
+        self, draft_id: str, content: str, *, idempotency_key: str | None = None, if_match: int | None = None
+    ) -> tuple[Segment, int]:
         """``POST …/segments``: the new segment and the draft's seq after it."""
         reply = await self.request(
-            "POST", f"/v1/collab/drafts/{_path_id(draft_id)}/segments", {"content": content}, **kw
+            "POST",
+            f"/v1/collab/drafts/{_path_id(draft_id)}/segments",
+            {"content": content},
+            idempotency_key=idempotency_key,
+            if_match=if_match,
         )
         return parse_segment(reply["data"]["segment"]), int(reply["data"]["seq"])
 
-    async def pass_ring(self, draft_id: str, to_user_id: str, **kw: Any) -> tuple[RingState, int]:
+    async def pass_ring(
+        self,
+        draft_id: str,
+        to_user_id: str,
+        *,
+        idempotency_key: str | None = None,
+        if_match: int | None = None,
+    ) -> tuple[RingState, int]:
         """``POST …/ring/pass``"""
         reply = await self.request(
-            "POST", f"/v1/collab/drafts/{_path_id(draft_id)}/ring/pass", {"to_user_id": to_user_id}, **kw
+            "POST",
+            f"/v1/collab/drafts/{_path_id(draft_id)}/ring/pass",
+            {"to_user_id": to_user_id},
+            idempotency_key=idempotency_key,
+            if_match=if_match,
         )
         return parse_ring_state(reply["data"]["ring_state"]), int(reply["data"]["seq"])
 
     async def add_collaborator(
-        self, draft_id: str, user_id: str, role: Literal["contributor", "viewer"] = "contributor", **kw: Any
+        self,
+        draft_id: str,
+        user_id: str,
+        role: Literal["contributor", "viewer"] = "contributor",
+        *,
+        idempotency_key: str | None = None,
+        if_match: int | None = None,
     ) -> tuple[Collaborator, int]:
         """``POST …/collaborators``"""
         reply = await self.request(
             "POST",
             f"/v1/collab/drafts/{_path_id(draft_id)}/collaborators",
             {"user_id": user_id, "role": role},
-            **kw,
+            idempotency_key=idempotency_key,
+            if_match=if_match,
         )
         return parse_collaborator(reply["data"]["collaborator"]), int(reply["data"]["seq"])
+
+    async def remove_collaborator(
+        self, draft_id: str, user_id: str, *, idempotency_key: str | None = None, if_match: int | None = None
+    ) -> tuple[RingState, int]:
+        """``DELETE …/collaborators/{user_id}`` (API.md v2): the ring state after it (back with
+        the creator if ``user_id`` held it) and the draft's seq."""
+        reply = await self.request(
+            "DELETE",
+            f"/v1/collab/drafts/{_path_id(draft_id)}/collaborators/{_path_id(user_id)}",
+            idempotency_key=idempotency_key,
+            if_match=if_match,
+        )
+        return parse_ring_state(reply["data"]["ring_state"]), int(reply["data"]["seq"])
+
+    async def change_role(
+        self,
+        draft_id: str,
+        user_id: str,
+        role: Literal["contributor", "viewer"],
+        *,
+        idempotency_key: str | None = None,
+        if_match: int | None = None,
+    ) -> tuple[Collaborator, int]:
+        """``PATCH …/collaborators/{user_id}`` (API.md v2): the collaborator and the draft's seq
+        (unchanged when the role already was ``role``)."""
+        reply = await self.request(
+            "PATCH",
+            f"/v1/collab/drafts/{_path_id(draft_id)}/collaborators/{_path_id(user_id)}",
+            {"role": role},
+            idempotency_key=idempotency_key,
+            if_match=if_match,
+        )
+        return parse_collaborator(reply["data"]["collaborator"]), int(reply["data"]["seq"])
+
+    async def archive(
+        self, draft_id: str, *, idempotency_key: str | None = None, if_match: int | None = None
+    ) -> DraftState:
+        """``POST …/archive`` (API.md v2): the draft's state, ``archived`` true."""
+        reply = await self.request(
+            "POST",
+            f"/v1/collab/drafts/{_path_id(draft_id)}/archive",
+            idempotency_key=idempotency_key,
+            if_match=if_match,
+        )
+        return parse_draft_state(reply["data"])
+
+    async def unarchive(
+        self, draft_id: str, *, idempotency_key: str | None = None, if_match: int | None = None
+    ) -> DraftState:
+        """``POST …/unarchive`` (API.md v2): the draft's state, ``archived`` false."""
+        reply = await self.request(
+            "POST",
+            f"/v1/collab/drafts/{_path_id(draft_id)}/unarchive",
+            idempotency_key=idempotency_key,
+            if_match=if_match,
+        )
+        return parse_draft_state(reply["data"])
 
     async def events(
         self, draft_id: str, since: int = 0, limit: int | None = None, wait: float | None = None

@@ -43,8 +43,15 @@ StatusCallback = Callable[[Status, str], None]
 """``on_status(status, detail)``: called on every status change and on every failed attempt to
 reach the server (``detail`` then says why and when the next attempt is due)."""
 
-#: close codes after which reconnecting cannot help (API.md "WebSocket")
-FATAL_CLOSE_CODES = {1008: "policy", 4400: "invalid_since", 4404: "not_found"}
+#: close codes after which reconnecting cannot help (API.md "WebSocket"; 4403: API.md v2
+#: "Revocation is live" — the user lost access, clients must not reconnect)
+CLOSE_ACCESS_REVOKED = 4403
+FATAL_CLOSE_CODES = {
+    1008: "policy",
+    4400: "invalid_since",
+    4404: "not_found",
+    CLOSE_ACCESS_REVOKED: "access_revoked",
+}
 CLOSE_TOKEN_EXPIRED = 4401
 FATAL_HTTP = frozenset({400, 401, 403, 404})
 LONG_POLL_WAIT = 25.0
@@ -61,6 +68,14 @@ class StreamError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class AccessRevoked(StreamError):
+    """The server revoked the user's access to the draft (close 4403, API.md v2): the stream
+    delivered the event that removed them and stopped for good; it never reconnects."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("access_revoked", message)
 
 
 class BadFrame(ValueError):
@@ -327,6 +342,8 @@ class DraftStream:
         reason = str(last_error.get("message", ""))
         if code in FATAL_CLOSE_CODES:
             error_code = str(last_error.get("code") or FATAL_CLOSE_CODES[code])
+            if code == CLOSE_ACCESS_REVOKED:
+                raise AccessRevoked(reason or "you no longer have access to this draft")
             if error_code != "rate_limited":  # a flood close is ours to slow down, not the end
                 raise StreamError(error_code, reason or f"socket closed with {code}")
         if code == CLOSE_TOKEN_EXPIRED:

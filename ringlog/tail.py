@@ -39,6 +39,14 @@ def describe(event: Event) -> str:
         what = f"invited {d.get('collaborator_id')} as {d.get('role')}"
     elif event.type == EventType.DRAFT_UPDATED:
         what = "updated " + ", ".join(f"{k}={v!r}" for k, v in sorted(d.items()))
+    elif event.type == EventType.COLLABORATOR_REMOVED:
+        what = f"removed {d.get('collaborator_id')} ({d.get('role')})"
+    elif event.type == EventType.ROLE_CHANGED:
+        what = f"made {d.get('collaborator_id')} {d.get('to_role')} (was {d.get('from_role')})"
+    elif event.type == EventType.DRAFT_ARCHIVED:
+        what = "archived the draft"
+    elif event.type == EventType.DRAFT_UNARCHIVED:
+        what = "unarchived the draft"
     else:
         what = event.type
     return f"#{event.seq} {event.ts} {event.user_id} {what}"

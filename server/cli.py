@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     log_cmd.add_argument("--draft", required=True)
     log_cmd.add_argument("--since", type=int_flag(0, MAX_SEQ), default=0, metavar="N")
 
-    drafts = sub.add_parser("drafts", help="list the drafts in a log (id, title, seq, updated)")
+    drafts = sub.add_parser("drafts", help="list the drafts in a log (id, title, archived, seq, updated)")
     drafts.add_argument("--db", required=True)
     drafts.add_argument("--json", action="store_true", help="one JSON object per draft (JSON lines)")
 
@@ -249,9 +249,10 @@ async def _log(store: Store, draft_id: str, since: int) -> int:
 async def _drafts(store: Store, as_json: bool) -> int:
     """``ringlog drafts``: every draft's list row, folded from the whole log (exact, any store).
 
-    Most recently updated first, like ``GET /v1/collab/drafts``. JSON lines carry that
-    endpoint's row keys (``id``, ``title``, ``seq``, ``updated_at``); the table escapes control
-    characters in titles so that one draft is always one line.
+    Most recently updated first, like ``GET /v1/collab/drafts``, archived drafts included (an
+    operator sees the whole log) and marked. JSON lines carry that endpoint's row keys (``id``,
+    ``title``, ``seq``, ``updated_at``) and ``archived``; the table escapes control characters
+    in titles so that one draft is always one line.
     """
     from eventstore.events import Event
 
@@ -269,17 +270,21 @@ async def _drafts(store: Store, as_json: bool) -> int:
     out = sys.stdout
     if as_json:
         for row in rows:
-            out.write(orjson.dumps(row.to_dict()).decode() + "\n")
+            out.write(orjson.dumps({**row.to_dict(), "archived": row.archived}).decode() + "\n")
         return 0
     if not rows:
         print("no drafts", file=sys.stderr)
         return 0
-    cells = [(_cell(r.id, 60), _cell(r.title, 60), str(r.seq), r.updated_at) for r in rows]
-    header = ("ID", "TITLE", "SEQ", "UPDATED")
-    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(4)]
+    cells = [
+        (_cell(r.id, 60), _cell(r.title, 60), "yes" if r.archived else "no", str(r.seq), r.updated_at)
+        for r in rows
+    ]
+    header = ("ID", "TITLE", "ARCHIVED", "SEQ", "UPDATED")
+    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(5)]
     for cell in [header, *cells]:
         out.write(
-            f"{cell[0]:<{widths[0]}}  {cell[1]:<{widths[1]}}  {cell[2]:>{widths[2]}}  {cell[3]}".rstrip()
+            f"{cell[0]:<{widths[0]}}  {cell[1]:<{widths[1]}}  {cell[2]:<{widths[2]}}  "
+            f"{cell[3]:>{widths[3]}}  {cell[4]}".rstrip()
             + "\n"
         )
     return 0

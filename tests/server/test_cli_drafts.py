@@ -22,7 +22,10 @@ TS = "2025-01-01T00:00:00.000Z"
 async def _expected(store: Store) -> list[dict[str, object]]:
     states = fold_log([r.event() for r in await store.read_all(0, 1_000_000)])
     rows = sorted(states.values(), key=lambda s: (s.updated_at, s.id), reverse=True)
-    return [{"id": s.id, "title": s.title, "seq": s.seq, "updated_at": s.updated_at} for s in rows]
+    return [
+        {"id": s.id, "title": s.title, "seq": s.seq, "updated_at": s.updated_at, "archived": s.archived}
+        for s in rows
+    ]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -63,7 +66,7 @@ async def test_the_table_has_one_line_per_draft(db: str) -> None:
     out = await asyncio.to_thread(ringlog, "drafts", "--db", db)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.decode().splitlines()
-    assert lines[0].split() == ["ID", "TITLE", "SEQ", "UPDATED"]
+    assert lines[0].split() == ["ID", "TITLE", "ARCHIVED", "SEQ", "UPDATED"]
     assert len(lines) == 1 + len(expected)
     for line, row in zip(lines[1:], expected, strict=True):
         assert line.startswith(str(row["id"]) + " ")
@@ -80,3 +83,23 @@ async def test_an_empty_log_lists_nothing(db: str) -> None:
     assert table.returncode == 0 and table.stdout == b"" and b"no drafts" in table.stderr
     lines = await asyncio.to_thread(ringlog, "drafts", "--db", db, "--json")
     assert lines.returncode == 0 and lines.stdout == b""
+
+
+async def test_archived_drafts_are_listed_and_marked(tmp_path: Path) -> None:
+    db = str(tmp_path / "a.db")
+    store = open_store(db)
+    await store.open()
+    try:
+        for draft_id in ("draft_kept", "draft_away"):
+            created = {"title": draft_id, "description": "", "creator_id": "eve"}
+            await store.append(draft_id, [NewEvent(EventType.DRAFT_CREATED, "eve", TS, created)], 0)
+        await store.append("draft_away", [NewEvent(EventType.DRAFT_ARCHIVED, "eve", TS, {})], 1)
+    finally:
+        await store.close()
+    out = await asyncio.to_thread(ringlog, "drafts", "--db", db)
+    assert out.returncode == 0, out.stderr
+    marks = {line.split()[0]: line.split()[2] for line in out.stdout.decode().splitlines()[1:]}
+    assert marks == {"draft_kept": "no", "draft_away": "yes"}
+    out = await asyncio.to_thread(ringlog, "drafts", "--db", db, "--json")
+    rows = {r["id"]: r["archived"] for r in map(orjson.loads, out.stdout.splitlines())}
+    assert rows == {"draft_kept": False, "draft_away": True}
