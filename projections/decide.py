@@ -187,8 +187,24 @@ def _check(errors: dict[str, str]) -> None:
         raise ValidationFailed("invalid fields: " + ", ".join(sorted(errors)), details=errors)
 
 
+WHITESPACE = frozenset(
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
+    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+"""The characters a title may not consist of only: exactly Python's ``str.isspace()`` (Unicode
+White_Space plus the four separators U+001C–U+001F); ``/openapi.json``'s title ``pattern``
+spells this same set out (tests/hardening/test_blank_titles.py holds them equal over every
+code point)."""
+
+
+def is_blank(text: str) -> bool:
+    """True when every character of ``text`` is in :data:`WHITESPACE` (also for ``""``)."""
+    return all(ch in WHITESPACE for ch in text)
+
+
 def _title_error(title: str, limits: Limits) -> str | None:
-    if not 1 <= len(title) <= limits.title_max or not title.strip():
+    if not 1 <= len(title) <= limits.title_max or is_blank(title):
         return f"must be 1–{limits.title_max} characters, not all blank"
     return None
 

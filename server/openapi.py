@@ -6,9 +6,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from projections.decide import WHITESPACE
 from server.models import (
     AddCollaboratorBody,
     AppendSegmentBody,
+    ChangeRoleBody,
     CollaboratorModel,
     CreateDraftBody,
     DraftStateModel,
@@ -27,6 +29,10 @@ REF = "#/components/schemas/{model}"
 USER_ID_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f]+$"
 """No whitespace, no control characters (projections.decide.valid_user_id)."""
 SEQ_DIGITS = digits_at_most(MAX_SEQ)
+NOT_BLANK_PATTERN = "[^" + "".join(f"\\u{ord(ch):04x}" for ch in sorted(WHITESPACE)) + "]"
+"""A title must contain a character outside projections.decide.WHITESPACE (the server's blank
+rule), spelled as explicit \\uXXXX escapes: ECMA-262's and Python's ``\\s`` differ (U+001C–U+001F,
+U+0085, U+FEFF), so neither is used. ``pattern`` is unanchored: one such character suffices."""
 
 
 def _schema(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
@@ -52,6 +58,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             AppendSegmentBody,
             PassRingBody,
             AddCollaboratorBody,
+            ChangeRoleBody,
             DraftStateModel,
             DraftSummaryModel,
             EventModel,
@@ -62,6 +69,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         )
     }
     comps["CreateDraftBody"]["properties"]["title"]["maxLength"] = settings.title_max
+    comps["CreateDraftBody"]["properties"]["title"]["pattern"] = NOT_BLANK_PATTERN
     comps["CreateDraftBody"]["properties"]["description"]["maxLength"] = settings.description_max
     comps["AppendSegmentBody"]["properties"]["content"]["maxLength"] = settings.content_max
     # What the handlers check beyond the models' types (found by schemathesis: a schema that
@@ -76,6 +84,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     comps["AddCollaboratorBody"]["properties"]["user_id"] = dict(user_id)
     update = comps["UpdateDraftBody"]
     update["properties"]["title"]["anyOf"][0]["maxLength"] = settings.title_max
+    update["properties"]["title"]["anyOf"][0]["pattern"] = NOT_BLANK_PATTERN
     update["properties"]["description"]["anyOf"][0]["maxLength"] = settings.description_max
     update["anyOf"] = [  # at least one of the fields, not null
         {"required": [name], "properties": {name: {"type": "string"}}} for name in ("title", "description")
@@ -95,7 +104,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "401": error("missing or invalid credentials"),
         "403": error("not allowed"),
         "404": error("no such draft"),
-        "409": error("ring rules"),
+        "409": error(
+            "ring rules, already_collaborator, not_collaborator, cannot_remove_creator, "
+            "draft_archived, conflict"
+        ),
         "412": error("If-Match does not match the draft's head"),
         "413": error("body over 64 KiB"),
         "415": error("not application/json"),
@@ -104,6 +116,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "503": error("storage unavailable"),
     }
     draft_id = {"name": "draft_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    member_id = {"name": "user_id", "in": "path", "required": True, "schema": dict(user_id)}
     mutation_headers = [
         {
             "name": "Idempotency-Key",
@@ -137,6 +150,14 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             },
             "get": {
                 "operationId": "listDrafts",
+                "parameters": [
+                    {
+                        "name": "archived",
+                        "in": "query",
+                        "description": "true: only archived drafts; false (default): only the others",
+                        "schema": {"type": "boolean"},
+                    }
+                ],
                 "responses": {
                     "200": ok("drafts", {"type": "array", "items": ref["DraftSummaryModel"]}),
                     **common_errors,
@@ -146,7 +167,15 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "/v1/collab/drafts/{draft_id}": {
             "get": {
                 "operationId": "getDraft",
-                "parameters": [draft_id],
+                "parameters": [
+                    draft_id,
+                    {
+                        "name": "at_seq",
+                        "in": "query",
+                        "description": "the state as of this seq (1..head, else 400), cacheable forever",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_SEQ},
+                    },
+                ],
                 "responses": {
                     "200": ok("state", ref["DraftStateModel"]),
                     "304": {"description": "not modified"},
@@ -188,6 +217,44 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "201": ok("added", seq_of("collaborator", ref["CollaboratorModel"])),
                     **common_errors,
                 },
+            },
+        },
+        "/v1/collab/drafts/{draft_id}/collaborators/{user_id}": {
+            "delete": {
+                "operationId": "removeCollaborator",
+                "description": "the creator: anyone but themselves; a contributor: viewers and "
+                "themselves; a viewer: themselves. A removed ring holder's ring returns to the creator.",
+                "parameters": [draft_id, member_id, *mutation_headers],
+                "responses": {
+                    "200": ok("removed", seq_of("ring_state", ref["RingStateModel"])),
+                    **common_errors,
+                },
+            },
+            "patch": {
+                "operationId": "changeRole",
+                "description": "the creator only; the same role appends nothing",
+                "parameters": [draft_id, member_id, *mutation_headers],
+                "requestBody": body("ChangeRoleBody"),
+                "responses": {
+                    "200": ok("changed", seq_of("collaborator", ref["CollaboratorModel"])),
+                    **common_errors,
+                },
+            },
+        },
+        "/v1/collab/drafts/{draft_id}/archive": {
+            "post": {
+                "operationId": "archiveDraft",
+                "description": "the creator only; every other mutation is then 409 draft_archived",
+                "parameters": [draft_id, *mutation_headers],
+                "responses": {"200": ok("state", ref["DraftStateModel"]), **common_errors},
+            },
+        },
+        "/v1/collab/drafts/{draft_id}/unarchive": {
+            "post": {
+                "operationId": "unarchiveDraft",
+                "description": "the creator only",
+                "parameters": [draft_id, *mutation_headers],
+                "responses": {"200": ok("state", ref["DraftStateModel"]), **common_errors},
             },
         },
         "/v1/collab/drafts/{draft_id}/events": {
