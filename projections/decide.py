@@ -13,6 +13,7 @@ from eventstore.events import NewEvent
 from projections.errors import (
     AlreadyCollaborator,
     CannotRemoveCreator,
+    DomainError,
     DraftArchived,
     Forbidden,
     InvalidRingTarget,
@@ -22,6 +23,7 @@ from projections.errors import (
     ValidationFailed,
 )
 from projections.event_types import EventType
+from projections.fold import FoldableEvent
 from projections.state import DraftState
 
 
@@ -171,8 +173,23 @@ def decide(
         raise Forbidden("you are not a collaborator on this draft")
     if role == "viewer":
         raise Forbidden("viewers cannot change the draft")
-    if state.archived:
-        raise DraftArchived("the draft is archived; unarchive it first")
+    if not state.archived:
+        return _writer_command(state, command, now, limits)
+    try:  # the fields are checked first (422 before 409, whatever the draft's state is)
+        _writer_command(state, command, now, limits)
+    except ValidationFailed:
+        raise
+    except DomainError:
+        pass
+    raise DraftArchived("the draft is archived; unarchive it first")
+
+
+def _writer_command(
+    state: DraftState,
+    command: AppendSegment | PassRing | AddCollaborator | UpdateDraft,
+    now: str,
+    limits: Limits,
+) -> list[NewEvent]:
     if isinstance(command, AppendSegment):
         return _append_segment(state, command, now, limits)
     if isinstance(command, PassRing):
@@ -306,6 +323,24 @@ def _ring_back_to_creator(s: DraftState, leaving: str, caused_by: str, now: str)
         "holders_history": [*s.ring_state.holders_history, s.creator_id],
     }
     return [NewEvent(EventType.RING_PASSED, caused_by, now, data)]
+
+
+def is_ring_return(previous: FoldableEvent, event: FoldableEvent) -> bool:
+    """True when ``event`` is the ``collab.ring_passed`` that :func:`decide` appends together with
+    ``previous`` (a removal, or a demotion to viewer, of the ring holder) — the two are one append.
+
+    Exact from the log alone: once removed or made viewer, a user can no longer pass the ring
+    themselves, so a ``ring_passed`` from them right after that event is the automatic return.
+    The service uses it to replay an Idempotency-Key (kept on an append's first record) with
+    the state after the whole append.
+    """
+    if event.type != EventType.RING_PASSED or event.seq != previous.seq + 1:
+        return False
+    demoted = previous.type == EventType.ROLE_CHANGED and previous.data.get("to_role") == "viewer"
+    if previous.type != EventType.COLLABORATOR_REMOVED and not demoted:
+        return False
+    leaving = previous.data.get("collaborator_id")
+    return leaving is not None and event.data.get("from_user_id") == leaving
 
 
 def _collaborator_id_error(collaborator_id: str, limits: Limits) -> None:

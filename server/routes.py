@@ -289,15 +289,14 @@ def _collaborator_reply(outcome: Outcome) -> Reply:
 
 
 def _role_reply(outcome: Outcome) -> Reply:
+    """``{"collaborator", "seq"}`` read from the state: the command's target is a collaborator
+    there whether the role changed now, was already that role, or this is a replay (a replay
+    folds the log up to the key's own seq, where the role had just changed)."""
     command = outcome.command
     assert isinstance(command, ChangeRole)
     state = outcome.state
-    found = [c for c in state.collaborators if c.user_id == command.collaborator_id]
-    collaborator = (
-        {"user_id": found[0].user_id, "role": found[0].role, "joined_at": found[0].joined_at}
-        if found
-        else None  # an idempotent replay after the collaborator was removed meanwhile cannot happen:
-    )  # a replay folds the log up to the key's own seq, where the role was just changed
+    [c] = [c for c in state.collaborators if c.user_id == command.collaborator_id]
+    collaborator = {"user_id": c.user_id, "role": c.role, "joined_at": c.joined_at}
     return Reply(200, _data({"collaborator": collaborator, "seq": state.seq}))
 
 

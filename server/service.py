@@ -30,7 +30,7 @@ from typing import Any
 from eventstore import errors as store_errors
 from eventstore.events import IdempotencyClaim, NewEvent, Record, canonical_json, utc_now_iso
 from eventstore.store import Store
-from projections.decide import Command, CreateDraft, Limits, decide
+from projections.decide import Command, CreateDraft, Limits, decide, is_ring_return
 from projections.errors import (
     DomainError,
     Forbidden,
@@ -313,7 +313,11 @@ class DraftService:
         return events
 
     async def _replay(self, draft_id: str, seq: int) -> Outcome:
-        records = await self.store.read(draft_id, 0, seq)
+        """The outcome of the append whose Idempotency-Key is kept at ``seq`` (its first record),
+        including the ring return appended with it (:func:`is_ring_return`)."""
+        records = await self.store.read(draft_id, 0, seq + 1)
+        if len(records) > seq and not is_ring_return(records[seq - 1].event(), records[seq].event()):
+            records = records[:seq]
         state = fold_all(None, [r.event() for r in records])
         if state is None or not records:
             raise NotFound("the draft of this idempotent request is gone")

@@ -34,6 +34,7 @@ from projections import (
     decide,
 )
 from projections.access import ViewAccess
+from projections.decide import is_ring_return
 from projections.event_types import EVENT_TYPE_PREFIX, EventType
 from projections.fold import FoldError, LogFolder, fold_all, fold_log, fold_summary
 from projections.state import DraftState, DraftSummary
@@ -80,6 +81,12 @@ def _command(action: str, draft_id: str, user: str, other: str, text: str, role:
 
 def _log(plan: list[tuple[str, str, str, str, str, str]]) -> list[dict[str, Any]]:
     """The envelopes (in global position order) that the server would append for ``plan``."""
+    return [e for append in _appends(plan) for e in append]
+
+
+def _appends(plan: list[tuple[str, str, str, str, str, str]]) -> list[list[dict[str, Any]]]:
+    """The same envelopes, grouped by the append (one decide() call) that wrote them."""
+    appends: list[list[dict[str, Any]]] = []
     envelopes: list[dict[str, Any]] = []
     states: dict[str, DraftState] = {}
     now = clock()
@@ -100,7 +107,13 @@ def _log(plan: list[tuple[str, str, str, str, str, str]]) -> list[dict[str, Any]
         # the canonical bytes, decoded, are what every reader of the log folds
         events = [Event.from_body(orjson.dumps(e)) for e in envelopes[len(envelopes) - len(new) :]]
         states[draft_id] = fold_all(state, events)  # type: ignore[assignment]
-    return [orjson.loads(orjson.dumps(e, option=orjson.OPT_SORT_KEYS)) for e in envelopes]
+        appends.append(
+            [
+                orjson.loads(orjson.dumps(e, option=orjson.OPT_SORT_KEYS))
+                for e in envelopes[len(envelopes) - len(new) :]
+            ]
+        )
+    return appends
 
 
 def _by_add_envelope(envelopes: list[dict[str, Any]]) -> dict[str, DraftState]:
@@ -227,6 +240,22 @@ def test_a_socket_s_view_access_is_the_fold_s(
         assert revoked is (n == expected_revoked_at)
         if revoked:
             break
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps)
+def test_is_ring_return_finds_exactly_the_second_event_of_an_append(
+    plan: list[tuple[str, str, str, str, str, str]],
+) -> None:
+    """What the service uses to replay an Idempotency-Key over a whole two-event append."""
+    appends = _appends(plan)
+    joined: dict[str, list[tuple[Event, bool]]] = {}  # per draft: (event, same append as previous)
+    for append in appends:
+        for i, envelope in enumerate(append):
+            joined.setdefault(envelope["draft_id"], []).append((Event.model_validate(envelope), i > 0))
+    for events in joined.values():
+        for (previous, _), (event, same_append) in itertools.pairwise(events):
+            assert is_ring_return(previous, event) is same_append
 
 
 def test_no_module_spells_an_event_type_but_the_list() -> None:

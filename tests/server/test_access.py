@@ -394,3 +394,48 @@ async def test_at_seq_keeps_the_access_rule_of_now() -> None:
         assert (status, code(body)) == (403, "forbidden")
         status, body, _ = await srv.call("GET", "/v1/collab/drafts/draft_nope?at_seq=1", "alice")
         assert (status, code(body)) == (404, "not_found")
+
+
+async def test_an_invalid_field_is_422_before_archived_and_before_a_stale_if_match() -> None:
+    async with running_app() as srv:
+        d = await team_draft(srv)
+        await srv.call("POST", f"/v1/collab/drafts/{d}/archive", "alice")
+        p = f"/v1/collab/drafts/{d}"
+        for method, path, body in [
+            ("POST", f"{p}/ring/pass", {"to_user_id": "a\fb"}),
+            ("POST", f"{p}/segments", {"content": "x" * 10_001}),
+            ("POST", f"{p}/collaborators", {"user_id": "zed", "role": "owner"}),
+            ("PATCH", p, {"title": "\t"}),
+        ]:
+            for headers in ({}, {"If-Match": '"1"'}):
+                status, reply, _ = await srv.call(method, path, "alice", body, headers)
+                assert (status, code(reply)) == (422, "validation_error"), (path, headers)
+
+
+@pytest.mark.parametrize(
+    ("caller", "method", "body"),
+    [("alice", "DELETE", None), ("bob", "DELETE", None), ("alice", "PATCH", {"role": "viewer"})],
+)
+async def test_a_retry_of_a_two_event_append_replays_its_whole_response(
+    caller: str, method: str, body: Any
+) -> None:
+    """The key is kept on the append's first record; the replay still answers the state after
+    the ring's return (the second event), exactly as the first response did."""
+    async with running_app() as srv:
+        d = await srv.create("alice")
+        await srv.call(
+            "POST", f"/v1/collab/drafts/{d}/collaborators", "alice", {"user_id": "bob", "role": "contributor"}
+        )
+        await _give_ring(srv, d, "bob")
+        key = {"Idempotency-Key": "two-events"}
+        path = f"/v1/collab/drafts/{d}/collaborators/bob"
+        first = await srv.call(method, path, caller, body, key)
+        assert first[0] == 200 and first[1]["data"]["seq"] == 5 and first[2]["ETag"] == '"5"'
+        await srv.append(d, "later")  # the draft moves on; the replay is still the first answer
+        again = await srv.call(method, path, caller, body, key)
+        assert (again[0], again[1], again[2]["ETag"], again[2]["Idempotent-Replayed"]) == (
+            200,
+            first[1],
+            '"5"',
+            "true",
+        )
