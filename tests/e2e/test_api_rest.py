@@ -16,6 +16,7 @@ TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 STATE_KEYS = {
     "id", "title", "description", "creator_id", "collaborators", "segments", "ring_state",
     "seq", "created_at", "updated_at",
+    "archived",  # API.md v2 "Access that changes live"
 }  # fmt: skip
 EVENT_KEYS = {"type", "draft_id", "seq", "ts", "user_id", "data"}
 
