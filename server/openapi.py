@@ -26,10 +26,12 @@ from server.params import MAX_SEQ, digits_at_most
 from server.settings import Settings
 
 REF = "#/components/schemas/{model}"
-USER_ID_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f]+$"
-"""No whitespace, no control characters (projections.decide.valid_user_id)."""
+_WHITESPACE_ESCAPES = "".join(f"\\u{ord(ch):04x}" for ch in sorted(WHITESPACE))
+USER_ID_PATTERN = "^[^" + _WHITESPACE_ESCAPES + "\\u0000-\\u001f\\u007f-\\u009f]+$"
+"""No whitespace, no control characters (projections.decide.valid_user_id), with whitespace
+spelled out: ECMA-262's ``\\s`` also matches U+FEFF, which the server accepts in a user id."""
 SEQ_DIGITS = digits_at_most(MAX_SEQ)
-NOT_BLANK_PATTERN = "[^" + "".join(f"\\u{ord(ch):04x}" for ch in sorted(WHITESPACE)) + "]"
+NOT_BLANK_PATTERN = "[^" + _WHITESPACE_ESCAPES + "]"
 """A title must contain a character outside projections.decide.WHITESPACE (the server's blank
 rule), spelled as explicit \\uXXXX escapes: ECMA-262's and Python's ``\\s`` differ (U+001C–U+001F,
 U+0085, U+FEFF), so neither is used. ``pattern`` is unanchored: one such character suffices."""

@@ -1,4 +1,4 @@
-"""One blank rule for titles: ``/openapi.json``'s ``pattern`` and the server's refusal agree on
+"""One blank rule for titles, one character rule for user ids: ``/openapi.json``'s ``pattern`` and the server's refusal agree on
 every code point (schemathesis sent ``{"title": "\\t"}``, which the schema allowed and the server
 refused). And lengths count code points on both sides: astral-plane characters are one each.
 """
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projections.decide import WHITESPACE, CreateDraft, decide, is_blank
+from projections.decide import WHITESPACE, CreateDraft, decide, is_blank, valid_user_id
 from projections.errors import ValidationFailed
-from server.openapi import NOT_BLANK_PATTERN, openapi_document
+from server.openapi import NOT_BLANK_PATTERN, USER_ID_PATTERN, openapi_document
 from server.settings import Settings
 from tests.server.inprocess import running_app
 
@@ -86,3 +86,22 @@ async def test_lengths_count_code_points_like_the_schema(char: str) -> None:
         d = await srv.create()
         assert (await srv.append(d, char * 7))[0] == 201
         assert (await srv.append(d, char * 8))[0] == 422
+
+
+def test_user_id_pattern_and_rule_agree_on_every_code_point() -> None:
+    """The schema of ids in bodies and paths and valid_user_id: one set of characters (U+FEFF,
+    which ECMA-262's \\s would match, is a valid id character for the server)."""
+    pattern = re.compile(USER_ID_PATTERN)
+    assert {ch for ch in SCALARS if pattern.search(ch)} == {ch for ch in SCALARS if valid_user_id(ch)}
+    assert valid_user_id("\ufeff") and pattern.search("\ufeff")
+
+
+@pytest.mark.parametrize(
+    ("target", "status", "error"),
+    [("%EF%BB%BF", 409, "not_collaborator"), ("%C2%A0", 422, "validation_error")],
+)
+async def test_ids_in_the_path_follow_the_same_rule(target: str, status: int, error: str) -> None:
+    async with running_app() as srv:
+        d = await srv.create()
+        reply = await srv.call("DELETE", f"/v1/collab/drafts/{d}/collaborators/{target}", "alice")
+        assert (reply[0], reply[1]["error"]["code"]) == (status, error)
