@@ -31,11 +31,13 @@ def same_store(a: str, b: str) -> bool:
     return a.rstrip("/") == b.rstrip("/")
 
 
-def open_store(url: str, *, synchronous: str = "FULL", pool_size: int = 10) -> Store:
+def open_store(url: str, *, synchronous: str = "FULL", pool_size: int = 10, shared: bool = False) -> Store:
     """Build (not yet open) the backend that ``url`` names (see the module docstring).
 
     ``synchronous`` applies to SQLite (FULL, NORMAL or EXTRA; ValueError otherwise),
-    ``pool_size`` to PostgreSQL (connections per process, at least 1).
+    ``pool_size`` to PostgreSQL (connections per process, at least 1). ``shared=True`` opens an
+    SQLite file for serving beside other processes (commit discovery; what ``ringlog serve``
+    does); PostgreSQL is always shared, ``memory:`` never.
     """
     if url == "memory:":
         from eventstore.memory import MemoryStore
@@ -48,4 +50,4 @@ def open_store(url: str, *, synchronous: str = "FULL", pool_size: int = 10) -> S
         return PostgresStore(url, pool_size=pool_size)
     from eventstore.sqlite import SQLiteStore
 
-    return SQLiteStore(path, synchronous=synchronous)
+    return SQLiteStore(path, synchronous=synchronous, shared=shared)

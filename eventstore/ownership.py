@@ -1,20 +1,21 @@
-"""One owner per SQLite log: the writer lock a serving process (or a writing tool) holds.
+"""Who may write an SQLite log: servers share it, the offline writing tools own it alone.
 
-An SQLite log is written by ONE process: its writer keeps heads and projections in memory and
-learns of commits only through its own notifier, so a second ``ringlog serve`` on the same file
-would serve stale state and miss the other's events (a store that supports several processes,
-PostgreSQL, says so with ``Store.is_shared``). Until several processes can share a file, the
-owner takes this lock and everyone else who would write is refused with :class:`StoreLocked`.
+Several ``ringlog serve`` processes (the workers of one ``--workers N`` server, or separate
+servers) may serve one SQLite file: SQLite serialises their appends (``BEGIN IMMEDIATE``), each
+reads heads and idempotency keys inside its write transaction, and each learns of the others'
+commits by commit discovery (:mod:`eventstore.sqlite`). Such servers take this lock **shared**.
+The offline writing tools (``rebuild``, ``copy --to``) rewrite derived data or whole batches of
+records on the assumption that nobody else writes meanwhile: they take it **exclusive**, and so
+are refused with :class:`StoreLocked` while any server runs, and a server is refused while one
+of them runs.
 
-The lock is ``flock(LOCK_EX | LOCK_NB)`` on a sidecar file ``<db>.lock`` (never on the database
-itself: SQLite's own POSIX locks on the database would be dropped when any descriptor of that
-file is closed). The kernel releases it when the process ends, however it ends (a crash or
-SIGKILL leaves no stale lock), and the file keeps the owner's pid for the refusal message.
-Read-only tools (replay, log, verify, copy *from*) do not take it.
-
-Lifting it for several workers: a flock belongs to the open file description, which ``fork``
-shares, so a supervising process that takes the lock before starting its workers covers them
-all; nothing in this module needs to change for that.
+The lock is ``flock(LOCK_SH|LOCK_EX | LOCK_NB)`` on a sidecar file ``<db>.lock`` (never on the
+database itself: SQLite's own POSIX locks on the database would be dropped when any descriptor
+of that file is closed). The kernel releases it when the process ends, however it ends (a crash
+or SIGKILL leaves no stale lock). An exclusive holder writes its pid into the file for the
+refusal message. Read-only tools (replay, log, verify, copy *from*) do not take it. A flock
+belongs to the open file description, which ``fork`` shares: the workers of a supervisor keep the
+supervisor's shared lock even if the supervisor itself is killed.
 """
 
 from __future__ import annotations
@@ -62,8 +63,11 @@ def lock_path(db_path: str) -> str:
     return db_path + ".lock"
 
 
-def acquire_writer_lock(url: str) -> WriterLock:
+def acquire_writer_lock(url: str, *, shared: bool = False) -> WriterLock:
     """Take the writer lock of the log ``url`` names, without waiting.
+
+    ``shared=True`` is what a server takes (several servers may hold it together);
+    ``shared=False`` (exclusive) is what the offline writing tools take.
 
     Returns a held :class:`WriterLock` for an SQLite path, and one that holds nothing for other
     stores (PostgreSQL coordinates its writers itself; ``memory:`` has one by construction).
@@ -80,16 +84,17 @@ def acquire_writer_lock(url: str) -> WriterLock:
     except OSError as e:
         raise StoreUnavailable(f"cannot create the lock file {sidecar!r}: {e.strerror}") from e
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = _read_holder(fd)
+        holder = _read_holder(fd) if shared else "a running server, or an exclusive tool"
         os.close(fd)
         raise StoreLocked(path, holder) from None
     except OSError as e:
         os.close(fd)
         raise StoreUnavailable(f"cannot lock {sidecar!r}: {e.strerror}") from e
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    if not shared:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return WriterLock(path, fd)
 
 

@@ -11,6 +11,12 @@ insert whose seq or position is not the next one, and triggers that refuse UPDAT
 The stream id is stored in the column ``draft_id`` (the name of the first schema, kept so that
 existing databases open without a migration; see :mod:`eventstore.sql`).
 
+Several processes may serve one file (``shared=True``, what ``ringlog serve`` opens): SQLite
+serialises their write transactions (``BEGIN IMMEDIATE``, waiting up to ``busy_timeout`` for
+another process's transaction), the writer's head cache is used only when the log's last
+position, read inside the transaction, is the one it was filled at, and each process learns of
+the others' commits by commit discovery (:mod:`eventstore.discovery`).
+
 Driver errors are mapped to the store's errors in one place, :func:`_store_error` (used through
 :func:`_mapped_errors`), with the same meaning as on PostgreSQL.
 """
@@ -30,6 +36,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from eventstore.discovery import CommitCursor, PeerWakeups
 from eventstore.errors import LogCorrupted, StoreError, StoreUnavailable, UnrepresentableValue
 from eventstore.events import (
     GENESIS_HASH,
@@ -85,6 +92,12 @@ CREATE TABLE IF NOT EXISTS meta (
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
 """
 
+BUSY_TIMEOUT_MS = 30_000
+"""How long a write waits for another process's write transaction before giving up (503)."""
+
+POLL_INTERVAL = 0.2
+"""Seconds between periodic commit discoveries of a shared store (lost wake-ups, new peers)."""
+
 HEAD_CACHE_SIZE = 100_000
 """Streams whose head the writer remembers between groups at most."""
 
@@ -129,7 +142,16 @@ def _mapped_errors(action: str) -> Iterator[None]:
 class SQLiteStore:
     """The Store on one SQLite file."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL", readers: int = 2) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        readers: int = 2,
+        shared: bool = False,
+        poll_interval: float = POLL_INTERVAL,
+    ) -> None:
+        """``shared``: other processes may serve the same file (commit discovery runs)."""
         synchronous = synchronous.upper()
         if synchronous not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
@@ -148,11 +170,21 @@ class SQLiteStore:
             name="ringlog-writer",
         )
         self._heads = _HeadCache()  # touched only by the writer thread
+        self._shared = shared
+        self.poll_interval = poll_interval
+        self._cursor = CommitCursor(self.notifier, self.read_all)
+        self._wakeups: PeerWakeups | None = None
+        self._poller: asyncio.Task[None] | None = None
 
     @property
     def is_shared(self) -> bool:
-        """One server owns an SQLite file; its caches are kept current by its own writer."""
-        return False
+        """True when opened ``shared``: other processes may append, caches must read the log's tail."""
+        return self._shared
+
+    @property
+    def published_position(self) -> int:
+        """The global position up to which committed records have been published here."""
+        return self._cursor.position
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -171,10 +203,33 @@ class SQLiteStore:
             await self.close()
             raise
         self._committer.start()
+        if self._shared:
+            await self._start_discovery()
+
+    async def _start_discovery(self) -> None:
+        self._cursor.position = await self.last_position()
+        self._wakeups = PeerWakeups(self.path, self._cursor.schedule)
+        try:
+            self._wakeups.open()
+        except OSError as e:  # still correct, only slower: the periodic check finds every commit
+            log.warning("no wake-ups from other processes (%s); polling every %.2fs", e, self.poll_interval)
+            self._wakeups = None
+        self._poller = asyncio.get_running_loop().create_task(self._poll_loop(), name="ringlog-sqlite-poll")
+
+    async def _poll_loop(self) -> None:
+        """The periodic check: a lost wake-up delays delivery by one interval at most."""
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            self._cursor.schedule()
+
+    async def catch_up(self) -> None:
+        """Publish every commit of other processes made so far (no-op on an unshared store)."""
+        if self._shared:
+            await self._cursor.discover()
 
     def _open_writer(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             log.warning("SQLite refused WAL mode (got %s); reads may wait for writes", mode)
@@ -185,6 +240,15 @@ class SQLiteStore:
     async def close(self) -> None:
         """Refuse new appends, finish those queued, then close connections."""
         await self._committer.stop()
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        if self._wakeups is not None:
+            self._wakeups.close()
+            self._wakeups = None
+        await self._cursor.close()
         for conn in self._readers:
             with contextlib.suppress(Exception):
                 await conn.close()
@@ -250,7 +314,18 @@ class SQLiteStore:
     async def _commit_group(self, group: list[PendingAppend]) -> None:
         with _mapped_errors("write"):
             records = await self._in_writer_thread(lambda: self._commit_group_in_thread(group))
-        self.notifier.publish(records)
+        await self._publish(records)
+
+    async def _publish(self, records: list[Record]) -> None:
+        """Publish a commit of ours; on a shared store, through the cursor, and wake the others."""
+        if not records:
+            return
+        if not self._shared:
+            self.notifier.publish(records)
+            return
+        if self._wakeups is not None:
+            self._wakeups.notify()
+        await self._cursor.publish_local(records)
 
     async def import_records(self, records: Sequence[Record]) -> None:
         """Insert already-built records as they are, in one transaction (``ringlog copy``).
@@ -268,7 +343,7 @@ class SQLiteStore:
 
         if ordered:  # the head cache needs no care: it is valid only at the last position it saw
             await self._run_job(run, "import")
-            self.notifier.publish(ordered)
+            await self._publish(ordered)
 
     # -- reading ----------------------------------------------------------------------------
 

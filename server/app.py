@@ -116,7 +116,9 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     store = (
         store
         if store is not None
-        else open_store(settings.db, synchronous=settings.synchronous, pool_size=settings.pool_size)
+        else open_store(
+            settings.db, synchronous=settings.synchronous, pool_size=settings.pool_size, shared=True
+        )
     )
     metrics = Metrics()
     projector = DraftProjector(store)

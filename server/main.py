@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -15,6 +16,7 @@ from eventstore.errors import StoreError
 from eventstore.ownership import acquire_writer_lock
 from server.app import create_app
 from server.settings import Settings
+from server.supervisor import Supervisor, worker_count
 
 log = logging.getLogger("ringlog")
 
@@ -50,12 +52,14 @@ def configure_logging(settings: Settings) -> None:
 def serve(settings: Settings) -> int:
     """Run the server in the foreground; returns the exit status.
 
-    Refuses to start (one log line naming the file, status 2) when another process owns the
-    SQLite log (:mod:`eventstore.ownership`); the lock is held until the process ends.
+    Refuses to start (one log line naming the file, status 2) while an offline writing tool
+    (``rebuild``, ``copy --to``) owns the SQLite log (:mod:`eventstore.ownership`); servers share
+    the lock, held until the process ends. With ``settings.workers`` other than 1 this process
+    becomes the supervisor of that many workers (:mod:`server.supervisor`).
     """
     configure_logging(settings)
     try:
-        lock = acquire_writer_lock(settings.db)
+        lock = acquire_writer_lock(settings.db, shared=True)
     except StoreError as e:
         log.error("cannot start: %s", e)
         return 2
@@ -64,16 +68,30 @@ def serve(settings: Settings) -> int:
     # GIL back waits up to 5 ms while the loop is busy: group commits then take tens of ms.
     sys.setswitchinterval(0.0005)
     with lock:
-        try:
-            import uvloop
-
-            status: int = uvloop.run(_serve(settings))
-        except ImportError:
-            status = asyncio.run(_serve(settings))
-        return status
+        count = worker_count(settings)
+        if count > 1:
+            return Supervisor(settings, count, _run_worker).run()
+        return _run(_serve(settings))
 
 
-async def _serve(settings: Settings) -> int:
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+
+        status: int = uvloop.run(main)
+    except ImportError:
+        status = asyncio.run(main)
+    return status
+
+
+def _run_worker(settings: Settings, report_listening: Callable[[], None]) -> int:
+    """One worker of a supervisor: serve on the shared port (``SO_REUSEPORT``), report, drain."""
+    return _run(_serve(settings, reuse_port=True, report_listening=report_listening))
+
+
+async def _serve(
+    settings: Settings, *, reuse_port: bool = False, report_listening: Callable[[], None] | None = None
+) -> int:
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.drain_timeout)
     try:
@@ -81,7 +99,7 @@ async def _serve(settings: Settings) -> int:
     except StoreError as e:
         log.error("cannot start: %s", e)
         return 2
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=2048)
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_port=reuse_port or None)
     try:
         await site.start()
     except OSError as e:
@@ -90,9 +108,12 @@ async def _serve(settings: Settings) -> int:
         return 2
     server = getattr(site, "_server", None)
     port = server.sockets[0].getsockname()[1] if server is not None and server.sockets else settings.port
-    # A machine-readable line: tests and scripts wait for it (with --port 0 it names the port).
-    sys.stdout.write(f"ringlog listening on http://{settings.host}:{port}\n")
-    sys.stdout.flush()
+    if report_listening is not None:  # a worker: the supervisor prints the one line
+        report_listening()
+    else:
+        # A machine-readable line: tests and scripts wait for it (with --port 0 it names the port).
+        sys.stdout.write(f"ringlog listening on http://{settings.host}:{port}\n")
+        sys.stdout.flush()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

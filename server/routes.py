@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -461,8 +462,8 @@ async def _long_poll(st: AppState, draft_id: str, since: int, limit: int, wait: 
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness: the process answers."""
-    return _json(200, _data({"status": "ok"}))
+    """Liveness: the process answers; ``pid`` names the worker process that did (``--workers``)."""
+    return _json(200, _data({"status": "ok", "pid": os.getpid()}))
 
 
 @routes.get("/readyz")

@@ -168,6 +168,11 @@ class Settings:
     port: int = _setting(
         8000, _int_rule(0, 65535), "TCP port (0 picks a free one; the chosen one is printed)"
     )
+    workers: int = _setting(
+        1,
+        _int_rule(0, 1024, "; 0 = one per core"),
+        "worker processes accepting on one port (SO_REUSEPORT) under one supervisor; 0 = one per core",
+    )
     db: str = _setting(
         "./ringlog.db",
         _text_rule(optional=False, spaces=True),

@@ -1,0 +1,293 @@
+"""``ringlog serve --workers N``: one supervisor, N worker processes accepting on one port.
+
+The supervisor holds the store's shared writer lock (:mod:`eventstore.ownership`), reserves the
+port (with ``--port 0`` it picks one, so every worker and every restart binds the same one), and
+forks the workers. Each worker is a complete ``ringlog serve`` (its own event loop, store, group
+committer, projector and hub) listening with ``SO_REUSEPORT``: the kernel spreads new
+connections over the listening workers. The supervisor's reserving socket is bound but never
+listens, so it takes no connection. Workers coordinate only through the store: SQLite
+serialises their appends and each learns of the others' commits by commit discovery
+(:mod:`eventstore.discovery`); PostgreSQL workers are nodes like any other.
+
+Life cycle:
+
+- Each worker reports on a pipe once it listens; when all have, the supervisor prints the one
+  ``ringlog listening on http://HOST:PORT`` line.
+- A worker that exits (crash, ``kill -9``, OOM) is started again after a back-off that doubles
+  from :data:`RESTART_FIRST` to at most :data:`RESTART_MAX` seconds and resets once a worker has
+  served for :data:`RESTART_RESET` seconds. A worker that refuses to start (status 2: the store
+  cannot be opened, the port cannot be bound) before the first "listening" ends the supervisor
+  with status 2, like a single process would.
+- SIGTERM/SIGINT are forwarded to every worker, which drains as a single process does; the
+  supervisor exits 0 when all have exited 0 (1 otherwise), killing stragglers after the drain
+  timeout plus :data:`STOP_GRACE` seconds.
+- A worker whose supervisor dies is sent SIGTERM by the kernel (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from server.settings import Settings
+
+log = logging.getLogger("ringlog.supervisor")
+
+RESTART_FIRST = 0.1
+"""Seconds before the first restart of a worker that died."""
+RESTART_MAX = 10.0
+"""The longest pause between restarts of a worker that keeps dying."""
+RESTART_RESET = 30.0
+"""Seconds a worker must serve before its back-off starts again from :data:`RESTART_FIRST`."""
+START_TIMEOUT = 60.0
+"""Seconds the first start of all workers may take before the supervisor gives up (status 2)."""
+STOP_GRACE = 10.0
+"""Seconds beyond the drain timeout before workers that have not exited are killed."""
+TICK = 0.05
+"""Seconds between the supervisor's checks of its children (it waits on their pipes meanwhile)."""
+
+WorkerMain = Callable[[Settings, Callable[[], None]], int]
+"""Runs one worker: ``(settings with the chosen port, report_listening) -> exit status``."""
+
+
+def worker_count(settings: Settings) -> int:
+    """The number of worker processes ``settings.workers`` asks for (0: one per core)."""
+    return settings.workers or os.cpu_count() or 1
+
+
+@dataclass
+class _Slot:
+    index: int
+    pid: int = 0
+    ready_fd: int = -1
+    ready: bool = False
+    started: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
+
+
+class Supervisor:
+    """Starts, watches and stops the workers of one ``ringlog serve --workers N``."""
+
+    def __init__(self, settings: Settings, count: int, worker_main: WorkerMain) -> None:
+        self.settings = settings
+        self.count = count
+        self.worker_main = worker_main
+        self.port = settings.port
+        self._slots = [_Slot(i) for i in range(count)]
+        self._selector = selectors.DefaultSelector()
+        self._stopping = False
+        self._announced = False
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; returns the exit status (0 after a clean drain)."""
+        try:
+            reserve = self._reserve_port()
+        except OSError as e:
+            log.error("cannot listen on %s:%s: %s", self.settings.host, self.settings.port, e)
+            return 2
+        previous = {sig: signal.signal(sig, self._on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            with reserve:
+                self.settings = _with_port(self.settings, self.port)
+                for slot in self._slots:
+                    self._spawn(slot, reserve)
+                return self._watch(reserve)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._selector.close()
+
+    def _on_stop(self, _sig: int, _frame: object) -> None:
+        self._stopping = True
+
+    def _reserve_port(self) -> socket.socket:
+        """Bind (never listen) the port the workers will share; with port 0, choose it."""
+        host, port = self.settings.host, self.settings.port
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+        self.port = sock.getsockname()[1]
+        return sock
+
+    def _spawn(self, slot: _Slot, reserve: socket.socket) -> None:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            status = 70
+            try:
+                os.close(read_fd)
+                reserve.close()
+                self._selector.close()
+                for other in self._slots:
+                    if other.ready_fd >= 0:
+                        os.close(other.ready_fd)
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)
+                _die_with_parent()
+
+                def report_listening() -> None:
+                    with contextlib.suppress(OSError):
+                        os.write(write_fd, b"L")
+                        os.close(write_fd)
+
+                status = self.worker_main(self.settings, report_listening)
+            except BaseException:  # never return into the supervisor's stack in the child
+                log.exception("worker %d failed", slot.index)
+            finally:
+                logging.shutdown()
+                os._exit(status)
+        os.close(write_fd)
+        slot.pid, slot.ready_fd, slot.ready, slot.started, slot.restart_at = (
+            pid,
+            read_fd,
+            False,
+            time.monotonic(),
+            None,
+        )
+        self._selector.register(read_fd, selectors.EVENT_READ, slot)
+        log.info("worker %d started (pid %d)", slot.index, pid)
+
+    def _watch(self, reserve: socket.socket) -> int:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._stopping:
+            self._read_reports()
+            failed = self._reap()
+            if failed is not None:
+                return self._stop_all(failed)
+            if not self._announced:
+                if all(s.ready for s in self._slots):
+                    self._announced = True
+                    log.info(
+                        "%d workers listening (pids %s)",
+                        self.count,
+                        ", ".join(str(s.pid) for s in self._slots),
+                    )
+                    sys.stdout.write(f"ringlog listening on http://{self.settings.host}:{self.port}\n")
+                    sys.stdout.flush()
+                elif time.monotonic() > deadline:
+                    log.error("cannot start: the workers did not listen within %.0fs", START_TIMEOUT)
+                    return self._stop_all(2)
+            now = time.monotonic()
+            for slot in self._slots:
+                if slot.restart_at is not None and now >= slot.restart_at:
+                    self._spawn(slot, reserve)
+        log.info("stopping: forwarding SIGTERM to %d workers", self.count)
+        return self._stop_all(0)
+
+    def _read_reports(self) -> None:
+        for key, _ in self._selector.select(TICK):
+            slot: _Slot = key.data
+            with contextlib.suppress(OSError):
+                if os.read(slot.ready_fd, 16):
+                    slot.ready = True
+            self._forget_pipe(slot)
+
+    def _forget_pipe(self, slot: _Slot) -> None:
+        if slot.ready_fd >= 0:
+            self._selector.unregister(slot.ready_fd)
+            os.close(slot.ready_fd)
+            slot.ready_fd = -1
+
+    def _reap(self) -> int | None:
+        """Collect exited workers and schedule their restarts; a status to exit with, or None."""
+        while True:
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return None
+            if pid == 0:
+                return None
+            slot = next((s for s in self._slots if s.pid == pid), None)
+            if slot is None:
+                continue
+            status = os.waitstatus_to_exitcode(wait_status)
+            self._forget_pipe(slot)
+            slot.pid = 0
+            if self._stopping:
+                continue
+            if not self._announced and status == 2:
+                log.error("worker %d refused to start (status 2)", slot.index)
+                return 2
+            now = time.monotonic()
+            if slot.ready and now - slot.started >= RESTART_RESET:
+                slot.failures = 0
+            delay = min(RESTART_FIRST * 2**slot.failures, RESTART_MAX)
+            slot.failures += 1
+            slot.restart_at = now + delay
+            log.warning(
+                "worker %d (pid %d) exited with status %d; restarting in %.1fs",
+                slot.index,
+                pid,
+                status,
+                delay,
+            )
+
+    def _stop_all(self, status: int) -> int:
+        """SIGTERM every live worker, wait for all (killing stragglers); the exit status."""
+        self._stopping = True
+        for slot in self._slots:
+            if slot.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.drain_timeout + STOP_GRACE
+        clean = True
+        while any(s.pid for s in self._slots):
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                if time.monotonic() > deadline:
+                    for slot in self._slots:
+                        if slot.pid:
+                            log.error(
+                                "worker %d (pid %d) did not drain in time; killing it", slot.index, slot.pid
+                            )
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(slot.pid, signal.SIGKILL)
+                    deadline = float("inf")
+                    clean = False
+                time.sleep(TICK)
+                continue
+            for slot in self._slots:
+                if slot.pid == pid:
+                    slot.pid = 0
+                    clean = clean and os.waitstatus_to_exitcode(wait_status) == 0
+        for slot in self._slots:
+            self._forget_pipe(slot)
+        if status == 0 and not clean:
+            return 1
+        log.info("all workers stopped")
+        return status
+
+
+def _with_port(settings: Settings, port: int) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, port=port)
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this process when its parent (the supervisor) dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
