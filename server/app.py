@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -149,9 +150,19 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app.router.add_get("/favicon.ico", _favicon)
     static_dir = resources.files("server").joinpath("static")
     app.router.add_static("/static/", str(static_dir), append_version=False)
+    if settings.workers != 1:
+        app.on_response_prepare.append(_name_the_worker)
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_close_sockets)
     return app
+
+
+WORKER_HEADER = "X-Ringlog-Worker"
+"""Response header naming the process that answered, under ``--workers`` (docs/API.md)."""
+
+
+async def _name_the_worker(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[WORKER_HEADER] = str(os.getpid())
 
 
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:

@@ -1,10 +1,13 @@
-"""Kind: one owner per SQLite log (issue 10, item 11 and "Also").
+"""Kind: who may write an SQLite log (issue 10, item 11 and "Also"; issue 11).
 
-A second ``ringlog serve`` on a file a running server owns used to start silently, after which
-the first served stale state. Now it refuses at startup with one line naming the file, and so do
-the writing tools (``rebuild``, ``copy --to``); the read-only ones (``verify``, ``log``,
-``replay``) still run. The lock dies with its process: after a clean stop or a SIGKILL the file
-can be served again. All with real ``ringlog serve`` processes.
+A second ``ringlog serve`` on a file a running server serves used to start silently, after which
+the first served stale state. Issue 10 refused it; issue 11 made it correct (servers share the
+file: SQLite serialises appends and each server discovers the others' commits), so servers now
+share the lock and a second server serves the same log. The offline writing tools (``rebuild``,
+``copy --to``) still own the file alone: they are refused with one line naming the file while
+any server runs, and a server is refused while one of them runs. The read-only tools
+(``verify``, ``log``, ``replay``) still run. The lock dies with its process: after a clean stop or
+a SIGKILL the file can be rebuilt again. All with real ``ringlog serve`` processes.
 """
 
 from __future__ import annotations
@@ -64,14 +67,15 @@ def _create_draft(server: ServerProcess) -> str:
     return draft_id
 
 
-def test_a_second_server_and_the_writing_tools_are_refused_while_one_serves(tmp_path: Path) -> None:
+def test_a_second_server_shares_the_file_and_the_writing_tools_are_refused_while_one_serves(
+    tmp_path: Path,
+) -> None:
     db = tmp_path / "owned.db"
     other = tmp_path / "other.db"
     with ServerProcess(
         str(db), "--dev-auth", "--rate-limit", "0", log_path=tmp_path / "server.log"
     ) as server:
         draft_id = _create_draft(server)
-        _assert_refused(_second_serve(db), db)
         _assert_refused(ringlog("rebuild", "--db", str(db)), db)
         # a copy INTO the served file is refused before anything is opened or written
         assert ringlog("copy", "--from", str(db), "--to", str(other)).returncode == 0
@@ -84,6 +88,12 @@ def test_a_second_server_and_the_writing_tools_are_refused_while_one_serves(tmp_
         assert ringlog("replay", "--db", str(db), "--draft", draft_id, "--json").returncode == 0
         # the first server is untouched and still serves
         assert _http("GET", f"{server.url}/v1/collab/drafts/{draft_id}")[0] == 200
+        with ServerProcess(str(db), "--dev-auth", log_path=tmp_path / "second.log") as second:
+            # the second server serves the same log, and the first sees the second's writes
+            assert _http("GET", f"{second.url}/v1/collab/drafts/{draft_id}")[0] == 200
+            created = _create_draft(second)
+            assert _http("GET", f"{server.url}/v1/collab/drafts/{created}")[0] == 200
+            _assert_refused(ringlog("rebuild", "--db", str(db)), db)
     # stopped: the file can be served and rebuilt again
     assert ringlog("rebuild", "--db", str(db)).returncode == 0
     with ServerProcess(str(db), "--dev-auth", log_path=tmp_path / "again.log") as again:
@@ -95,12 +105,28 @@ def test_the_lock_ends_with_its_process_however_it_ends(tmp_path: Path, end: str
     db = tmp_path / "crash.db"
     first = ServerProcess(str(db), "--dev-auth", log_path=tmp_path / "first.log").start()
     try:
-        _assert_refused(_second_serve(db), db)
+        _assert_refused(ringlog("rebuild", "--db", str(db)), db)
     finally:
         if end == "sigterm":
             assert first.stop() == 0
         else:
             first.kill()  # a crash: the kernel drops the flock with the process
+    assert ringlog("rebuild", "--db", str(db)).returncode == 0
     with ServerProcess(str(db), "--dev-auth", log_path=tmp_path / "second.log") as second:
         assert _http("GET", f"{second.url}/healthz")[0] == 200
+        _assert_refused(ringlog("rebuild", "--db", str(db)), db)
+
+
+def test_a_server_is_refused_while_a_writing_tool_owns_the_file(tmp_path: Path) -> None:
+    from eventstore.ownership import acquire_writer_lock
+
+    db = tmp_path / "tool.db"
+    with acquire_writer_lock(str(db)):  # what rebuild and copy --to hold while they run
         _assert_refused(_second_serve(db), db)
+        _assert_refused(_second_serve_workers(db), db)
+
+
+def _second_serve_workers(db: Path) -> subprocess.CompletedProcess[str]:
+    return ringlog(
+        "serve", "--port", "0", "--workers", "2", "--db", str(db), "--jwt-secret", TEST_SECRET, "--dev-auth"
+    )

@@ -1,0 +1,243 @@
+"""Several processes serving one log (issue 11): ``--workers 2`` on SQLite and on PostgreSQL, and
+two separate ``ringlog serve`` processes on one SQLite file.
+
+Every test runs on the three setups. Clients open a new connection per request and per socket,
+so the kernel spreads them over the workers (``SO_REUSEPORT``); the ``X-Ringlog-Worker`` header
+names the process that answered, and the tests check that more than one did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.pgutil import temporary_database
+from tests.serverproc import ServerProcess
+
+WAIT = 30.0
+WORKER_HEADER = "X-Ringlog-Worker"
+ARGS = ("--dev-auth", "--rate-limit", "0")
+
+
+@dataclass
+class Setup:
+    """The processes of one setup and the URLs clients use (one per separate server)."""
+
+    name: str
+    procs: list[ServerProcess]
+    http: aiohttp.ClientSession
+    answered_by: set[str] = field(default_factory=set)
+    _turn: itertools.count[int] = field(default_factory=itertools.count)
+
+    def url(self) -> str:
+        """The next endpoint, round robin (one for a supervisor, one per separate server)."""
+        return self.procs[next(self._turn) % len(self.procs)].url
+
+    async def request(
+        self, method: str, path: str, user: str = "alice", body: Any = None, key: str | None = None
+    ) -> tuple[int, Any]:
+        headers = {"X-User-Id": user}
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        async with self.http.request(method, self.url() + path, json=body, headers=headers) as r:
+            self.answered_by.add(r.headers.get(WORKER_HEADER) or str(r.url.port))
+            return r.status, await r.json()
+
+    async def create(self) -> str:
+        status, body = await self.request("POST", "/v1/collab/drafts", body={"title": "workers"})
+        assert status == 201, body
+        draft_id: str = body["data"]["id"]
+        return draft_id
+
+    async def append(self, draft_id: str, content: str, key: str | None = None) -> tuple[int, Any]:
+        return await self.request(
+            "POST", f"/v1/collab/drafts/{draft_id}/segments", body={"content": content}, key=key
+        )
+
+    async def log(self, draft_id: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for _ in range(1000):
+            status, body = await self.request("GET", f"/v1/collab/drafts/{draft_id}/events?since={len(out)}")
+            assert status == 200, body
+            out.extend(body["data"])
+            if not body["data"] or len(out) >= body["head_seq"]:
+                return out
+        raise AssertionError("paging /events did not end")
+
+    async def worker_pids(self, proc: ServerProcess, tries: int = 40) -> set[int]:
+        """Pids seen answering /healthz at ``proc``'s URL over ``tries`` fresh connections."""
+        pids: set[int] = set()
+        for _ in range(tries):
+            async with self.http.get(proc.url + "/healthz") as r:
+                pids.add((await r.json())["data"]["pid"])
+        return pids
+
+
+SETUPS = [
+    "sqlite-workers",
+    "sqlite-two-servers",
+    pytest.param("postgres-workers", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture(params=SETUPS)
+async def setup(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Setup]:
+    name: str = request.param
+    procs: list[ServerProcess] = []
+    async with _database(name, tmp_path) as db:
+        try:
+            if name == "sqlite-two-servers":
+                procs = [ServerProcess(db, *ARGS, log_path=tmp_path / f"s{i}.log").start() for i in range(2)]
+            else:
+                extra = ("--pool-size", "4") if name.startswith("postgres") else ()
+                procs = [
+                    ServerProcess(db, *ARGS, "--workers", "2", *extra, log_path=tmp_path / "sup.log").start()
+                ]
+            # a new connection per request: the kernel spreads them over the workers
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=WAIT)
+            ) as http:
+                yield Setup(name, procs, http)
+        finally:
+            for proc in procs:
+                proc.__exit__()
+
+
+class _database:
+    def __init__(self, name: str, tmp_path: Path) -> None:
+        self.name, self.tmp_path = name, tmp_path
+        self._pg: Any = None
+
+    async def __aenter__(self) -> str:
+        if self.name.startswith("postgres"):
+            self._pg = temporary_database()
+            url: str = await self._pg.__aenter__()
+            return url
+        return str(self.tmp_path / "shared.db")
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._pg is not None:
+            await self._pg.__aexit__(*exc)
+
+
+async def _follow(setup: Setup, draft_id: str, until_seq: int, seen_by: set[str]) -> list[dict[str, Any]]:
+    """A socket from seq 0 on a fresh connection; the events it got up to ``until_seq``."""
+    events: list[dict[str, Any]] = []
+    url = setup.url().replace("http://", "ws://") + f"/v1/ws/drafts/{draft_id}?since=0&user_id=alice"
+    async with setup.http.ws_connect(url) as ws:
+        seen_by.add(ws._response.headers.get(WORKER_HEADER) or str(ws._response.url.port))
+        hello = await ws.receive_json(timeout=WAIT)
+        assert hello["type"] == "connected", hello
+        while not events or events[-1]["seq"] < until_seq:
+            event = await ws.receive_json(timeout=WAIT)
+            events.append(event)
+    return events
+
+
+async def test_sockets_get_every_seq_once_while_writers_append_through_every_process(setup: Setup) -> None:
+    draft_id = await setup.create()
+    writers, per_writer = 4, 12
+    total = 1 + writers * per_writer  # the creation, then every segment
+    sockets: set[str] = set()
+    followers = [asyncio.create_task(_follow(setup, draft_id, total, sockets)) for _ in range(8)]
+
+    async def writer(w: int) -> None:
+        for i in range(per_writer):
+            status, body = await setup.append(draft_id, f"w{w}-{i}")
+            assert status == 201, body
+
+    await asyncio.gather(*(writer(w) for w in range(writers)))
+    log = await setup.log(draft_id)
+    assert [e["seq"] for e in log] == list(range(1, total + 1))
+    for got in await asyncio.wait_for(asyncio.gather(*followers), WAIT):
+        assert got == log  # every seq exactly once, in order, whichever process appended it
+    assert len(setup.answered_by) >= 2, setup.answered_by
+    assert len(sockets) >= 2, sockets
+
+
+async def test_one_idempotency_key_used_concurrently_on_different_processes_appends_once(
+    setup: Setup,
+) -> None:
+    draft_id = await setup.create()
+    for round_ in range(3):
+        key = f"same-key-{round_}"
+        answers = await asyncio.gather(*(setup.append(draft_id, f"once-{round_}", key) for _ in range(8)))
+        assert {status for status, _ in answers} == {201}, answers
+        assert len({body["data"]["seq"] for _, body in answers}) == 1, answers
+    log = await setup.log(draft_id)
+    contents = [e["data"]["segment"]["content"] for e in log if e["type"] == "collab.segment_added"]
+    assert contents == ["once-0", "once-1", "once-2"]
+    assert len(setup.answered_by) >= 2, setup.answered_by
+
+
+async def test_kill_9_of_a_process_under_load_loses_no_acknowledged_append(setup: Setup) -> None:
+    draft_id = await setup.create()
+    acknowledged: list[str] = []
+    stop = asyncio.Event()
+
+    async def writer(w: int) -> None:
+        for i in range(10_000):
+            if stop.is_set():
+                return
+            try:
+                status, _ = await setup.append(draft_id, f"k{w}-{i}")
+            except (TimeoutError, aiohttp.ClientError):
+                continue  # the process died with the request: not acknowledged
+            if status == 201:
+                acknowledged.append(f"k{w}-{i}")
+
+    tasks = [asyncio.create_task(writer(w)) for w in range(4)]
+    victim_proc = setup.procs[0]
+    before = await setup.worker_pids(victim_proc)
+    deadline = time.monotonic() + WAIT
+    while len(acknowledged) < 20 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if setup.name == "sqlite-two-servers":
+        victim_proc.kill()  # one of two servers crashes; the other keeps serving
+        setup.procs = setup.procs[1:]
+    else:
+        victim = min(before - {victim_proc.proc.pid if victim_proc.proc else 0})
+        os.kill(victim, signal.SIGKILL)
+    count = len(acknowledged)
+    while len(acknowledged) < count + 20 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.gather(*tasks)
+    log = await setup.log(draft_id)
+    contents = {e["data"]["segment"]["content"] for e in log if e["type"] == "collab.segment_added"}
+    assert set(acknowledged) <= contents
+    assert [e["seq"] for e in log] == list(range(1, len(log) + 1))
+    if setup.name != "sqlite-two-servers":
+        # the supervisor replaced the worker: a new pid answers beside the survivor
+        replaced: set[int] = set()
+        while time.monotonic() < deadline + WAIT:
+            replaced = await setup.worker_pids(victim_proc, tries=10)
+            if len(replaced - before) >= 1:
+                break
+            await asyncio.sleep(0.1)
+        assert victim not in replaced and len(replaced - before) >= 1, (before, replaced)
+
+
+async def test_sigterm_drains_every_process_and_exits_0(setup: Setup) -> None:
+    draft_id = await setup.create()
+    status, body = await setup.append(draft_id, "before the stop")
+    assert status == 201, body
+    pids = set()
+    for proc in setup.procs:
+        pids |= await setup.worker_pids(proc, tries=10)
+    for proc in setup.procs:
+        assert proc.stop() == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
