@@ -1,11 +1,16 @@
 """Crash loop: SIGKILL ``ringlog serve`` at random moments under load and prove nothing was lost.
 
-    python scripts/chaos_kill.py [--cycles 20] [--db PATH|postgresql://…] [--nodes 1|2] [--seed S]
+    python scripts/chaos_kill.py [--cycles 20] [--db PATH|postgresql://…] [--nodes 1|2]
+                                 [--workers N] [--seed S]
 
 Every cycle: (re)start the server(s); retry every append whose outcome the crash left in doubt
 (same Idempotency-Key and body); check the log; then run concurrent writers (HTTP appends with an
 Idempotency-Key, every 201 recorded) and WebSocket readers, and SIGKILL a node at a random moment.
-With two nodes (PostgreSQL only) one random node is killed while the other keeps serving.
+With two nodes (two ``ringlog serve`` processes on one PostgreSQL database or one SQLite file)
+one random node is killed while the other keeps serving. With ``--workers N`` (N >= 2) each node
+is a supervisor of N workers and the victim is one random *worker* (found by the pid in
+``/healthz``): the other workers keep serving, and the cycle waits until the supervisor has
+replaced the dead worker.
 
 Checked after every restart, for every draft:
 * every acknowledged append is in the log at the seq it was acknowledged with, unchanged
@@ -25,7 +30,9 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -83,6 +90,8 @@ class Chaos:
     readers: list[Reader] = field(default_factory=list)
     servers: list[ServerProcess] = field(default_factory=list)
     counter: int = 0
+    workers: int = 1
+    killed_pid: int = 0
     committed_before_crash: int = 0
     lost_in_crash: int = 0
 
@@ -252,8 +261,13 @@ class Chaos:
                 node = (i + j) % self.nodes
                 tasks.append(asyncio.ensure_future(writer(draft_id, i * 10 + j, node)))
         await asyncio.sleep(kill_after)
-        self.servers[victim].kill()
-        if self.nodes > 1:
+        if self.workers > 1:
+            pids = await self.worker_pids(victim)
+            self.killed_pid = self.rng.choice(sorted(pids))
+            os.kill(self.killed_pid, signal.SIGKILL)
+        else:
+            self.servers[victim].kill()
+        if self.nodes > 1 or self.workers > 1:
             await asyncio.sleep(0.5)  # the survivor keeps taking writes and streaming
         stop.set()
         done, pending = await asyncio.wait(tasks, timeout=30)
@@ -328,6 +342,27 @@ class Chaos:
     def start_node(self, node: int) -> None:
         self.servers[node].start(timeout=60)
 
+    async def worker_pids(self, node: int, tries: int = 30) -> set[int]:
+        """Pids of the workers answering at ``node`` (each request on a new connection)."""
+        pids: set[int] = set()
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(timeout=TIMEOUT, connector=connector) as fresh:
+            for _ in range(tries):
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with fresh.get(self.url(node) + "/healthz") as r:
+                        pids.add((await r.json())["data"]["pid"])
+        return pids
+
+    async def replaced(self, node: int) -> None:
+        """Wait until the supervisor of ``node`` has replaced the killed worker (bounded)."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            pids = await self.worker_pids(node, tries=4 * self.workers)
+            if len(pids) == self.workers and self.killed_pid not in pids:
+                return
+            await asyncio.sleep(0.1)
+        raise Violation(f"worker {self.killed_pid} of node {node} was not replaced within 60 s")
+
 
 def _gaps(seqs: list[int]) -> str:
     bad = [(a, b) for a, b in itertools.pairwise(seqs) if b != a + 1]
@@ -338,14 +373,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     workdir = Path(tempfile.mkdtemp(prefix="ringlog-chaos-"))
     db = args.db or str(workdir / "chaos.db")
-    if args.nodes == 2 and not db.startswith("postgresql"):
-        raise SystemExit("--nodes 2 needs a PostgreSQL --db (an SQLite file has one owner)")
-    chaos = Chaos(db, args.nodes, rng, workdir, writers_per_draft=args.writers_per_draft)
+    chaos = Chaos(
+        db, args.nodes, rng, workdir, writers_per_draft=args.writers_per_draft, workers=args.workers
+    )
+    extra = ("--workers", str(args.workers)) if args.workers > 1 else ()
     chaos.servers = [
-        ServerProcess(db, *SERVER_ARGS, log_path=workdir / f"server-{n}.log") for n in range(args.nodes)
+        ServerProcess(db, *SERVER_ARGS, *extra, log_path=workdir / f"server-{n}.log")
+        for n in range(args.nodes)
     ]
     summary: dict[str, Any] = {"db": "postgresql" if db.startswith("postgresql") else "sqlite",
-                               "nodes": args.nodes, "seed": args.seed, "cycles": 0}  # fmt: skip
+                               "nodes": args.nodes, "workers": args.workers, "seed": args.seed,
+                               "cycles": 0}  # fmt: skip
     started = time.monotonic()
     connector = aiohttp.TCPConnector(limit=200, force_close=False)
     try:
@@ -358,14 +396,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 victim = rng.randrange(args.nodes)
                 kill_after = rng.uniform(args.min_kill, args.max_kill)
                 load = await chaos.load(http, kill_after, victim)
-                await asyncio.to_thread(chaos.start_node, victim)
+                if args.workers > 1:
+                    await chaos.replaced(victim)
+                else:
+                    await asyncio.to_thread(chaos.start_node, victim)
                 await chaos.resolve_in_doubt(http)
                 logs = await chaos.check_log(http, rng.randrange(args.nodes))
                 await asyncio.to_thread(chaos.verify)
                 resumed = await chaos.check_resume(http, logs)
                 summary["cycles"] = cycle
                 print(
-                    f"cycle {cycle}: killed node {victim} after {kill_after:.2f}s, appended {load['appended']}, "
+                    f"cycle {cycle}: killed {f'worker {chaos.killed_pid} of ' if args.workers > 1 else ''}"
+                    f"node {victim} after {kill_after:.2f}s, appended {load['appended']}, "
                     f"acked total {len(chaos.acked)}, in doubt: {chaos.committed_before_crash} committed / "
                     f"{chaos.lost_in_crash} not, resumed {resumed} events, heads "
                     f"{[len(v) for v in logs.values()]}, verify ok ({time.monotonic() - t0:.1f}s)",
@@ -394,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--db", default=None, help="SQLite path or postgresql:// URL (default: a temp file)")
     parser.add_argument("--nodes", type=int, choices=(1, 2), default=1)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes per node; >= 2 kills one worker per cycle"
+    )
     parser.add_argument("--drafts", type=int, default=4)
     parser.add_argument("--writers-per-draft", type=int, default=2)
     parser.add_argument("--min-kill", type=float, default=0.2, help="earliest kill, seconds into the load")

@@ -47,3 +47,19 @@ async def test_postgres_crash_loop_loses_no_acknowledged_append(nodes: str) -> N
     async with temporary_database() as url:
         summary = await asyncio.to_thread(run_chaos, "--db", url, "--nodes", nodes)
     assert summary["db"] == "postgresql" and summary["nodes"] == int(nodes)
+
+
+@pytest.mark.parametrize("mode", [("--workers", "2"), ("--nodes", "2")], ids=["workers", "two-servers"])
+def test_sqlite_crash_loop_with_several_processes_loses_no_acknowledged_append(
+    tmp_path: Path, mode: tuple[str, str]
+) -> None:
+    summary = run_chaos("--db", str(tmp_path / "chaos.db"), *mode)
+    assert summary["db"] == "sqlite"
+    assert summary["workers" if mode[0] == "--workers" else "nodes"] == 2
+
+
+@pytest.mark.postgres
+async def test_postgres_crash_loop_with_workers_loses_no_acknowledged_append() -> None:
+    async with temporary_database() as url:
+        summary = await asyncio.to_thread(run_chaos, "--db", url, "--workers", "2")
+    assert summary["db"] == "postgresql" and summary["workers"] == 2
