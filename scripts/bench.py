@@ -6,7 +6,10 @@ Workloads (issue 7): (1) durable appends through HTTP vs a do-nothing aiohttp ha
 (2) fan-out at 1,000 and 5,000 sockets vs a raw preserialised broadcast, the spec's reference
 hub and python-socketio; (3) catch-up from since=0 vs reading the rows straight from SQLite;
 (4) RSS per idle socket and time to accept 10,000 sockets; (5) the store and projections
-(``scripts/bench_store.py``); (6) workloads 1 and 2 on PostgreSQL with one and two nodes.
+(``scripts/bench_store.py``); (6) workloads 1 and 2 on PostgreSQL with one and two nodes;
+(7) more than one process: ``--workers 1`` vs ``2`` on SQLite, cross-worker delivery
+(``scripts/bench_workers.py``). Without ``wrk`` the harness tries ``apt-get install -y wrk``, then
+falls back to a Python load generator with the same request mix, and says which it used.
 
 Sizes: ``--quick`` (under 2 minutes on the 2-core machine, with other work running) uses 1 s wrk and
 paced runs, 500 sockets, a 30,000-event catch-up and 500 / 1,500 idle sockets; the full run (about
@@ -501,6 +504,12 @@ async def main(args: argparse.Namespace) -> dict[str, str]:
             finally:
                 await pg_drop(name)
 
+    if want("workers"):
+        log("(7) more than one process: --workers 1 vs 2 on SQLite")
+        import bench_workers
+
+        sections["## 7. More than one process"] = await bench_workers.section(tmp, seconds, reps, quick)
+
     log(f"done in {time.monotonic() - started:.0f} s")
     if only is not None:
         # a partial run keeps the page's "How these figures were made" (the full run's) and says so
@@ -522,7 +531,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smaller counts: under 2 minutes")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument(
-        "--only", default="", help="comma-separated: http,fanout,catchup,connections,store,pg"
+        "--only", default="", help="comma-separated: http,fanout,catchup,connections,store,pg,workers"
     )
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     return parser.parse_args()
@@ -530,8 +539,7 @@ def parse_args() -> argparse.Namespace:
 
 if __name__ == "__main__":
     arguments = parse_args()
-    if not bl.have_wrk():
-        sys.exit("wrk is needed for the HTTP workloads: apt-get install -y wrk")
+    log(f"HTTP load generator: {bl.choose_load_generator()}")
     result = asyncio.run(main(arguments))
     for text in result.values():
         print(text)

@@ -473,6 +473,73 @@ def have_wrk() -> bool:
     return shutil.which("wrk") is not None
 
 
+LOAD_GENERATOR = "`wrk -t2`"
+"""Which HTTP load generator this run uses (set by :func:`choose_load_generator`)."""
+
+
+def choose_load_generator() -> str:
+    """wrk if present; else try ``apt-get install -y wrk``; else the Python generator. Says which."""
+    global LOAD_GENERATOR
+    if not have_wrk() and shutil.which("apt-get") is not None and os.geteuid() == 0:
+        print("wrk not found: trying apt-get install -y wrk", file=sys.stderr, flush=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "wrk"], capture_output=True, timeout=300, check=False
+        )
+    if have_wrk():
+        LOAD_GENERATOR = "`wrk -t2`"
+    else:
+        print(
+            "wrk is not available (apt-get install -y wrk): using the Python load generator instead "
+            "(same request mix; it needs more CPU per request, so HTTP figures are lower and client-bound)",
+            file=sys.stderr,
+            flush=True,
+        )
+        LOAD_GENERATOR = "the Python load generator (aiohttp, 1 process; wrk was not available)"
+    return LOAD_GENERATOR
+
+
+async def python_load(
+    url: str, targets: Sequence[tuple[str, str]], connections: int, seconds: float
+) -> dict[str, Any]:
+    """wrk's request mix from Python: each connection POSTs to its target with a fresh key; wrk's result shape."""
+    run = uuid.uuid4().hex[:12]
+    latencies: list[float] = []
+    counts = {"requests": 0, "status": 0, "connect": 0, "read": 0, "write": 0, "timeout": 0}
+    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
+
+        async def client(c: int) -> None:
+            path, user = targets[c % len(targets)]
+            headers = {"Content-Type": "application/json", "X-User-Id": user}
+            n = 0
+            while time.monotonic() < deadline:
+                n += 1
+                headers["Idempotency-Key"] = f"{run}-{c}-{n}"
+                body = orjson.dumps({"content": f"a benchmark segment, number {n}"})
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(url + path, data=body, headers=headers) as r:
+                        await r.read()
+                        if r.status >= 400:
+                            counts["status"] += 1
+                except TimeoutError:
+                    counts["timeout"] += 1
+                except aiohttp.ClientError:
+                    counts["read"] += 1
+                counts["requests"] += 1
+                latencies.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*(client(c) for c in range(connections)))
+    return {
+        **counts,
+        "duration_us": int((time.monotonic() - started) * 1e6),
+        "p50_us": int(pct(latencies, 50) * 1e6) if latencies else 0,
+        "p99_us": int(pct(latencies, 99) * 1e6) if latencies else 0,
+    }
+
+
 @dataclass
 class HttpFigures:
     rate: Series = field(default_factory=Series)
@@ -484,7 +551,11 @@ class HttpFigures:
 async def wrk(
     url: str, targets: Sequence[tuple[str, str]], connections: int, seconds: float, threads: int = 2
 ) -> dict[str, Any]:
-    """POST to ``targets`` ((path, user) pairs) for ``seconds`` with ``connections`` keep-alive connections."""
+    """POST to ``targets`` ((path, user) pairs) for ``seconds`` with ``connections`` keep-alive connections.
+
+    Without wrk (see :func:`choose_load_generator`) the Python generator does the same."""
+    if not have_wrk():
+        return await python_load(url, targets, connections, seconds)
     lua = WRK_LUA.replace("TARGETS", "{" + ",".join(f'{{"{p}","{u}"}}' for p, u in targets) + "}")
     lua = lua.replace("RUN", uuid.uuid4().hex[:12]).replace("NTHREADS", str(threads))
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
