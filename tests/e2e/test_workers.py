@@ -241,3 +241,21 @@ async def test_sigterm_drains_every_process_and_exits_0(setup: Setup) -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_workers_from_the_environment_start_a_supervisor(tmp_path: Path) -> None:
+    """``RINGLOG_WORKERS`` goes through the same rule as ``--workers``; 0 means one per core."""
+    import urllib.request
+
+    cores = os.cpu_count() or 1
+    proc = ServerProcess(
+        str(tmp_path / "env.db"), *ARGS, env={"RINGLOG_WORKERS": "0"}, log_path=tmp_path / "s.log"
+    )
+    with proc:
+        pids = set()
+        for _ in range(40):
+            request = urllib.request.Request(proc.url + "/healthz", headers={"Connection": "close"})
+            with urllib.request.urlopen(request, timeout=10) as r:
+                pids.add(r.headers.get(WORKER_HEADER) if cores > 1 else str(r.status))
+        assert len(pids) == (cores if cores > 1 else 1), pids
+        assert proc.stop() == 0
