@@ -30,6 +30,7 @@ import itertools
 import logging
 import os
 import sqlite3
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -94,8 +95,11 @@ CREATE TABLE IF NOT EXISTS meta (
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
 """
 
-BUSY_TIMEOUT_MS = 30_000
+BUSY_TIMEOUT_MS = 5_000
 """How long a write waits for another process's write transaction before giving up (503)."""
+
+TURN_POLL_MAX = 0.001
+"""Longest pause (seconds) between two tries for the writers' turn lock of a shared file."""
 
 POLL_INTERVAL = 0.2
 """Seconds between periodic commit discoveries of a shared store (lost wake-ups, new peers)."""
@@ -299,10 +303,7 @@ class SQLiteStore:
     def _transaction(self, run: Callable[[sqlite3.Connection], T]) -> T:
         if self._turn_fd is None:
             return self._transaction_in_turn(run)
-        # Processes sharing the file take turns through a blocking flock: the kernel wakes the
-        # next writer the moment the lock is released, where SQLite's busy handler would sleep
-        # and poll (1, 2, 5 … 100 ms), leaving the write lock idle between processes.
-        fcntl.flock(self._turn_fd, fcntl.LOCK_EX)
+        _take_turn(self._turn_fd)
         try:
             return self._transaction_in_turn(run)
         finally:
@@ -490,6 +491,30 @@ class SQLiteStore:
             conn.execute("DELETE FROM meta WHERE key = 'snapshot_checkpoint'")
 
         await self._run_job(run, "snapshot reset")
+
+
+def _take_turn(fd: int) -> None:
+    """Take the writers' turn lock of a shared file, or raise ``sqlite3.OperationalError``.
+
+    Processes sharing a file take turns through this ``flock`` before ``BEGIN IMMEDIATE``.
+    SQLite's own busy handler sleeps 1, 2, 5 … 100 ms between tries, so the write lock sat idle
+    between two processes' group commits (docs/BENCHMARKS.md, "More than one process"); here
+    the tries are at most :data:`TURN_POLL_MAX` apart. Bounded by :data:`BUSY_TIMEOUT_MS`, like
+    SQLite's wait (a stopped holder gives 503, not a hang).
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.00005
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise sqlite3.OperationalError(
+                    "database is locked (another process holds the writers' turn)"
+                ) from None
+            time.sleep(pause)
+            pause = min(pause * 2, TURN_POLL_MAX)
 
 
 def _sql_limit(limit: int | None) -> int:
