@@ -229,11 +229,6 @@ class SQLiteStore:
             await asyncio.sleep(self.poll_interval)
             self._cursor.schedule()
 
-    async def catch_up(self) -> None:
-        """Publish every commit of other processes made so far (no-op on an unshared store)."""
-        if self._shared:
-            await self._cursor.discover()
-
     def _open_writer(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")

@@ -30,22 +30,25 @@ async def _open(path: Path, n: int) -> list[SQLiteStore]:
     return stores
 
 
-def _collect(store: SQLiteStore) -> list[Record]:
-    got: list[Record] = []
+class _Seen(list[Record]):
+    """The records a store's notifier published, and a way to await a count of them."""
 
-    def listener(records: Sequence[Record]) -> None:
-        got.extend(records)
+    def __init__(self, store: SQLiteStore) -> None:
+        super().__init__()
+        self._grew = asyncio.Event()
+        store.notifier.add_global_listener(self._take)
 
-    store.notifier.add_global_listener(listener)
-    return got
+    def _take(self, records: Sequence[Record]) -> None:
+        self.extend(records)
+        self._grew.set()
 
+    async def reach(self, count: int, timeout: float = WAIT) -> None:
+        async def wait() -> None:
+            while len(self) < count:
+                self._grew.clear()
+                await self._grew.wait()
 
-async def _until_all(seen: list[list[Record]], count: int, timeout: float = WAIT) -> None:
-    async def wait() -> None:
-        while any(len(s) < count for s in seen):
-            await asyncio.sleep(0.005)  # bounded by wait_for; the wake-up is another process's datagram
-
-    await asyncio.wait_for(wait(), timeout)
+        await asyncio.wait_for(wait(), timeout)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -55,7 +58,7 @@ async def test_every_store_publishes_every_record_once_in_position_order(
 ) -> None:
     path = tmp_path_factory.mktemp("shared") / "log.db"
     stores = await _open(path, 3)
-    seen = [_collect(s) for s in stores]
+    seen = [_Seen(s) for s in stores]
     try:
         # concurrent appends through the three stores, to four streams, each after its current head
         await asyncio.gather(
@@ -64,7 +67,8 @@ async def test_every_store_publishes_every_record_once_in_position_order(
                 for i, (via, stream) in enumerate(plan)
             )
         )
-        await _until_all(seen, len(plan))
+        for got in seen:
+            await got.reach(len(plan))
         log = await stores[0].read_all(0, 10_000)
         assert [r.position for r in log] == list(range(1, len(plan) + 1))
         for got in seen:
@@ -93,9 +97,9 @@ async def test_expected_seq_and_idempotency_hold_across_stores(tmp_path: Path) -
 async def test_a_commit_reaches_another_store_without_the_periodic_check(tmp_path: Path) -> None:
     a, b = await _open(tmp_path / "log.db", 2)  # poll every 5 s: only the wake-up can be this fast
     try:
-        got = _collect(b)
+        got = _Seen(b)
         await a.append("d", [created()], 0)
-        await _until_all([got], 1, timeout=2.0)
+        await got.reach(1, timeout=2.0)
         assert got[0].stream_id == "d" and b.published_position == 1
     finally:
         await a.close()
