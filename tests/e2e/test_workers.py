@@ -259,3 +259,36 @@ def test_workers_from_the_environment_start_a_supervisor(tmp_path: Path) -> None
                 pids.add(r.headers.get(WORKER_HEADER) if cores > 1 else str(r.status))
         assert len(pids) == (cores if cores > 1 else 1), pids
         assert proc.stop() == 0
+
+
+async def test_a_removal_through_one_process_closes_the_users_sockets_on_every_process(setup: Setup) -> None:
+    """Revocation (API.md v2) holds across processes: each socket decides from the events it forwards."""
+    draft_id = await setup.create()
+    status, body = await setup.request(
+        "POST", f"/v1/collab/drafts/{draft_id}/collaborators", body={"user_id": "bob", "role": "viewer"}
+    )
+    assert status == 201, body
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+    workers: set[str] = set()
+    try:
+        for _ in range(6):
+            url = setup.url().replace("http://", "ws://") + f"/v1/ws/drafts/{draft_id}?since=0&user_id=bob"
+            ws = await setup.http.ws_connect(url)
+            workers.add(ws._response.headers.get(WORKER_HEADER) or str(ws._response.url.port))
+            assert (await ws.receive_json(timeout=WAIT))["type"] == "connected"
+            sockets.append(ws)
+        status, body = await setup.request("DELETE", f"/v1/collab/drafts/{draft_id}/collaborators/bob")
+        assert status == 200, body
+        for ws in sockets:
+            codes = []
+            while True:
+                msg = await ws.receive(timeout=WAIT)
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    codes.append(msg.json().get("code"))
+                    continue
+                break
+            assert "access_revoked" in codes and ws.close_code == 4403, (codes, ws.close_code)
+        assert len(workers) >= 2, workers
+    finally:
+        for ws in sockets:
+            await ws.close()
