@@ -239,7 +239,9 @@ class SQLiteStore:
         conn.executescript(SCHEMA)
         self._wconn = conn
         if self._shared:
-            self._turn_fd = os.open(self.path + ".writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self._turn_fd = os.open(
+                os.path.realpath(self.path) + ".writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
 
     async def close(self) -> None:
         """Refuse new appends, finish those queued, then close connections."""

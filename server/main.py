@@ -75,12 +75,16 @@ def serve(settings: Settings) -> int:
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main`` on uvloop when it is installed (the ``fast`` extra), else on asyncio's loop.
+
+    The choice is made before the loop starts, so no exception the server later logs carries a
+    chained ``ImportError`` from the look-up.
+    """
     try:
         import uvloop
-
-        status: int = uvloop.run(main)
     except ImportError:
-        status = asyncio.run(main)
+        return asyncio.run(main)
+    status: int = uvloop.run(main)
     return status
 
 

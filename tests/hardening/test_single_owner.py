@@ -130,3 +130,40 @@ def _second_serve_workers(db: Path) -> subprocess.CompletedProcess[str]:
     return ringlog(
         "serve", "--port", "0", "--workers", "2", "--db", str(db), "--jwt-secret", TEST_SECRET, "--dev-auth"
     )
+
+
+@pytest.mark.parametrize("name", ["symlink", "linked-directory", "relative", "sidecar-deleted"])
+def test_every_name_of_the_file_meets_the_same_lock(tmp_path: Path, name: str) -> None:
+    """A writing tool reaching the served file by another name is refused all the same."""
+    db = tmp_path / "named.db"
+    with ServerProcess(str(db), "--dev-auth", log_path=tmp_path / "server.log") as server:
+        _create_draft(server)
+        if name == "symlink":
+            other = tmp_path / "link.db"
+            other.symlink_to(db)
+        elif name == "linked-directory":
+            (tmp_path / "dir-link").symlink_to(tmp_path)
+            other = tmp_path / "dir-link" / "named.db"
+        elif name == "relative":
+            (tmp_path / "sub").mkdir()
+            other = tmp_path / "sub" / ".." / "named.db"
+        else:
+            for sidecar in tmp_path.glob("named.db.lock"):
+                sidecar.unlink()
+            other = db
+        _assert_refused(ringlog("rebuild", "--db", str(other)), other)
+        refused = ringlog("copy", "--from", str(tmp_path / "none.db"), "--to", str(other))
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused
+        assert _http("GET", f"{server.url}/healthz")[0] == 200
+
+
+def test_a_hard_linked_database_is_refused_by_every_writer(tmp_path: Path) -> None:
+    """SQLite names its WAL after the path: two names of one file would write two WALs."""
+    db = tmp_path / "hard.db"
+    with ServerProcess(str(db), "--dev-auth", log_path=tmp_path / "server.log") as server:
+        _create_draft(server)
+    (tmp_path / "second-name.db").hardlink_to(db)
+    for path in (db, tmp_path / "second-name.db"):
+        for out in (_second_serve(path), ringlog("rebuild", "--db", str(path))):
+            assert out.returncode != 0 and "Traceback" not in out.stderr, out
+            assert "hard links" in out.stderr and "listening" not in out.stdout, out
