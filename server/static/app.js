@@ -9,10 +9,11 @@ const BADGES = {
   syncing: "🟡 Syncing",
   offline: "🔴 Offline",
   stopped: "⛔ Stopped",
+  revoked: "⛔ No access",
 };
 
 let identity = loadIdentity();
-let current = null; // { draftId, handle, state }
+let current = null; // { draftId, handle, state, rowErrors: Map<user id, message> }
 
 function loadIdentity() {
   try {
@@ -130,8 +131,13 @@ function openDraft(draftId) {
   show("draft-view");
   if (current) return;
   $("segments").replaceChildren();
+  $("people").replaceChildren();
   $("draft-title").textContent = "…";
-  current = { draftId, state: null, handle: null };
+  $("live-controls").hidden = false;
+  $("revoked").hidden = true;
+  $("archived-badge").hidden = true;
+  for (const box of document.querySelectorAll("#draft-view .error")) showError(box, null);
+  current = { draftId, state: null, handle: null, rowErrors: new Map() };
   const credentials = identity.token ? { token: identity.token } : { userId: identity.userId };
   current.handle = connectDraft(draftId, {
     ...credentials,
@@ -151,6 +157,11 @@ function showStatus(status, detail) {
   badge.title = detail ? `${detail.code}: ${detail.message}` : "";
   if (status === "stopped" && detail) {
     say(detail.code === "token_expired" ? "Your token expired: sign out and paste a new one." : detail.message);
+  }
+  if (status === "revoked") {
+    // access was taken away (close 4403): ringlog.js has stopped for good; so does the page
+    $("live-controls").hidden = true;
+    $("revoked").hidden = false;
   }
   if (current?.state) renderControls(current.state, status);
 }
@@ -184,22 +195,64 @@ function render(state) {
     list.append(li);
   }
   $("no-segments").hidden = state.segments.length > 0;
-  const people = [
-    { user_id: state.creator_id, role: "creator" },
-    ...state.collaborators,
-  ];
+  $("archived-badge").hidden = !state.archived;
+  renderControls(state, $("badge").dataset.status);
+}
+
+// Who may remove whom (API.md "Access that changes live"): the creator anyone but themselves,
+// a contributor viewers and themselves, a viewer themselves.
+function mayRemove(myRole, target) {
+  if (target.role === "creator") return false;
+  if (myRole === "creator") return true;
+  if (myRole === "contributor") return target.role === "viewer" || target.user_id === me();
+  return myRole === "viewer" && target.user_id === me();
+}
+
+function button(text, className, onClick, disabled) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = className;
+  b.textContent = text;
+  b.disabled = disabled;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function renderPeople(state, off) {
+  const myRole = roleOf(state, me());
+  const people = [{ user_id: state.creator_id, role: "creator" }, ...state.collaborators];
   $("people").replaceChildren(
     ...people.map((p) => {
       const li = document.createElement("li");
-      li.textContent = p.user_id;
+      li.dataset.userId = p.user_id;
+      const who = document.createElement("span");
+      who.className = "person";
+      who.textContent = p.user_id;
       const role = document.createElement("small");
-      role.className = "muted";
+      role.className = "muted role";
       role.textContent = p.user_id === state.ring_state.current_holder_id ? `${p.role} · 💍` : p.role;
-      li.append(role);
+      who.append(role);
+      const actions = document.createElement("span");
+      actions.className = "actions";
+      if (myRole === "creator" && p.role !== "creator") {
+        const to = p.role === "contributor" ? "viewer" : "contributor";
+        actions.append(button(`Make ${to}`, "secondary small role-switch",
+          (e) => rowAction(e.target, p.user_id, "PATCH", { role: to }), off));
+      }
+      if (mayRemove(myRole, p)) {
+        const leaving = p.user_id === me();
+        actions.append(button(leaving ? "Leave" : "Remove", "secondary small remove",
+          (e) => rowAction(e.target, p.user_id, "DELETE", undefined), off));
+      }
+      const error = document.createElement("small");
+      error.className = "error";
+      error.setAttribute("role", "alert");
+      showError(error, current?.rowErrors.get(p.user_id) ?? null);
+      actions.append(error);
+      li.append(who, actions);
       return li;
     }),
   );
-  renderControls(state, $("badge").dataset.status);
 }
 
 function roleOf(state, userId) {
@@ -211,10 +264,17 @@ function renderControls(state, status) {
   const holder = state.ring_state.current_holder_id === me();
   const role = roleOf(state, me());
   const canEdit = role === "creator" || role === "contributor";
-  const stopped = status === "stopped";
+  const ended = status === "stopped" || status === "revoked";
+  const stopped = ended || state.archived === true; // archived: every mutation but (un)archive is 409
   $("your-turn").hidden = !holder;
   for (const id of ["segment-content", "append-button"]) $(id).disabled = !holder || stopped;
-  $("append-hint").textContent = holder ? "You hold the ring." : `Waiting for ${state.ring_state.current_holder_id}.`;
+  $("append-hint").textContent = state.archived
+    ? "The draft is archived: nothing can change until the creator unarchives it."
+    : holder ? "You hold the ring." : `Waiting for ${state.ring_state.current_holder_id}.`;
+  $("archive-form").hidden = role !== "creator" || status === "revoked";
+  $("archive-button").textContent = state.archived ? "Unarchive" : "Archive";
+  $("archive-button").disabled = ended;
+  renderPeople(state, stopped);
   const targets = [state.creator_id, ...state.collaborators.filter((c) => c.role === "contributor").map((c) => c.user_id)]
     .filter((u) => u !== me());
   const select = $("pass-to");
@@ -232,18 +292,42 @@ function renderControls(state, status) {
   for (const id of ["invite-user", "invite-role", "invite-button"]) $(id).disabled = !canEdit || stopped;
 }
 
+function showError(box, text) {
+  if (!box) return;
+  box.textContent = text ?? "";
+  box.hidden = !text;
+}
+
+// A mutation from a form; its error (the API's message) appears in the form's own .error box.
 async function mutate(form, action) {
   const buttons = form.querySelectorAll("button");
+  const box = form.querySelector(".error");
+  showError(box, null);
   buttons.forEach((b) => { b.disabled = true; });
   try {
     await action();
     return true;
   } catch (e) {
-    say(e.message);
+    if (box) showError(box, e.message);
+    else say(e.message);
     return false;
   } finally {
     if (current?.state) renderControls(current.state, $("badge").dataset.status);
     else buttons.forEach((b) => { b.disabled = false; });
+  }
+}
+
+// Remove (DELETE) or change the role of (PATCH) one collaborator; errors go to that person's row.
+async function rowAction(control, userId, method, body) {
+  const draftId = current.draftId;
+  control.disabled = true;
+  current.rowErrors.delete(userId);
+  try {
+    await api(method, `/v1/collab/drafts/${encodeURIComponent(draftId)}/collaborators/${encodeURIComponent(userId)}`, body);
+  } catch (e) {
+    if (current?.draftId === draftId) current.rowErrors.set(userId, e.message);
+  } finally {
+    if (current?.draftId === draftId && current.state) renderControls(current.state, $("badge").dataset.status);
   }
 }
 
@@ -316,6 +400,13 @@ $("invite-form").addEventListener("submit", async (e) => {
     $("invite-user").value = "";
     say(`Invited ${user}.`, "info");
   }
+});
+
+$("archive-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const draftId = current.draftId;
+  const action = current.state?.archived ? "unarchive" : "archive";
+  await mutate(e.target, () => api("POST", `/v1/collab/drafts/${encodeURIComponent(draftId)}/${action}`));
 });
 
 window.addEventListener("hashchange", route);

@@ -10,12 +10,19 @@
 // one SeqOrderer: each seq is applied once, in order; a hole is fetched from /events first.
 // When the socket cannot open or drops, it long-polls /events (GET state every ~3 s if that
 // fails too) and retries the socket with exponential backoff and full jitter.
+// When the server takes the caller's access away (close 4403 after an `access_revoked` error,
+// API.md "Access that changes live"), or answers 403 once the draft was loaded, it stops for
+// good with status "revoked": no socket, no polling, no retry.
 
 export const CONNECTING = "connecting";
 export const LIVE = "live";
 export const SYNCING = "syncing";
 export const OFFLINE = "offline";
 export const STOPPED = "stopped";
+export const REVOKED = "revoked";
+
+/** The close code of a socket whose user lost view access (API.md "Access that changes live"). */
+export const CLOSE_ACCESS_REVOKED = 4403;
 
 const LONG_POLL_WAIT_S = 25;
 const STATE_POLL_MS = 3000;
@@ -71,6 +78,7 @@ export function foldEvent(state, event) {
       collaborators: [],
       segments: [],
       ring_state: { current_holder_id: d.creator_id, holders_history: [d.creator_id] },
+      archived: false,
       seq: event.seq,
       created_at: event.ts,
       updated_at: event.ts,
@@ -99,6 +107,19 @@ export function foldEvent(state, event) {
     case "collab.draft_updated":
       if ("title" in d) next.title = d.title;
       if ("description" in d) next.description = d.description;
+      break;
+    case "collab.collaborator_removed": // a ring they held comes back in the next event (ring_passed)
+      next.collaborators = state.collaborators.filter((c) => c.user_id !== d.collaborator_id);
+      break;
+    case "collab.role_changed":
+      next.collaborators = state.collaborators.map((c) =>
+        c.user_id === d.collaborator_id ? { ...c, role: d.to_role } : c);
+      break;
+    case "collab.draft_archived":
+      next.archived = true;
+      break;
+    case "collab.draft_unarchived":
+      next.archived = false;
       break;
     default: // a type from a newer server only advances seq
   }
@@ -142,7 +163,10 @@ function sleep(ms, signal) {
  * Follow a draft. Options: baseUrl (default: this page's origin), token or userId, since
  * (skip the initial GET and start after this seq; pass state too to keep folding), getToken
  * (async, called on close 4401 for a fresh token), onEvent(event, state), onState(state),
- * onStatus(status, detail) with status one of connecting/live/syncing/offline/stopped.
+ * onStatus(status, detail) with status one of connecting/live/syncing/offline/stopped/revoked;
+ * detail is null or { code, message }. "stopped" and "revoked" are final: nothing reconnects.
+ * "revoked" (detail.code "access_revoked", or "forbidden" when a 403 comes after the draft was
+ * loaded) means the caller lost view access while following it (API.md "Access that changes live").
  * Returns { close(), state, status, lastSeq }.
  */
 export function connectDraft(draftId, options = {}) {
@@ -165,6 +189,7 @@ export function connectDraft(draftId, options = {}) {
   let pollAbort = null;
   let polling = false;
   let fillingGap = false;
+  let admitted = false; // the server let us read this draft at least once
   const lifetime = new AbortController();
 
   function setStatus(next, detail = null) {
@@ -190,6 +215,7 @@ export function connectDraft(draftId, options = {}) {
       const err = body && body.error ? body.error : {};
       throw new ApiError(response.status, err.code ?? "http_error", err.message ?? `HTTP ${response.status}`);
     }
+    admitted = true;
     return body;
   }
 
@@ -199,6 +225,18 @@ export function connectDraft(draftId, options = {}) {
     if (closed) return;
     shutdown();
     setStatus(STOPPED, { code, message });
+  }
+
+  function revoke(code, message) {
+    if (closed) return;
+    shutdown();
+    setStatus(REVOKED, { code, message });
+  }
+
+  // a 403 once the draft was loaded: access was taken away while no socket was listening
+  function refused(e) {
+    if (e.status === 403 && admitted) return revoke(e.code, e.message);
+    return stop(e.code, e.message);
   }
 
   function shutdown() {
@@ -274,6 +312,7 @@ export function connectDraft(draftId, options = {}) {
         return;
       }
       if (msg.type === "connected") {
+        admitted = true;
         attempt = 0;
         serverRetryAfter = 0;
         pollAbort?.abort();
@@ -300,6 +339,10 @@ export function connectDraft(draftId, options = {}) {
 
   function socketClosed(code, lastError, reason) {
     const why = lastError?.message || reason || `closed with ${code}`;
+    if (code === CLOSE_ACCESS_REVOKED || lastError?.code === "access_revoked") {
+      return revoke("access_revoked", lastError?.message || "you no longer have access to this draft");
+    }
+    if (code === 1008 && lastError?.code === "forbidden" && admitted) return revoke("forbidden", why);
     if (code === 1008 && lastError?.code !== "rate_limited") return stop(lastError?.code ?? "policy", why);
     if (code === 4404) return stop("not_found", why);
     if (code === 4400) return stop("invalid_since", why);
@@ -335,7 +378,7 @@ export function connectDraft(draftId, options = {}) {
           continue;
         } catch (e) {
           if (abort.signal.aborted) break;
-          if (isFatal(e)) return stop(e.code, e.message);
+          if (isFatal(e)) return refused(e);
         }
         try {
           const body = await api(draftPath, abort.signal);
@@ -344,7 +387,7 @@ export function connectDraft(draftId, options = {}) {
           adoptState(body.data);
         } catch (e) {
           if (abort.signal.aborted) break;
-          if (isFatal(e)) return stop(e.code, e.message);
+          if (isFatal(e)) return refused(e);
           setStatus(OFFLINE);
         }
         await sleep(STATE_POLL_MS, abort.signal);
@@ -366,7 +409,7 @@ export function connectDraft(draftId, options = {}) {
           break;
         } catch (e) {
           if (closed) return;
-          if (isFatal(e)) return stop(e.code, e.message);
+          if (isFatal(e)) return refused(e);
           setStatus(OFFLINE);
           await sleep(Math.max(backoffDelay(tries), serverRetryAfter), lifetime.signal);
         }
