@@ -218,8 +218,9 @@ function button(text, className, onClick, disabled) {
   return b;
 }
 
-function renderPeople(state, off) {
-  const myRole = roleOf(state, me());
+// off: the actions are shown but disabled (archived, stopped); a revoked page shows none.
+function renderPeople(state, off, revoked) {
+  const myRole = revoked ? null : roleOf(state, me());
   const people = [{ user_id: state.creator_id, role: "creator" }, ...state.collaborators];
   $("people").replaceChildren(
     ...people.map((p) => {
@@ -274,7 +275,7 @@ function renderControls(state, status) {
   $("archive-form").hidden = role !== "creator" || status === "revoked";
   $("archive-button").textContent = state.archived ? "Unarchive" : "Archive";
   $("archive-button").disabled = ended;
-  renderPeople(state, stopped);
+  renderPeople(state, stopped, status === "revoked");
   const targets = [state.creator_id, ...state.collaborators.filter((c) => c.role === "contributor").map((c) => c.user_id)]
     .filter((u) => u !== me());
   const select = $("pass-to");
