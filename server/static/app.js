@@ -267,7 +267,7 @@ function renderControls(state, status) {
   const canEdit = role === "creator" || role === "contributor";
   const ended = status === "stopped" || status === "revoked";
   const stopped = ended || state.archived === true; // archived: every mutation but (un)archive is 409
-  $("your-turn").hidden = !holder;
+  $("your-turn").hidden = !holder || stopped; // a revoked page never hears the ring come back
   for (const id of ["segment-content", "append-button"]) $(id).disabled = !holder || stopped;
   $("append-hint").textContent = state.archived
     ? "The draft is archived: nothing can change until the creator unarchives it."

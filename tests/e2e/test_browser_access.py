@@ -76,6 +76,7 @@ async def _assert_revoked(page: Page) -> None:
     await expect(_badge(page)).to_have_attribute("data-status", "revoked")
     await expect(page.locator("#live-controls")).to_be_hidden()
     await expect(page.locator("#people button")).to_have_count(0)
+    await expect(page.locator("#your-turn")).to_be_hidden()
 
 
 # -- against the real server ---------------------------------------------------------------
@@ -205,6 +206,7 @@ async def test_archive_disables_mutations_on_every_open_page_and_unarchive_resto
             await expect(button).to_be_disabled()
         await expect(_badge(page)).to_have_attribute("data-status", "live")
     await expect(alice.locator("#archive-button")).to_have_text("Unarchive")
+    await expect(alice.locator("#your-turn")).to_be_hidden()  # she holds the ring, but nothing may change
     await expect(alice.locator("#archive-button")).to_be_enabled()
     ARTIFACTS.mkdir(exist_ok=True)
     await alice.screenshot(path=str(ARTIFACTS / "demo-access-archived.png"), full_page=True)
@@ -218,6 +220,7 @@ async def test_archive_disables_mutations_on_every_open_page_and_unarchive_resto
     await expect(alice.locator("#append-button")).to_be_enabled()  # alice holds the ring
     await expect(bob.locator("#append-button")).to_be_disabled()
     await expect(alice.locator("#archive-button")).to_have_text("Archive")
+    await expect(alice.locator("#your-turn")).to_be_visible()
     await _append(alice, "after the archive")
     await expect(_segments(bob)).to_have_text(["after the archive"])
 
