@@ -104,7 +104,9 @@ function route() {
 async function loadDrafts() {
   const list = $("draft-list");
   try {
-    const { data } = await api("GET", "/v1/collab/drafts");
+    // the server lists archived drafts only when asked, and then only them (API.md)
+    const archived = $("show-archived").checked;
+    const { data } = await api("GET", `/v1/collab/drafts${archived ? "?archived=true" : ""}`);
     list.replaceChildren(
       ...data.map((row) => {
         const li = document.createElement("li");
@@ -120,6 +122,9 @@ async function loadDrafts() {
       }),
     );
     $("no-drafts").hidden = data.length > 0;
+    $("no-drafts").textContent = archived
+      ? "No archived drafts."
+      : "No drafts yet: create one, or ask to be invited.";
   } catch (e) {
     say(`Cannot list drafts: ${e.message}`);
   }
@@ -361,6 +366,7 @@ $("sign-out").addEventListener("click", () => {
 });
 
 $("refresh-drafts").addEventListener("click", () => loadDrafts());
+$("show-archived").addEventListener("change", () => loadDrafts());
 
 $("create-form").addEventListener("submit", async (e) => {
   e.preventDefault();

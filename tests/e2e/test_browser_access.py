@@ -225,6 +225,32 @@ async def test_archive_disables_mutations_on_every_open_page_and_unarchive_resto
     await expect(_segments(bob)).to_have_text(["after the archive"])
 
 
+async def test_archived_drafts_are_listed_only_when_asked_for(
+    browser: Browser,  # noqa: F811
+    server: ServerProcess,
+) -> None:
+    async with RinglogClient(server.url, user_id="alice") as client:
+        kept = await client.create_draft("Kept")
+        put_away = await client.create_draft("Put away")
+        await client.request("POST", f"{_draft_path(put_away.id)}/archive")
+    page = await _signed_in(browser, server, "alice")
+    links = page.locator("#draft-list a")
+    await expect(links).to_have_text(["Kept"])
+    await page.check("#show-archived")
+    await expect(links).to_have_text(["Put away"])
+    await page.click(f'a[data-draft-id="{put_away.id}"]')
+    await expect(page.locator("#archived-badge")).to_be_visible()
+    await expect(page.locator("#archive-button")).to_have_text("Unarchive")
+    await page.click("#archive-button")
+    await expect(page.locator("#archived-badge")).to_be_hidden()
+    await page.click("a.back")
+    await expect(links).to_have_count(0)  # still asking for archived drafts only
+    await page.uncheck("#show-archived")
+    await expect(links).to_have_count(2)
+    assert sorted(await links.all_text_contents()) == ["Kept", "Put away"]
+    await expect(page.locator(f'a[data-draft-id="{kept.id}"]')).to_have_text("Kept")
+
+
 async def test_errors_appear_next_to_the_control_that_caused_them(
     browser: Browser,  # noqa: F811
     server: ServerProcess,
