@@ -532,3 +532,30 @@ async def test_revocation_close_stops_for_good_on_a_scripted_socket(
     await _no_new_socket(page)
     assert sockets.empty()
     assert _requests == []
+
+
+async def test_a_refused_reconnect_after_losing_access_is_final(
+    browser: Browser,  # noqa: F811
+    server: ServerProcess,
+) -> None:
+    """Removed while the socket was down: the next socket is refused (``forbidden``, 1008) and the
+    page, which could read the draft before, reports ``revoked`` rather than retrying."""
+    async with RinglogClient(server.url, user_id="alice") as alice:
+        draft = await alice.create_draft("Gone while away")
+        await alice.add_collaborator(draft.id, "bob", "viewer")
+    page = await _signed_in(browser, server, "bob")
+    sockets: asyncio.Queue[WebSocketRoute] = asyncio.Queue()
+    await page.route_web_socket(re.compile(r".*/v1/ws/drafts/.*"), sockets.put_nowait)
+    await page.goto(f"{server.url}/#/drafts/{draft.id}")
+    first = await asyncio.wait_for(sockets.get(), WAIT_MS / 1000)
+    first.send(json.dumps({"type": "connected", "draft_id": draft.id, "user_id": "bob",
+                           "ts": "2025-01-01T00:00:00.000Z", "head_seq": 2}))  # fmt: skip
+    await expect(_badge(page)).to_have_attribute("data-status", "live")
+    await first.close(code=1001, reason="going away")
+    second = await asyncio.wait_for(sockets.get(), WAIT_MS / 1000)
+    second.send(json.dumps({"type": "error", "code": "forbidden", "message": "you may not view this draft"}))
+    await second.close(code=1008, reason="forbidden")
+    await _assert_revoked(page)
+    await expect(_badge(page)).to_have_attribute("title", re.compile("^forbidden"))
+    await _no_new_socket(page)
+    assert sockets.empty()
