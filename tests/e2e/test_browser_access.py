@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import re
@@ -392,6 +393,11 @@ async def test_browser_fold_equals_the_server_after_random_access_changes(
             draft.id,
         )
         served = (await alice.request("GET", path))["data"]
+        log, _head = await alice.events(draft.id, since=0, limit=1000)
+        returns = [b for a, b in itertools.pairwise(log)
+                   if a.type in (EventType.COLLABORATOR_REMOVED, EventType.ROLE_CHANGED)
+                   and b.type == EventType.RING_PASSED and b.data["to_user_id"] == "alice"]  # fmt: skip
+        assert returns, "the history should return the ring from a removed or demoted holder"
         assert live == served
         assert folded == served
         assert "revoked" not in await follower.evaluate("window.statuses")
