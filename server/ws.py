@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -34,6 +33,7 @@ from server.ws_stream import (
     CLOSE_POLICY,
     CLOSE_TIMEOUT,
     CLOSE_TRY_AGAIN_LATER,
+    Admission,
     stream_events,
 )
 
@@ -56,22 +56,6 @@ CLOSE_CODE_OF: dict[str, int] = {
 }
 """Refusal code (API.md's error codes) → WebSocket close code (API.md "WebSocket" item 1;
 1008 "Policy Violation", 1011 "Internal Error", 1013 "Try Again Later" are RFC 6455 §7.4.1)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """A socket allowed to stream: whose, which draft, from which seq; ``head_seq`` at admission."""
-
-    draft_id: str
-    user_id: str
-    since: int
-    head_seq: int
-    expires_at: float | None
-    """When REST starts refusing the token (Unix seconds: ``exp`` + leeway, ``Identity.expires_at``);
-    None for dev auth."""
-    access: ViewAccess | None = None
-    """The user's view access as of the state admitted against; the subscriber folds the
-    removals after it (API.md v2 "Revocation is live")."""
 
 
 async def draft_socket(request: web.Request) -> web.StreamResponse:

@@ -20,12 +20,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import WSMsgType, web
 
 from eventstore.events import utc_now_iso
+from projections.access import ViewAccess
 from server.subscriber import (
     CLOSE_ACCESS_REVOKED,
     CLOSE_INTERNAL_ERROR,
@@ -36,9 +38,25 @@ from server.ws_registry import CLOSE_GOING_AWAY, SocketTasks
 
 if TYPE_CHECKING:
     from server.state import AppState
-    from server.ws import Admission
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A socket allowed to stream: whose, which draft, from which seq; ``head_seq`` at admission."""
+
+    draft_id: str
+    user_id: str
+    since: int
+    head_seq: int
+    expires_at: float | None
+    """When REST starts refusing the token (Unix seconds: ``exp`` + leeway, ``Identity.expires_at``);
+    None for dev auth."""
+    access: ViewAccess | None = None
+    """The user's view access as of the state admitted against; the subscriber folds the
+    removals after it (API.md v2 "Revocation is live")."""
+
 
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
