@@ -17,7 +17,9 @@ databases need no migration; see :mod:`eventstore.sql`).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+"""Version 2 added :data:`APPEND_FUNCTION`; opening a version-1 database runs :data:`SCHEMA`, which
+only adds (``CREATE … IF NOT EXISTS``, ``CREATE OR REPLACE``), so it migrates in place."""
 
 SCHEMA = r"""
 CREATE TABLE IF NOT EXISTS events (
@@ -123,7 +125,75 @@ BEGIN
     END IF;
 END $$;
 
-INSERT INTO meta (key, value) VALUES ('schema_version', '1') ON CONFLICT (key) DO NOTHING;
+CREATE OR REPLACE FUNCTION ringlog_append(
+    p_streams  TEXT[],   -- per append
+    p_expected BIGINT[],
+    p_users    TEXT[],
+    p_keys     TEXT[],
+    p_fps      TEXT[],
+    p_counts   INT[],
+    p_types    TEXT[],   -- per event, the appends' events one after another
+    p_prefixes BYTEA[],
+    p_suffixes BYTEA[]   -- NULL: the body is the prefix; else prefix || position || suffix
+) RETURNS TABLE (outcome TEXT, head_seq BIGINT, head_hash BYTEA, last_position BIGINT, last_hash BYTEA,
+                 found_stream TEXT, found_seq BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+    pos    BIGINT;
+    h_hash BYTEA;
+    f      RECORD;
+    body   BYTEA;
+    k      INT := 0;
+BEGIN
+    -- Row-locks the counter until commit. Every later statement of this (volatile) function takes
+    -- a new snapshot, so the heads and keys below include every commit made before the lock.
+    SELECT l.position INTO pos FROM log_head l FOR UPDATE;
+    FOR i IN 1 .. COALESCE(array_length(p_streams, 1), 0) LOOP
+        found_stream := NULL; found_seq := NULL;
+        IF p_keys[i] IS NOT NULL THEN
+            SELECT e.idem_fp, e.draft_id, e.seq INTO f FROM events e
+                WHERE e.idem_user = p_users[i] AND e.idem_key = p_keys[i] AND e.idem_key IS NOT NULL;
+            IF FOUND THEN
+                outcome := CASE WHEN f.idem_fp = p_fps[i] THEN 'replay' ELSE 'reused' END;
+                found_stream := f.draft_id; found_seq := f.seq;
+                head_seq := NULL; head_hash := NULL; last_position := pos; last_hash := NULL;
+                k := k + p_counts[i];
+                RETURN NEXT;
+                CONTINUE;
+            END IF;
+        END IF;
+        head_seq := NULL; h_hash := NULL;
+        SELECT e.seq, e.hash INTO head_seq, h_hash FROM events e
+            WHERE e.draft_id = p_streams[i] ORDER BY e.seq DESC LIMIT 1;
+        head_seq := COALESCE(head_seq, 0);
+        h_hash := COALESCE(h_hash, decode(repeat('00', 32), 'hex'));
+        head_hash := h_hash;
+        IF head_seq <> p_expected[i] THEN
+            outcome := 'conflict';
+        ELSE
+            outcome := 'ok';
+            FOR j IN 1 .. p_counts[i] LOOP
+                pos := pos + 1;
+                body := p_prefixes[k + j];
+                IF p_suffixes[k + j] IS NOT NULL THEN
+                    body := body || convert_to(pos::text, 'UTF8') || p_suffixes[k + j];
+                END IF;
+                h_hash := sha256(h_hash || int8send(pos) || body);
+                INSERT INTO events (position, draft_id, seq, type, body, hash, idem_user, idem_key, idem_fp)
+                VALUES (pos, p_streams[i], head_seq + j, p_types[k + j], body, h_hash,
+                        CASE WHEN j = 1 AND p_keys[i] IS NOT NULL THEN p_users[i] END,
+                        CASE WHEN j = 1 THEN p_keys[i] END,
+                        CASE WHEN j = 1 AND p_keys[i] IS NOT NULL THEN p_fps[i] END);
+            END LOOP;
+        END IF;
+        last_position := pos; last_hash := h_hash;
+        k := k + p_counts[i];
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
+INSERT INTO meta (key, value) VALUES ('schema_version', '2')
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE meta.value < excluded.value;
 """
 
 SCHEMA_LOCK = 0x72696E676C6F67

@@ -63,7 +63,14 @@ from typing import Any
 
 import asyncpg
 
-from eventstore.errors import LogCorrupted, StoreError, StoreUnavailable, UnrepresentableValue
+from eventstore.errors import (
+    ConcurrencyConflict,
+    IdempotencyKeyReused,
+    LogCorrupted,
+    StoreError,
+    StoreUnavailable,
+    UnrepresentableValue,
+)
 from eventstore.events import (
     GENESIS_HASH,
     AppendResult,
@@ -72,9 +79,11 @@ from eventstore.events import (
     NewEvent,
     Record,
     Snapshot,
+    build_records,
+    canonical_json,
     check_continues,
 )
-from eventstore.groupcommit import GroupCommitter, PendingAppend, plan_group
+from eventstore.groupcommit import GroupCommitter, PendingAppend
 from eventstore.notifier import Notifier
 from eventstore.pg_schema import SCHEMA, SCHEMA_LOCK, SCHEMA_VERSION
 from eventstore.sql import MAX_GROUP, QUEUE_SIZE, RECORD_COLUMNS, record_from_row, record_row
@@ -106,27 +115,74 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _INSERT = f"""
-WITH inserted AS (
-    INSERT INTO events ({RECORD_COLUMNS})
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::bytea[],
-                         $6::bytea[], $7::text[], $8::text[], $9::text[])
-    ORDER BY 1
-    RETURNING draft_id, seq
-)
-SELECT pg_notify('{CHANNEL}', draft_id || ':' || MAX(seq)) FROM inserted GROUP BY draft_id
+INSERT INTO events ({RECORD_COLUMNS})
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::bytea[],
+                     $6::bytea[], $7::text[], $8::text[], $9::text[])
+ORDER BY 1
 """
+"""A bulk import's insert (``ringlog copy``); the schema's trigger checks every row."""
+
+_APPEND = "SELECT * FROM ringlog_append($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+"""The whole append transaction, as one statement run outside any explicit transaction (see
+:data:`eventstore.pg_schema.SCHEMA`, ``ringlog_append``): PostgreSQL commits it as soon as it
+ends, so the counter lock is held for the function's own work and the commit, never while a
+round trip to this process waits for its event loop."""
+
+_NOTIFY = f"SELECT pg_notify('{CHANNEL}', hint) FROM unnest($1::text[]) AS h (hint)"
+"""Commit hints (``stream_id:last_seq``), sent after the commit in their own short transaction."""
+
+POSITION_PROBES = (10**18, 2 * 10**18)
+"""Two 19-digit positions an event whose body holds its position is encoded with: the bodies
+differ exactly where the position goes, which splits the body into prefix and suffix."""
+
+
+def _split_at_position(stream_id: str, new: NewEvent, seq: int) -> tuple[bytes, bytes]:
+    """``(prefix, suffix)`` with ``body == prefix + str(position).encode() + suffix`` for any position.
+
+    The database writes the position in when it assigns it, under the counter lock. Raises
+    :class:`UnrepresentableValue` if the data cannot be encoded.
+    """
+    try:
+        a, b = (canonical_json(new.materialise(stream_id, seq, probe)) for probe in POSITION_PROBES)
+    except (TypeError, ValueError) as e:
+        raise UnrepresentableValue("event data", str(e)) from e
+    at = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+    width = len(str(POSITION_PROBES[0]))
+    return a[:at], a[at + width :]
+
+
+def _append_arguments(group: Sequence[PendingAppend]) -> list[list[Any]]:
+    """The nine arrays ``ringlog_append`` takes: six per append, three per event."""
+    per_append: list[list[Any]] = [[], [], [], [], [], []]
+    types: list[str] = []
+    prefixes: list[bytes] = []
+    suffixes: list[bytes | None] = []
+    for item in group:
+        c = item.claim
+        for column, value in zip(
+            per_append,
+            (item.stream_id, item.expected_seq, c and c.user_id, c and c.key, c and c.fingerprint,
+             len(item.events)),
+            strict=True,
+        ):  # fmt: skip
+            column.append(value)
+        for offset, (new, body) in enumerate(zip(item.events, item.bodies, strict=True), start=1):
+            types.append(new.type)
+            if new.position_path:
+                prefix, suffix = _split_at_position(item.stream_id, new, item.expected_seq + offset)
+                prefixes.append(prefix)
+                suffixes.append(suffix)
+            else:
+                prefixes.append(body)
+                suffixes.append(None)
+    return [*per_append, types, prefixes, suffixes]
+
 
 _HEADS = """
 SELECT d.draft_id, h.seq, h.hash FROM unnest($1::text[]) AS d (draft_id)
 LEFT JOIN LATERAL (
     SELECT seq, hash FROM events e WHERE e.draft_id = d.draft_id ORDER BY seq DESC LIMIT 1
 ) h ON TRUE
-"""
-
-_CLAIMS = """
-SELECT e.idem_user, e.idem_key, e.idem_fp, e.draft_id, e.seq
-FROM unnest($1::text[], $2::text[]) AS c (idem_user, idem_key)
-JOIN events e ON e.idem_user = c.idem_user AND e.idem_key = c.idem_key AND e.idem_key IS NOT NULL
 """
 
 
@@ -216,6 +272,8 @@ class PostgresStore:
         self._poller: asyncio.Task[None] | None = None
         self._listen_conn: asyncpg.Connection | None = None
         self._listening = asyncio.Event()
+        self._hints: dict[str, int] = {}
+        self._hint_task: asyncio.Task[None] | None = None
 
     @property
     def is_shared(self) -> bool:
@@ -287,12 +345,15 @@ class PostgresStore:
         """Refuse new appends, finish those queued, stop commit discovery, close every connection."""
         self._closing = True
         await self._committer.stop()
-        for task in (self._listener, self._poller, self._discovery_task):
+        if self._hint_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._hint_task, 2)
+        for task in (self._listener, self._poller, self._discovery_task, self._hint_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._listener = self._poller = self._discovery_task = None
+        self._listener = self._poller = self._discovery_task = self._hint_task = None
         if self._listen_conn is not None:
             with contextlib.suppress(Exception):
                 await self._listen_conn.close(timeout=2)
@@ -326,7 +387,35 @@ class PostgresStore:
         with _mapped_errors("write"):
             records = await self._transact(group)
         if records:
+            self._send_hints(records)
             await self._publish_local(records)
+
+    def _send_hints(self, records: Sequence[Record]) -> None:
+        """Queue commit hints for other nodes; one task sends them, after the commit, batched.
+
+        NOTIFY inside the append transaction would take PostgreSQL's database-wide notification
+        queue lock at commit and hold it through the WAL flush (and with it the counter lock a
+        little longer); sent afterwards, in its own transaction, it serialises nothing but itself.
+        A hint lost because this process dies right after the commit delays other nodes by one
+        ``poll_interval`` at most (their periodic check reads the log).
+        """
+        for r in records:
+            self._hints[r.stream_id] = r.seq
+        if self._hint_task is None or self._hint_task.done():
+            self._hint_task = asyncio.get_running_loop().create_task(
+                self._hint_loop(), name="ringlog-pg-notify"
+            )
+
+    async def _hint_loop(self) -> None:
+        while self._hints and self._pool is not None:
+            hints = [f"{stream_id}:{seq}" for stream_id, seq in self._hints.items()]
+            self._hints.clear()
+            try:
+                with _mapped_errors("notify"):
+                    async with self._acquire() as conn:
+                        await conn.execute(_NOTIFY, hints)
+            except StoreError as e:  # other nodes' periodic check finds the records anyway
+                log.warning("could not send %d commit hints: %r", len(hints), str(e))
 
     async def _heads(
         self, conn: asyncpg.Connection, stream_ids: Sequence[str]
@@ -338,20 +427,50 @@ class PostgresStore:
         }
 
     async def _transact(self, group: list[PendingAppend]) -> list[Record]:
-        """One transaction: lock the counter, check every append, insert the accepted ones."""
-        async with self._acquire() as conn, conn.transaction():
-            last_position = int(await conn.fetchval("SELECT position FROM log_head FOR UPDATE"))
-            heads = await self._heads(conn, [item.stream_id for item in group])
-            claims = [item.claim for item in group if item.claim is not None]
-            claimed: dict[tuple[str, str], IdempotencyRecord] = {}
-            if claims:
-                rows = await conn.fetch(_CLAIMS, [c.user_id for c in claims], [c.key for c in claims])
-                for row in rows:
-                    claimed[(row[0], row[1])] = IdempotencyRecord(row[0], row[1], row[2], row[3], row[4])
-            records, _ = plan_group(group, lambda s: heads.get(s, (0, GENESIS_HASH)), claimed, last_position)
-            if records:
-                await conn.execute(_INSERT, *_record_columns(records))
-            return records
+        """One statement, one round trip: :data:`eventstore.pg_schema` ``ringlog_append`` locks the
+        counter, decides every append of the group, inserts the accepted ones and commits.
+
+        The decisions (:func:`plan_group`'s rules: key replay or reuse, ``expected_seq`` against
+        the head, appends later in the group seeing earlier ones) are made by the function under
+        the counter lock; here the outcomes become the callers' results, and the records are
+        rebuilt with :func:`build_records` and checked against the hashes the database stored.
+        """
+        args = _append_arguments(group)
+        async with self._acquire() as conn:
+            rows = await conn.fetch(_APPEND, *args)
+        records: list[Record] = []
+        for item, row in zip(group, rows, strict=True):
+            outcome, head_seq, head_hash, last_position, last_hash, found_stream, found_seq = row
+            claim = item.claim
+            if outcome in ("replay", "reused"):
+                assert claim is not None
+                item.outcome = (
+                    AppendResult(
+                        records=(),
+                        replayed=IdempotencyRecord(
+                            claim.user_id, claim.key, claim.fingerprint, found_stream, int(found_seq)
+                        ),
+                    )
+                    if outcome == "replay"
+                    else IdempotencyKeyReused(claim.user_id, claim.key)
+                )
+            elif outcome == "conflict":
+                item.outcome = ConcurrencyConflict(item.stream_id, item.expected_seq, int(head_seq))
+            elif not item.events:
+                item.outcome = AppendResult(records=())
+            else:
+                first = int(last_position) - len(item.events)
+                built = build_records(
+                    item.stream_id, item.events, int(head_seq), first, bytes(head_hash), claim, item.bodies
+                )
+                if built[-1].hash != bytes(last_hash):
+                    raise LogCorrupted(
+                        f"stream {item.stream_id!r} seq {built[-1].seq}: the database stored a body "
+                        "that differs from the one encoded here"
+                    )
+                records.extend(built)
+                item.outcome = AppendResult(records=tuple(built))
+        return records
 
     # -- publishing (local commits, and other nodes' commits found by commit discovery) -------
 
@@ -496,6 +615,7 @@ class PostgresStore:
                 )
                 check_continues(ordered, lambda s: heads.get(s, (0, GENESIS_HASH)), last_position)
                 await conn.execute(_INSERT, *_record_columns(ordered))
+        self._send_hints(ordered)
         await self._publish_local(ordered)
 
     # -- reading ----------------------------------------------------------------------------
