@@ -186,6 +186,17 @@ LEFT JOIN LATERAL (
 """
 
 
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    """What a pooled connection needs before its next use: only an unfinished transaction ended.
+
+    asyncpg's default reset (``RESET ALL``, ``UNLISTEN *``, advisory unlock, ``CLOSE ALL``) is
+    one more round trip and statement on every release; the store sets no session state (LISTEN
+    runs on its own connection, locks are transaction-scoped), so there is nothing else to undo.
+    """
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 def _record_columns(records: Sequence[Record]) -> list[list[Any]]:
     """Column arrays for :data:`_INSERT` (unnest of one array per column)."""
     return [list(column) for column in zip(*map(record_row, records), strict=True)] if records else [[]] * 9
@@ -325,6 +336,7 @@ class PostgresStore:
             max_size=self.pool_size,
             timeout=self.connect_timeout,
             command_timeout=self.command_timeout,
+            reset=_reset_connection,
         )
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
