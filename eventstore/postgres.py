@@ -491,7 +491,7 @@ class PostgresStore:
         records.sort(key=lambda r: r.position)
         if records[0].position > self._published_position + 1:
             try:
-                await self._discover_commits()
+                await self._discover_commits(before=records[0].position)
             except StoreError as e:
                 log.warning("could not read other nodes' records before publishing ours: %r", str(e))
                 self._schedule_discovery()
@@ -524,13 +524,19 @@ class PostgresStore:
             self._known_heads.popitem(last=False)
         self.notifier.publish(fresh)
 
-    async def _discover_commits(self) -> None:
-        """Commit discovery: publish every committed record after :attr:`published_position`, in position order."""
+    async def _discover_commits(self, before: int | None = None) -> None:
+        """Commit discovery: publish every committed record after :attr:`published_position`, in
+        position order (only those below ``before`` when given: a commit of ours starts there)."""
         async with self._discovery_lock:
             while True:
-                page = await self.read_all(self._published_position, DISCOVERY_PAGE)
+                limit = DISCOVERY_PAGE
+                if before is not None:
+                    limit = min(limit, before - 1 - self._published_position)
+                    if limit <= 0:
+                        return
+                page = await self.read_all(self._published_position, limit)
                 self._deliver(page)
-                if len(page) < DISCOVERY_PAGE:
+                if len(page) < limit:
                     return
 
     def _schedule_discovery(self) -> None:
