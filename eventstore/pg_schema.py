@@ -11,6 +11,11 @@ import, or someone at a ``psql`` prompt):
 * ``events_append_only`` / ``events_no_truncate``: refuse UPDATE, DELETE and TRUNCATE.
 * ``log_head_guard``: the counter can only move through ``events_next_only``.
 
+``ringlog_append`` (version 2) is the whole append transaction of a group as one function:
+lock the counter, decide each append (idempotency replay or reuse, ``expected_seq`` conflict)
+in order, insert the accepted events, writing each one's position into its body where the
+caller split the body around it; the trigger above still checks every row.
+
 The column ``draft_id`` holds the stream id (the first schema's name, kept so that existing
 databases need no migration; see :mod:`eventstore.sql`).
 """

@@ -26,11 +26,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -315,6 +318,128 @@ async def pg_drop(name: str) -> None:
         await admin.close()
 
 
+# -- (6) PostgreSQL nodes: appends/s with 1 and 2 nodes, side by side ---------------------------
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, from /proc (seconds)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_cpu_seconds() -> float:
+    """CPU seconds of every process named ``postgres`` on this machine (the database server)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() != "postgres":
+                    continue
+            total += _cpu_seconds(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue  # a process that ended meanwhile
+    return total
+
+
+@dataclass
+class NodesRun:
+    """One measurement of ``nodes`` ringlog nodes on a fresh PostgreSQL database."""
+
+    nodes: int
+    rate: float
+    p99_ms: float
+    errors: int
+    server_cores: float
+    postgres_cores: float
+    load_cores: float
+
+
+async def pg_nodes_run(nodes: int, seconds: float) -> NodesRun:
+    """Start ``nodes`` servers on a fresh database, wrk them (64 connections split between them)."""
+    db = await pg_database()
+    assert db is not None
+    name, url = db
+    servers = [bl.ringlog_server(url, f"ringlog-pg-{i}") for i in range(nodes)]
+    try:
+        for s in servers:
+            s.start()
+        urls = [s.url for s in servers]
+        targets = await bl.ringlog_targets(urls, 64)
+        figures = bl.HttpFigures()
+        await bl.http_appends(
+            urls, targets, connections=64, seconds=1.0, reps=1, figures=bl.HttpFigures()
+        )  # warm-up
+        server0 = [_cpu_seconds(s.pid) for s in servers]
+        pg0, load0, t0 = (
+            _postgres_cpu_seconds(),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+            time.monotonic(),
+        )
+        await bl.http_appends(urls, targets, connections=64, seconds=seconds, reps=1, figures=figures)
+        elapsed = time.monotonic() - t0
+        load1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, reaped; servers are not yet
+        server_cpu = sum(_cpu_seconds(s.pid) - c for s, c in zip(servers, server0, strict=True))
+        pg_cpu = _postgres_cpu_seconds() - pg0
+        load_cpu = (load1.ru_utime + load1.ru_stime) - (load0.ru_utime + load0.ru_stime)
+        return NodesRun(
+            nodes,
+            figures.rate.values[0],
+            figures.p99.values[0],
+            figures.errors,
+            server_cpu / elapsed,
+            pg_cpu / elapsed,
+            load_cpu / elapsed,
+        )
+    finally:
+        for s in servers:
+            s.__exit__()
+        await pg_drop(name)
+
+
+async def pg_nodes_section(seconds: float, rounds: int) -> list[str]:
+    """HTTP appends/s and p99 with 1 and 2 PostgreSQL nodes, interleaved 1, 2, 1, 2, … so that
+    each 2-node figure stands beside a 1-node baseline measured moments before it (this machine's
+    load from other work drifts over minutes)."""
+    pairs: list[tuple[NodesRun, NodesRun]] = []
+    for r in range(rounds):
+        log(f"(6) PostgreSQL nodes, round {r + 1}/{rounds}")
+        one = await pg_nodes_run(1, seconds)
+        two = await pg_nodes_run(2, seconds)
+        pairs.append((one, two))
+
+    def cells(run: NodesRun) -> str:
+        per = 1e6 / run.rate if run.rate else float("nan")
+        return (
+            f"{run.rate:,.0f} | {run.p99_ms:.0f} | {run.server_cores:.2f} | {run.postgres_cores:.2f} | "
+            f"{run.load_cores:.2f} | {run.server_cores * per:.0f} / {run.postgres_cores * per:.0f}"
+        )
+
+    lines = [
+        "| round | nodes | appends/s | p99 ms | ringlog cores | PostgreSQL cores | wrk cores "
+        "| CPU µs per append (ringlog / PostgreSQL) | 2 nodes ÷ 1 node |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    ratios: list[float] = []
+    for i, (one, two) in enumerate(pairs, start=1):
+        ratio = two.rate / one.rate if one.rate else float("nan")
+        ratios.append(ratio)
+        lines.append(f"| {i} | 1 | {cells(one)} | |")
+        lines.append(f"| {i} | 2 | {cells(two)} | **{ratio:.2f}×** |")
+    errors = sum(a.errors + b.errors for a, b in pairs)
+    lines += [
+        "",
+        f"2 nodes ÷ 1 node, median of {rounds} rounds: **{statistics.median(ratios):.2f}×** "
+        f"(min {min(ratios):.2f}×, max {max(ratios):.2f}×); errors: {errors}. Load generator: `wrk -t2`, "
+        "64 connections split between the nodes. All of it — wrk, the nodes and PostgreSQL — shares "
+        "the 2 cores: the cores columns say who took what, and when they add up to about 2 the figure "
+        "is CPU-bound (client and database included), not bound by the log's design.",
+    ]
+    return lines
+
+
 # -- the run --------------------------------------------------------------------------------------
 
 
@@ -462,14 +587,7 @@ async def main(args: argparse.Namespace) -> dict[str, str]:
                 rows_http.append(("do-nothing aiohttp POST (ceiling)", http_noop))
                 if http_ours is not None:
                     rows_http.append(("ringlog, SQLite, 1 node (from workload 1)", http_ours))
-                for nodes in (1, 2):
-                    log(f"(6) PostgreSQL HTTP, {nodes} node(s)")
-                    rows_http.append(
-                        (
-                            f"**ringlog, PostgreSQL, {nodes} node(s)**",
-                            await http_workload(url, seconds, reps, nodes),
-                        )
-                    )
+                nodes_lines = await pg_nodes_section(seconds, max(reps, 3))
                 fan_rows: list[tuple[str, bl.FanoutFigures, float]] = []
                 plan = bl.FanoutPlan(500 if quick else 1000, 2, 20.0, seconds, 100 if not quick else 30, reps)
                 for nodes in (1, 2):
@@ -494,6 +612,11 @@ async def main(args: argparse.Namespace) -> dict[str, str]:
                         "server shares the same 2 cores.",
                         "",
                         *http_rows(rows_http, http_noop),
+                        "",
+                        "HTTP appends with 1 and 2 PostgreSQL nodes (each on a fresh database; same wrk "
+                        "script as workload 1, 1 s warm-up, then the measured run):",
+                        "",
+                        *nodes_lines,
                         "",
                         f"Fan-out, {plan.sockets:,} sockets, paced 20 appends/s for {seconds:g} s, burst {plan.burst} appends:",
                         "",
