@@ -328,9 +328,9 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _postgres_cpu_seconds() -> float:
-    """CPU seconds of every process named ``postgres`` on this machine (the database server)."""
-    total = 0.0
+def _postgres_cpu() -> dict[int, float]:
+    """CPU seconds of every process named ``postgres`` on this machine (the database server), by pid."""
+    out: dict[int, float] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -338,10 +338,15 @@ def _postgres_cpu_seconds() -> float:
             with open(f"/proc/{entry}/comm") as f:
                 if f.read().strip() != "postgres":
                     continue
-            total += _cpu_seconds(int(entry))
+            out[int(entry)] = _cpu_seconds(int(entry))
         except (OSError, IndexError, ValueError):
             continue  # a process that ended meanwhile
-    return total
+    return out
+
+
+def _postgres_cpu_since(before: dict[int, float]) -> float:
+    """PostgreSQL CPU seconds since ``before`` (backends that exited meanwhile are not counted)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in _postgres_cpu().items())
 
 
 @dataclass
@@ -374,7 +379,7 @@ async def pg_nodes_run(nodes: int, seconds: float) -> NodesRun:
         )  # warm-up
         server0 = [_cpu_seconds(s.pid) for s in servers]
         pg0, load0, t0 = (
-            _postgres_cpu_seconds(),
+            _postgres_cpu(),
             resource.getrusage(resource.RUSAGE_CHILDREN),
             time.monotonic(),
         )
@@ -382,7 +387,7 @@ async def pg_nodes_run(nodes: int, seconds: float) -> NodesRun:
         elapsed = time.monotonic() - t0
         load1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, reaped; servers are not yet
         server_cpu = sum(_cpu_seconds(s.pid) - c for s, c in zip(servers, server0, strict=True))
-        pg_cpu = _postgres_cpu_seconds() - pg0
+        pg_cpu = _postgres_cpu_since(pg0)
         load_cpu = (load1.ru_utime + load1.ru_stime) - (load0.ru_utime + load0.ru_stime)
         return NodesRun(
             nodes,
