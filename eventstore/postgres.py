@@ -83,8 +83,8 @@ from eventstore.events import (
     NewEvent,
     Record,
     Snapshot,
-    build_records,
     canonical_json,
+    chain_hash,
     check_continues,
 )
 from eventstore.groupcommit import GroupCommitter, PendingAppend
@@ -180,6 +180,41 @@ def _append_arguments(group: Sequence[PendingAppend]) -> list[list[Any]]:
                 prefixes.append(body)
                 suffixes.append(None)
     return [*per_append, types, prefixes, suffixes]
+
+
+def _records_as_stored(
+    item: PendingAppend,
+    head_seq: int,
+    last_position: int,
+    prev_hash: bytes,
+    prefixes: Sequence[bytes],
+    suffixes: Sequence[bytes | None],
+) -> list[Record]:
+    """The records ``ringlog_append`` stored for one accepted append, from the arguments it got.
+
+    Positions end at ``last_position``; each body is its prefix, or prefix ‖ position ‖ suffix;
+    hashes chain from ``prev_hash`` (:func:`eventstore.events.chain_hash`), as the function did.
+    """
+    records: list[Record] = []
+    first = last_position - len(item.events)
+    for offset, (new, prefix, suffix) in enumerate(
+        zip(item.events, prefixes, suffixes, strict=True), start=1
+    ):
+        position = first + offset
+        body = prefix if suffix is None else prefix + str(position).encode() + suffix
+        prev_hash = chain_hash(prev_hash, position, body)
+        records.append(
+            Record(
+                position=position,
+                stream_id=item.stream_id,
+                seq=head_seq + offset,
+                type=new.type,
+                body=body,
+                hash=prev_hash,
+                idempotency=item.claim if offset == 1 else None,
+            )
+        )
+    return records
 
 
 _HEADS = """
@@ -448,13 +483,16 @@ class PostgresStore:
 
         The decisions (:func:`plan_group`'s rules: key replay or reuse, ``expected_seq`` against
         the head, appends later in the group seeing earlier ones) are made by the function under
-        the counter lock; here the outcomes become the callers' results, and the records are
-        rebuilt with :func:`build_records` and checked against the hashes the database stored.
+        the counter lock; here the outcomes become the callers' results. The records are rebuilt
+        from the very bytes sent (never by encoding the events again, which could fail or differ
+        after the commit) and checked against the hash chain the database stored.
         """
         args = _append_arguments(group)
+        prefixes, suffixes = args[7], args[8]
         async with self._acquire() as conn:
             rows = await conn.fetch(_APPEND, *args)
         records: list[Record] = []
+        k = 0  # the index of the item's first event in the per-event arrays
         for item, row in zip(group, rows, strict=True):
             outcome, head_seq, head_hash, last_position, last_hash, found_stream, found_seq = row
             claim = item.claim
@@ -475,17 +513,22 @@ class PostgresStore:
             elif not item.events:
                 item.outcome = AppendResult(records=())
             else:
-                first = int(last_position) - len(item.events)
-                built = build_records(
-                    item.stream_id, item.events, int(head_seq), first, bytes(head_hash), claim, item.bodies
+                built = _records_as_stored(
+                    item,
+                    int(head_seq),
+                    int(last_position),
+                    bytes(head_hash),
+                    prefixes[k : k + len(item.events)],
+                    suffixes[k : k + len(item.events)],
                 )
                 if built[-1].hash != bytes(last_hash):
                     raise LogCorrupted(
-                        f"stream {item.stream_id!r} seq {built[-1].seq}: the database stored a body "
-                        "that differs from the one encoded here"
+                        f"stream {item.stream_id!r} seq {built[-1].seq}: the database's hash chain "
+                        "differs from the one computed here"
                     )
                 records.extend(built)
                 item.outcome = AppendResult(records=tuple(built))
+            k += len(item.events)
         return records
 
     # -- publishing (local commits, and other nodes' commits found by commit discovery) -------

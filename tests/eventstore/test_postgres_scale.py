@@ -293,3 +293,43 @@ async def test_a_version_1_database_is_migrated_in_place_and_keeps_working(
         assert (await verify_log(again)).ok
     finally:
         await again.close()
+
+
+async def test_data_changed_while_its_group_waits_for_the_lock_never_fails_after_the_commit(
+    pg_url: str,
+) -> None:
+    """A group is encoded before it waits for the counter lock; what is committed and what the
+    callers are told is that encoding, even if a caller's event data turns unencodable meanwhile
+    (before: the records were re-encoded after the commit and the whole group failed)."""
+    store = PostgresStore(pg_url, pool_size=2, poll_interval=0, listen=False)
+    await store.open()
+    holder = await asyncpg.connect(pg_url)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("SELECT position FROM log_head FOR UPDATE")
+        data: dict[str, Any] = {"id": 0, "author_user_id": "u", "content": "as sent", "position": 1}
+        event = NewEvent(
+            "collab.segment_added", "u", "2025-12-23T20:30:45.123Z", {"segment": data}, ("segment", "id")
+        )
+        tasks = [asyncio.create_task(store.append(f"s{i}", [created()], 0)) for i in range(3)]
+        tasks.append(asyncio.create_task(store.append("m", [event], 0)))
+        async with asyncio.timeout(WAIT):
+            while (
+                await holder.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                )
+                < 1
+            ):
+                await asyncio.sleep(0.01)
+        data["content"] = object()  # unencodable now
+        await tx.rollback()
+        results = await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
+        stored = await store.read_all()
+        assert [r.records for r in results] == [(r,) for r in stored]
+        assert b'"content":"as sent"' in stored[-1].body
+        assert (await verify_log(store)).ok
+    finally:
+        await holder.close()
+        await store.close()

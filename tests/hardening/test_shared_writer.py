@@ -211,6 +211,11 @@ async def test_an_append_that_fails_inside_a_group_fails_alone(
     committer = store._committer  # type: ignore[attr-defined]
     async with _writer_held(store) as release:
         blocker = asyncio.create_task(store.append("blocker", [created()], 0))
+        # the writer takes the blocker alone and waits for the lock with it; the appends below
+        # then queue for the NEXT group, which the writer encodes only after the release
+        await _until(
+            lambda: committer.in_flight == 1 and committer.pending == 0, "the writer holds the blocker"
+        )
         shared: dict[str, Any] = {
             "id": 0,
             "author_user_id": "u",
@@ -222,7 +227,7 @@ async def test_an_append_that_fails_inside_a_group_fails_alone(
         tasks = [asyncio.create_task(store.append(f"g-{i}", [created()], 0)) for i in range(20)]
         tasks.append(asyncio.create_task(store.append("hot", [bad_event], 1)))
         tasks += [asyncio.create_task(store.append(f"h-{i}", [created()], 0)) for i in range(20)]
-        # checked and queued (the writer, waiting for the lock, encodes them only after release)
+        # checked and queued (the writer, busy with the blocker, encodes them only after release)
         await _until(lambda: committer.in_flight == 42, "every append is queued behind the held lock")
         shared["content"] = Unjsonable()  # checked at submit; the writer re-encodes it with its position
         with caplog.at_level(logging.WARNING, logger="eventstore.groupcommit"):
