@@ -371,8 +371,18 @@ async def _gated(gate: asyncio.Semaphore, post: Callable[[], Awaitable[None]]) -
         await post()
 
 
+class Cluster:
+    """Several servers measured as one: CPU seconds summed over all of them."""
+
+    def __init__(self, servers: Sequence[Server]) -> None:
+        self.servers = list(servers)
+
+    def cpu_seconds(self) -> float:
+        return sum(s.cpu_seconds() for s in self.servers)
+
+
 async def fanout(
-    server: Server,
+    server: Server | Cluster,
     fleet: Fleet,
     post_urls: Sequence[str],
     *,
@@ -637,7 +647,7 @@ async def fanout_ringlog(db: str, plan: FanoutPlan, nodes: int = 1) -> tuple[Fan
         async with Fleet(ws_urls, plan.sockets, plan.procs) as fleet:
             rss = (sum(s.rss_kib() for s in servers) - rss0) / max(1, fleet.connected)
             figures = await fanout(
-                servers[0],
+                Cluster(servers),  # CPU per delivery of the whole cluster, not of one node
                 fleet,
                 [f"{s.url}/v1/collab/drafts/{draft}/segments" for s in servers],
                 headers=owner_headers(),
