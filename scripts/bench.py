@@ -349,6 +349,13 @@ def _postgres_cpu_since(before: dict[int, float]) -> float:
     return sum(cpu - before.get(pid, 0.0) for pid, cpu in _postgres_cpu().items())
 
 
+def _load_cpu() -> float:
+    """CPU seconds of the load generator: this process (the Python generator runs here) plus its
+    reaped children (wrk; the servers are not reaped until they stop)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 @dataclass
 class NodesRun:
     """One measurement of ``nodes`` ringlog nodes on a fresh PostgreSQL database."""
@@ -382,15 +389,15 @@ async def pg_nodes_run(nodes: int, seconds: float) -> NodesRun:
         server0 = [_cpu_seconds(s.pid) for s in servers]
         pg0, load0, t0 = (
             _postgres_cpu(),
-            resource.getrusage(resource.RUSAGE_CHILDREN),
+            _load_cpu(),
             time.monotonic(),
         )
         await bl.http_appends(urls, targets, connections=64, seconds=seconds, reps=1, figures=figures)
         elapsed = time.monotonic() - t0
-        load1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, reaped; servers are not yet
+        load1 = _load_cpu()
         server_cpu = sum(_cpu_seconds(s.pid) - c for s, c in zip(servers, server0, strict=True))
         pg_cpu = _postgres_cpu_since(pg0)
-        load_cpu = (load1.ru_utime + load1.ru_stime) - (load0.ru_utime + load0.ru_stime)
+        load_cpu = load1 - load0
         return NodesRun(
             nodes,
             figures.rate.values[0],
@@ -427,7 +434,7 @@ async def pg_nodes_section(seconds: float, rounds: int) -> list[str]:
         )
 
     lines = [
-        "| round | nodes | appends/s | p99 ms | ringlog cores | PostgreSQL cores | wrk cores "
+        "| round | nodes | appends/s | p99 ms | ringlog cores | PostgreSQL cores | load generator cores "
         "| CPU µs per append (ringlog / PostgreSQL) | load average | 2 nodes ÷ 1 node |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -441,7 +448,7 @@ async def pg_nodes_section(seconds: float, rounds: int) -> list[str]:
     lines += [
         "",
         f"2 nodes ÷ 1 node, median of {rounds} rounds: **{statistics.median(ratios):.2f}×** "
-        f"(min {min(ratios):.2f}×, max {max(ratios):.2f}×); errors: {errors}. Load generator: `wrk -t2`, "
+        f"(min {min(ratios):.2f}×, max {max(ratios):.2f}×); errors: {errors}. Load generator: {bl.LOAD_GENERATOR}, "
         "64 connections split between the nodes. All of it — wrk, the nodes and PostgreSQL — shares "
         "the 2 cores: the cores columns say who took what; when they add up to about 2 the figure is "
         "CPU-bound (client and database included), and when they add up to much less while the load "
