@@ -5,15 +5,63 @@ backend and no backend imports the factory: each backend imports only the protoc
 types, and only this module knows them all (as eventsourcing's persistence module picks a
 recorder by topic).
 
-URLs: ``memory:`` is the in-memory fake; ``postgresql://…`` (or ``postgres://``) is PostgreSQL;
-anything else is an SQLite file path (``sqlite:///path`` also accepted).
+URLs (:func:`check_store_url`, the one rule for ``--db``, ``--from``, ``--to`` and
+``RINGLOG_DB``): ``memory:`` is the in-memory fake; ``postgresql://…`` (or ``postgres://``) is
+PostgreSQL; ``sqlite:///path`` or a bare path is an SQLite file. Any other ``scheme://`` is
+refused, never taken for a file name.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from urllib.parse import urlsplit
 
 from eventstore.store import Store
+
+STORE_URL_RULE = "takes an SQLite file path or a postgresql:// URL"
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+class StoreUrlError(ValueError):
+    """A store URL that names no store we can open; ``str()`` is one line that says why and
+    does not repeat a password. The command line answers it as a usage error (exit 2)."""
+
+
+def check_store_url(url: str) -> str:
+    """``url`` if it names a store :func:`open_store` can build, else :class:`StoreUrlError`.
+
+    * ``memory:``;
+    * ``postgresql://`` / ``postgres://`` URLs (lower case, as libpq and asyncpg require) (libpq's form, RFC 3986 §3) whose authority
+      parses: a bracketed IPv6 host is closed, a port is 1–65535 digits;
+    * ``sqlite:///path`` or a path (any text without ``scheme://``) whose directory exists
+      (SQLite creates the file, never its directory).
+
+    Anything else — ``mysql://x``, ``http://…`` — is refused rather than taken for a file name.
+    """
+    if not isinstance(url, str) or not url or "\x00" in url:
+        raise StoreUrlError(f"{STORE_URL_RULE}, not {url!r}")
+    if url == "memory:":
+        return url
+    scheme = _SCHEME.match(url)
+    if scheme is not None and scheme.group(1) in ("postgresql", "postgres"):
+        try:
+            port = urlsplit(url).port
+        except ValueError as e:
+            raise StoreUrlError(f"is not a valid postgresql:// URL ({e})") from None
+        if port == 0:
+            raise StoreUrlError("is not a valid postgresql:// URL (port 0)")
+        return url
+    if scheme is not None and scheme.group(1) != "sqlite":
+        raise StoreUrlError(f"{STORE_URL_RULE}, not a {scheme.group(1)}:// URL")
+    path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
+    if not path:
+        raise StoreUrlError(f"{STORE_URL_RULE}; {url!r} names no file")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise StoreUrlError(f"names the SQLite file {path!r}, whose directory {directory!r} does not exist")
+    return url
 
 
 def sqlite_path(url: str) -> str | None:
@@ -37,8 +85,10 @@ def open_store(url: str, *, synchronous: str = "FULL", pool_size: int = 10, shar
     ``synchronous`` applies to SQLite (FULL, NORMAL or EXTRA; ValueError otherwise),
     ``pool_size`` to PostgreSQL (connections per process, at least 1). ``shared=True`` opens an
     SQLite file for serving beside other processes (commit discovery; what ``ringlog serve``
-    does); PostgreSQL is always shared, ``memory:`` never.
+    does); PostgreSQL is always shared, ``memory:`` never. Raises :class:`StoreUrlError` for a
+    URL :func:`check_store_url` refuses.
     """
+    check_store_url(url)
     if url == "memory:":
         from eventstore.memory import MemoryStore
 

@@ -7,6 +7,7 @@ hold (409).
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 from eventstore.events import NewEvent
@@ -131,20 +132,64 @@ Command = (
 DEFAULT_LIMITS = Limits()
 
 
+def user_id_char_refused(ch: str) -> bool:
+    """True for a character no user id may hold (one code point ``ch``).
+
+    Refused: whitespace (:data:`WHITESPACE`), control characters (Unicode category Cc), format
+    characters (Cf: U+200B zero-width space, U+202E right-to-left override, U+FEFF, … — they are
+    invisible, so an id shown as "alice" could be another user's), surrogates (Cs: not Unicode
+    scalar values, so neither storable nor sendable as UTF-8), private use (Co) and the 66
+    noncharacters (U+FDD0–U+FDEF and U+xFFFE/U+xFFFF of every plane; Unicode §23.7).
+    Unassigned code points (Cn) are *not* refused: which ones are unassigned depends on the
+    Unicode version, so a schema consumer could not agree with us. Categories are those of
+    Python's ``unicodedata`` (Unicode 15.0 in Python 3.11).
+    """
+    code = ord(ch)
+    return (
+        ch in WHITESPACE
+        or 0xFDD0 <= code <= 0xFDEF
+        or code & 0xFFFE == 0xFFFE
+        or unicodedata.category(ch) in _REFUSED_CATEGORIES
+    )
+
+
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co"})
+
+
+def user_id_refused_ranges() -> list[tuple[int, int]]:
+    """Every code point :func:`user_id_char_refused` refuses, as sorted inclusive ranges.
+
+    ``/openapi.json``'s user-id ``pattern`` is generated from this, so the schema and
+    :func:`valid_user_id` agree on every code point (tests/hardening/test_blank_titles.py).
+    """
+    ranges: list[tuple[int, int]] = []
+    for code in range(0x110000):
+        if user_id_char_refused(chr(code)):
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1] = (ranges[-1][0], code)
+            else:
+                ranges.append((code, code))
+    return ranges
+
+
+def user_id_rule(limits: Limits = DEFAULT_LIMITS) -> str:
+    """The user-id rule in words, to follow the name of the input that broke it: "must be 1–128
+    characters …" (every channel names its own input: X-User-Id, user_id, sub, --user-id)."""
+    return (
+        f"must be 1–{limits.user_id_max} characters with no whitespace, control, invisible "
+        "(Unicode format), private-use, surrogate or noncharacter code points"
+    )
+
+
 def valid_user_id(user_id: object, limits: Limits = DEFAULT_LIMITS) -> bool:
-    """1–``user_id_max`` characters, none of them whitespace or control characters, and every
-    one a Unicode scalar value (no lone surrogate: it cannot be encoded as UTF-8, so it could be
-    neither stored nor sent). The one user-id rule, for every channel (API.md "Limits")."""
+    """1–``user_id_max`` characters, none refused by :func:`user_id_char_refused` (no
+    whitespace, control, format, surrogate, private-use or noncharacter). The one user-id rule,
+    for every channel: X-User-Id, a JWT's ``sub``, ids in bodies and paths, and the Python
+    client (API.md "Limits"; docs/API.md "User ids")."""
     return (
         isinstance(user_id, str)
         and 1 <= len(user_id) <= limits.user_id_max
-        # API.md's rule exactly (and what /openapi.json's pattern can say): no whitespace, no
-        # C0/C1 control characters. str.isprintable() also refused unassigned code points,
-        # which a schema cannot describe, so schema-valid ids were refused.
-        and not any(
-            ch.isspace() or ch <= "\x1f" or "\x7f" <= ch <= "\x9f" or "\ud800" <= ch <= "\udfff"
-            for ch in user_id
-        )
+        and not any(user_id_char_refused(ch) for ch in user_id)
     )
 
 

@@ -8,6 +8,7 @@ the server then either applies it once or returns its first answer again.
 from __future__ import annotations
 
 import asyncio
+import re
 import urllib.parse
 import uuid
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
+from projections.decide import user_id_rule, valid_user_id
 from ringlog.backoff import Backoff, parse_retry_after
 from ringlog.models import (
     Collaborator,
@@ -47,8 +49,55 @@ class ApiError(Exception):
         self.details = details
 
 
+B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+"""RFC 6750 §2.1 ``b64token``: what may follow ``Authorization: Bearer`` (a JWT always fits)."""
+
+
+def format_wait(seconds: float) -> str:
+    """``seconds`` (finite, >= 0) for the ``wait`` parameter: digits and at most a fraction, never
+    an exponent (``f"{1e-05:g}"`` is ``"1e-05"``, which the server refuses; API.md additions
+    "wait"). Rounded to microseconds: ``1e-05`` → ``"0.00001"``, ``25.0`` → ``"25"``.
+    Raises ``ValueError`` for a negative or non-finite value."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds < float("inf"):
+        raise ValueError(f"wait must be a finite number of seconds >= 0, not {seconds!r}")
+    return f"{seconds:.6f}".rstrip("0").rstrip(".") or "0"
+
+
+def check_token(token: str) -> str:
+    """``token`` if it is an RFC 6750 §2.1 ``b64token`` (ASCII letters, digits, ``-._~+/``, then
+    ``=`` padding); else ``ValueError`` with a one-line message that does not echo the secret.
+
+    A token with a space, a control character or a non-ASCII character could not be sent as a
+    header (or would be sent as something else), so it is refused before anything is sent.
+    """
+    if not isinstance(token, str) or B64TOKEN.fullmatch(token) is None:
+        raise ValueError(
+            "the token must be an RFC 6750 bearer token: ASCII letters, digits and -._~+/ "
+            "(then = padding), with no spaces or control characters"
+        )
+    return token
+
+
+def check_user_id(user_id: str) -> str:
+    """``user_id`` if the server's one user-id rule (``projections.decide.valid_user_id``) accepts
+    it; else ``ValueError`` — so an id is never silently changed on the way (an undecodable byte
+    dropped, a control character refused by the HTTP library) and sent as another user's."""
+    if not valid_user_id(user_id):
+        raise ValueError(f"the user id {user_id!r} {user_id_rule()}")
+    return user_id
+
+
 def auth_headers(token: str | None, user_id: str | None) -> dict[str, str]:
-    """``Authorization: Bearer`` for a token, else ``X-User-Id`` (dev auth)."""
+    """``Authorization: Bearer`` for a token, else ``X-User-Id`` (dev auth).
+
+    Raises ``ValueError`` with no credentials, for a token that is not an RFC 6750 ``b64token``
+    (:func:`check_token`), or for a user id the server's rule refuses (:func:`check_user_id`) —
+    each checked whenever given, even when the token makes the user id unused.
+    """
+    if token is not None and token != "":
+        check_token(token)
+    if user_id is not None and user_id != "":
+        check_user_id(user_id)
     if token:
         return {"Authorization": f"Bearer {token}"}
     if user_id:
@@ -330,6 +379,6 @@ class RinglogClient:
         if limit is not None:
             params["limit"] = str(limit)
         if wait is not None:
-            params["wait"] = f"{wait:g}"
+            params["wait"] = format_wait(wait)
         reply = await self.request("GET", f"/v1/collab/drafts/{_path_id(draft_id)}/events", params=params)
         return [Event.model_validate(e) for e in reply["data"]], int(reply["head_seq"])

@@ -32,7 +32,7 @@ from projections.event_types import EVENT_TYPE_PREFIX
 from ringlog.backoff import Backoff, parse_retry_after
 from ringlog.models import Event
 from ringlog.ordering import SeqOrderer
-from ringlog.rest import TRANSIENT_ERRORS, auth_headers
+from ringlog.rest import TRANSIENT_ERRORS, auth_headers, format_wait
 from ringlog.urls import base_url as checked_base_url
 from ringlog.urls import websocket_url
 
@@ -235,7 +235,10 @@ class DraftStream:
             await self._queue.put(StreamError("internal_error", f"{type(e).__name__}: {e}"))
 
     def _headers(self) -> dict[str, str]:
-        return auth_headers(self.token, self.user_id)
+        try:
+            return auth_headers(self.token, self.user_id)
+        except ValueError as e:  # a get_token that returned what no header can carry
+            raise StreamError("unauthorized", str(e)) from None
 
     def _http(self) -> aiohttp.ClientSession:
         assert self._session is not None, "use DraftStream with 'async with'"
@@ -356,7 +359,7 @@ class DraftStream:
     async def _fetch_events(self, since: int, wait: float) -> tuple[list[Event], int]:
         params = {"since": str(since), "limit": str(PAGE_LIMIT)}
         if wait > 0:
-            params["wait"] = f"{wait:.3f}"
+            params["wait"] = format_wait(wait)
         url = f"{self.base_url}/v1/collab/drafts/{self._draft_path}/events"
         try:
             async with self._http().get(

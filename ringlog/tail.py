@@ -3,7 +3,8 @@
 Events go to stdout (JSON lines, or ``--pretty`` lines); what ``tail`` is doing goes to stderr,
 one line each: ``connecting to …``, ``server not reachable at … (…); retrying in N s``, ``live``,
 ``long-polling …``. Exit status: 0 on Ctrl-C or SIGTERM, 1 when the stream is refused or ends
-(forbidden, unknown draft, bad credentials), 2 for usage errors (no credentials, a bad URL).
+(forbidden, unknown draft, bad credentials), 2 for usage errors (no credentials, a bad URL, a
+token that is not an RFC 6750 bearer token, a user id the server's rule refuses).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import orjson
 
 from projections.event_types import EventType
 from ringlog.models import Event
+from ringlog.rest import check_token, check_user_id
 from ringlog.stream import DraftStream, Status, StreamError
 from ringlog.urls import base_url
 
@@ -99,6 +101,13 @@ async def tail(
     except ValueError as e:
         _write(err, f"ringlog tail: --url: {e}")
         return 2
+    for flag, value, check in (("--token", token, check_token), ("--user-id", user_id, check_user_id)):
+        if value:
+            try:
+                check(value)
+            except ValueError as e:  # never sent altered (a dropped byte would be another user)
+                _write(err, f"ringlog tail: {flag}: {' '.join(str(e).split())}")
+                return 2
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     handled: list[signal.Signals] = []

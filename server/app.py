@@ -21,6 +21,7 @@ from server.hub import Hub
 from server.metrics import Metrics
 from server.openapi import openapi_document
 from server.origins import origin_allowed
+from server.protocol_log import install_protocol_refusal_filter
 from server.ratelimit import RateLimiter
 from server.request_text import text_guard
 from server.service import DraftService
@@ -113,7 +114,11 @@ async def _openapi(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings, store: Store | None = None) -> web.Application:
-    """Build the app; the store is opened and closed with the app's lifetime."""
+    """Build the app; the store is opened and closed with the app's lifetime.
+
+    Also makes aiohttp's refusals of malformed requests one log line each
+    (:mod:`server.protocol_log`)."""
+    install_protocol_refusal_filter()
     store = (
         store
         if store is not None

@@ -23,7 +23,7 @@ from typing import Any
 
 import jwt
 
-from projections.decide import valid_user_id
+from projections.decide import user_id_rule, valid_user_id
 from server.errors import ApiError
 from server.settings import Settings
 
@@ -131,14 +131,13 @@ class Authenticator:
             return await self.verify_token(token)
         if self.settings.dev_auth:
             user_id = headers.get("X-User-Id")
+            source = "the X-User-Id header"
             if user_id is None and websocket:
                 user_id = query.get("user_id")
+                source = "the user_id query parameter"
             if user_id is not None:
                 if not valid_user_id(user_id, self.settings.limits):
-                    raise unauthorized(
-                        f"X-User-Id must be 1–{self.settings.user_id_max} characters without whitespace "
-                        "or control characters"
-                    )
+                    raise unauthorized(f"{source} {user_id_rule(self.settings.limits)}")
                 return Identity(user_id)
         raise unauthorized("missing credentials")
 
@@ -184,7 +183,7 @@ class Authenticator:
             raise unauthorized(str(e)) from None
         sub = claims.get("sub")
         if not valid_user_id(sub, s.limits):
-            raise unauthorized("token has no valid 'sub'")
+            raise unauthorized(f"token has no valid 'sub': the sub claim {user_id_rule(s.limits)}")
         if s.jwt_authorized_parties:
             azp = claims.get("azp")
             if azp not in s.jwt_authorized_parties:

@@ -22,7 +22,7 @@ from typing import NoReturn
 import orjson
 
 from eventstore import StoreError, open_store
-from eventstore.factory import sqlite_path
+from eventstore.factory import StoreUrlError, check_store_url, sqlite_path
 from eventstore.ownership import WriterLock, acquire_writer_lock
 from eventstore.store import Store
 from eventstore.verify import verify_log
@@ -39,6 +39,18 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def store_url(raw: str) -> str:
+    """An argparse ``type=`` for ``--db``, ``--from`` and ``--to``: ``check_store_url``'s one
+    rule, refused as a usage error (exit 2) naming the flag."""
+    try:
+        return check_store_url(raw)
+    except StoreUrlError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+store_url.__name__ = "store URL"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,29 +73,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(serve)
 
     replay = sub.add_parser("replay", help="a draft's state as of a seq, from the log alone")
-    replay.add_argument("--db", required=True)
+    replay.add_argument("--db", required=True, type=store_url, metavar="DB")
     replay.add_argument("--draft", required=True)
     replay.add_argument("--until-seq", type=int_flag(1, MAX_SEQ), default=None, metavar="N")
     replay.add_argument("--json", action="store_true", help="print canonical JSON")
 
     log_cmd = sub.add_parser("log", help="a draft's events as JSON lines")
-    log_cmd.add_argument("--db", required=True)
+    log_cmd.add_argument("--db", required=True, type=store_url, metavar="DB")
     log_cmd.add_argument("--draft", required=True)
     log_cmd.add_argument("--since", type=int_flag(0, MAX_SEQ), default=0, metavar="N")
 
     drafts = sub.add_parser("drafts", help="list the drafts in a log (id, title, archived, seq, updated)")
-    drafts.add_argument("--db", required=True)
+    drafts.add_argument("--db", required=True, type=store_url, metavar="DB")
     drafts.add_argument("--json", action="store_true", help="one JSON object per draft (JSON lines)")
 
     verify = sub.add_parser("verify", help="check seqs, positions and the hash chain")
-    verify.add_argument("--db", required=True)
+    verify.add_argument("--db", required=True, type=store_url, metavar="DB")
 
     rebuild_cmd = sub.add_parser("rebuild", help="rebuild every projection from the log")
-    rebuild_cmd.add_argument("--db", required=True)
+    rebuild_cmd.add_argument("--db", required=True, type=store_url, metavar="DB")
 
     copy = sub.add_parser("copy", help="copy a whole log between stores (SQLite <-> PostgreSQL)")
-    copy.add_argument("--from", dest="source", required=True)
-    copy.add_argument("--to", dest="target", required=True)
+    copy.add_argument("--from", dest="source", required=True, type=store_url, metavar="DB")
+    copy.add_argument("--to", dest="target", required=True, type=store_url, metavar="DB")
     copy.add_argument("--force", action="store_true", help="copy into a non-empty target")
 
     tail = sub.add_parser("tail", help="follow a draft's events live")
@@ -109,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # stdout closed early (`ringlog log … | head`): nothing more to say
         _silence_stdout()
         return 1
+    except StoreUrlError as e:  # a URL built in code rather than given as a flag
+        _error(command, f"error: {e}", debug)
+        return 2
     except StoreError as e:
         _error(command, f"{type(e).__name__}: {e}", debug)
         return 1

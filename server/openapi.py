@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from projections.decide import WHITESPACE
+from projections.decide import WHITESPACE, user_id_refused_ranges
 from server.models import (
     AddCollaboratorBody,
     AppendSegmentBody,
@@ -22,14 +22,30 @@ from server.models import (
     SegmentModel,
     UpdateDraftBody,
 )
-from server.params import MAX_SEQ, digits_at_most
+from server.params import MAX_NUMBER_CHARS, MAX_SEQ, digits_at_most
 from server.settings import Settings
 
 REF = "#/components/schemas/{model}"
 _WHITESPACE_ESCAPES = "".join(f"\\u{ord(ch):04x}" for ch in sorted(WHITESPACE))
-USER_ID_PATTERN = "^[^" + _WHITESPACE_ESCAPES + "\\u0000-\\u001f\\u007f-\\u009f]+$"
-"""No whitespace, no control characters (projections.decide.valid_user_id), with whitespace
-spelled out: ECMA-262's ``\\s`` also matches U+FEFF, which the server accepts in a user id."""
+
+
+def _class_char(code: int) -> str:
+    # BMP as \uXXXX (ECMA-262 and Python agree); above it the character itself, which both
+    # read as one code point in a Unicode-mode pattern (ECMA-262's \u{…} is not Python's).
+    return f"\\u{code:04x}" if code <= 0xFFFF else chr(code)
+
+
+def _user_id_pattern() -> str:
+    parts = []
+    for low, high in user_id_refused_ranges():
+        parts.append(_class_char(low) if low == high else f"{_class_char(low)}-{_class_char(high)}")
+    return "^[^" + "".join(parts) + "]+$"
+
+
+USER_ID_PATTERN = _user_id_pattern()
+"""Exactly projections.decide.valid_user_id's characters, generated from
+:func:`projections.decide.user_id_refused_ranges` (whitespace, Cc, Cf, Cs, Co, noncharacters).
+Code points above U+FFFF appear as themselves, so consumers must apply it in Unicode mode."""
 SEQ_DIGITS = digits_at_most(MAX_SEQ)
 NOT_BLANK_PATTERN = "[^" + _WHITESPACE_ESCAPES + "]"
 """A title must contain a character outside projections.decide.WHITESPACE (the server's blank
@@ -278,6 +294,11 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                         "name": "wait",
                         "in": "query",
                         "schema": {"type": "number", "minimum": 0, "maximum": settings.longpoll_max},
+                        "description": (
+                            "seconds; written as ASCII digits with at most one decimal point and an "
+                            "optional exponent (5, 0.5, .5, 5., 1e-05), at most "
+                            f"{MAX_NUMBER_CHARS} characters; no sign, inf or nan"
+                        ),
                     },
                 ],
                 "responses": {

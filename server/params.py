@@ -39,9 +39,12 @@ MAX_NUMBER_CHARS = 32
 """Longest accepted text of a non-integer number (``float`` reprs are at most 24 characters)."""
 
 _DIGITS = re.compile(r"[0-9]+")
-# digits, an optional fraction, an optional exponent: what JSON and OpenAPI clients write for a
-# "number" (``str(1e-05)`` is ``"1e-05"``), but never a sign, ``_``, ``inf`` or ``nan``.
-_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]{1,3})?")
+DECIMAL_PATTERN = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?"
+"""A non-negative number's text: ASCII digits with at most one decimal point (``5``, ``0.5``,
+``.5``, ``5.``) and an optional exponent (``1e-05``: how many languages print a small float,
+so an OpenAPI client serialising ``wait``'s ``type: number`` may send it); never a sign before
+the digits, ``_``, whitespace, ``inf`` or ``nan``."""
+_DECIMAL = re.compile(DECIMAL_PATTERN)
 
 
 class ParameterError(ValueError):
@@ -56,8 +59,9 @@ class ParameterError(ValueError):
 def parse_int(raw: str, name: str = "value", low: int = 0, high: int = MAX_SEQ) -> int:
     """The integer ``raw`` names, if it is 1–19 ASCII digits with a value in ``low..high``.
 
-    Raises :class:`ParameterError` otherwise (message: "``name`` must be an integer from
-    ``low`` to ``high``"). ``low`` must be >= 0: no value of ours is negative, so a sign is
+    Raises :class:`ParameterError` otherwise (message: "``name`` must be 1–19 ASCII digits,
+    from ``low`` to ``high``": the form and the range, so ``0000…0001`` (31 digits) is told
+    why). ``low`` must be >= 0: no value of ours is negative, so a sign is
     never accepted.
     """
     if (
@@ -66,21 +70,29 @@ def parse_int(raw: str, name: str = "value", low: int = 0, high: int = MAX_SEQ) 
         or _DIGITS.fullmatch(raw) is None
         or not low <= int(raw) <= high
     ):
-        raise ParameterError(name, f"must be an integer from {low} to {high}")
+        raise ParameterError(name, int_rule(low, high))
     return int(raw)
+
+
+def int_rule(low: int, high: int) -> str:
+    """:func:`parse_int`'s rule in words, after the name of the value."""
+    return f"must be 1–{MAX_DIGITS} ASCII digits, from {low} to {high}"
 
 
 def parse_number(
     raw: str, name: str = "value", low: float = 0.0, high: float = 3600.0, unit: str = " of seconds"
 ) -> float:
-    """A non-negative number written as digits with an optional fraction and exponent.
+    """A non-negative number written as :data:`DECIMAL_PATTERN` says.
 
-    ``"25"``, ``"0.5"``, ``"25.000"`` and ``"1e-05"`` are accepted; signs, ``_``, whitespace,
-    Unicode digits, ``inf``/``nan`` and anything over :data:`MAX_NUMBER_CHARS` characters are
-    not. Raises :class:`ParameterError` unless the value is within ``low..high`` (message:
-    "``name`` must be a number``unit`` from ``low`` to ``high``").
+    ``"25"``, ``"0.5"``, ``".5"``, ``"5."``, ``"25.000"`` and ``"1e-05"`` are accepted; signs,
+    ``_``, whitespace, Unicode digits, ``inf``/``nan`` and anything over
+    :data:`MAX_NUMBER_CHARS` characters are not. Raises :class:`ParameterError` unless the
+    value is within ``low..high`` (the message states the range and the form).
     """
-    problem = f"must be a number{unit} from {plain_number(low)} to {plain_number(high)}"
+    problem = (
+        f"must be a number{unit} from {plain_number(low)} to {plain_number(high)}, "
+        "written as ASCII digits with an optional decimal point and exponent (5, 0.5, .5, 1e-05)"
+    )
     if not isinstance(raw, str) or not 1 <= len(raw) <= MAX_NUMBER_CHARS or _DECIMAL.fullmatch(raw) is None:
         raise ParameterError(name, problem)
     value = float(raw)
@@ -98,7 +110,7 @@ def int_flag(low: int = 0, high: int = MAX_SEQ) -> Callable[[str], int]:
     """An argparse ``type=`` for an integer flag: :func:`parse_int` with ``low..high``.
 
     A refused value becomes ``argparse.ArgumentTypeError``, so argparse reports a usage error
-    naming the flag ("argument --since: must be an integer from 0 to …") and exits 2.
+    naming the flag ("argument --since: must be 1–19 ASCII digits, from 0 to …") and exits 2.
     """
 
     def convert(raw: str) -> int:
@@ -123,7 +135,9 @@ def parse_entity_tag_seq(raw: str, name: str = "If-Match") -> int:
     try:
         return parse_int(value, name, 0, MAX_SEQ)
     except ParameterError:
-        raise ParameterError(name, 'must be "<seq>" (an integer from 0 to ' + f"{MAX_SEQ})") from None
+        raise ParameterError(
+            name, f'must be "<seq>" (1–{MAX_DIGITS} ASCII digits, from 0 to {MAX_SEQ})'
+        ) from None
 
 
 def digits_at_most(high: int) -> str:

@@ -1,4 +1,8 @@
-"""Request text that is not valid UTF-8, refused once, before any handler or the upgrade.
+"""Request text that is ambiguous or not valid UTF-8, refused once, before any handler or the
+upgrade.
+
+Ambiguous: a header or query parameter the server reads, given more than once (``?limit=1&
+limit=5000``, two ``X-User-Id`` lines); which copy counts would be an accident of the library.
 
 What aiohttp hands us: header values are decoded as UTF-8 with ``surrogateescape``, so every
 byte that is not part of valid UTF-8 arrives as a lone surrogate U+DC80–U+DCFF (0xFF →
@@ -96,21 +100,67 @@ def bad_query_param(raw_query: str) -> tuple[str, bool, str] | None:
     return None
 
 
+def repeated_header(headers: CIMultiDictProxy[str]) -> str | None:
+    """The first read header (:data:`READ_HEADERS`) given more than once, or None.
+
+    Which one a handler would see is an accident of the library (aiohttp's ``get`` takes the
+    first; a proxy in front may keep the last), so two ``X-User-Id`` lines could mean two
+    users: the request is ambiguous and refused (RFC 9110 §5.3 lets only list-valued fields
+    repeat, and the server reads none of its headers as a list). The WebSocket handshake's own
+    headers (:data:`ASCII_HEADERS`) are left to aiohttp: ``Connection`` and
+    ``Sec-WebSocket-Protocol`` may legitimately repeat (RFC 6455 §4.1).
+    """
+    for name in READ_HEADERS:
+        if len(headers.getall(name, ())) > 1:
+            return name
+    return None
+
+
+def repeated_query_param(raw_query: str) -> str | None:
+    """The first read parameter (:data:`READ_PARAMS`) named more than once in a raw query string
+    (names compared after percent-decoding, ``+`` as space, as yarl does), or None."""
+    seen: set[str] = set()
+    for pair in raw_query.split("&"):
+        raw_name = pair.partition("=")[0]
+        name = unquote_to_bytes(raw_name.replace("+", " ")).decode("utf-8", "replace")
+        if name in READ_PARAMS:
+            if name in seen:
+                return name
+            seen.add(name)
+    return None
+
+
+def _refuse(name: str, kind: str, problem: str, credential: bool) -> web.Response:
+    message = f"the {name} {kind} {problem}"
+    if credential:
+        return error_response(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+    return error_response(400, "invalid_parameter", message)
+
+
 def refusal(request: web.Request) -> web.Response | None:
-    """The 401/400 answer for a request with unusable bytes in what the server reads, or None."""
+    """The 401/400 answer for a request that is ambiguous (a read header or parameter given
+    twice) or has unusable bytes in what the server reads; or None.
+
+    Credentials (:data:`CREDENTIAL_HEADERS`, :data:`CREDENTIAL_PARAMS`) are 401
+    ``unauthorized``, everything else 400 ``invalid_parameter`` (API.md "Errors").
+    """
+    repeated = repeated_header(request.headers)
+    if repeated is not None:
+        return _refuse(repeated, "header", "is given more than once", repeated in CREDENTIAL_HEADERS)
+    raw_query = request.rel_url.raw_query_string
+    repeated = repeated_query_param(raw_query)
+    if repeated is not None:
+        return _refuse(repeated, "query parameter", "is given more than once", repeated in CREDENTIAL_PARAMS)
     found = bad_header(request.headers)
     if found is None:
-        found = bad_query_param(request.rel_url.raw_query_string)
+        found = bad_query_param(raw_query)
         kind = "query parameter"
     else:
         kind = "header"
     if found is None:
         return None
     name, credential, problem = found
-    message = f"the {name} {kind} {problem}"
-    if credential:
-        return error_response(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
-    return error_response(400, "invalid_parameter", message)
+    return _refuse(name, kind, problem, credential)
 
 
 @web.middleware

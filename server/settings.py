@@ -16,9 +16,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from eventstore.factory import check_store_url
 from projections.decide import Limits
 from server.origins import parse_allowed_origin
-from server.params import ParameterError, parse_int, parse_number, plain_number
+from server.params import ParameterError, int_rule, parse_int, parse_number, plain_number
 
 MAX_BODY_BYTES = 64 * 1024
 ENV_PREFIX = "RINGLOG_"
@@ -66,7 +67,7 @@ def _int_rule(low: int, high: int, note: str = "") -> Rule:
 
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"must be an integer from {low} to {high}")
+            raise ValueError(int_rule(low, high))
         return value
 
     return Rule(f"integer {low}–{high}{note}", from_text, check)
@@ -125,10 +126,19 @@ def _text_rule(*, optional: bool, spaces: bool = False, url: bool = False) -> Ru
         return value
 
     def from_text(raw: str) -> str | None:
-        # an empty variable (RINGLOG_JWT_SECRET=) means "not set" for optional settings
-        return check(None if optional and raw == "" else raw)
+        # an empty value is refused, never read as "not set": RINGLOG_JWT_SECRET= must not
+        # quietly turn a secret off; leave the option out instead
+        return check(raw)
 
     return Rule("URL" if url else "text", from_text, check)
+
+
+def _store_url_rule() -> Rule:
+    # eventstore.factory.check_store_url: the one --db rule, shared with the tools' --db/--from/--to
+    def check(value: Any) -> str:
+        return check_store_url(_text_rule(optional=False, spaces=True).check(value) or "")
+
+    return Rule("SQLite path or postgresql:// URL", check, check)
 
 
 def _list_rule(item: Callable[[str], str]) -> Rule:
@@ -175,13 +185,14 @@ class Settings:
     )
     db: str = _setting(
         "./ringlog.db",
-        _text_rule(optional=False, spaces=True),
+        _store_url_rule(),
         "SQLite file path, or postgresql://user@host:5432/db",
     )
     synchronous: str = _setting(
         "FULL",
         _choice_rule("FULL", "NORMAL", "EXTRA"),
-        "SQLite durability: FULL (an acknowledged append survives power loss) or NORMAL (faster)",
+        "SQLite durability: FULL (an acknowledged append survives power loss), EXTRA (FULL, and a "
+        "deleted journal is synced too) or NORMAL (faster)",
     )
     pool_size: int = _setting(10, _int_rule(1, 1000), "PostgreSQL connections per server process")
     dev_auth: bool = _setting(False, BOOL, "trust X-User-Id / ?user_id= (development only)")

@@ -47,7 +47,7 @@ def test_parse_int_accepts_exactly_ascii_digits_in_range(raw: str, low: int, hig
         value = parse_int(raw, "n", low, high)
     except ParameterError as e:
         assert not ascii_int_in(raw, low, high), raw
-        assert e.message == f"n must be an integer from {low} to {high}"
+        assert e.message == f"n must be 1–19 ASCII digits, from {low} to {high}"
         assert "\n" not in e.message
     else:
         assert ascii_int_in(raw, low, high), raw
@@ -69,14 +69,14 @@ def test_parse_number_takes_only_ascii_decimal_text(raw: str) -> None:
         value = parse_number(raw, "wait", 0, 30)
     except ParameterError:
         assert not (
-            re.fullmatch(r"[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]{1,3})?", raw)
+            re.fullmatch(r"([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?", raw)
             and len(raw) <= 32
             and 0 <= float(raw) <= 30
         )
     else:
         mantissa = re.sub(r"[eE][+-]?", "e", raw)  # a sign is allowed only in the exponent
         assert raw.isascii() and not set(mantissa) & set("+-_ \t\n"), raw
-        assert re.fullmatch(r"[0-9]", raw[0])
+        assert re.fullmatch(r"[0-9.]", raw[0])
         assert value == float(raw)
         assert 0 <= value <= 30
 
@@ -238,7 +238,10 @@ def test_every_integer_flag(raw: str, case) -> None:
         assert e.code == 2
         err = stderr.getvalue()
         assert not ascii_int_in(raw, low, high), raw
-        assert err.count("\n") == 1 and f"argument {flag}: must be an integer from {low} to {high}" in err
+        assert (
+            err.count("\n") == 1
+            and f"argument {flag}: must be 1–19 ASCII digits, from {low} to {high}" in err
+        )
         assert "Traceback" not in err
     else:
         assert ascii_int_in(raw, low, high), raw
@@ -258,7 +261,9 @@ def test_every_integer_variable_follows_the_flags_rule(raw: str, case) -> None:
         value = getattr(settings_from(None, env), dest)
     except SettingError as e:
         assert not ascii_int_in(raw, low, high), raw
-        assert str(e) == f"{flag} (from RINGLOG_{dest.upper()}): must be an integer from {low} to {high}"
+        assert (
+            str(e) == f"{flag} (from RINGLOG_{dest.upper()}): must be 1–19 ASCII digits, from {low} to {high}"
+        )
     else:
         assert ascii_int_in(raw, low, high), raw
         assert value == int(raw)
@@ -288,7 +293,7 @@ def test_cli_integer_flags_end_to_end(args: list[str], tmp_path: Path) -> None:
     assert run.returncode == 2, run
     assert "Traceback" not in run.stderr
     assert run.stderr.count("\n") == 1, run.stderr
-    assert "must be an integer from" in run.stderr
+    assert "must be 1–19 ASCII digits, from" in run.stderr
 
 
 async def test_a_real_server_answers_400_and_4400(tmp_path: Path) -> None:
