@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import re
 import subprocess
 import sys
@@ -23,7 +24,15 @@ from hypothesis import strategies as st
 
 from server.cli import build_parser
 from server.openapi import openapi_document
-from server.params import MAX_SEQ, ParameterError, parse_entity_tag_seq, parse_int, parse_number
+from server.params import (
+    DECIMAL_PATTERN,
+    MAX_NUMBER_CHARS,
+    MAX_SEQ,
+    ParameterError,
+    parse_entity_tag_seq,
+    parse_int,
+    parse_number,
+)
 from server.settings import Settings
 from tests.hardening.kit import (
     EXAMPLES,
@@ -320,3 +329,52 @@ async def test_a_real_server_answers_400_and_4400(tmp_path: Path) -> None:
                     assert (await ws.receive_json(timeout=10))["code"] == "invalid_since"
                     await ws.receive(timeout=10)
                     assert ws.close_code == 4400
+
+
+# -- the messages state the rule; wait has one rule ------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", ["0" * 30 + "1", "0" * 19 + "7", "1" * 20, "01x"])
+async def test_a_refused_since_is_told_the_real_rule(rest, raw: str) -> None:
+    client, draft_id, _ = rest
+    r = await client.get(f"/v1/collab/drafts/{draft_id}/events?since={raw}", headers={"X-User-Id": "alice"})
+    body = await r.json()
+    assert (r.status, body["error"]["code"]) == (400, "invalid_parameter")
+    assert "1–19 ASCII digits" in body["error"]["message"], body
+
+
+@pytest.mark.parametrize("raw", ["5", "0.5", ".5", "5.", "1e1", "1e-05", "30", "30.000"])
+async def test_every_documented_form_of_wait_is_accepted(rest, raw: str) -> None:
+    client, draft_id, _ = rest
+    r = await client.get(
+        f"/v1/collab/drafts/{draft_id}/events",
+        params={"since": "0", "wait": raw},
+        headers={"X-User-Id": "alice"},
+    )
+    assert r.status == 200, (raw, await r.text())
+
+
+@pytest.mark.parametrize(
+    "raw", [".", "5..", "..5", "-.5", "+5", "5e", "e5", ".e1", "0x1", "5 ", "inf", "30.1"]
+)
+def test_malformed_waits_are_refused_with_the_form_named(raw: str) -> None:
+    with pytest.raises(ParameterError, match="optional decimal point"):
+        parse_number(raw, "wait", 0, 30)
+
+
+@settings(max_examples=2000)
+@given(
+    raw=st.one_of(
+        st.from_regex(DECIMAL_PATTERN, fullmatch=True),
+        INTEGER_LIKE,
+        st.text(alphabet="0123456789.eE+-", max_size=8),
+    )
+)
+def test_the_documented_pattern_and_the_parser_agree(raw: str) -> None:
+    matches = re.fullmatch(DECIMAL_PATTERN, raw) is not None and len(raw) <= MAX_NUMBER_CHARS
+    try:
+        value = parse_number(raw, "wait", 0, 1e300)
+    except ParameterError:
+        assert not matches or not math.isfinite(float(raw)) or float(raw) > 1e300, raw
+    else:
+        assert matches and value == float(raw), raw

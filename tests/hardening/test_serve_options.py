@@ -59,6 +59,12 @@ def _ringlog(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
         ([], {"RINGLOG_DEV_AUTH": "maybe"}, ["--dev-auth", "RINGLOG_DEV_AUTH"]),
         ([], {"RINGLOG_LOG_LEVEL": "loud"}, ["--log-level", "RINGLOG_LOG_LEVEL"]),
         ([], {"RINGLOG_WS_PING_INTERVAL": "inf"}, ["--ws-ping-interval", "RINGLOG_WS_PING_INTERVAL"]),
+        # an empty secret was silently "no secret"
+        (["--jwt-secret", ""], {}, ["--jwt-secret"]),
+        ([], {"RINGLOG_JWT_SECRET": ""}, ["--jwt-secret", "RINGLOG_JWT_SECRET"]),
+        ([], {"RINGLOG_JWT_ISSUER": ""}, ["--jwt-issuer", "RINGLOG_JWT_ISSUER"]),
+        (["--jwks-url", ""], {}, ["--jwks-url"]),
+        (["--db", "mysql://x"], {}, ["--db", "SQLite file path or a postgresql:// URL"]),
     ],
 )
 def test_a_refused_option_is_one_line_and_exit_2(
@@ -159,3 +165,16 @@ def test_settings_built_in_code_follow_the_same_rules() -> None:
 def test_every_setting_has_a_rule_and_so_a_flag_a_variable_and_help() -> None:
     unruled = [f.name for f in fields(Settings) if f.name != "extra" and "rule" not in f.metadata]
     assert unruled == [], "declare new settings with _setting(default, rule, help)"
+
+
+def test_every_accepted_synchronous_mode_is_documented() -> None:
+    from pathlib import Path
+
+    from server.settings import parse_settings
+
+    run = _ringlog("serve", "--help")
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `--synchronous`"))
+    for mode in ("FULL", "NORMAL", "EXTRA"):
+        assert parse_settings(["--synchronous", mode.lower()]).synchronous == mode
+        assert mode in " ".join(run.stdout.split()) and f"`{mode}`" in row, mode
