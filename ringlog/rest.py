@@ -55,8 +55,9 @@ B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 def format_wait(seconds: float) -> str:
     """``seconds`` (finite, >= 0) for the ``wait`` parameter: digits and at most a fraction, never
-    an exponent (``f"{1e-05:g}"`` is ``"1e-05"``, which the server refuses; API.md additions
-    "wait"). Rounded to microseconds: ``1e-05`` → ``"0.00001"``, ``25.0`` → ``"25"``.
+    an exponent (``f"{1e-05:g}"`` is ``"1e-05"``; the server reads both, but a plain decimal is
+    the form docs/API.md leads with and every proxy or log reader understands). Rounded to
+    microseconds: ``1e-05`` → ``"0.00001"``, ``25.0`` → ``"25"``.
     Raises ``ValueError`` for a negative or non-finite value."""
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds < float("inf"):
         raise ValueError(f"wait must be a finite number of seconds >= 0, not {seconds!r}")

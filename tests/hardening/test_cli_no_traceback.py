@@ -259,16 +259,41 @@ def test_tail_without_credentials_is_a_usage_error() -> None:
     _assert_one_line(out.stderr)
 
 
-def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(refused_port: int) -> None:
-    db = "postgresql://postgres@127.0.0.1:notaport/x"  # not a store error: the driver's own
-    plain = ringlog("verify", "--db", db)
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A malformed postgresql:// URL used to be the example here; it is now a usage error
+    # (tests/hardening/test_store_urls.py), so a surprise is made where the tools run instead.
+    import server.cli
+
+    async def surprise(args: object) -> int:
+        raise RuntimeError("a surprise\nover two lines")
+
+    monkeypatch.setattr(server.cli, "_run_tool", surprise)
+    monkeypatch.delenv("RINGLOG_DEBUG", raising=False)
+    db = str(tmp_path / "x.db")
+
+    class Out:
+        def __init__(self, returncode: int, stderr: str) -> None:
+            self.returncode, self.stderr = returncode, stderr.encode()
+
+    def run(*args: str) -> Out:
+        code = server.cli.main(list(args))
+        return Out(code, capsys.readouterr().err)
+
+    plain = run("verify", "--db", db)
     assert plain.returncode == 1
     _assert_one_line(plain.stderr)
-    debug = ringlog("--debug", "verify", "--db", db)
-    by_env = ringlog("verify", "--db", db, env={**os.environ, "RINGLOG_DEBUG": "1"})
+    debug = run("--debug", "verify", "--db", db)
+    monkeypatch.setenv("RINGLOG_DEBUG", "1")
+    by_env = run("verify", "--db", db)
     for out in (debug, by_env):
         assert out.returncode == 1
         assert b"Traceback" in out.stderr
+    monkeypatch.delenv("RINGLOG_DEBUG")
+    bad_url = ringlog("verify", "--db", "postgresql://postgres@127.0.0.1:notaport/x")
+    assert bad_url.returncode == 2
+    _assert_one_line(bad_url.stderr)
 
 
 def test_a_closed_stdout_is_not_a_traceback(sound_db: Path) -> None:
