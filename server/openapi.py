@@ -38,14 +38,20 @@ def _class_char(code: int) -> str:
 def _user_id_pattern() -> str:
     parts = []
     for low, high in user_id_refused_ranges():
-        parts.append(_class_char(low) if low == high else f"{_class_char(low)}-{_class_char(high)}")
+        # Only Unicode scalar values: JSON text and URLs cannot carry a lone surrogate as a
+        # character, and regex engines such as Rust's (jsonschema-rs) refuse a surrogate range.
+        pieces = [(low, min(high, 0xD7FF)), (max(low, 0xE000), high)]
+        for a, b in pieces:
+            if a <= b:
+                parts.append(_class_char(a) if a == b else f"{_class_char(a)}-{_class_char(b)}")
     return "^[^" + "".join(parts) + "]+$"
 
 
 USER_ID_PATTERN = _user_id_pattern()
 """Exactly projections.decide.valid_user_id's characters, generated from
 :func:`projections.decide.user_id_refused_ranges` (whitespace, Cc, Cf, Cs, Co, noncharacters).
-Code points above U+FFFF appear as themselves, so consumers must apply it in Unicode mode."""
+Code points above U+FFFF appear as themselves, so consumers must apply it in Unicode mode;
+surrogates (never scalar values) are left out of the class."""
 SEQ_DIGITS = digits_at_most(MAX_SEQ)
 NOT_BLANK_PATTERN = "[^" + _WHITESPACE_ESCAPES + "]"
 """A title must contain a character outside projections.decide.WHITESPACE (the server's blank
