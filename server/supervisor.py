@@ -111,11 +111,22 @@ class Supervisor:
         self._stopping = True
 
     def _reserve_port(self) -> socket.socket:
-        """Bind (never listen) the port the workers will share; with port 0, choose it."""
+        """Bind (never listen) the port the workers will share; with port 0, choose it.
+
+        ``SO_REUSEPORT`` lets any process of the same user join a port whose sockets all set it,
+        so a second supervisor would otherwise share this port with us and split the requests
+        between two logs. First the port is bound *without* it: that fails with ``EADDRINUSE``
+        (raised as ``OSError``) while anything else listens there, as a one-process server's bind
+        would.
+        """
         host, port = self.settings.host, self.settings.port
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
+        if port != 0:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
         sock = socket.socket(family, kind, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -292,3 +292,39 @@ async def test_a_removal_through_one_process_closes_the_users_sockets_on_every_p
     finally:
         for ws in sockets:
             await ws.close()
+
+
+@pytest.mark.parametrize("second", [("--workers", "2"), ()], ids=["supervisor", "one-process"])
+def test_a_second_server_cannot_join_a_port_a_supervisor_serves(
+    tmp_path: Path, second: tuple[str, ...]
+) -> None:
+    """``SO_REUSEPORT`` would let a second supervisor share the port and split writes between two
+    logs; it is refused like any bind on a port in use: one line, exit 2, never "listening"."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    with ServerProcess(str(tmp_path / "x.db"), *ARGS, "--workers", "2", log_path=tmp_path / "x.log") as first:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "serve",
+                "--port",
+                str(first.port),
+                "--db",
+                str(tmp_path / "y.db"),
+                *ARGS,
+                *second,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 2, out
+        assert "listening" not in out.stdout and "Traceback" not in out.stderr, out
+        assert "cannot listen" in out.stderr, out
+        with urllib.request.urlopen(first.url + "/healthz", timeout=10) as r:
+            assert r.status == 200
