@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from eventstore.events import Record
 from projections.decide import (
@@ -178,7 +178,13 @@ class Reply:
 
 
 class NoBody(BaseModel):
-    """The body model of a mutation that takes no body (nothing is read; any body is ignored)."""
+    """The body model of a mutation that takes no fields.
+
+    The request may have no body, or a JSON ``{}``; any other body gets the answers every body
+    gets (API.md "HTTP API": 415, 413 over 64 KiB, 400 ``invalid_json``, 422 naming the field).
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
 
 PathParams = Mapping[str, str]
@@ -190,7 +196,7 @@ class Mutation(Generic[M]):
     """One REST mutation, declared: everything that differs between two of them.
 
     ``endpoint`` names it in Idempotency-Key fingerprints (never change a released one);
-    ``body`` is its pydantic model (:class:`NoBody`: no body is read);
+    ``body`` is its pydantic model (:class:`NoBody`: no fields);
     ``command(user_id, path_params, body)`` builds the domain command; ``reply(outcome)``
     builds the success response (also when the command changed nothing: ``outcome.record`` is
     then None and the reply is built from ``outcome.state`` and ``outcome.command``). A path parameter other than ``draft_id`` (say
@@ -210,9 +216,12 @@ class Mutation(Generic[M]):
         st = request.app[AppState.KEY]
         user_id = await _mutating_user(request)
         params = request.match_info
-        if self.body is NoBody:
+        if self.body is NoBody and not request.body_exists:
             raw: Any = None
             parsed = self.body()
+        elif self.body is NoBody:
+            parsed = _validate(self.body, await _read_json(request))
+            raw = None  # ``{}`` is the same request as no body, for Idempotency-Key fingerprints
         else:
             raw = await _read_json(request)
             parsed = _validate(self.body, raw)
