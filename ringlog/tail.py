@@ -36,7 +36,11 @@ def describe(event: Event) -> str:
         seg = d.get("segment", {})
         what = f"segment {seg.get('position')}: {seg.get('content')!r}"
     elif event.type == EventType.RING_PASSED:
-        what = f"passed the ring to {d.get('to_user_id')}"
+        giver = d.get("from_user_id")
+        if giver is not None and giver != event.user_id:  # the ring's return after a removal or demotion
+            what = f"returned the ring from {giver} to {d.get('to_user_id')}"
+        else:
+            what = f"passed the ring to {d.get('to_user_id')}"
     elif event.type == EventType.COLLABORATOR_ADDED:
         what = f"invited {d.get('collaborator_id')} as {d.get('role')}"
     elif event.type == EventType.DRAFT_UPDATED:

@@ -91,6 +91,11 @@ def test_tail_pretty_describes_every_new_event() -> None:
     ).endswith("made bob viewer (was contributor)")
     assert line("collab.draft_archived", {}).endswith("archived the draft")
     assert line("collab.draft_unarchived", {}).endswith("unarchived the draft")
+    # the ring's return after alice removed or demoted bob, and an ordinary pass by alice
+    returned = {"from_user_id": "bob", "to_user_id": "alice", "current_holder_id": "alice"}
+    assert line("collab.ring_passed", returned).endswith("alice returned the ring from bob to alice")
+    passed = {"from_user_id": "alice", "to_user_id": "bob", "current_holder_id": "bob"}
+    assert line("collab.ring_passed", passed).endswith("alice passed the ring to bob")
 
 
 def test_an_old_log_folds_to_archived_false_and_old_snapshots_load() -> None:
