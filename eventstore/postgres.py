@@ -62,7 +62,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -90,7 +90,7 @@ from eventstore.events import (
 from eventstore.groupcommit import GroupCommitter, PendingAppend
 from eventstore.notifier import Notifier
 from eventstore.pg_schema import SCHEMA, SCHEMA_LOCK, SCHEMA_VERSION
-from eventstore.sql import MAX_GROUP, QUEUE_SIZE, RECORD_COLUMNS, record_from_row, record_row
+from eventstore.sql import MAX_GROUP, QUEUE_SIZE, RECORD_COLUMNS, mapped_errors, record_from_row, record_row
 from eventstore.values import check_text, clamp_int64, is_storable_text, read_limit
 
 log = logging.getLogger(__name__)
@@ -264,16 +264,9 @@ def _store_error(e: BaseException, action: str) -> StoreError | None:
     return None
 
 
-@contextlib.contextmanager
-def _mapped_errors(action: str) -> Iterator[None]:
+def _mapped_errors(action: str) -> contextlib.AbstractContextManager[None]:
     """Re-raise a lower-layer error as the store's (:func:`_store_error`), ``from`` the original."""
-    try:
-        yield
-    except Exception as e:
-        mapped = _store_error(e, action)
-        if mapped is None or mapped is e:
-            raise
-        raise mapped from e
+    return mapped_errors(_store_error, action)
 
 
 class PostgresStore:

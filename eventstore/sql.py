@@ -8,9 +8,11 @@ the log layer spoke of streams open, verify and copy unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from eventstore.errors import StoreError
 from eventstore.events import IdempotencyClaim, Record
 
 RECORD_COLUMNS = "position, draft_id, seq, type, body, hash, idem_user, idem_key, idem_fp"
@@ -43,3 +45,21 @@ def record_row(r: Record) -> tuple[Any, ...]:
         c.key if c else None,
         c.fingerprint if c else None,
     )
+
+
+ErrorMapping = Callable[[BaseException, str], StoreError | None]
+"""A backend's one driver-error mapping: (lower-layer error, action) -> the store's error, or
+None for an error that is not the driver's (it propagates unchanged)."""
+
+
+@contextlib.contextmanager
+def mapped_errors(to_store_error: ErrorMapping, action: str) -> Iterator[None]:
+    """Re-raise a lower-layer error as the store's, ``from`` the original (httpcore's
+    ``map_exceptions`` habit); ``action`` names what was being done, for the message."""
+    try:
+        yield
+    except Exception as e:
+        mapped = to_store_error(e, action)
+        if mapped is None or mapped is e:
+            raise
+        raise mapped from e

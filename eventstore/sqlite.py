@@ -32,7 +32,7 @@ import os
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,7 +53,7 @@ from eventstore.events import (
 )
 from eventstore.groupcommit import GroupCommitter, Head, PendingAppend, plan_group
 from eventstore.notifier import Notifier
-from eventstore.sql import MAX_GROUP, QUEUE_SIZE, RECORD_COLUMNS, record_from_row, record_row
+from eventstore.sql import MAX_GROUP, QUEUE_SIZE, RECORD_COLUMNS, mapped_errors, record_from_row, record_row
 from eventstore.values import check_text, clamp_int64, is_storable_text, read_limit
 
 log = logging.getLogger(__name__)
@@ -133,16 +133,9 @@ def _store_error(e: BaseException, action: str) -> StoreError | None:
     return None
 
 
-@contextlib.contextmanager
-def _mapped_errors(action: str) -> Iterator[None]:
+def _mapped_errors(action: str) -> contextlib.AbstractContextManager[None]:
     """Re-raise a lower-layer error as the store's (:func:`_store_error`), ``from`` the original."""
-    try:
-        yield
-    except Exception as e:
-        mapped = _store_error(e, action)
-        if mapped is None or mapped is e:
-            raise
-        raise mapped from e
+    return mapped_errors(_store_error, action)
 
 
 class SQLiteStore:
