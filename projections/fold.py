@@ -234,6 +234,10 @@ class LogFolder:
         self.position = 0
         """The global position folded up to (set by whoever feeds the folder)."""
 
+    def start_from(self, state: DraftState) -> None:
+        """Continue ``state``'s draft from ``state`` (its later events follow; the state is not changed)."""
+        self._builders[state.id] = _Builder.thaw(state)
+
     def add(self, type_: str, draft_id: str, seq: int, ts: str, data: dict[str, Any]) -> None:
         """Fold one event given by its envelope's fields."""
         builders = self._builders

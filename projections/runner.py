@@ -39,11 +39,18 @@ import orjson
 from eventstore.events import Record, Snapshot
 from eventstore.store import BodyReader, Store, StreamBodyReader
 from projections.fold import FoldError, LogFolder, fold_all, fold_summary
+from projections.past import PastStates
 from projections.state import DraftState, DraftSummary
 
 log = logging.getLogger(__name__)
 
 PAGE = 5000
+
+FOLD_CHUNK = 500
+"""Events a past-state fold (``state_at``) folds between two yields to the event loop."""
+
+PAST_FOLDS = 1
+"""Cold past-state folds run at once per process; more wait their turn (none is refused)."""
 
 ADVANCE_RETRY_FIRST = 0.05
 ADVANCE_RETRY_MAX = 5.0
@@ -62,7 +69,9 @@ class DraftProjector:
 
     ``cache_size``: draft states kept in memory; ``flush_interval``: seconds between snapshot
     saves (0: no snapshot task, tests flush by hand); ``stop_flush_seconds``: how long
-    :meth:`stop` retries the last save.
+    :meth:`stop` retries the last save; ``past``: the cache of past states for :meth:`state_at`
+    (default: :class:`PastStates` with its default bounds); ``past_folds``: cold past-state
+    folds run at once (≥ 1).
     """
 
     def __init__(
@@ -72,6 +81,8 @@ class DraftProjector:
         cache_size: int = 10_000,
         flush_interval: float = 5.0,
         stop_flush_seconds: float = STOP_FLUSH_SECONDS,
+        past: PastStates | None = None,
+        past_folds: int = PAST_FOLDS,
     ) -> None:
         self.store = store
         self.cache_size = cache_size
@@ -83,6 +94,9 @@ class DraftProjector:
         self._position = 0
         self._dirty: set[str] = set()
         self._advance_lock = asyncio.Lock()
+        self.past = past if past is not None else PastStates()
+        """Past states kept for :meth:`state_at` (bounded LRU)."""
+        self._past_folds = asyncio.Semaphore(past_folds)
         self._advance_wanted = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.advance_failures = 0
@@ -246,25 +260,68 @@ class DraftProjector:
         return state
 
     async def state_at(self, draft_id: str, seq: int) -> DraftState | None:
-        """The draft's state as of ``seq``, folded from the log alone.
+        """The draft's state as of ``seq`` (≥ 1), folded from the log; None if the draft has no such seq.
+
+        Serves ``GET …?at_seq=N`` (API.md v2 "Time travel over HTTP"), bounded so that any
+        number of such reads cannot starve the event loop (sockets, revocations, other requests):
+
+        * past states are immutable, so the answer is kept in :attr:`past` (an LRU bounded in
+          entries and approximate bytes, :class:`~projections.past.PastStates`); a repeat is
+          served from memory;
+        * a cold fold starts from the nearest base at or below ``seq``: a kept past state or the
+          draft's stored snapshot, else seq 1 (``fold(state_k, log[k:N]) == fold(log[:N])``,
+          tests/projections/test_past.py);
+        * at most ``past_folds`` cold folds run at once per process (others wait their turn,
+          none is refused), and a fold yields to the loop every ``FOLD_CHUNK`` events.
 
         Folds the envelopes decoded straight from the log's bytes (``LogFolder.add_envelope``,
         held equal to the fold by tests/projections/test_fold_properties.py) when the store can
-        page through one stream's bodies: about twice as fast as building an event per record,
-        which is what ``GET …?at_seq=N`` costs (no cache of past states is kept).
+        page through one stream's bodies.
         """
+        kept = self.past.get(draft_id, seq)
+        if kept is not None:
+            return kept
+        async with self._past_folds:
+            kept = self.past.get(draft_id, seq)  # folded by the request we waited behind
+            if kept is not None:
+                return kept
+            state = await self._fold_to(draft_id, seq, await self._past_base(draft_id, seq))
+        if state is not None and state.seq == seq:
+            self.past.put(state)
+        return state
+
+    async def _past_base(self, draft_id: str, seq: int) -> DraftState | None:
+        """The latest known state at or below ``seq``: a kept past state or the stored snapshot."""
+        base = self.past.nearest_at_or_below(draft_id, seq)
+        snap = await self.store.load_snapshot(draft_id)
+        if snap is not None and snap.seq <= seq and (base is None or snap.seq > base.seq):
+            base = DraftState.from_json(snap.state)
+        return base
+
+    async def _fold_to(self, draft_id: str, seq: int, base: DraftState | None) -> DraftState | None:
+        """Fold the draft's events after ``base`` up to ``seq``, yielding every ``FOLD_CHUNK`` events."""
+        after = base.seq if base is not None else 0
         if not isinstance(self.store, StreamBodyReader):
-            records = await self.store.read(draft_id, after_seq=0, limit=seq)
-            return fold_all(None, [r.event() for r in records])
+            state = base
+            while after < seq:
+                records = await self.store.read(draft_id, after_seq=after, limit=min(FOLD_CHUNK, seq - after))
+                if not records:
+                    break
+                state = fold_all(state, [r.event() for r in records])
+                after = records[-1].seq
+                await asyncio.sleep(0)
+            return state
         folder = LogFolder()
-        after = 0
+        if base is not None:
+            folder.start_from(base)
         while after < seq:
-            page = await self.store.read_stream_bodies(draft_id, after, min(PAGE, seq - after))
+            page = await self.store.read_stream_bodies(draft_id, after, min(FOLD_CHUNK, seq - after))
             if not page:
                 break
             for _, body in page:
                 folder.add_envelope(orjson.loads(body))
             after = page[-1][0]
+            await asyncio.sleep(0)  # let sockets, revocations and other requests run between chunks
         return folder.states().get(draft_id)
 
     async def drafts_for(self, user_id: str, *, archived: bool = False) -> list[DraftSummary]:
