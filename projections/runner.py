@@ -11,6 +11,9 @@ socket's *catch-up* (the hub replaying a draft's log before going live).
   notifier before an append returns) or after reading the log's tail (shared stores).
 * A summary of every draft (title, seq, members) is kept for listing and is caught up from
   the global log by position, with a checkpoint (advancing).
+* Past states (``state_at``, ``GET …?at_seq=N``) are immutable: kept in a bounded LRU
+  (:class:`~projections.past.PastStates`), folded from the nearest kept state or snapshot, one
+  cold fold at a time, yielding to the event loop every ``FOLD_CHUNK`` events.
 * Snapshots of drafts that changed are saved periodically with the checkpoint up to which
   they are complete; ``rebuild`` recomputes all of them from the log alone.
 

@@ -396,7 +396,9 @@ async def get_draft(request: web.Request) -> web.Response:
     """The draft's state; 304 when the caller's ETag is current.
 
     With ``?at_seq=N`` (API.md v2 "Time travel over HTTP"): the state as of seq N, folded from
-    the log, 1 ≤ N ≤ head (else 400 invalid_parameter), with immutable caching headers.
+    the log, 1 ≤ N ≤ head (else 400 invalid_parameter), with immutable caching headers. Served
+    from a bounded cache of past states, else folded one cold fold at a time with yields to the
+    loop (``DraftProjector.state_at``), so a burst of these cannot starve other requests.
     """
     st = request.app[AppState.KEY]
     identity = await _identify(request)

@@ -172,7 +172,9 @@ class DraftService:
 
         The access rule is the draft's *current* one (:meth:`view`). Raises :class:`NotFound`,
         :class:`Forbidden`, or :class:`AtSeqBeyondHead` when ``at_seq`` is above the head (the
-        caller checks ``at_seq >= 1`` when parsing).
+        caller checks ``at_seq >= 1`` when parsing). The past state comes from
+        :meth:`DraftProjector.state_at`: a bounded cache, else a fold from the nearest kept state
+        or snapshot, one cold fold at a time per process, yielding to the event loop.
         """
         now = await self.view(user_id, draft_id)
         if at_seq > now.seq:
