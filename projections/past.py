@@ -44,18 +44,21 @@ class PastStates:
         self.bytes = 0
         """Approximate bytes held now."""
         self.hits = 0
+        """Look-ups answered from memory."""
         self.misses = 0
+        """Look-ups that needed a fold."""
 
     def __len__(self) -> int:
         return len(self._states)
 
-    def get(self, draft_id: str, seq: int) -> DraftState | None:
-        """The state as of exactly ``seq``, if kept (counts a hit or a miss)."""
+    def get(self, draft_id: str, seq: int, *, count: bool = True) -> DraftState | None:
+        """The state as of exactly ``seq``, if kept (counted in :attr:`hits` or :attr:`misses`
+        unless ``count`` is False: a second look after waiting for a fold is not a new request)."""
         entry = self._states.get((draft_id, seq))
         if entry is None:
-            self.misses += 1
+            self.misses += count
             return None
-        self.hits += 1
+        self.hits += count
         self._states.move_to_end((draft_id, seq))
         return entry[0]
 

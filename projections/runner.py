@@ -285,7 +285,7 @@ class DraftProjector:
         if kept is not None:
             return kept
         async with self._past_folds:
-            kept = self.past.get(draft_id, seq)  # folded by the request we waited behind
+            kept = self.past.get(draft_id, seq, count=False)  # folded by the request we waited behind
             if kept is not None:
                 return kept
             state = await self._fold_to(draft_id, seq, await self._past_base(draft_id, seq))
