@@ -18,7 +18,7 @@ from eventstore.notifier import Notifier
 from eventstore.store import Store, StreamBodyReader
 from projections.access import ViewAccess
 from server.frames import batches_of
-from server.subscriber import ReadPage, RequestClose, Sink, Spawn, Subscriber
+from server.subscriber import BacklogBudget, ReadPage, RequestClose, Sink, Spawn, Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +68,15 @@ class Hub:
         spawn: Spawn,
         request_close: RequestClose,
         access: ViewAccess | None = None,
+        budget: BacklogBudget | None = None,
     ) -> Subscriber:
         """Deliver ``stream_id``'s events after ``since`` to ``sink``: catch-up, then live.
 
         The subscriber receives live batches from this call on, and its catch-up task (run
         with ``spawn``) starts after that: the order the seam relies on. With ``access`` (the
         socket user's view access at admission) delivery ends at the event that revokes it and
-        ``request_close(4403, …)`` follows (API.md v2 "Revocation is live").
+        ``request_close(4403, …)`` follows (API.md v2 "Revocation is live"). ``budget`` is the
+        socket's shared backlog bound (``/v1/ws``); by default the subscriber gets its own.
         """
         sub = Subscriber(
             stream_id,
@@ -87,6 +89,7 @@ class Hub:
             max_backlog_events=self.max_backlog_events,
             observe_lag=self.observe_lag,
             access=access,
+            budget=budget,
         )
         subs = self._streams.get(stream_id)
         if subs is None:

@@ -186,13 +186,46 @@ class TransportSink:
             await self._flow.resumed()
 
 
+class BacklogBudget:
+    """The bytes and events one socket may hold in its subscribers' backlogs, summed over them.
+
+    A per-draft socket has one subscriber and so one budget of its own; a ``/v1/ws`` socket
+    shares one budget among all its subscriptions (API.md v2 "One socket, many drafts": a socket
+    too slow *for the sum of its drafts* is closed with 1013). Subscribers :meth:`take` before
+    appending to their backlog and :meth:`release` what they write or drop.
+    """
+
+    __slots__ = ("bytes", "events", "max_bytes", "max_events")
+
+    def __init__(self, max_bytes: int, max_events: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_events = max_events
+        self.bytes = 0
+        self.events = 0
+
+    def take(self, size: int, events: int) -> bool:
+        """Count ``size`` bytes / ``events`` events in, if both stay within bounds; else False."""
+        if self.bytes + size > self.max_bytes or self.events + events > self.max_events:
+            return False
+        self.bytes += size
+        self.events += events
+        return True
+
+    def release(self, size: int, events: int) -> None:
+        """Count ``size`` bytes / ``events`` events out (written to the sink, or dropped)."""
+        self.bytes -= size
+        self.events -= events
+
+
 class Subscriber:
     """One socket's delivery of one stream: catch-up from ``since``, then live, into ``sink``.
 
     ``max_backlog_bytes`` bounds both the live batches buffered during catch-up (overflow there
     only means reading the log again) and the backlog of a live socket that is behind (overflow
     there closes the subscriber and calls ``request_close(1013, …)``); ``max_backlog_events``
-    also bounds the backlog in events (``--ws-queue-size``). ``observe_lag(seconds)`` receives
+    also bounds the backlog in events (``--ws-queue-size``). With ``budget``, the backlog bound is
+    that :class:`BacklogBudget`, shared with the socket's other subscribers (``/v1/ws``); without
+    it the subscriber has a budget of its own. ``observe_lag(seconds)`` receives
     the commit→write lag. ``spawn`` runs the writer and catch-up tasks, owned by the socket.
     """
 
@@ -201,6 +234,7 @@ class Subscriber:
         "_backlog",
         "_backlog_bytes",
         "_backlog_events",
+        "_budget",
         "_catching_up",
         "_observe_lag",
         "_read_page",
@@ -229,6 +263,7 @@ class Subscriber:
         max_backlog_events: int,
         observe_lag: Callable[[float], None] | None = None,
         access: ViewAccess | None = None,
+        budget: BacklogBudget | None = None,
     ) -> None:
         self.stream_id = stream_id
         self._access = access
@@ -246,6 +281,7 @@ class Subscriber:
         self._backlog: deque[tuple[bytes, int, float]] = deque()  # (frames, events, commit stamp)
         self._backlog_bytes = 0
         self._backlog_events = 0
+        self._budget = budget if budget is not None else BacklogBudget(max_backlog_bytes, max_backlog_events)
         self._writer: asyncio.Task[None] | None = None
         self._catching_up: asyncio.Task[None] | None = None
 
@@ -280,6 +316,7 @@ class Subscriber:
         """Stop delivering for good: nothing more is written, the backlog is dropped."""
         self.closing = True
         self._backlog.clear()
+        self._budget.release(self._backlog_bytes, self._backlog_events)
         self._backlog_bytes = self._backlog_events = 0
 
     # -- revocation (API.md v2) -----------------------------------------------------------------
@@ -320,10 +357,7 @@ class Subscriber:
             if self._observe_lag is not None:
                 self._observe_lag(time.monotonic() - stamp)
             return
-        if (
-            self._backlog_bytes + len(data) > self.max_backlog_bytes
-            or self._backlog_events + events > self.max_backlog_events
-        ):
+        if not self._budget.take(len(data), events):
             self.close()
             self._request_close(CLOSE_TRY_AGAIN_LATER, b"too slow: reconnect with since")
             return
@@ -346,6 +380,7 @@ class Subscriber:
                     data, events, stamp = backlog.popleft()
                     self._backlog_bytes -= len(data)
                     self._backlog_events -= events
+                    self._budget.release(len(data), events)
                     chunk.append(data)
                     stamps.append(stamp)
                     size += len(data)
