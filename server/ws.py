@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -61,7 +62,7 @@ CLOSE_CODE_OF: dict[str, int] = {
 async def draft_socket(request: web.Request) -> web.StreamResponse:
     """Admit the socket (or refuse it with the mapped close code), then stream the draft's events."""
     st: AppState = request.app[AppState.KEY]
-    _admit_upgrade(request, st)  # ApiError here is an HTTP response (error middleware)
+    admit_upgrade(request, st)  # ApiError here is an HTTP response (error middleware)
     ws = web.WebSocketResponse(
         heartbeat=st.settings.ws_ping_interval,
         compress=False,  # the fan-out writes one pre-framed copy of each event to every socket
@@ -79,7 +80,7 @@ async def draft_socket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-def _admit_upgrade(request: web.Request, st: AppState) -> None:
+def admit_upgrade(request: web.Request, st: AppState) -> None:
     """Checks that need no credentials, answered before the upgrade (HTTP 403 / 503)."""
     settings = st.settings
     if not settings.ws_enabled:
@@ -103,7 +104,33 @@ async def admit(request: web.Request, st: AppState) -> Admission:
     """
     identity = await st.auth.identify(request.headers, request.query, websocket=True)
     user_id = identity.user_id
-    draft_id = request.match_info["draft_id"]
+    raw_since = request.query.get("since")
+    since = None if raw_since is None else _parse_since(raw_since)
+    draft = await admit_draft(st, user_id, request.match_info["draft_id"], since)
+    cap = st.settings.max_sockets_per_user
+    if cap and st.sockets.count(user_id) >= cap:
+        raise ApiError(429, "too_many_sockets", f"at most {cap} sockets per user")
+    return Admission(draft.draft_id, user_id, draft.since, draft.head_seq, identity.expires_at, draft.access)
+
+
+@dataclass(frozen=True, slots=True)
+class DraftAdmission:
+    """A user allowed to follow a draft from ``since``; ``head_seq`` as admitted; their access."""
+
+    draft_id: str
+    since: int
+    head_seq: int
+    access: ViewAccess
+
+
+async def admit_draft(st: AppState, user_id: str, draft_id: str, since: int | None) -> DraftAdmission:
+    """May ``user_id`` follow ``draft_id`` from ``since`` (None: from the head)? The per-draft
+    socket's rules (API.md "WebSocket" item 1), shared by ``/v1/ws`` subscriptions.
+
+    ``since`` must be from 0 to the head (a negative value stands for "not an integer").
+    Raises ``NotFound`` (also for an id not of the server's form, never sent to the store),
+    ``Forbidden``, ``ApiError(400, "invalid_since")`` or a store error (mapped to ``unavailable``).
+    """
     if not is_draft_id(draft_id):  # never sent to the store (issue 10, item 6)
         raise NotFound("draft not found")
     state = await st.projector.get(draft_id)
@@ -112,11 +139,9 @@ async def admit(request: web.Request, st: AppState) -> Admission:
     if not state.can_view(user_id):
         raise Forbidden("you are not a collaborator on this draft")
     head = state.seq
-    raw_since = request.query.get("since")
-    if raw_since is None:
+    if since is None:
         since = head
     else:
-        since = _parse_since(raw_since)
         if since > head:
             # the projection follows commits a moment after they are readable, and a client may
             # have seen the newest events from the log in a catch-up: the log's head decides
@@ -129,10 +154,7 @@ async def admit(request: web.Request, st: AppState) -> Admission:
             if newer is None or not newer.can_view(user_id):
                 raise Forbidden("you are not a collaborator on this draft")
             state = newer
-    cap = st.settings.max_sockets_per_user
-    if cap and st.sockets.count(user_id) >= cap:
-        raise ApiError(429, "too_many_sockets", f"at most {cap} sockets per user")
-    return Admission(draft_id, user_id, since, head, identity.expires_at, ViewAccess(state, user_id))
+    return DraftAdmission(draft_id, since, head, ViewAccess(state, user_id))
 
 
 def _parse_since(raw: str) -> int:

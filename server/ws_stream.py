@@ -77,6 +77,8 @@ __all__ = [
     "CLOSE_TOKEN_EXPIRED",
     "CLOSE_TRY_AGAIN_LATER",
     "Closer",
+    "FloodGate",
+    "expire",
     "stream_events",
 ]
 
@@ -135,7 +137,7 @@ async def stream_events(
         if admission.expires_at is not None:
             # the same rule as REST: a token is good until exp + leeway (API.md "Authentication"),
             # the moment server.auth.token_valid_until computed for this identity
-            tasks.spawn(_expire(closer, admission.expires_at))
+            tasks.spawn(expire(closer, admission.expires_at))
         await closer.read_until_close(_read_loop(ws, closer, st.settings.ws_flood_limit))
     except (ConnectionError, RuntimeError):
         pass
@@ -247,7 +249,36 @@ class Closer:
             pass
 
 
-async def _expire(closer: Closer, deadline: float) -> None:
+class FloodGate:
+    """Counts a socket's client messages per one-second window (API.md "WebSocket" item 4:
+    more than ``limit`` a second, default 50, closes the socket with 1008; 0 = no limit)."""
+
+    __slots__ = ("count", "limit", "window_start")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.window_start = time.monotonic()
+        self.count = 0
+
+    def exceeded(self) -> bool:
+        """Count one message; True when it is over the limit of its window."""
+        now = time.monotonic()
+        if now - self.window_start >= 1.0:
+            self.window_start, self.count = now, 0
+        self.count += 1
+        return bool(self.limit) and self.count > self.limit
+
+    @staticmethod
+    def close(closer: Closer) -> None:
+        """Close the flooding socket: ``rate_limited``, then 1008."""
+        closer.request(
+            CLOSE_POLICY,
+            b"flood",
+            _message("error", code="rate_limited", message="too many messages; slow down"),
+        )
+
+
+async def expire(closer: Closer, deadline: float) -> None:
     """Close with 4401 when the socket's token stops being valid (``deadline``, Unix seconds)."""
     await asyncio.sleep(max(0.0, deadline - time.time()))
     closer.request(
@@ -259,19 +290,10 @@ async def _expire(closer: Closer, deadline: float) -> None:
 
 async def _read_loop(ws: web.WebSocketResponse, closer: Closer, flood_limit: int) -> None:
     """The socket is read-only: answer pings, refuse anything else, close floods (1008)."""
-    window_start = time.monotonic()
-    count = 0
+    flood = FloodGate(flood_limit)
     async for msg in ws:
-        now = time.monotonic()
-        if now - window_start >= 1.0:
-            window_start, count = now, 0
-        count += 1
-        if flood_limit and count > flood_limit:
-            closer.request(
-                CLOSE_POLICY,
-                b"flood",
-                _message("error", code="rate_limited", message="too many messages; slow down"),
-            )
+        if flood.exceeded():
+            flood.close(closer)
             return
         if msg.type == WSMsgType.TEXT:
             try:
