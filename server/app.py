@@ -28,6 +28,7 @@ from server.service import DraftService
 from server.settings import MAX_BODY_BYTES, Settings
 from server.state import AppState
 from server.ws import draft_socket
+from server.ws_mux import multi_socket
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ async def _timing(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         route = request.match_info.route.resource
         name = route.canonical if route is not None else "unmatched"
-        if not name.startswith("/v1/ws/"):
+        if name != "/v1/ws" and not name.startswith("/v1/ws/"):  # sockets are not requests
             st = request.app[AppState.KEY]
             st.metrics.request_latency.labels(request.method, name, str(status)).observe(
                 time.perf_counter() - started
@@ -150,6 +151,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app[AppState.KEY] = state
     app.add_routes(rest.routes)
     app.router.add_get("/v1/ws/drafts/{draft_id}", draft_socket)
+    app.router.add_get("/v1/ws", multi_socket)
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/", _index)
     app.router.add_get("/favicon.ico", _favicon)

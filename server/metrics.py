@@ -17,6 +17,9 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.open_sockets = Gauge("ringlog_open_sockets", "WebSockets currently open", registry=r)
+        self.subscriptions = Gauge(
+            "ringlog_ws_subscriptions", "Draft subscriptions open on /v1/ws sockets", registry=r
+        )
         self.events_appended = Counter(
             "ringlog_events_appended_total", "Events appended through this node", ["type"], registry=r
         )

@@ -218,6 +218,11 @@ class Settings:
         _int_rule(0, 1_000_000, "; 0 = off"),
         "concurrent WebSockets per user; 0 = off; per server process",
     )
+    max_subscriptions_per_socket: int = _setting(
+        100,
+        _int_rule(1, 1_000_000),
+        "drafts one /v1/ws socket may subscribe to at once (beyond it: error too_many_subscriptions)",
+    )
     allowed_origins: tuple[str, ...] = _setting(
         (),
         _list_rule(parse_allowed_origin),

@@ -13,6 +13,7 @@ from projections.runner import DraftProjector
 from server.auth import Authenticator
 from server.hub import Hub
 from server.metrics import Metrics
+from server.mux_hooks import MuxExtensions
 from server.ratelimit import RateLimiter
 from server.service import DraftService
 from server.settings import Settings
@@ -35,6 +36,8 @@ class AppState:
     metrics: Metrics
     sockets: SocketRegistry = field(default_factory=SocketRegistry)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    mux: MuxExtensions = field(default_factory=MuxExtensions)
+    """What presence and the user's feed add to ``/v1/ws`` (:mod:`server.mux_hooks`)."""
 
 
 AppState.KEY = web.AppKey("ringlog", AppState)

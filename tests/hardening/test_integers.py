@@ -226,6 +226,7 @@ INT_FLAGS = [
     (["serve"], "--port", "port", 0, 65535),
     (["serve"], "--pool-size", "pool_size", 1, 1000),
     (["serve"], "--max-sockets-per-user", "max_sockets_per_user", 0, 1_000_000),
+    (["serve"], "--max-subscriptions-per-socket", "max_subscriptions_per_socket", 1, 1_000_000),
     (["serve"], "--ws-flood-limit", "ws_flood_limit", 0, 1_000_000),
     (["serve"], "--ws-queue-size", "ws_queue_size", 1, 10_000_000),
     (["serve"], "--title-max", "title_max", 1, 1_000_000),

@@ -1,0 +1,128 @@
+"""Many subscriptions writing into one sink (a ``/v1/ws`` socket), for arbitrary interleavings.
+
+Hypothesis chooses appends to several streams, (re)subscriptions with any ``since``,
+unsubscriptions, partial drains of the socket and points where the catch-up tasks run. Like the
+session (:mod:`server.ws_mux`), a ``subscribed`` marker is written before the hub registers the
+subscriber, and an ``unsubscribed`` marker after it is closed. Checked on the bytes the peer
+would read: after each marker ``subscribed(since=k)`` the stream's events are ``k+1, k+2, …``
+once each with no gap, up to the head for the subscription still open at the end; after
+``unsubscribed`` none of the stream's events follows; the socket's one backlog budget is the
+sum of its subscribers' backlogs and returns to zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eventstore.memory import MemoryStore
+from server.frames import text_frame
+from server.hub import Hub
+from server.subscriber import BacklogBudget, Subscriber
+from tests.server.fakes import FakeSink, append, decode_frames
+
+STREAMS = ("draft_a", "draft_b", "draft_c")
+
+step = st.one_of(
+    st.tuples(st.just("append"), st.integers(0, 2), st.integers(1, 30)),
+    st.tuples(st.just("subscribe"), st.integers(0, 2), st.floats(0, 1)),
+    st.tuples(st.just("unsubscribe"), st.integers(0, 2), st.just(0)),
+    st.tuples(st.just("drain"), st.just(0), st.integers(0, 5000)),
+    st.tuples(st.just("run"), st.just(0), st.integers(1, 5)),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(step, min_size=1, max_size=40))
+def test_each_stream_is_exact_between_its_markers(plan: list[tuple[str, int, Any]]) -> None:
+    asyncio.run(_scenario(plan))
+
+
+async def _scenario(plan: list[tuple[str, int, Any]]) -> None:
+    store = MemoryStore()
+    await store.open()
+    tasks: set[asyncio.Task[None]] = set()
+    closes: list[int] = []
+
+    def spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        return task
+
+    hub = Hub(store, max_backlog_bytes=1 << 30, max_backlog_events=1 << 30)
+    sink = FakeSink(auto_drain=False)
+    budget = BacklogBudget(1 << 30, 1 << 30)
+    subs: dict[str, Subscriber] = {}
+    heads = dict.fromkeys(STREAMS, 0)
+    for stream in STREAMS:
+        heads[stream] = await append(store, stream)
+
+    def marker(kind: str, stream: str, since: int = 0) -> None:
+        sink.write(text_frame(orjson.dumps({"type": kind, "draft_id": stream, "since": since})))
+
+    try:
+        for kind, index, arg in plan:
+            stream = STREAMS[index]
+            if kind == "append":
+                heads[stream] = await append(store, stream, arg)
+            elif kind == "subscribe":
+                if stream in subs:
+                    hub.unsubscribe(subs.pop(stream))
+                since = int(arg * heads[stream])
+                marker("subscribed", stream, since)
+                subs[stream] = hub.subscribe(
+                    stream,
+                    sink,
+                    since,
+                    spawn=spawn,
+                    request_close=lambda code, _reason: closes.append(code),
+                    budget=budget,
+                )
+            elif kind == "unsubscribe":
+                if stream in subs:
+                    hub.unsubscribe(subs.pop(stream))
+                marker("unsubscribed", stream)
+            elif kind == "drain":
+                sink.drain(arg)
+            else:
+                for _ in range(arg):
+                    await asyncio.sleep(0)
+            assert budget.bytes == sum(s.backlog_bytes for s in subs.values())
+        # the peer reads everything: every open subscription reaches its head
+        for _ in range(10_000):
+            sink.drain()
+            if not tasks and all(s.seam.position == heads[n] and s.seam.live for n, s in subs.items()):
+                break
+            await asyncio.sleep(0)
+        sink.drain()
+        assert closes == []
+        assert budget.bytes == 0 and budget.events == 0
+        _check(decode_frames(bytes(sink.sent)), {n: heads[n] for n in subs})
+    finally:
+        for task in tasks:
+            task.cancel()
+        await store.close()
+
+
+def _check(messages: list[dict[str, object]], open_heads: dict[str, int]) -> None:
+    expected: dict[str, int | None] = dict.fromkeys(STREAMS)  # next seq; None = not subscribed
+    for message in messages:
+        stream = str(message["draft_id"])
+        if message["type"] == "subscribed":
+            since = message["since"]
+            assert isinstance(since, int)
+            expected[stream] = since + 1
+        elif message["type"] == "unsubscribed":
+            expected[stream] = None
+        else:
+            assert expected[stream] is not None, f"an event of {stream} after unsubscribed"
+            assert message["seq"] == expected[stream], (stream, message["seq"], expected[stream])
+            expected[stream] = int(str(message["seq"])) + 1
+    for stream, head in open_heads.items():
+        assert expected[stream] == head + 1, (stream, expected[stream], head)
