@@ -11,7 +11,8 @@ here, on the app's :class:`MuxExtensions` (``AppState.mux``), built at app start
   is not yet registered with the hub; its catch-up starts from ``since`` afterwards, so waiting
   here loses nothing).
 * :attr:`MuxExtensions.on_end` — called (synchronously) when a subscription ends, with the
-  reason: ``"unsubscribed"``, ``"resubscribed"``, ``"revoked"`` or ``"socket_closed"``.
+  reason: ``"unsubscribed"``, ``"resubscribed"``, ``"revoked"``, ``"socket_closed"`` or ``"failed"`` (a
+  ``before_events`` hook raised; the client was answered ``internal_error`` with the ``draft_id``).
 """
 
 from __future__ import annotations

@@ -166,6 +166,10 @@ class MuxSession:
                 self.send_error("bad_message", "binary frames are not accepted; send JSON text")
             elif msg.type == WSMsgType.ERROR:
                 return
+            if self.sink.buffered > HIGH_WATER:
+                # answers are not queued without bound for a peer that sends but does not read:
+                # its next message is read once the transport has drained (TCP pushes back)
+                await self.sink.writable()
 
     async def _dispatch(self, text: str) -> None:
         try:
@@ -186,15 +190,8 @@ class MuxSession:
     # -- writing ----------------------------------------------------------------------------------
 
     def send(self, message: dict[str, Any]) -> None:
-        """Frame ``message`` into the socket's sink, after everything written before it.
-
-        Control messages are small and at most ``--ws-flood-limit`` a second, but a peer that
-        sends and never reads must not grow the buffer without bound: beyond the socket's backlog
-        bound (plus the transport's high-water mark) unsent, the socket is closed with 1013.
-        """
+        """Frame ``message`` into the socket's sink, after everything written before it."""
         self.sink.write(text_frame(orjson.dumps(message)))
-        if self.sink.buffered > self.budget.max_bytes + HIGH_WATER:
-            self._too_slow()
 
     def send_error(self, code: str, message: str, draft_id: str | None = None, **extra: Any) -> None:
         """``{"type": "error", "code", "message", "draft_id"?}``."""
@@ -203,10 +200,6 @@ class MuxSession:
             out["draft_id"] = draft_id
         out.update(extra)
         self.send(out)
-
-    def _too_slow(self) -> None:
-        self.st.metrics.slow_closes.inc()
-        self.closer.request(CLOSE_TRY_AGAIN_LATER, b"too slow: resubscribe each draft with since")
 
     # -- messages -------------------------------------------------------------------------------
 
@@ -241,10 +234,19 @@ class MuxSession:
         self.subscriptions[draft_id] = sub
         self.st.metrics.subscriptions.inc()
         self.send({"type": "subscribed", "draft_id": draft_id, "head_seq": admitted.head_seq})
-        for hook in self.st.mux.before_events:
-            await hook(self, sub)
-            if sub.ended or self.closer.code is not None:
-                return
+        try:
+            for hook in self.st.mux.before_events:
+                await hook(self, sub)
+                if sub.ended or self.closer.code is not None:
+                    return
+        except (ConnectionError, asyncio.CancelledError):
+            self.end(sub, "failed")
+            raise
+        except Exception:
+            log.exception("/v1/ws before_events hook failed")
+            self.end(sub, "failed")  # no subscription is left half made (subscribed, no events)
+            self.send_error("internal_error", "internal error", draft_id)
+            return
         sub.subscriber = self.st.hub.subscribe(
             draft_id,
             self.sink,

@@ -15,6 +15,7 @@ from yarl import URL
 from eventstore.memory import MemoryStore
 from server.params import MAX_SEQ
 from server.state import AppState
+from server.ws_mux import MuxSession, MuxSubscription
 from tests.server.wsclient import OP_CLOSE, OP_TEXT, Client, raw_connect, serving_app
 from tests.serverproc import make_token
 
@@ -422,3 +423,57 @@ async def test_metrics_name_the_subscriptions_gauge(app: tuple[Client, MemorySto
         body = await r.text()
     assert re.search(r"^ringlog_ws_subscriptions 1\.0$", body, re.M), body
     await mux.ws.close()
+
+
+async def test_hooks_for_presence_and_the_feed_plug_in() -> None:
+    """A step between ``subscribed`` and the first event, a handler in the dispatch table, and a
+    call when a subscription ends (what presence and ``subscribe_me`` will use)."""
+    ended: list[tuple[str, str]] = []
+
+    async def presence_sync(session: MuxSession, sub: MuxSubscription) -> None:
+        if sub.draft_id == broken:
+            raise RuntimeError("hook bug")
+        await asyncio.sleep(0.05)  # an await here must not let an event through first
+        session.send({"type": "presence_sync", "draft_id": sub.draft_id, "members": []})
+
+    async def echo(session: MuxSession, message: dict[str, Any]) -> None:
+        session.send({"type": "echoed", "user_id": session.user_id})
+
+    async with serving_app() as (server, _), aiohttp.ClientSession() as http:
+        mux_hooks = server.app[AppState.KEY].mux
+        mux_hooks.before_events.append(presence_sync)
+        mux_hooks.handlers["echo"] = echo
+        mux_hooks.on_end.append(lambda _s, sub, reason: ended.append((sub.draft_id, reason)))
+        c = Client(server, http)
+        d, broken = await c.create("alice"), await c.create("alice")
+        await c.segment(d, "alice", "one")
+        mux = await connect(c)
+        await mux.send({"type": "subscribe", "draft_id": d, "since": 0})
+        kinds = [(await mux.recv())["type"] for _ in range(4)]
+        assert kinds == ["subscribed", "presence_sync", "collab.draft_created", "collab.segment_added"]
+        await mux.send({"type": "echo"})
+        assert await mux.recv() == {"type": "echoed", "user_id": "alice"}
+        error = await mux.subscribe(broken)
+        assert error["type"] == "subscribed"
+        error = await mux.recv()
+        assert (error["code"], error["draft_id"]) == ("internal_error", broken)
+        await mux.subscribe(d, since=2)
+        await mux.send({"type": "unsubscribe", "draft_id": d})
+        await mux.until(lambda m: m["type"] == "unsubscribed")
+        assert ended == [(broken, "failed"), (d, "resubscribed"), (d, "unsubscribed")]
+        assert server.app[AppState.KEY].metrics.subscriptions._value.get() == 0
+        await mux.ws.close()
+
+
+async def test_1001_on_shutdown_with_subscriptions_open() -> None:
+    async with serving_app() as (server, _), aiohttp.ClientSession() as http:
+        c = Client(server, http)
+        d = await c.create("alice")
+        mux = await connect(c)
+        assert (await mux.subscribe(d))["type"] == "subscribed"
+        closing = asyncio.ensure_future(server.close())
+        assert (await mux.ws.receive(timeout=10)).type == aiohttp.WSMsgType.CLOSE
+        assert mux.ws.close_code == 1001
+        await mux.ws.close()
+        await asyncio.wait_for(closing, 20)
+        assert server.app[AppState.KEY].metrics.subscriptions._value.get() == 0
