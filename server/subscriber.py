@@ -373,6 +373,9 @@ class Subscriber:
         backlog = self._backlog
         try:
             while backlog and not self.closing:
+                await self._wait_below_high_water()
+                if self.closing:
+                    break
                 chunk: list[bytes] = []
                 stamps: list[float] = []
                 size = 0
@@ -470,10 +473,23 @@ class Subscriber:
         """Write catch-up frames after any backlog, then wait until the sink is writable."""
         while self._writer is not None and not self._writer.done():
             await asyncio.shield(self._writer)
+        await self._wait_below_high_water()
         if self.closing:
             return
         self.sink.write(data)
         await self.sink.writable()
+
+    async def _wait_below_high_water(self) -> None:
+        """Wait while the sink holds more than ``HIGH_WATER`` unsent bytes.
+
+        On a socket shared by many subscribers (``/v1/ws``) the others may have filled it since
+        this one last waited: writing only below the mark keeps the socket's transport near
+        ``HIGH_WATER`` plus one chunk or page, whatever the number of subscriptions. (A sink over
+        its mark is paused, so each turn of the loop waits for the sink's resume signal.)
+        """
+        sink = self.sink
+        while sink.buffered > HIGH_WATER and not sink.closing and not self.closing:
+            await sink.writable()
 
 
 def _frames_after(batches: tuple[Batch, ...], after: int, through: int) -> bytes:

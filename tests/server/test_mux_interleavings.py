@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from eventstore.memory import MemoryStore
 from server.frames import text_frame
 from server.hub import Hub
-from server.subscriber import BacklogBudget, Subscriber
+from server.subscriber import HIGH_WATER, BacklogBudget, Subscriber
 from tests.server.fakes import FakeSink, append, decode_frames
 
 STREAMS = ("draft_a", "draft_b", "draft_c")
@@ -126,3 +126,53 @@ def _check(messages: list[dict[str, object]], open_heads: dict[str, int]) -> Non
             expected[stream] = int(str(message["seq"])) + 1
     for stream, head in open_heads.items():
         assert expected[stream] == head + 1, (stream, expected[stream], head)
+
+
+async def test_one_budget_for_the_sum_of_the_drafts_and_a_bounded_transport() -> None:
+    """Ten live subscriptions on one sink that the peer stops reading: the transport holds about
+    ``HIGH_WATER`` plus one batch, the backlogs together stay within the one budget, and the
+    subscription that would pass it asks for 1013 (each alone is far below the bound)."""
+    store = MemoryStore()
+    await store.open()
+    tasks: set[asyncio.Task[None]] = set()
+    closes: list[int] = []
+
+    def spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        return task
+
+    streams = [f"draft_{i}" for i in range(10)]
+    hub = Hub(store, max_backlog_bytes=1 << 30, max_backlog_events=1 << 30)
+    sink = FakeSink(auto_drain=False)
+    budget = BacklogBudget(1 << 20, 1 << 30)
+    try:
+        subs = []
+        for stream in streams:
+            head = await append(store, stream)
+            sub = hub.subscribe(
+                stream, sink, head, spawn=spawn, request_close=lambda c, _r: closes.append(c), budget=budget
+            )
+            subs.append(sub)
+        for _ in range(100):
+            await asyncio.sleep(0)  # the catch-ups find nothing and go live
+        assert all(s.seam.live for s in subs)
+        batch = 0
+        for _ in range(40):
+            for stream in streams:
+                before = sink.buffered
+                await append(store, stream, 1, 20_000)
+                batch = max(batch, sink.buffered - before)
+                await asyncio.sleep(0)  # the backlog writers run
+                assert sink.buffered <= HIGH_WATER + batch
+                assert budget.bytes <= budget.max_bytes
+                assert budget.bytes == sum(s.backlog_bytes for s in subs)
+            if closes:
+                break
+        assert closes and set(closes) == {1013}
+        assert max(s.backlog_bytes for s in subs) < budget.max_bytes // 2
+    finally:
+        for task in tasks:
+            task.cancel()
+        await store.close()
