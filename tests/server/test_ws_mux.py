@@ -12,6 +12,7 @@ import orjson
 import pytest
 from yarl import URL
 
+from eventstore.errors import StoreUnavailable
 from eventstore.memory import MemoryStore
 from server.params import MAX_SEQ
 from server.state import AppState
@@ -477,3 +478,31 @@ async def test_1001_on_shutdown_with_subscriptions_open() -> None:
         await mux.ws.close()
         await asyncio.wait_for(closing, 20)
         assert server.app[AppState.KEY].metrics.subscriptions._value.get() == 0
+
+
+async def test_store_trouble_refuses_one_subscription_only(
+    app: tuple[Client, MemoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c, _ = app
+    d, other = await c.create("alice"), await c.create("alice")
+    projector = c.server.app[AppState.KEY].projector
+    mux = await connect(c)
+    assert (await mux.subscribe(d))["type"] == "subscribed"
+    real_get = projector.get
+    failure = ["down"]
+
+    async def failing(draft_id: str, *args: Any) -> Any:
+        if draft_id != other:
+            return await real_get(draft_id, *args)
+        raise StoreUnavailable("down") if failure[0] == "down" else KeyError("bug")
+
+    monkeypatch.setattr(projector, "get", failing)
+    error = await mux.subscribe(other)
+    assert (error["code"], error["draft_id"], error["retry_after"]) == ("unavailable", other, 1)
+    failure[0] = "bug"
+    error = await mux.subscribe(other)
+    assert (error["code"], error["draft_id"]) == ("internal_error", other)
+    assert "bug" not in error["message"]
+    seq = await c.segment(d, "alice", "still here")
+    assert (await mux.recv())["seq"] == seq
+    await mux.ws.close()
