@@ -13,6 +13,8 @@ here, on the app's :class:`MuxExtensions` (``AppState.mux``), built at app start
 * :attr:`MuxExtensions.on_end` — called (synchronously) when a subscription ends, with the
   reason: ``"unsubscribed"``, ``"resubscribed"``, ``"revoked"``, ``"socket_closed"`` or ``"failed"`` (a
   ``before_events`` hook raised; the client was answered ``internal_error`` with the ``draft_id``).
+* :attr:`MuxExtensions.on_close` — called (synchronously) once the socket is closing, after its
+  subscriptions have ended; nothing more can be written (release what ``extras`` holds).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ BeforeEvents = Callable[["MuxSession", "MuxSubscription"], Awaitable[None]]
 OnEnd = Callable[["MuxSession", "MuxSubscription", str], None]
 """Runs when a subscription ends (no event of it follows), with the reason."""
 
+OnClose = Callable[["MuxSession"], None]
+"""Runs when the socket closes, after its subscriptions have ended."""
+
 
 @dataclass
 class MuxExtensions:
@@ -41,3 +46,4 @@ class MuxExtensions:
     handlers: dict[str, MessageHandler] = field(default_factory=dict)
     before_events: list[BeforeEvents] = field(default_factory=list)
     on_end: list[OnEnd] = field(default_factory=list)
+    on_close: list[OnClose] = field(default_factory=list)

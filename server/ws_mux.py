@@ -106,7 +106,10 @@ class MuxSession:
 
     Messages are handled one at a time, so a ``subscribe`` followed by an ``unsubscribe`` of the
     same draft are answered in that order. ``send`` frames a message into the sink (raises
-    :class:`~server.subscriber.SinkClosed` once the socket is closing).
+    :class:`~server.subscriber.SinkClosed` once the socket is closing). Extensions
+    (:mod:`server.mux_hooks`) use ``send``, ``tasks.spawn`` (tasks owned by the socket), ``sink``
+    and ``budget`` (to write through a :class:`~server.subscriber.Subscriber` of their own),
+    ``closer`` and ``extras``.
     """
 
     def __init__(
@@ -120,6 +123,8 @@ class MuxSession:
         self.tasks = SocketTasks(st.sockets)
         self.budget = BacklogBudget(st.settings.ws_queue_bytes, st.settings.ws_queue_size)
         self.subscriptions: dict[str, MuxSubscription] = {}
+        self.extras: dict[str, Any] = {}
+        """Per-socket state of extensions (the feed's ``subscribe_me``, say), by their own key."""
         self.handlers: dict[str, MessageHandler] = {
             **st.mux.handlers,
             "subscribe": MuxSession.subscribe,
@@ -146,6 +151,11 @@ class MuxSession:
             self.sink.start_closing()
             for sub in tuple(self.subscriptions.values()):
                 self.end(sub, "socket_closed")
+            for on_close in st.mux.on_close:
+                try:
+                    on_close(self)
+                except Exception:
+                    log.exception("/v1/ws on_close hook failed")
             self.tasks.cancel_all()
             try:
                 await self.closer.send_close()

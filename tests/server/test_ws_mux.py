@@ -445,6 +445,7 @@ async def test_hooks_for_presence_and_the_feed_plug_in() -> None:
         mux_hooks.before_events.append(presence_sync)
         mux_hooks.handlers["echo"] = echo
         mux_hooks.on_end.append(lambda _s, sub, reason: ended.append((sub.draft_id, reason)))
+        mux_hooks.on_close.append(lambda session: ended.append(("socket", str(len(session.subscriptions)))))
         c = Client(server, http)
         d, broken = await c.create("alice"), await c.create("alice")
         await c.segment(d, "alice", "one")
@@ -463,7 +464,13 @@ async def test_hooks_for_presence_and_the_feed_plug_in() -> None:
         await mux.until(lambda m: m["type"] == "unsubscribed")
         assert ended == [(broken, "failed"), (d, "resubscribed"), (d, "unsubscribed")]
         assert server.app[AppState.KEY].metrics.subscriptions._value.get() == 0
+        await mux.subscribe(d)
         await mux.ws.close()
+        for _ in range(100):
+            if len(ended) == 5:
+                break
+            await asyncio.sleep(0.05)
+        assert ended[3:] == [(d, "socket_closed"), ("socket", "0")]
 
 
 async def test_1001_on_shutdown_with_subscriptions_open() -> None:
