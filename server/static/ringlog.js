@@ -9,7 +9,10 @@
 // falls between load and subscribe. Every event, from the socket or from polling, goes through
 // one SeqOrderer: each seq is applied once, in order; a hole is fetched from /events first.
 // When the socket cannot open or drops, it long-polls /events (GET state every ~3 s if that
-// fails too) and retries the socket with exponential backoff and full jitter.
+// fails too) and retries the socket with exponential backoff and full jitter, capped at 5 s
+// while the page is visible (30 s while hidden). The first poll that reaches the server after
+// an offline round asks without waiting and, if answered, opens the socket at once: the page is
+// live again within ~3 s of the server's return, not at the end of a backoff or a long-poll.
 // When the server takes the caller's access away (close 4403 after an `access_revoked` error,
 // API.md "Access that changes live"), or answers 403 once the draft was loaded, it stops for
 // good with status "revoked": no socket, no polling, no retry.
@@ -27,7 +30,8 @@ export const CLOSE_ACCESS_REVOKED = 4403;
 const LONG_POLL_WAIT_S = 25;
 const STATE_POLL_MS = 3000;
 const BACKOFF_BASE_MS = 500;
-const BACKOFF_CAP_MS = 30000;
+const BACKOFF_CAP_MS = 30000; // while the page is hidden
+const VISIBLE_BACKOFF_CAP_MS = 5000; // while it is visible: a socket retry at least every 5 s
 const PING_EVERY_MS = 20000;
 const SILENCE_LIMIT_MS = 50000;
 const MAX_PAGES = 1000;
@@ -152,6 +156,12 @@ function retryAfterMs(response) {
   return Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : 0;
 }
 
+// The socket's backoff cap now: short while someone is looking at the page.
+function backoffCap() {
+  const hidden = typeof document !== "undefined" && document.visibilityState === "hidden";
+  return hidden ? BACKOFF_CAP_MS : VISIBLE_BACKOFF_CAP_MS;
+}
+
 function sleep(ms, signal) {
   return new Promise((resolve) => {
     const timer = setTimeout(resolve, ms);
@@ -241,6 +251,7 @@ export function connectDraft(draftId, options = {}) {
 
   function shutdown() {
     closed = true;
+    if (typeof document !== "undefined") document.removeEventListener("visibilitychange", onVisible);
     lifetime.abort();
     clearTimeout(reconnectTimer);
     clearInterval(pingTimer);
@@ -290,6 +301,20 @@ export function connectDraft(draftId, options = {}) {
   }
 
   const isLive = () => status === LIVE && ws !== null;
+
+  // The server answers again (a poll got through after an offline round): try the socket now
+  // instead of at the end of its backoff.
+  function serverBack() {
+    if (closed || ws || !orderer) return;
+    attempt = 0;
+    openSocket();
+  }
+
+  // A page that becomes visible again retries a waiting socket at once.
+  function onVisible() {
+    if (document.visibilityState === "visible" && reconnectTimer !== null) serverBack();
+  }
+  if (typeof document !== "undefined") document.addEventListener("visibilitychange", onVisible);
 
   function openSocket() {
     if (closed || ws) return;
@@ -357,7 +382,7 @@ export function connectDraft(draftId, options = {}) {
     // 1001 server going away, 1013 too slow, 1006 never opened or dropped: resume from lastSeq
     if (status === LIVE || status === CONNECTING) setStatus(SYNCING); // else polling already knows
     poll();
-    const delay = Math.max(backoffDelay(attempt++), Math.min(serverRetryAfter, BACKOFF_CAP_MS));
+    const delay = Math.max(backoffDelay(attempt++, { cap: backoffCap() }), Math.min(serverRetryAfter, BACKOFF_CAP_MS));
     serverRetryAfter = 0;
     reconnectTimer = setTimeout(openSocket, delay);
     return undefined;
@@ -366,15 +391,19 @@ export function connectDraft(draftId, options = {}) {
   async function poll() {
     if (polling) return;
     polling = true;
+    let offline = false; // the last round reached no server: the next one asks without waiting
     try {
       for (let round = 0; !closed && !isLive() && round < 1e6; round++) {
         const abort = new AbortController();
         pollAbort = abort;
         try {
-          const body = await api(`${draftPath}/events?since=${orderer.lastSeq}&wait=${LONG_POLL_WAIT_S}&limit=1000`, abort.signal);
+          const wait = offline ? 0 : LONG_POLL_WAIT_S;
+          const body = await api(`${draftPath}/events?since=${orderer.lastSeq}&wait=${wait}&limit=1000`, abort.signal);
           if (closed || isLive()) break;
           setStatus(SYNCING);
           applyEvents(body.data);
+          if (offline) serverBack();
+          offline = false;
           continue;
         } catch (e) {
           if (abort.signal.aborted) break;
@@ -385,10 +414,13 @@ export function connectDraft(draftId, options = {}) {
           if (closed || isLive()) break;
           setStatus(SYNCING);
           adoptState(body.data);
+          if (offline) serverBack();
+          offline = false;
         } catch (e) {
           if (abort.signal.aborted) break;
           if (isFatal(e)) return refused(e);
           setStatus(OFFLINE);
+          offline = true;
         }
         await sleep(STATE_POLL_MS, abort.signal);
       }
@@ -411,7 +443,7 @@ export function connectDraft(draftId, options = {}) {
           if (closed) return;
           if (isFatal(e)) return refused(e);
           setStatus(OFFLINE);
-          await sleep(Math.max(backoffDelay(tries), serverRetryAfter), lifetime.signal);
+          await sleep(Math.max(backoffDelay(tries, { cap: backoffCap() }), serverRetryAfter), lifetime.signal);
         }
       }
       if (closed) return;
