@@ -14,6 +14,9 @@ const BADGES = {
 
 let identity = loadIdentity();
 let current = null; // { draftId, handle, state, rowErrors: Map<user id, message> }
+// Whether this server accepts dev sign-in (X-User-Id): true/false once /openapi.json said so
+// (its securitySchemes list "devUser" only when the server runs with --dev-auth); null: unknown.
+let devAuth = null;
 
 function loadIdentity() {
   try {
@@ -34,6 +37,17 @@ function jwtSubject(token) {
 
 function me() {
   return identity?.userId ?? null;
+}
+
+// Learn the server's auth mode from its OpenAPI document (API.md: GET /openapi.json).
+async function learnAuthMode() {
+  try {
+    const response = await fetch("/openapi.json", { cache: "no-store" });
+    const doc = response.ok ? await response.json() : null;
+    devAuth = doc ? Boolean(doc.components?.securitySchemes?.devUser) : null;
+  } catch {
+    devAuth = null; // unknown: both sign-in forms stay open, a refusal says the rest
+  }
 }
 
 function authHeaders() {
@@ -72,18 +86,27 @@ async function api(method, path, body) {
   }
 }
 
-function say(text, kind = "error") {
-  const box = $("message");
-  box.textContent = text;
-  box.className = `message ${kind}`;
-  box.hidden = !text;
-  if (text) setTimeout(() => { if (box.textContent === text) box.hidden = true; }, 6000);
-}
-
 function show(view) {
   for (const id of ["signin-view", "home-view", "draft-view"]) $(id).hidden = id !== view;
-  $("whoami").textContent = identity ? `Signed in as ${me()}` : "";
+  $("whoami").textContent = identity ? `Signed in as ${me()}${identity.token ? "" : " (dev)"}` : "";
   $("sign-out").hidden = !identity;
+  const off = devAuth === false;
+  $("dev-off").hidden = !off;
+  for (const id of ["dev-user", "dev-button"]) $(id).disabled = off;
+}
+
+// The server refused our credentials (401): forget them and say why on the sign-in page.
+function signedOut(why) {
+  const dev = identity && !identity.token;
+  if (dev) devAuth = false; // a dev id refused: this server runs without --dev-auth
+  sessionStorage.removeItem(STORAGE_KEY);
+  identity = null;
+  if (current) {
+    current.handle?.close();
+    current = null;
+  }
+  show("signin-view");
+  if (!dev) showError($("token-form").querySelector(".error"), `Your token was refused: ${why}`);
 }
 
 // -- routing -----------------------------------------------------------------------------
@@ -95,6 +118,7 @@ function route() {
     current.handle.close();
     current = null;
   }
+  if (identity && !identity.token && devAuth === false) return signedOut("dev sign-in is off");
   if (!identity) return show("signin-view");
   if (wanted) return openDraft(wanted);
   show("home-view");
@@ -121,38 +145,86 @@ async function loadDrafts() {
         return li;
       }),
     );
+    showError($("list-error"), null);
     $("no-drafts").hidden = data.length > 0;
     $("no-drafts").textContent = archived
       ? "No archived drafts."
       : "No drafts yet: create one, or ask to be invited.";
   } catch (e) {
-    say(`Cannot list drafts: ${e.message}`);
+    if (e.status === 401) return signedOut(e.message);
+    showError($("list-error"), `Cannot list drafts: ${e.message}`);
   }
+  return undefined;
 }
 
 // -- the draft view ----------------------------------------------------------------------
 
-function openDraft(draftId) {
-  show("draft-view");
-  if (current) return;
-  $("segments").replaceChildren();
-  $("people").replaceChildren();
-  $("draft-title").textContent = "…";
+// A fresh draft view: nothing of the previous draft stays on screen while this one loads.
+function resetDraftView(draftId) {
+  $("draft-body").hidden = true;
+  $("draft-error").hidden = true;
+  $("draft-loading").hidden = false;
+  $("draft-status").hidden = false;
+  for (const id of ["segments", "people", "pass-to"]) $(id).replaceChildren();
+  for (const id of ["draft-title", "draft-description", "holder", "updated", "copy-status", "invite-done", "append-hint"]) {
+    $(id).textContent = "";
+  }
+  delete $("updated").dataset.seq;
+  $("draft-id").textContent = draftId;
+  $("your-turn").hidden = true;
   $("live-controls").hidden = false;
   $("revoked").hidden = true;
   $("archived-badge").hidden = true;
+  $("archive-form").hidden = true;
+  $("pass-hint").hidden = true;
+  showStatus("connecting", null);
   for (const box of document.querySelectorAll("#draft-view .error")) showError(box, null);
-  current = { draftId, state: null, handle: null, rowErrors: new Map() };
+  for (const control of document.querySelectorAll("#draft-body button, #draft-body input, #draft-body textarea, #draft-body select")) {
+    control.disabled = true;
+  }
+  $("copy-id").disabled = false;
+}
+
+function openDraft(draftId) {
+  show("draft-view");
+  if (current) return;
+  resetDraftView(draftId);
+  const session = { draftId, state: null, handle: null, rowErrors: new Map() };
+  current = session;
   const credentials = identity.token ? { token: identity.token } : { userId: identity.userId };
-  current.handle = connectDraft(draftId, {
+  session.handle = connectDraft(draftId, {
     ...credentials,
     onState: (state) => {
-      if (current?.draftId !== draftId) return;
-      current.state = state;
+      if (current !== session) return;
+      const first = session.state === null;
+      session.state = state;
       render(state);
+      if (first) {
+        $("draft-loading").hidden = true;
+        $("draft-body").hidden = false;
+        $("draft-heading").focus();
+      }
     },
-    onStatus: (status, detail) => showStatus(status, detail),
+    onStatus: (status, detail) => {
+      if (current === session) showStatus(status, detail);
+    },
   });
+}
+
+// The draft never loaded (bad id, not shared with us, …): only an error, no draft, no controls.
+function loadFailed(draftId, detail) {
+  if (detail?.code === "unauthorized") return signedOut(detail.message);
+  const texts = {
+    not_found: `There is no draft with the id “${draftId}”. Check the id, or open one from your list.`,
+    forbidden: `You (${me()}) are not a collaborator on “${draftId}”: ask its creator to invite you.`,
+  };
+  $("draft-body").hidden = true;
+  $("draft-loading").hidden = true;
+  $("draft-status").hidden = true;
+  $("status-detail").hidden = true;
+  $("draft-error-text").textContent = texts[detail?.code] ?? detail?.message ?? "It could not be loaded.";
+  $("draft-error").hidden = false;
+  return undefined;
 }
 
 function showStatus(status, detail) {
@@ -160,15 +232,20 @@ function showStatus(status, detail) {
   badge.dataset.status = status;
   badge.textContent = BADGES[status] ?? status;
   badge.title = detail ? `${detail.code}: ${detail.message}` : "";
+  if (status === "stopped" && current && current.state === null) return loadFailed(current.draftId, detail);
+  // why the page stopped, next to the badge that says it did
+  let why = null;
   if (status === "stopped" && detail) {
-    say(detail.code === "token_expired" ? "Your token expired: sign out and paste a new one." : detail.message);
+    why = detail.code === "token_expired" ? "Your token expired: sign out and paste a new one." : detail.message;
   }
+  showError($("status-detail"), why);
   if (status === "revoked") {
     // access was taken away (close 4403): ringlog.js has stopped for good; so does the page
     $("live-controls").hidden = true;
     $("revoked").hidden = false;
   }
   if (current?.state) renderControls(current.state, status);
+  return undefined;
 }
 
 function formatTime(ts) {
@@ -242,13 +319,17 @@ function renderPeople(state, off, revoked) {
       actions.className = "actions";
       if (myRole === "creator" && p.role !== "creator") {
         const to = p.role === "contributor" ? "viewer" : "contributor";
-        actions.append(button(`Make ${to}`, "secondary small role-switch",
-          (e) => rowAction(e.target, p.user_id, "PATCH", { role: to }), off));
+        const roleSwitch = button(`Make ${to}`, "secondary small role-switch",
+          (e) => rowAction(e.target, p.user_id, "PATCH", { role: to }), off);
+        roleSwitch.setAttribute("aria-label", `Make ${p.user_id} ${to}`);
+        actions.append(roleSwitch);
       }
       if (mayRemove(myRole, p)) {
         const leaving = p.user_id === me();
-        actions.append(button(leaving ? "Leave" : "Remove", "secondary small remove",
-          (e) => rowAction(e.target, p.user_id, "DELETE", undefined), off));
+        const remove = button(leaving ? "Leave" : "Remove", "secondary small remove",
+          (e) => rowAction(e.target, p.user_id, "DELETE", undefined), off);
+        remove.setAttribute("aria-label", leaving ? "Leave this draft" : `Remove ${p.user_id}`);
+        actions.append(remove);
       }
       const error = document.createElement("small");
       error.className = "error";
@@ -285,16 +366,27 @@ function renderControls(state, status) {
     .filter((u) => u !== me());
   const select = $("pass-to");
   const chosen = select.value;
+  const option = (value, text) => {
+    const o = document.createElement("option");
+    o.value = value;
+    o.textContent = text;
+    return o;
+  };
   select.replaceChildren(
-    ...targets.map((u) => {
-      const option = document.createElement("option");
-      option.value = u;
-      option.textContent = u;
-      return option;
-    }),
+    ...(targets.length ? targets.map((u) => option(u, u)) : [option("", "(no one to pass to)")]),
   );
   if (targets.includes(chosen)) select.value = chosen;
   for (const id of ["pass-to", "pass-button"]) $(id).disabled = !holder || targets.length === 0 || stopped;
+  // why the list is empty or cannot be used, under it
+  let passHint = "";
+  if (ended) passHint = "";
+  else if (state.archived) passHint = "The draft is archived: the ring stays where it is.";
+  else if (!holder) passHint = `Only the ring holder can pass it: ${state.ring_state.current_holder_id} holds it now.`;
+  else if (targets.length === 0) {
+    passHint = "No one to pass the ring to: only contributors can hold it. Invite someone as a contributor below first.";
+  }
+  $("pass-hint").textContent = passHint;
+  $("pass-hint").hidden = !passHint;
   for (const id of ["invite-user", "invite-role", "invite-button"]) $(id).disabled = !canEdit || stopped;
 }
 
@@ -314,8 +406,8 @@ async function mutate(form, action) {
     await action();
     return true;
   } catch (e) {
-    if (box) showError(box, e.message);
-    else say(e.message);
+    if (e.status === 401) signedOut(e.message);
+    else showError(box, e.message);
     return false;
   } finally {
     if (current?.state) renderControls(current.state, $("badge").dataset.status);
@@ -354,8 +446,9 @@ $("token-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const token = $("token-input").value.trim();
   const sub = jwtSubject(token);
-  if (!sub) return say("That does not look like a JWT with a 'sub' claim.");
-  return signIn({ token, userId: sub });
+  const box = e.target.querySelector(".error");
+  showError(box, sub ? null : "That does not look like a JWT with a 'sub' claim.");
+  if (sub) signIn({ token, userId: sub });
 });
 
 $("sign-out").addEventListener("click", () => {
@@ -379,7 +472,44 @@ $("create-form").addEventListener("submit", async (e) => {
 
 $("open-form").addEventListener("submit", (e) => {
   e.preventDefault();
-  window.location.hash = `#/drafts/${encodeURIComponent($("open-id").value.trim())}`;
+  const draftId = $("open-id").value.trim();
+  showError(e.target.querySelector(".error"), draftId ? null : "Enter a draft id.");
+  if (draftId) window.location.hash = `#/drafts/${encodeURIComponent(draftId)}`;
+});
+
+// Copy with the Clipboard API; where it is missing or refused (plain http on another host),
+// a selected off-screen textarea and execCommand("copy"); failing both, the id is selected.
+async function copyText(text) {
+  if (window.isSecureContext && navigator.clipboard?.writeText) {
+    try {
+      await navigator.clipboard.writeText(text);
+      return true;
+    } catch {
+      // permission refused: try the fallback
+    }
+  }
+  const area = document.createElement("textarea");
+  area.value = text;
+  area.readOnly = true;
+  area.className = "offscreen";
+  document.body.append(area);
+  area.select();
+  let ok = false;
+  try {
+    ok = document.execCommand("copy");
+  } catch {
+    ok = false;
+  }
+  area.remove();
+  return ok;
+}
+
+$("copy-id").addEventListener("click", async () => {
+  const draftId = $("draft-id").textContent;
+  const ok = await copyText(draftId);
+  $("copy-id").focus();
+  if (!ok) window.getSelection()?.selectAllChildren($("draft-id"));
+  $("copy-status").textContent = ok ? "Copied." : "Copying was refused: the id is selected, press Ctrl+C.";
 });
 
 $("append-form").addEventListener("submit", async (e) => {
@@ -401,12 +531,12 @@ $("invite-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const draftId = current.draftId;
   const user = $("invite-user").value.trim();
+  const role = $("invite-role").value;
+  $("invite-done").textContent = "";
   const ok = await mutate(e.target, () =>
-    api("POST", `/v1/collab/drafts/${encodeURIComponent(draftId)}/collaborators`, { user_id: user, role: $("invite-role").value }));
-  if (ok) {
-    $("invite-user").value = "";
-    say(`Invited ${user}.`, "info");
-  }
+    api("POST", `/v1/collab/drafts/${encodeURIComponent(draftId)}/collaborators`, { user_id: user, role }));
+  $("invite-done").textContent = ok ? `Invited ${user} as a ${role}.` : "";
+  if (ok) $("invite-user").value = "";
 });
 
 $("archive-form").addEventListener("submit", async (e) => {
@@ -417,4 +547,4 @@ $("archive-form").addEventListener("submit", async (e) => {
 });
 
 window.addEventListener("hashchange", route);
-route();
+learnAuthMode().then(route);
