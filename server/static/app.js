@@ -233,6 +233,7 @@ function showStatus(status, detail) {
   badge.textContent = BADGES[status] ?? status;
   badge.title = detail ? `${detail.code}: ${detail.message}` : "";
   if (status === "stopped" && current && current.state === null) return loadFailed(current.draftId, detail);
+  if (status === "stopped" && detail?.code === "unauthorized") return signedOut(detail.message);
   // why the page stopped, next to the badge that says it did
   let why = null;
   if (status === "stopped" && detail) {

@@ -214,12 +214,23 @@ async def test_a_server_without_dev_auth_says_so(browser: Browser, tmp_path: Pat
         await expect(page.locator("#home-view")).to_be_visible()
         await expect(page.locator("#whoami")).to_have_text("Signed in as alice")
 
-    # and a server with dev auth: the dev form is open, no notice
-    with ServerProcess(str(tmp_path / "dev.db"), "--dev-auth", log_path=tmp_path / "d.log") as server:
-        page = await (await browser.new_context()).new_page()
-        await page.goto(server.url + "/")
-        await expect(page.locator("#dev-user")).to_be_enabled()
+    # a server with dev auth: the dev form is open, no notice; then it is restarted with tokens
+    # only while a dev user follows a draft: the page signs out and says why
+    db = str(tmp_path / "dev.db")
+    with ServerProcess(db, "--dev-auth", log_path=tmp_path / "d.log") as server:
+        page = await _signed_in(browser, server, "alice")
         await expect(page.locator("#dev-off")).to_be_hidden()
+        await expect(page.locator("#whoami")).to_have_text("Signed in as alice (dev)")
+        await _create_draft(page, "Dev for now")
+        await expect(_badge(page)).to_have_attribute("data-status", "live")
+        assert await asyncio.to_thread(server.stop) == 0
+        tokens_only = ServerProcess(db, "--rate-limit", "0", log_path=tmp_path / "t.log")
+        tokens_only.port = server.port
+        with tokens_only:
+            await expect(page.locator("#signin-view")).to_be_visible(timeout=30_000)
+            await expect(page.locator("#dev-off")).to_be_visible()
+            await expect(page.locator("#whoami")).to_have_text("")
+            await expect(page.locator("#draft-view")).to_be_hidden()
 
 
 async def test_the_draft_id_is_shown_and_copied(browser: Browser, server: ServerProcess) -> None:  # noqa: F811
