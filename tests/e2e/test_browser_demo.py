@@ -312,3 +312,62 @@ async def test_labels_focus_order_and_a_live_status(browser: Browser, server: Se
     expected = ["copy-id", "segment-content", "append-button", "invite-user", "invite-role", "invite-button"]
     assert [f for f in order if f in expected] == expected, order
     assert order.index("invite-button") < order.index("archive-button"), order
+
+
+async def test_a_page_that_becomes_visible_retries_the_socket_at_once(
+    browser: Browser,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Hidden, the socket's backoff may grow to 30 s; shown again, the page retries at once."""
+    args = ("--dev-auth", "--rate-limit", "0", "--no-ws-enabled")
+    with ServerProcess(str(tmp_path / "nows.db"), *args, log_path=tmp_path / "server.log") as server:
+        context = await browser.new_context()
+        # a visibility the test controls, and sockets counted (made; closed once every handler ran)
+        await context.add_init_script(
+            """window.pageHidden = false;
+               Object.defineProperty(document, "visibilityState",
+                                     { get: () => (window.pageHidden ? "hidden" : "visible") });
+               window.wsMade = []; window.wsClosed = 0;
+               const Native = window.WebSocket;
+               window.WebSocket = class extends Native {
+                 constructor(...args) {
+                   super(...args);
+                   window.wsMade.push(performance.now());
+                   this.addEventListener("close", () => setTimeout(() => { window.wsClosed += 1; }, 0));
+                 }
+               };"""
+        )
+        page = await context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        await page.goto(server.url + "/")
+        await page.fill("#dev-user", "alice")
+        await page.click("#dev-form button")
+        await page.evaluate("window.pageHidden = true")
+        await _create_draft(page, "Hidden tab")
+        await expect(_badge(page)).to_have_attribute("data-status", "syncing")
+        # four refused sockets: the fifth waits up to 8 s (hidden: a cap of 30 s)
+        settled = await page.evaluate(
+            """() => new Promise((resolve) => {
+                 const startedAt = performance.now();
+                 const check = () => window.wsClosed >= 4 && window.wsClosed === window.wsMade.length
+                   ? resolve(true)
+                   : performance.now() - startedAt > 30000 ? resolve(false) : setTimeout(check, 10);
+                 check();
+               })"""
+        )
+        assert settled, "fewer than four refused sockets in 30 s"
+        waited_ms = await page.evaluate(
+            """() => new Promise((resolve) => {
+                 const before = window.wsMade.length;
+                 const shownAt = performance.now();
+                 window.pageHidden = false;
+                 document.dispatchEvent(new Event("visibilitychange"));
+                 const check = () => window.wsMade.length > before
+                   ? resolve(window.wsMade[before] - shownAt)
+                   : performance.now() - shownAt > 10000 ? resolve(null) : setTimeout(check, 10);
+                 check();
+               })"""
+        )
+        assert waited_ms is not None, "no socket attempt within 10 s of the page becoming visible"
+        print(f"\nsocket retried {waited_ms:.0f} ms after the page became visible")
+        assert waited_ms < 1000
