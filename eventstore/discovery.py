@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from eventstore.errors import StoreError
 from eventstore.events import Record
 from eventstore.notifier import Notifier
+from eventstore.peerbus import MAX_FRAME
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,36 @@ DISCOVERY_PAGE = 1000
 """Records read per query by commit discovery."""
 
 _marker_numbers = itertools.count(1)
+
+BUS_DATAGRAM = b"RLBD"
+"""First bytes of a peer bus datagram: then, per frame, its length (2 bytes, big endian) and it."""
+
+BUS_DATAGRAM_BYTES = 60 * 1024
+"""Bytes in one bus datagram at most (the frames of one loop turn, more datagrams past it)."""
+
+BUS_OUTBOX_BYTES = 256 * 1024
+"""Bus frames waiting for the end of the loop turn, in bytes at most (more are dropped)."""
+
+_BUS_READS_PER_WAKE = 64
+"""Bus datagrams read per readable event at most (the loop gets its turn back)."""
+
+
+def split_bus_datagram(datagram: bytes) -> tuple[list[bytes], bool]:
+    """The frames of a bus datagram, and whether it was well formed (a garbled tail is dropped)."""
+    frames: list[bytes] = []
+    at = len(BUS_DATAGRAM)
+    if not datagram.startswith(BUS_DATAGRAM):
+        return frames, False
+    while at < len(datagram):
+        if at + 2 > len(datagram):
+            return frames, False
+        size = int.from_bytes(datagram[at : at + 2], "big")
+        at += 2
+        if size == 0 or at + size > len(datagram):
+            return frames, False
+        frames.append(datagram[at : at + size])
+        at += size
+    return frames, True
 
 
 class CommitCursor:
@@ -138,37 +169,65 @@ class CommitCursor:
 class PeerWakeups:
     """The datagram channel between the processes serving one SQLite file (see the module doc).
 
-    ``on_wake`` is called on the event loop when another process says it committed.
+    ``on_wake`` is called on the event loop when another process says it committed;
+    ``on_frame(frame)`` for every peer bus frame another process sent (:meth:`broadcast`), and
+    with empty bytes for a bus datagram that does not parse (the bus counts and logs it).
     """
 
-    def __init__(self, db_path: str, on_wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        db_path: str,
+        on_wake: Callable[[], None],
+        on_frame: Callable[[bytes], None] | None = None,
+    ) -> None:
         real = os.path.realpath(db_path)
         self.directory = real + ".peers"
         self._key = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:24]
         self._on_wake = on_wake
+        self._on_frame = on_frame
         self._sock: socket.socket | None = None
+        self._bus_sock: socket.socket | None = None
         self._marker = ""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._outbox: list[bytes] = []
+        self._outbox_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
+        self.bus_frames_dropped = 0
+        """Bus frames not sent: the outbox was full, or a peer's queue was."""
 
     def _address(self, marker: str) -> bytes:
         return f"\0ringlog-{self._key}-{marker}".encode()
+
+    def bus_address(self, marker: str) -> bytes:
+        """The abstract socket name of a process's peer bus socket (by its marker)."""
+        return f"\0ringlog-{self._key}-{marker}-bus".encode()
 
     def open(self) -> None:
         """Bind this process's socket, then leave its marker (raises OSError)."""
         os.makedirs(self.directory, exist_ok=True)
         marker = f"{os.getpid()}.{next(_marker_numbers)}"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        bus_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             sock.bind(self._address(marker))
+            bus_sock.setblocking(False)
+            bus_sock.bind(self.bus_address(marker))
             with open(os.path.join(self.directory, marker), "w"):
                 pass
         except OSError:
             sock.close()
+            bus_sock.close()
             raise
-        self._sock, self._marker = sock, marker
+        self._sock, self._bus_sock, self._marker = sock, bus_sock, marker
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._readable)
+        self._loop.add_reader(bus_sock.fileno(), self._bus_readable)
+
+    @property
+    def marker(self) -> str:
+        """This process's marker file name (``<pid>.<n>``), empty until opened."""
+        return self._marker
 
     def _readable(self) -> None:
         sock = self._sock
@@ -178,6 +237,74 @@ class PeerWakeups:
             while True:
                 sock.recv(64)
         self._on_wake()
+
+    def _bus_readable(self) -> None:
+        sock = self._bus_sock
+        if sock is None:
+            return
+        datagrams: list[bytes] = []
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            for _ in range(_BUS_READS_PER_WAKE):
+                datagrams.append(sock.recv(BUS_DATAGRAM_BYTES + 1))
+        if self._on_frame is None:
+            return
+        for datagram in datagrams:
+            frames, whole = split_bus_datagram(datagram)
+            for frame in frames:
+                self._on_frame(frame)
+            if not whole:
+                self._on_frame(b"")  # garbled: counted and logged by the bus
+
+    def broadcast(self, frame: bytes) -> None:
+        """Queue a peer bus frame for every other process; sent at the end of this loop turn.
+
+        Never blocks; a frame over :data:`eventstore.peerbus.MAX_FRAME` bytes, or past
+        :data:`BUS_OUTBOX_BYTES` waiting, is dropped (the bus is best effort).
+        """
+        if self._bus_sock is None or self._loop is None:
+            return
+        if len(frame) > MAX_FRAME or self._outbox_bytes + len(frame) > BUS_OUTBOX_BYTES:
+            self.bus_frames_dropped += 1
+            return
+        self._outbox.append(frame)
+        self._outbox_bytes += len(frame) + 2
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush_bus)
+
+    def _flush_bus(self) -> None:
+        self._flush_handle = None
+        frames, self._outbox, self._outbox_bytes = self._outbox, [], 0
+        sock = self._bus_sock
+        if sock is None or not frames:
+            return
+        datagrams: list[bytes] = []
+        parts = [BUS_DATAGRAM]
+        size = len(BUS_DATAGRAM)
+        for frame in frames:
+            if size + 2 + len(frame) > BUS_DATAGRAM_BYTES:
+                datagrams.append(b"".join(parts))
+                parts, size = [BUS_DATAGRAM], len(BUS_DATAGRAM)
+            parts += (len(frame).to_bytes(2, "big"), frame)
+            size += 2 + len(frame)
+        datagrams.append(b"".join(parts))
+        try:
+            peers = os.listdir(self.directory)
+        except OSError:
+            return
+        for marker in peers:
+            if marker == self._marker:
+                continue
+            for datagram in datagrams:
+                try:
+                    sock.sendto(datagram, self.bus_address(marker))
+                except (BlockingIOError, InterruptedError):
+                    self.bus_frames_dropped += 1  # its queue is full: the next heartbeat re-sends state
+                    break
+                except (ConnectionRefusedError, FileNotFoundError):
+                    break  # gone, or an older process without a bus socket: notify() tidies markers
+                except OSError as e:
+                    log.debug("peer bus datagram to %s failed: %s", marker, e)
+                    break
 
     def notify(self) -> None:
         """Tell every other process serving the file that the log moved (never blocks)."""
@@ -203,13 +330,20 @@ class PeerWakeups:
                 log.debug("wake-up to %s failed: %s", marker, e)
 
     def close(self) -> None:
-        """Stop listening and remove this process's marker (idempotent)."""
+        """Send the bus frames still queued, stop listening, remove this process's marker (idempotent)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_bus()  # a goodbye queued in this turn still goes out
         sock, self._sock = self._sock, None
+        bus_sock, self._bus_sock = self._bus_sock, None
         if sock is None:
             return
-        if self._loop is not None and not self._loop.is_closed():
-            with contextlib.suppress(Exception):
-                self._loop.remove_reader(sock.fileno())
+        for s in (sock, bus_sock):
+            if s is not None and self._loop is not None and not self._loop.is_closed():
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(s.fileno())
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(self.directory, self._marker))
         sock.close()
+        if bus_sock is not None:
+            bus_sock.close()

@@ -24,6 +24,7 @@ from eventstore.events import (
 )
 from eventstore.groupcommit import prepare_append
 from eventstore.notifier import Notifier
+from eventstore.peerbus import PeerBus
 from eventstore.values import INT64_MAX, check_text, clamp_int64, is_storable_text, read_limit
 
 
@@ -32,6 +33,8 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.notifier = Notifier()
+        self.peer_bus = PeerBus()
+        """A local peer bus: a memory store has no other process to talk to."""
         self._log: list[Record] = []
         self._streams: dict[str, list[Record]] = {}
         self._keys: dict[tuple[str, str], IdempotencyRecord] = {}

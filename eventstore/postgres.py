@@ -89,6 +89,8 @@ from eventstore.events import (
 )
 from eventstore.groupcommit import GroupCommitter, PendingAppend
 from eventstore.notifier import Notifier
+from eventstore.peerbus import PeerBus
+from eventstore.pg_peerbus import BUS_CHANNEL, BUS_NOTIFY, NotifyOutbox, frame_listener
 from eventstore.pg_schema import SCHEMA, SCHEMA_LOCK, SCHEMA_VERSION
 from eventstore.sql import MAX_GROUP, QUEUE_SIZE, RECORD_COLUMNS, mapped_errors, record_from_row, record_row
 from eventstore.values import check_text, clamp_int64, is_storable_text, read_limit
@@ -317,6 +319,9 @@ class PostgresStore:
         self._listening = asyncio.Event()
         self._hints: dict[str, int] = {}
         self._hint_task: asyncio.Task[None] | None = None
+        self.peer_bus = PeerBus()
+        """The peer bus (:mod:`eventstore.peerbus`), over :data:`eventstore.pg_peerbus.BUS_CHANNEL`."""
+        self._bus_outbox = NotifyOutbox(self._notify_bus)
 
     @property
     def is_shared(self) -> bool:
@@ -357,6 +362,7 @@ class PostgresStore:
         loop = asyncio.get_running_loop()
         self._committer.start()
         if self.listen:
+            self.peer_bus.attach(self._bus_outbox.send)
             self._listener = loop.create_task(self._listen_loop(), name="ringlog-pg-listen")
         if self.poll_interval > 0:
             self._poller = loop.create_task(self._poll_loop(), name="ringlog-pg-poll")
@@ -388,6 +394,8 @@ class PostgresStore:
     async def close(self) -> None:
         """Refuse new appends, finish those queued, stop commit discovery, close every connection."""
         self._closing = True
+        await self.peer_bus.close()  # its goodbye goes out before the pool closes
+        await self._bus_outbox.close()
         await self._committer.stop()
         if self._hint_task is not None:
             with contextlib.suppress(Exception):
@@ -460,6 +468,11 @@ class PostgresStore:
                         await conn.execute(_NOTIFY, hints)
             except StoreError as e:  # other nodes' periodic check finds the records anyway
                 log.warning("could not send %d commit hints: %r", len(hints), str(e))
+
+    async def _notify_bus(self, frames: list[str]) -> None:
+        with _mapped_errors("peer bus notify"):
+            async with self._acquire() as conn:
+                await conn.execute(BUS_NOTIFY, frames)
 
     async def _heads(
         self, conn: asyncpg.Connection, stream_ids: Sequence[str]
@@ -620,8 +633,10 @@ class PostgresStore:
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, ev=lost: ev.set())
                 await conn.add_listener(CHANNEL, self._on_notification)
+                await conn.add_listener(BUS_CHANNEL, frame_listener(self.peer_bus.receive))
                 self._listen_conn = conn
                 self._listening.set()
+                self.peer_bus.start()  # or, listening again, a hello: peers re-announce their state
                 backoff = 0.1
                 self._schedule_discovery()  # whatever was committed while we were not listening
                 await self._watch(conn, lost)

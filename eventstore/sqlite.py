@@ -53,6 +53,7 @@ from eventstore.events import (
 )
 from eventstore.groupcommit import GroupCommitter, Head, PendingAppend, plan_group
 from eventstore.notifier import Notifier
+from eventstore.peerbus import PeerBus
 from eventstore.sql import MAX_GROUP, QUEUE_SIZE, RECORD_COLUMNS, mapped_errors, record_from_row, record_row
 from eventstore.values import check_text, clamp_int64, is_storable_text, read_limit
 
@@ -173,6 +174,8 @@ class SQLiteStore:
         self.poll_interval = poll_interval
         self._cursor = CommitCursor(self.notifier, self.read_all)
         self._wakeups: PeerWakeups | None = None
+        self.peer_bus = PeerBus()
+        """The peer bus (:mod:`eventstore.peerbus`): datagrams to the processes serving this file."""
         self._poller: asyncio.Task[None] | None = None
         self._turn_fd: int | None = None  # the writers' turn lock of a shared file (writer thread)
 
@@ -208,12 +211,16 @@ class SQLiteStore:
 
     async def _start_discovery(self) -> None:
         self._cursor.position = await self.last_position()
-        self._wakeups = PeerWakeups(self.path, self._cursor.schedule)
+        self._wakeups = PeerWakeups(self.path, self._cursor.schedule, self.peer_bus.receive)
         try:
             self._wakeups.open()
         except OSError as e:  # still correct, only slower: the periodic check finds every commit
             log.warning("no wake-ups from other processes (%s); polling every %.2fs", e, self.poll_interval)
+            log.warning("no peer bus either: per-user limits count this process only")
             self._wakeups = None
+        else:
+            self.peer_bus.attach(self._wakeups.broadcast)
+            self.peer_bus.start()
         self._poller = asyncio.get_running_loop().create_task(self._poll_loop(), name="ringlog-sqlite-poll")
 
     async def _poll_loop(self) -> None:
@@ -244,6 +251,8 @@ class SQLiteStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
+        await self.peer_bus.close()  # says goodbye while the socket is still open
+        self.peer_bus.attach(None)
         if self._wakeups is not None:
             self._wakeups.close()
             self._wakeups = None

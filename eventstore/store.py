@@ -18,6 +18,7 @@ from typing import Protocol, runtime_checkable
 
 from eventstore.events import AppendResult, IdempotencyClaim, IdempotencyRecord, NewEvent, Record, Snapshot
 from eventstore.notifier import Notifier
+from eventstore.peerbus import PeerBus
 
 
 @runtime_checkable
@@ -33,6 +34,15 @@ class Store(Protocol):
     """
 
     notifier: Notifier
+
+    peer_bus: PeerBus
+    """Small best-effort messages to the other processes sharing this log (:mod:`eventstore.peerbus`).
+
+    Per-user limits (and later presence) share their per-process state over it. SQLite sends
+    datagrams to the processes serving the same file, PostgreSQL NOTIFYs on its own channel;
+    the memory store and an unshared file have a local bus that reaches nobody. The store
+    starts it when it opens (heartbeats, a hello) and stops it (a goodbye) when it closes.
+    """
 
     @property
     def is_shared(self) -> bool:

@@ -21,6 +21,7 @@ from server.hub import Hub
 from server.metrics import Metrics
 from server.openapi import openapi_document
 from server.origins import origin_allowed
+from server.peerlimits import PeerLimits
 from server.protocol_log import install_protocol_refusal_filter
 from server.ratelimit import RateLimiter
 from server.request_text import text_guard
@@ -29,6 +30,7 @@ from server.settings import MAX_BODY_BYTES, Settings
 from server.state import AppState
 from server.ws import draft_socket
 from server.ws_mux import multi_socket
+from server.ws_registry import SocketRegistry
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,12 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     )
     metrics = Metrics()
     projector = DraftProjector(store)
+    # heartbeats three times per expiry: a dead process is dropped within 1.17 × expiry (≤ 23.3 s)
+    store.peer_bus.set_timing(settings.peer_expiry / 3, settings.peer_expiry)
+    limiter = RateLimiter(settings.rate_limit)
+    sockets = SocketRegistry()
+    peer_limits = PeerLimits(store.peer_bus, limiter, sockets.count, sockets.counts)
+    sockets.on_change = peer_limits.sockets.changed
     state = AppState(
         settings=settings,
         store=store,
@@ -141,8 +149,10 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
             observe_lag=metrics.fanout_lag.observe,
         ),
         auth=Authenticator(settings),
-        limiter=RateLimiter(settings.rate_limit),
+        limiter=limiter,
         metrics=metrics,
+        sockets=sockets,
+        peer_limits=peer_limits,
     )
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
@@ -181,10 +191,12 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         await st.store.close()
         raise
     log.info("store open: %r", _redact(st.settings.db))
+    st.peer_limits.start()
     try:
         yield
     finally:
         st.stopping.set()
+        await st.peer_limits.close()
         try:
             await st.projector.stop()  # stops its tasks, saves the last snapshots (logs what it cannot)
         except Exception:

@@ -211,12 +211,17 @@ class Settings:
     rate_limit: float = _setting(
         20.0,
         _number_rule(0, 1_000_000, note="; 0 = off"),
-        "mutations per user per second (bursts to 2x); 0 = off; per server process",
+        "mutations per user per second (bursts to 2x); 0 = off; shared by every process of the store",
     )
     max_sockets_per_user: int = _setting(
         20,
         _int_rule(0, 1_000_000, "; 0 = off"),
-        "concurrent WebSockets per user; 0 = off; per server process",
+        "concurrent WebSockets per user; 0 = off; shared by every process of the store",
+    )
+    peer_expiry: float = _setting(
+        15.0,
+        _number_rule(1, 20, " of seconds"),
+        "seconds without a heartbeat after which another process's sockets and grants stop counting",
     )
     max_subscriptions_per_socket: int = _setting(
         100,

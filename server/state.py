@@ -14,6 +14,7 @@ from server.auth import Authenticator
 from server.hub import Hub
 from server.metrics import Metrics
 from server.mux_hooks import MuxExtensions
+from server.peerlimits import PeerLimits
 from server.ratelimit import RateLimiter
 from server.service import DraftService
 from server.settings import Settings
@@ -34,7 +35,9 @@ class AppState:
     auth: Authenticator
     limiter: RateLimiter
     metrics: Metrics
-    sockets: SocketRegistry = field(default_factory=SocketRegistry)
+    sockets: SocketRegistry
+    peer_limits: PeerLimits
+    """The socket cap and rate limit shared with the other processes of the store."""
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     mux: MuxExtensions = field(default_factory=MuxExtensions)
     """What presence and the user's feed add to ``/v1/ws`` (:mod:`server.mux_hooks`)."""

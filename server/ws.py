@@ -108,7 +108,9 @@ async def admit(request: web.Request, st: AppState) -> Admission:
     since = None if raw_since is None else _parse_since(raw_since)
     draft = await admit_draft(st, user_id, request.match_info["draft_id"], since)
     cap = st.settings.max_sockets_per_user
-    if cap and st.sockets.count(user_id) >= cap:
+    # this process's sockets and the other processes' last reports (server.peerlimits): one
+    # dictionary look-up each, whatever the number of processes
+    if cap and st.peer_limits.sockets.total(user_id) >= cap:
         raise ApiError(429, "too_many_sockets", f"at most {cap} sockets per user")
     return Admission(draft.draft_id, user_id, draft.since, draft.head_seq, identity.expires_at, draft.access)
 

@@ -27,11 +27,15 @@ class SocketRegistry:
         self.all: dict[web.WebSocketResponse, CloseSocket] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.closing = False
+        self.on_change: Callable[[str], None] | None = None
+        """Called with a user id whenever that user's count changes (the shared socket cap)."""
 
     def add(self, user_id: str, ws: web.WebSocketResponse, close: CloseSocket) -> None:
         """Register ``ws``; ``close(code, message)`` closes it and returns once it is closed."""
         self.by_user[user_id].add(ws)
         self.all[ws] = close
+        if self.on_change is not None:
+            self.on_change(user_id)
 
     def remove(self, user_id: str, ws: web.WebSocketResponse) -> None:
         """Forget ``ws`` (its handler has finished with it)."""
@@ -41,10 +45,16 @@ class SocketRegistry:
             sockets.discard(ws)
             if not sockets:
                 del self.by_user[user_id]
+            if self.on_change is not None:
+                self.on_change(user_id)
 
     def count(self, user_id: str) -> int:
         """Open sockets of ``user_id`` on this node."""
         return len(self.by_user.get(user_id, ()))
+
+    def counts(self) -> dict[str, int]:
+        """Open sockets on this node of every user who has any."""
+        return {user: len(sockets) for user, sockets in self.by_user.items() if sockets}
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run a socket-related coroutine as an owned task (cancelled at shutdown, errors logged)."""
