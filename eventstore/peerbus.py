@@ -27,6 +27,13 @@ Shape:
   :data:`BAD_FRAME_LOG_INTERVAL` seconds), and a handler that raises is logged; neither stops
   the bus or the process (docs/RELIABILITY.md, "Bad input, by kind").
 
+A user of the bus needs four wirings, as :mod:`server.peerlimits` shows and presence will:
+``subscribe(topic, handler)`` to apply a peer's state (``registry.apply_remote(node_id, …)``),
+``on_node_expired`` to forget a node (``registry.drop_node(node_id)``), ``on_announce`` to
+re-publish its whole local state, and a local-change hook that publishes the change. State over
+4 KiB is sent in parts (``server.peerlimits.SharedSocketCounts.announce`` numbers them, and a
+receiver replaces its table only when every part of one announcement arrived).
+
 Transports (the store picks one; this module knows none of them): SQLite sends each frame as a
 datagram to every peer process of the same file (:class:`eventstore.discovery.PeerWakeups`),
 PostgreSQL as a ``NOTIFY`` on :data:`eventstore.postgres.BUS_CHANNEL`, the memory store (and an

@@ -209,7 +209,7 @@ async def test_the_sockets_of_a_killed_process_stop_counting_within_the_expiry(c
         assert refused_after_kill >= 1
 
 
-@pytest.fixture(params=["sqlite-workers"])
+@pytest.fixture(params=SETUPS)
 async def rate_limited(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Setup]:
     async for setup in _open_setup(
         request.param, tmp_path, "--rate-limit", "5", "--max-sockets-per-user", "0"
@@ -217,29 +217,29 @@ async def rate_limited(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         yield setup
 
 
-async def test_a_user_on_two_workers_is_limited_to_about_the_rate_in_total(rate_limited: Setup) -> None:
-    """Two keep-alive connections on different workers: the grants of both together stay within
+async def test_a_user_on_two_processes_is_limited_to_about_the_rate_in_total(rate_limited: Setup) -> None:
+    """Two keep-alive connections on different processes: the grants of both together stay within
     rate × T + the burst on each + one report interval (docs/API.md), far below 2 × (burst + rate × T)."""
     rate, burst = 5.0, 10.0
-    url = rate_limited.procs[0].url
-    sessions: dict[str, aiohttp.ClientSession] = {}
+    sessions: dict[str, tuple[aiohttp.ClientSession, str]] = {}
     try:
-        for _ in range(40):
+        for i in range(40):  # one keep-alive connection on each process
+            url = rate_limited.procs[i % len(rate_limited.procs)].url
             http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=1), timeout=aiohttp.ClientTimeout(total=WAIT)
             )
             async with http.get(url + "/healthz") as r:
-                who = r.headers[WORKER_HEADER]
+                who = rate_limited.who(r)
             if who in sessions:
                 await http.close()
                 continue
-            sessions[who] = http
+            sessions[who] = (http, url)
             if len(sessions) == 2:
                 break
-        assert len(sessions) == 2, "40 connections all landed on one worker"
-        a, b = sessions.values()
+        assert len(sessions) == 2, "40 connections all landed on one process"
+        (a, url_a), (b, url_b) = sessions.values()
         async with a.post(
-            url + "/v1/collab/drafts", json={"title": "rate"}, headers={"X-User-Id": "owner"}
+            url_a + "/v1/collab/drafts", json={"title": "rate"}, headers={"X-User-Id": "owner"}
         ) as r:
             assert r.status == 201
             draft_id = (await r.json())["data"]["id"]
@@ -249,13 +249,13 @@ async def test_a_user_on_two_workers_is_limited_to_about_the_rate_in_total(rate_
         for i in range(400):
             if time.monotonic() - started > 4.0:
                 break
-            http = (a, b)[i % 2]
+            http, url = ((a, url_a), (b, url_b))[i % 2]
             async with http.post(
                 url + f"/v1/collab/drafts/{draft_id}/segments",
                 json={"content": f"s{i}"},
                 headers={"X-User-Id": "owner"},
             ) as r:
-                workers_seen.add(r.headers[WORKER_HEADER])
+                workers_seen.add(rate_limited.who(r))
                 if r.status == 201:
                     granted += 1
                 else:
@@ -264,7 +264,7 @@ async def test_a_user_on_two_workers_is_limited_to_about_the_rate_in_total(rate_
             await asyncio.sleep(0.02)
         elapsed = time.monotonic() - started
     finally:
-        for http in sessions.values():
+        for http, _url in sessions.values():
             await http.close()
     assert len(workers_seen) == 2
     assert refused > 0
