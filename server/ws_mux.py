@@ -74,9 +74,8 @@ async def multi_socket(request: web.Request) -> web.StreamResponse:
     try:
         identity = await st.auth.identify(request.headers, request.query, websocket=True)
         cap = st.settings.max_sockets_per_user
-        if (
-            cap and st.peer_limits.sockets.total(identity.user_id) >= cap
-        ):  # every process's (server.peerlimits)
+        # this process's sockets and the other processes' last reports (server.peerlimits)
+        if cap and st.peer_limits.sockets.total(identity.user_id) >= cap:
             raise ApiError(429, "too_many_sockets", f"at most {cap} sockets per user")
     except Exception as exc:
         await refuse(ws, exc)

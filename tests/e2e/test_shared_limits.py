@@ -149,6 +149,14 @@ async def test_a_third_socket_is_refused_whichever_process_it_lands_on(capped: S
         held.append((who, ws))
     refused_on = await _refused_everywhere(capped, draft_id, [who for who, _ in held])
     assert len(refused_on) == 2, refused_on  # 24 tries on two processes: both refused
+    mux_refused_on = set()
+    for _ in range(24):  # a /v1/ws socket counts as one socket too, on every process
+        ws = await capped.http.ws_connect(capped.url().replace("http://", "ws://") + "/v1/ws?user_id=alice")
+        mux_refused_on.add(capped.who(ws._response))
+        first = await ws.receive_json(timeout=WAIT)
+        await ws.close()
+        assert first.get("code") == "too_many_sockets", first
+    assert len(mux_refused_on) == 2, mux_refused_on
     # a socket closed anywhere frees a place everywhere
     await held[0][1].close()
     deadline = time.monotonic() + WAIT
