@@ -270,3 +270,18 @@ def check_continues(
             raise LogCorrupted(f"imported records do not continue the log: hash chain broken at {where}")
         heads[r.stream_id] = (r.seq, r.hash)
         expected_position += 1
+
+
+def check_feed_entries(entries: Sequence[tuple[str, int]], after: int, upto: int) -> None:
+    """Refuse a feed-index write before anything is written (every backend, the same way).
+
+    Raises ValueError unless ``after <= upto`` and every entry's position lies in
+    ``after < position <= upto``, and :class:`UnrepresentableValue` for a user id no backend
+    can store (:mod:`eventstore.values`).
+    """
+    if not 0 <= after <= upto:
+        raise ValueError(f"feed range {after}..{upto} is not a range")
+    for user_id, position in entries:
+        if not after < position <= upto:
+            raise ValueError(f"feed entry at position {position} is outside {after}..{upto}")
+        check_text("user id", user_id)

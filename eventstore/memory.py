@@ -21,6 +21,7 @@ from eventstore.events import (
     Snapshot,
     build_records,
     check_continues,
+    check_feed_entries,
 )
 from eventstore.groupcommit import prepare_append
 from eventstore.notifier import Notifier
@@ -40,6 +41,8 @@ class MemoryStore:
         self._keys: dict[tuple[str, str], IdempotencyRecord] = {}
         self._snapshots: dict[str, Snapshot] = {}
         self._checkpoint = 0
+        self._feed: dict[str, list[int]] = {}
+        self._feed_checkpoint = 0
 
     @property
     def is_shared(self) -> bool:
@@ -168,3 +171,39 @@ class MemoryStore:
         """Forget every projection."""
         self._snapshots.clear()
         self._checkpoint = 0
+
+    async def feed_checkpoint(self) -> int:
+        """The feed index's checkpoint."""
+        return self._feed_checkpoint
+
+    async def feed_index(self, entries: Sequence[tuple[str, int]], after: int, upto: int) -> int:
+        """Add entries if the checkpoint lies in ``after .. upto - 1``; see :meth:`eventstore.store.Store.feed_index`."""
+        check_feed_entries(entries, after, upto)
+        current = self._feed_checkpoint
+        if not after <= current < upto:
+            return current
+        for user_id, position in entries:
+            if position > current:
+                positions = self._feed.setdefault(user_id, [])
+                if not positions or positions[-1] < position:
+                    positions.append(position)
+                elif position not in positions:
+                    bisect.insort(positions, position)
+        self._feed_checkpoint = upto
+        return upto
+
+    async def feed_read(
+        self, user_id: str, after_position: int, upto: int, limit: int
+    ) -> list[tuple[int, bytes]]:
+        """The user's entries after ``after_position`` up to ``upto``."""
+        positions = self._feed.get(user_id, []) if is_storable_text(user_id) else []
+        start = bisect.bisect_right(positions, clamp_int64(after_position))
+        end = bisect.bisect_right(positions, clamp_int64(upto))
+        bounded = read_limit(limit)
+        chosen = positions[start:end][: None if bounded is None else max(bounded, 0)]
+        return [(p, self._log[p - 1].body) for p in chosen]
+
+    async def reset_feed(self) -> None:
+        """Forget the feed index."""
+        self._feed.clear()
+        self._feed_checkpoint = 0

@@ -22,6 +22,8 @@ databases need no migration; see :mod:`eventstore.sql`).
 
 from __future__ import annotations
 
+from eventstore.sql import FEED_TABLE
+
 SCHEMA_VERSION = "2"
 """Version 2 added :data:`APPEND_FUNCTION`; opening a version-1 database runs :data:`SCHEMA`, which
 only adds (``CREATE … IF NOT EXISTS``, ``CREATE OR REPLACE``), so it migrates in place."""
@@ -203,3 +205,15 @@ INSERT INTO meta (key, value) VALUES ('schema_version', '2')
 
 SCHEMA_LOCK = 0x72696E676C6F67
 """Advisory lock key held while the schema is created, so nodes starting together do not race."""
+
+
+FEED_SCHEMA = (
+    FEED_TABLE
+    + """;
+INSERT INTO meta (key, value) VALUES ('feed_checkpoint', '0') ON CONFLICT (key) DO NOTHING;
+"""
+)
+"""The feed index (:data:`eventstore.sql.FEED_TABLE`) and its checkpoint row, run at every open
+(under :data:`SCHEMA_LOCK`) whatever the schema version: it only adds, so a database of any
+version gains the index in place without a version bump; the row exists so that index writers
+can lock it (``SELECT … FOR UPDATE``)."""

@@ -86,13 +86,23 @@ from eventstore.events import (
     canonical_json,
     chain_hash,
     check_continues,
+    check_feed_entries,
 )
 from eventstore.groupcommit import GroupCommitter, PendingAppend
 from eventstore.notifier import Notifier
 from eventstore.peerbus import PeerBus
 from eventstore.pg_peerbus import BUS_CHANNEL, BUS_NOTIFY, NotifyOutbox, frame_listener
-from eventstore.pg_schema import SCHEMA, SCHEMA_LOCK, SCHEMA_VERSION
-from eventstore.sql import MAX_GROUP, QUEUE_SIZE, RECORD_COLUMNS, mapped_errors, record_from_row, record_row
+from eventstore.pg_schema import FEED_SCHEMA, SCHEMA, SCHEMA_LOCK, SCHEMA_VERSION
+from eventstore.sql import (
+    FEED_CHECKPOINT_KEY,
+    FEED_READ_COLUMNS,
+    MAX_GROUP,
+    QUEUE_SIZE,
+    RECORD_COLUMNS,
+    mapped_errors,
+    record_from_row,
+    record_row,
+)
 from eventstore.values import check_text, clamp_int64, is_storable_text, read_limit
 
 log = logging.getLogger(__name__)
@@ -380,6 +390,7 @@ class PostgresStore:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
             if await self._schema_version(conn) != SCHEMA_VERSION:
                 await conn.execute(SCHEMA)
+            await conn.execute(FEED_SCHEMA)
             self._published_position = int(
                 await conn.fetchval("SELECT COALESCE(MAX(position), 0) FROM events")
             )
@@ -815,3 +826,64 @@ class PostgresStore:
             async with self._acquire() as conn, conn.transaction():
                 await conn.execute("DELETE FROM snapshots")
                 await conn.execute("DELETE FROM meta WHERE key = 'snapshot_checkpoint'")
+
+    # -- the feed index ---------------------------------------------------------------------
+
+    async def feed_checkpoint(self) -> int:
+        """The feed index's checkpoint (0 before the first index write)."""
+        rows = await self._fetch("SELECT value FROM meta WHERE key = $1", FEED_CHECKPOINT_KEY)
+        return int(rows[0][0]) if rows else 0
+
+    async def feed_index(self, entries: Sequence[tuple[str, int]], after: int, upto: int) -> int:
+        """Add entries and move the checkpoint in one transaction (see the Store protocol).
+
+        The checkpoint row is locked (``FOR UPDATE``) first, so index writers on every node take
+        turns and each sees the checkpoint the previous one committed: one writer per position.
+        """
+        check_feed_entries(entries, after, upto)
+        with _mapped_errors("feed index write"):
+            async with self._acquire() as conn, conn.transaction():
+                value = await conn.fetchval(
+                    "SELECT value FROM meta WHERE key = $1 FOR UPDATE", FEED_CHECKPOINT_KEY
+                )
+                current = int(value) if value is not None else 0
+                if not after <= current < upto:
+                    return current
+                fresh = [e for e in entries if e[1] > current]
+                if fresh:
+                    await conn.execute(
+                        "INSERT INTO feed (user_id, position) "
+                        "SELECT * FROM unnest($1::text[], $2::bigint[]) ORDER BY 1, 2 ON CONFLICT DO NOTHING",
+                        [e[0] for e in fresh],
+                        [e[1] for e in fresh],
+                    )
+                await conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ($1, $2) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    FEED_CHECKPOINT_KEY,
+                    str(upto),
+                )
+                return upto
+
+    async def feed_read(
+        self, user_id: str, after_position: int, upto: int, limit: int
+    ) -> list[tuple[int, bytes]]:
+        """The user's entries with the events' bytes, by the ``(user_id, position)`` key."""
+        if not is_storable_text(user_id):
+            return []
+        rows = await self._fetch(
+            f"SELECT {FEED_READ_COLUMNS} WHERE f.user_id = $1 AND f.position > $2 AND f.position <= $3 "
+            "ORDER BY f.position LIMIT $4",
+            user_id,
+            clamp_int64(after_position),
+            clamp_int64(upto),
+            read_limit(limit),
+        )
+        return [(int(r[0]), bytes(r[1])) for r in rows]
+
+    async def reset_feed(self) -> None:
+        """Drop every feed entry and set the checkpoint to 0."""
+        with _mapped_errors("feed reset"):
+            async with self._acquire() as conn, conn.transaction():
+                await conn.execute("DELETE FROM feed")
+                await conn.execute("UPDATE meta SET value = '0' WHERE key = $1", FEED_CHECKPOINT_KEY)

@@ -63,3 +63,22 @@ def mapped_errors(to_store_error: ErrorMapping, action: str) -> Iterator[None]:
         if mapped is None or mapped is e:
             raise
         raise mapped from e
+
+
+FEED_TABLE = """
+CREATE TABLE IF NOT EXISTS feed (
+    user_id  TEXT   NOT NULL,
+    position BIGINT NOT NULL,
+    PRIMARY KEY (user_id, position)
+)"""
+"""The feed index (API.md v2 "The caller's own feed"), the same on both backends: one row per user
+an event concerns, keyed by ``(user_id, position)``; its checkpoint is the ``meta`` row
+:data:`FEED_CHECKPOINT_KEY`. Derived data: ``ringlog rebuild`` writes it again from the log.
+Added by ``CREATE … IF NOT EXISTS`` at every open, so an existing database gains it in place (its
+index is then built from the log by the first server that starts)."""
+
+FEED_CHECKPOINT_KEY = "feed_checkpoint"
+"""The ``meta`` key of the feed index's checkpoint (a decimal global position)."""
+
+FEED_READ_COLUMNS = "f.position, e.body FROM feed f JOIN events e ON e.position = f.position"
+"""What a feed read selects: the entry's position and the event's bytes (``FROM`` included)."""

@@ -50,18 +50,30 @@ from eventstore.events import (
     Record,
     Snapshot,
     check_continues,
+    check_feed_entries,
 )
 from eventstore.groupcommit import GroupCommitter, Head, PendingAppend, plan_group
 from eventstore.notifier import Notifier
 from eventstore.peerbus import PeerBus
-from eventstore.sql import MAX_GROUP, QUEUE_SIZE, RECORD_COLUMNS, mapped_errors, record_from_row, record_row
+from eventstore.sql import (
+    FEED_CHECKPOINT_KEY,
+    FEED_READ_COLUMNS,
+    FEED_TABLE,
+    MAX_GROUP,
+    QUEUE_SIZE,
+    RECORD_COLUMNS,
+    mapped_errors,
+    record_from_row,
+    record_row,
+)
 from eventstore.values import check_text, clamp_int64, is_storable_text, read_limit
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS events (
     position  INTEGER PRIMARY KEY,
     draft_id  TEXT    NOT NULL,
@@ -95,6 +107,9 @@ CREATE TABLE IF NOT EXISTS meta (
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
 """
+    + FEED_TABLE
+    + " WITHOUT ROWID;\n"
+)
 
 BUSY_TIMEOUT_MS = 5_000
 """How long a write waits for another process's write transaction before giving up (503)."""
@@ -490,6 +505,60 @@ class SQLiteStore:
             conn.execute("DELETE FROM meta WHERE key = 'snapshot_checkpoint'")
 
         await self._run_job(run, "snapshot reset")
+
+    # -- the feed index ---------------------------------------------------------------------
+
+    async def feed_checkpoint(self) -> int:
+        """The feed index's checkpoint (0 before the first index write)."""
+        rows = await self._fetch("SELECT value FROM meta WHERE key = ?", (FEED_CHECKPOINT_KEY,))
+        return int(rows[0][0]) if rows else 0
+
+    async def feed_index(self, entries: Sequence[tuple[str, int]], after: int, upto: int) -> int:
+        """Add entries and move the checkpoint in one write transaction (see the Store protocol).
+
+        The write transaction (and, on a shared file, the writers' turn lock) serialises every
+        process's index writes, so the checkpoint test and the inserts see no other writer.
+        """
+        check_feed_entries(entries, after, upto)
+
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (FEED_CHECKPOINT_KEY,)).fetchone()
+            current = int(row[0]) if row else 0
+            if not after <= current < upto:
+                return current
+            conn.executemany(
+                "INSERT INTO feed (user_id, position) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                [e for e in entries if e[1] > current],
+            )
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (FEED_CHECKPOINT_KEY, str(upto)),
+            )
+            return upto
+
+        return await self._run_job(run, "feed index write")
+
+    async def feed_read(
+        self, user_id: str, after_position: int, upto: int, limit: int
+    ) -> list[tuple[int, bytes]]:
+        """The user's entries with the events' bytes, by the ``(user_id, position)`` key."""
+        if not is_storable_text(user_id):
+            return []
+        rows = await self._fetch(
+            f"SELECT {FEED_READ_COLUMNS} WHERE f.user_id = ? AND f.position > ? AND f.position <= ? "
+            "ORDER BY f.position LIMIT ?",
+            (user_id, clamp_int64(after_position), clamp_int64(upto), _sql_limit(limit)),
+        )
+        return [(int(r[0]), bytes(r[1])) for r in rows]
+
+    async def reset_feed(self) -> None:
+        """Drop every feed entry and the checkpoint."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM feed")
+            conn.execute("DELETE FROM meta WHERE key = ?", (FEED_CHECKPOINT_KEY,))
+
+        await self._run_job(run, "feed reset")
 
 
 def _take_turn(fd: int) -> None:

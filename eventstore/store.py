@@ -135,6 +135,36 @@ class Store(Protocol):
         """Drop every stored projection and the checkpoint (they are derived data)."""
         ...
 
+    # -- the feed index (API.md v2 "The caller's own feed"): derived data, like snapshots --
+
+    async def feed_checkpoint(self) -> int:
+        """The global position up to which the feed index is complete, 0 if none."""
+        ...
+
+    async def feed_index(self, entries: Sequence[tuple[str, int]], after: int, upto: int) -> int:
+        """Add ``(user_id, position)`` entries covering positions ``after < p <= upto``; returns the checkpoint.
+
+        Atomically, with the checkpoint ``c`` as stored: when ``after <= c < upto`` the entries
+        with a position above ``c`` are inserted (an existing one is left as it is: ON CONFLICT
+        DO NOTHING, keyed by ``(user_id, position)``) and the checkpoint becomes ``upto``; else
+        nothing is written (another writer covered the range, or the index was reset below
+        ``after``). So each position's entries are written by one transaction only, and a
+        reader that serves positions ``<=`` the checkpoint never misses an entry. Every entry
+        must lie in ``after < position <= upto`` (else ValueError, nothing written);
+        :class:`UnrepresentableValue` for a user id no backend can store.
+        """
+        ...
+
+    async def feed_read(
+        self, user_id: str, after_position: int, upto: int, limit: int
+    ) -> list[tuple[int, bytes]]:
+        """``(position, body)`` of the user's entries with ``after_position < position <= upto``, oldest first, at most ``limit``."""
+        ...
+
+    async def reset_feed(self) -> None:
+        """Drop every feed entry and the feed checkpoint (``rebuild`` writes them again)."""
+        ...
+
 
 @runtime_checkable
 class BulkImporter(Protocol):

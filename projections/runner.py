@@ -41,6 +41,7 @@ import orjson
 
 from eventstore.events import Record, Snapshot
 from eventstore.store import BodyReader, Store, StreamBodyReader
+from projections.feed_index import rebuild_feed
 from projections.fold import FoldError, LogFolder, fold_all, fold_summary
 from projections.past import PastStates
 from projections.state import DraftState, DraftSummary
@@ -449,7 +450,7 @@ class DraftProjector:
 
 
 async def rebuild(store: Store, progress: Callable[[int, int], None] | None = None) -> int:
-    """Recompute every draft's snapshot from the log alone; returns the events folded.
+    """Recompute every draft's snapshot and the feed index from the log alone; returns the events folded.
 
     The log is read page by page, the next page being fetched while this one is folded, and
     each event is folded from its decoded bytes (no model per event). Dropping the old
@@ -467,6 +468,7 @@ async def rebuild(store: Store, progress: Callable[[int, int], None] | None = No
         await _save_states(store, folder)
         count = folder.count
         del folder  # freed while paused, so the collector never walks what the fold built
+    await rebuild_feed(store)  # the feed index is derived from the log too (API.md v2)
     return count
 
 

@@ -13,6 +13,7 @@ from aiohttp.typedefs import Handler
 
 from eventstore.factory import open_store
 from eventstore.store import Store
+from projections.feed_index import FeedProjector
 from projections.runner import DraftProjector
 from server import routes as rest
 from server.auth import Authenticator
@@ -153,6 +154,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
         metrics=metrics,
         sockets=sockets,
         peer_limits=peer_limits,
+        feed=FeedProjector(store),
     )
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
@@ -190,6 +192,12 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     except BaseException:
         await st.store.close()
         raise
+    try:
+        await st.feed.start()
+    except BaseException:
+        await st.projector.stop()
+        await st.store.close()
+        raise
     log.info("store open: %r", _redact(st.settings.db))
     st.peer_limits.start()
     try:
@@ -197,6 +205,7 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     finally:
         st.stopping.set()
         await st.peer_limits.close()
+        await st.feed.stop()
         try:
             await st.projector.stop()  # stops its tasks, saves the last snapshots (logs what it cannot)
         except Exception:

@@ -33,6 +33,7 @@ from projections.decide import (
     UpdateDraft,
 )
 from projections.errors import ValidationFailed
+from projections.feed_index import FeedItem
 from projections.state import DraftState
 from server.auth import Identity
 from server.errors import ApiError
@@ -469,6 +470,38 @@ async def _long_poll(st: AppState, draft_id: str, since: int, limit: int, wait: 
         st.store.notifier.remove_listener(draft_id, listener)
         if not woken.done():
             woken.cancel()
+
+
+READ_YOUR_WRITES_SECONDS = 2.0
+"""How long a feed read waits for the index to cover this process's latest acknowledged commit."""
+
+
+def _feed_body(items: Sequence[FeedItem], last_position: int) -> bytes:
+    rows = b",".join(b'{"position":' + str(i.position).encode() + b',"event":' + i.body + b"}" for i in items)
+    return b'{"data":[' + rows + b'],"last_position":' + str(last_position).encode() + b"}"
+
+
+@routes.get("/v1/me/events")
+async def my_events(request: web.Request) -> web.Response:
+    """The caller's own feed (API.md v2): entries after ``after``, oldest first, from the feed index.
+
+    ``after`` (a global position, default 0), ``limit`` and ``wait`` follow ``/events``' rules
+    (same parsers and bounds). The index is first given up to
+    :data:`READ_YOUR_WRITES_SECONDS` to cover every commit this process has published (the
+    caller's own acknowledged appends included); only entries at or below the index's position
+    are served, so ``last_position`` never passes an entry still to be indexed.
+    """
+    st = request.app[AppState.KEY]
+    identity = await _identify(request)
+    after = _int_param(request, "after", 0, 0, MAX_SEQ)
+    limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    wait = _wait_param(request, st.settings.longpoll_max)
+    await st.feed.caught_up(READ_YOUR_WRITES_SECONDS)
+    if wait > 0:
+        items, last = await st.feed.wait_for(identity.user_id, after, limit, wait, st.stopping)
+    else:
+        items, last = await st.feed.read(identity.user_id, after, limit)
+    return _json(200, _feed_body(items, last))
 
 
 @routes.get("/healthz")

@@ -9,6 +9,7 @@ from typing import ClassVar
 from aiohttp import web
 
 from eventstore.store import Store
+from projections.feed_index import FeedProjector
 from projections.runner import DraftProjector
 from server.auth import Authenticator
 from server.hub import Hub
@@ -38,6 +39,7 @@ class AppState:
     sockets: SocketRegistry
     peer_limits: PeerLimits
     """The socket cap and rate limit shared with the other processes of the store."""
+    feed: FeedProjector
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     mux: MuxExtensions = field(default_factory=MuxExtensions)
     """What presence and the user's feed add to ``/v1/ws`` (:mod:`server.mux_hooks`)."""

@@ -1,0 +1,126 @@
+"""Who an event concerns: the pure rule behind each user's own feed (API.md v2 "The caller's own feed").
+
+An event *concerns* a user when it is
+
+* ``collab.draft_created`` by them (``data.creator_id``);
+* ``collab.collaborator_added`` / ``collab.collaborator_removed`` / ``collab.role_changed``
+  naming them (``data.collaborator_id``);
+* ``collab.ring_passed`` to them (``data.to_user_id``);
+* ``collab.draft_archived`` / ``collab.draft_unarchived`` / ``collab.draft_updated`` of a draft
+  they may view *at that moment*: the members of the draft's fold just before the event (these
+  three events change no membership, so "before" and "after" agree).
+
+Segments, and event types this version does not know, concern nobody. The rule reads only the
+draft's member set before the event, so :class:`FeedFolder` keeps one
+:class:`~projections.state.DraftSummary` per draft (``fold_summary``), never whole states.
+No I/O here: :mod:`projections.feed_index` reads the log and keeps the index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from projections.event_types import EventType
+from projections.fold import FoldableEvent, FoldError, fold_summary
+from projections.state import DraftSummary
+
+NAMING_TYPES: frozenset[str] = frozenset(
+    {EventType.COLLABORATOR_ADDED, EventType.COLLABORATOR_REMOVED, EventType.ROLE_CHANGED}
+)
+"""Events that concern the collaborator they name (``data.collaborator_id``)."""
+
+VIEWER_TYPES: frozenset[str] = frozenset(
+    {EventType.DRAFT_ARCHIVED, EventType.DRAFT_UNARCHIVED, EventType.DRAFT_UPDATED}
+)
+"""Events that concern everyone who may view the draft at that moment."""
+
+
+def concerned_users(before: DraftSummary | None, event: FoldableEvent) -> frozenset[str]:
+    """The users whose feed ``event`` belongs to, given the draft's summary just before it.
+
+    ``before`` is the fold of the draft's events ``1 .. event.seq - 1`` (None for seq 1). Pure:
+    the same inputs give the same set, so every process, ``rebuild`` and ``copy`` index the same
+    entries. Never raises for a well-formed envelope of any type (unknown types concern nobody).
+    """
+    kind = event.type
+    data = event.data
+    if kind == EventType.DRAFT_CREATED:
+        return frozenset((data["creator_id"],))
+    if kind in NAMING_TYPES:
+        return frozenset((data["collaborator_id"],))
+    if kind == EventType.RING_PASSED:
+        return frozenset((data["to_user_id"],))
+    if kind in VIEWER_TYPES:
+        return before.members if before is not None else frozenset()
+    return frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """An event decoded from the log's bytes, as the fold reads it (rebuilds skip the model)."""
+
+    type: str
+    draft_id: str
+    seq: int
+    ts: str
+    data: dict[str, Any]
+
+    @classmethod
+    def of(cls, envelope: dict[str, Any]) -> Envelope:
+        """The fields of a decoded envelope (API.md "Events")."""
+        return cls(envelope["type"], envelope["draft_id"], envelope["seq"], envelope["ts"], envelope["data"])
+
+
+class FeedFolder:
+    """Folds the log, event by event in position order, into feed entries.
+
+    Keeps each draft's summary as of the last event folded (:attr:`summaries`); :meth:`add`
+    returns the users an event concerns and advances the draft's summary. A draft whose summary
+    is missing or does not sit just before the event (a process that starts at a checkpoint, or
+    summaries seeded from elsewhere) must be given one with :meth:`seed` first: :meth:`needs`
+    says so.
+    """
+
+    def __init__(self) -> None:
+        self.summaries: dict[str, DraftSummary] = {}
+
+    def needs(self, event: FoldableEvent) -> bool:
+        """True when the draft's summary just before ``event`` is not known here."""
+        summary = self.summaries.get(event.draft_id)
+        if summary is None:
+            return event.seq != 1
+        return summary.seq != event.seq - 1
+
+    def seed(self, draft_id: str, summary: DraftSummary | None) -> None:
+        """Set the draft's summary (None: forget it, the draft starts again at seq 1)."""
+        if summary is None:
+            self.summaries.pop(draft_id, None)
+        else:
+            self.summaries[draft_id] = summary
+
+    def add(self, event: FoldableEvent) -> frozenset[str]:
+        """The users ``event`` concerns; the draft's summary moves past it.
+
+        Raises :class:`~projections.fold.FoldError` when the event does not follow the summary
+        (check :meth:`needs` first); nothing changes then.
+        """
+        before = self.summaries.get(event.draft_id)
+        after = fold_summary(before, event)
+        users = concerned_users(before, event)
+        self.summaries[event.draft_id] = after
+        return users
+
+
+def summary_before(events: list[FoldableEvent], base: DraftSummary | None) -> DraftSummary | None:
+    """Fold ``events`` (one draft's, consecutive, following ``base``) into ``base``'s summary.
+
+    Raises :class:`~projections.fold.FoldError` if they do not follow it.
+    """
+    summary = base
+    for event in events:
+        summary = fold_summary(summary, event)
+    return summary
+
+
+__all__ = ["Envelope", "FeedFolder", "FoldError", "concerned_users", "summary_before"]

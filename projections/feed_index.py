@@ -1,0 +1,369 @@
+"""The feed index, kept with the log: who each event concerns, as a table keyed by (user, position).
+
+Serves API.md v2 "The caller's own feed" without scanning the log per request: a read is one
+range of the index (``Store.feed_read``) joined to the events' bytes.
+
+* :class:`FeedProjector` **advances** like :class:`~projections.runner.DraftProjector`: it
+  reads the global log from its position, folds each draft's summary
+  (:class:`~projections.feed.FeedFolder`) and computes the users each event concerns
+  (:func:`~projections.feed.concerned_users`, with the members *before* the event). It then
+  writes the page's entries and the new checkpoint in one transaction with
+  ``Store.feed_index``, which only writes if the stored checkpoint still lies within the page:
+  on several processes (workers sharing a SQLite file, PostgreSQL nodes) every one of them
+  folds, one writes each range, and the others see the checkpoint already past it.
+* Its :attr:`~FeedProjector.position` never passes the stored checkpoint, and readers serve
+  only entries at or below it, so a read never misses an entry and a ``last_position`` handed
+  to a client never skips one.
+* Read your writes: :meth:`FeedProjector.caught_up` waits (bounded) until the index reaches
+  every commit this process has seen published, its own appends included.
+* A process that starts at a checkpoint knows no draft's summary: the first event of a draft it
+  meets is folded from the draft's snapshot (when it is older than the event) or its log
+  (``Store.read`` of that one draft), once per draft.
+* :func:`rebuild_feed` writes the whole index again from the log alone (``ringlog rebuild``,
+  and ``ringlog copy`` through it on the target).
+
+Owned task: ``ringlog-feed-advance`` (started by :meth:`FeedProjector.start`, cancelled and
+awaited by :meth:`FeedProjector.stop`) advances whenever a commit is published, and on failure
+logs it and retries with a growing, jittered pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from eventstore.events import Record
+from eventstore.store import BodyReader, Store
+from projections.feed import Envelope, FeedFolder, FoldError, summary_before
+from projections.state import DraftState, DraftSummary
+
+log = logging.getLogger(__name__)
+
+PAGE = 2000
+"""Log records folded, and index entries written, per transaction."""
+
+ADVANCE_RETRY_FIRST = 0.05
+ADVANCE_RETRY_MAX = 5.0
+"""Seconds: pauses of the advance task after a failure grow from FIRST to MAX (jittered)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeedItem:
+    """One entry of a user's feed: the event's global ``position`` and its JSON ``body`` (bytes)."""
+
+    position: int
+    body: bytes
+
+
+FeedListener = Callable[[int, Sequence[FeedItem]], None]
+"""``listener(upto, items)``: the index advanced to ``upto``; ``items`` are the listener's user's
+new entries (position order, possibly none). Called synchronously; must not block or raise."""
+
+
+class FeedProjector:
+    """Keeps the feed index current with the log and wakes its readers (one per process).
+
+    Readers: :meth:`read` (a page at or below :attr:`position`), :meth:`wait_for` (long-poll),
+    :meth:`add_listener` (live subscriptions, :class:`server.feed_subscription.FeedSubscription`).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._folder = FeedFolder()
+        self._position = 0
+        self._seen = 0
+        self._lock = asyncio.Lock()
+        self._wanted = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._listeners: dict[str, set[FeedListener]] = {}
+        self._progress: list[tuple[int, asyncio.Future[None]]] = []
+        self.advance_failures = 0
+        """Failed background advances since start (each one logged, then retried)."""
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start at the stored checkpoint, follow commits; the catch-up runs in the background.
+
+        Raises the store's error if the checkpoint cannot be read (nothing is left running).
+        An index behind the log (a database from before the feed, or a long stop) is caught up
+        by the advance task; reads meanwhile serve what is indexed (``last_position`` says how far).
+        """
+        self._position = await self.store.feed_checkpoint()
+        self._seen = max(self._seen, self._position)
+        self.store.notifier.add_global_listener(self._on_commit)
+        self._wanted.set()
+        task = asyncio.get_running_loop().create_task(self._advance_loop(), name="ringlog-feed-advance")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("feed task %s stopped", task.get_name(), exc_info=task.exception())
+
+    @property
+    def tasks(self) -> frozenset[asyncio.Task[None]]:
+        """The projector's running background tasks."""
+        return frozenset(self._tasks)
+
+    async def stop(self) -> None:
+        """Stop following commits; wake every waiter (they answer with what is indexed)."""
+        self.store.notifier.remove_global_listener(self._on_commit)
+        tasks = tuple(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for _, fut in self._progress:
+            if not fut.done():
+                fut.set_result(None)
+        self._progress.clear()
+
+    def _on_commit(self, records: Sequence[Record]) -> None:
+        self._seen = max(self._seen, records[-1].position)
+        self._wanted.set()
+
+    async def _advance_loop(self) -> None:
+        pause = ADVANCE_RETRY_FIRST
+        while True:
+            await self._wanted.wait()
+            try:
+                await self.advance()
+            except Exception:
+                self.advance_failures += 1
+                delay = pause * random.uniform(0.5, 1.0)
+                log.warning(
+                    "feed index could not advance from position %d; retrying in %.2f s",
+                    self._position,
+                    delay,
+                    exc_info=True,
+                )
+                self._wanted.set()
+                await asyncio.sleep(delay)
+                pause = min(pause * 2, ADVANCE_RETRY_MAX)
+            else:
+                pause = ADVANCE_RETRY_FIRST
+
+    # -- advancing --------------------------------------------------------------------------
+
+    @property
+    def position(self) -> int:
+        """The global position up to which the index is complete and known here (≤ the stored checkpoint)."""
+        return self._position
+
+    async def advance(self) -> None:
+        """Index every record after :attr:`position` (or learn that another process did).
+
+        Raises the store's error if the log or the index cannot be read or written; what was
+        indexed stays indexed, and the next call starts from there.
+        """
+        async with self._lock:
+            try:
+                while True:
+                    self._wanted.clear()
+                    page = await self.store.read_all(self._position, PAGE)
+                    if not page:
+                        if self._wanted.is_set():
+                            continue
+                        self._seen = max(self._seen, self._position)
+                        self._settle()
+                        return
+                    await self._index_page(page)
+            except BaseException:
+                self._wanted.set()
+                raise
+
+    async def _index_page(self, page: Sequence[Record]) -> None:
+        after = self._position
+        upto = page[-1].position
+        entries: list[tuple[str, int]] = []
+        by_user: dict[str, list[FeedItem]] = {}
+        for record in page:
+            users = await self._concerned(record)
+            for user_id in users:
+                entries.append((user_id, record.position))
+                by_user.setdefault(user_id, []).append(FeedItem(record.position, record.body))
+        stored = await self.store.feed_index(entries, after, upto)
+        if stored < after:
+            # the index was reset below us (a rebuild): index again from there
+            log.warning("feed index checkpoint went back from %d to %d; indexing again", after, stored)
+            self._position = stored
+            self._folder = FeedFolder()
+            return
+        # stored >= upto: we wrote (after, upto], or another process already had
+        self._position = upto
+        self._publish(upto, by_user)
+        self._settle()
+
+    async def _concerned(self, record: Record) -> frozenset[str]:
+        event = record.event()
+        if self._folder.needs(event):
+            self._folder.seed(record.stream_id, await self._summary_before(record.stream_id, record.seq))
+        try:
+            return self._folder.add(event)
+        except FoldError:
+            log.warning(
+                "feed index: %s seq %d does not fold; indexed for nobody", record.stream_id, record.seq
+            )
+            self._folder.seed(record.stream_id, None)
+            return frozenset()
+
+    async def _summary_before(self, draft_id: str, seq: int) -> DraftSummary | None:
+        """The draft's summary after seq ``seq - 1``: from its snapshot if older, else its log."""
+        if seq <= 1:
+            return None
+        base: DraftSummary | None = None
+        snap = await self.store.load_snapshot(draft_id)
+        if snap is not None and snap.seq <= seq - 1:
+            base = DraftState.from_json(snap.state).summary()
+        after = base.seq if base is not None else 0
+        records = await self.store.read(draft_id, after, seq - 1 - after)
+        return summary_before([r.event() for r in records], base)
+
+    def _publish(self, upto: int, by_user: dict[str, list[FeedItem]]) -> None:
+        for user_id, listeners in list(self._listeners.items()):
+            items = by_user.get(user_id, ())
+            for listener in tuple(listeners):
+                try:
+                    listener(upto, items)
+                except Exception:
+                    log.exception("feed listener of %r failed", user_id)
+
+    def _settle(self) -> None:
+        keep: list[tuple[int, asyncio.Future[None]]] = []
+        for target, fut in self._progress:
+            if fut.done():
+                continue
+            if self._position >= target:
+                fut.set_result(None)
+            else:
+                keep.append((target, fut))
+        self._progress = keep
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def reached(self, position: int, timeout: float) -> bool:
+        """Wait until :attr:`position` ≥ ``position`` (at most ``timeout`` seconds); True if it did."""
+        if self._position >= position:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._progress.append((position, fut))
+        self._wanted.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            if not fut.done():
+                fut.cancel()
+        return self._position >= position
+
+    async def caught_up(self, timeout: float) -> bool:
+        """Read your writes: wait (at most ``timeout`` s) until the index covers every commit this
+        process has seen published, its own acknowledged appends included; True if it does."""
+        return await self.reached(self._seen, timeout)
+
+    async def read(self, user_id: str, after: int, limit: int) -> tuple[list[FeedItem], int]:
+        """The user's entries after ``after`` (at most ``limit``) and the ``last_position`` to resume from.
+
+        ``last_position`` is the last entry's position when the page is full, else
+        ``max(after, position)``: every entry concerning the user at or below it has been
+        returned (now or before), so resuming after it skips nothing.
+        """
+        upto = self._position
+        rows = await self.store.feed_read(user_id, after, upto, limit)
+        items = [FeedItem(p, body) for p, body in rows]
+        if len(items) >= limit:
+            return items, items[-1].position
+        return items, max(after, upto)
+
+    def add_listener(self, user_id: str, listener: FeedListener) -> None:
+        """Call ``listener(upto, items)`` after every advance of the index (see :data:`FeedListener`)."""
+        self._listeners.setdefault(user_id, set()).add(listener)
+
+    def remove_listener(self, user_id: str, listener: FeedListener) -> None:
+        """Stop calling ``listener`` (unknown listeners are ignored)."""
+        listeners = self._listeners.get(user_id)
+        if listeners is not None:
+            listeners.discard(listener)
+            if not listeners:
+                del self._listeners[user_id]
+
+    async def wait_for(
+        self, user_id: str, after: int, limit: int, wait: float, stopping: asyncio.Event
+    ) -> tuple[list[FeedItem], int]:
+        """A long-poll: :meth:`read`, and if it is empty wait up to ``wait`` s for an entry of
+        the user's beyond ``after`` (or ``stopping``), then read again.
+
+        Woken only by an advance that indexes an entry for this user, never by others' events.
+        """
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+
+        def listener(_upto: int, items: Sequence[FeedItem]) -> None:
+            if not woken.done() and items and items[-1].position > after:
+                woken.set_result(None)
+
+        self.add_listener(user_id, listener)  # before reading: nothing can slip by
+        try:
+            items, last = await self.read(user_id, after, limit)
+            if items:
+                return items, last
+            stop: asyncio.Task[bool] = loop.create_task(stopping.wait())
+            try:
+                await asyncio.wait((woken, stop), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stop
+            return await self.read(user_id, after, limit)
+        finally:
+            self.remove_listener(user_id, listener)
+            if not woken.done():
+                woken.cancel()
+
+
+async def rebuild_feed(store: Store, progress: Callable[[int, int], None] | None = None) -> int:
+    """Write the whole feed index again from the log alone; returns the entries written.
+
+    Folds every event from its decoded bytes (:class:`~projections.feed.Envelope`), in
+    position order, one page per transaction; the checkpoint moves with each page, so a server
+    started on a half-rebuilt index continues from where the rebuild stopped.
+    """
+    await store.reset_feed()
+    folder = FeedFolder()
+    total = await store.last_position()
+    after = 0
+    written = 0
+    while True:
+        if isinstance(store, BodyReader):
+            page = await store.read_bodies(after, PAGE)
+        else:
+            page = [(r.position, r.body) for r in await store.read_all(after, PAGE)]
+        if not page:
+            break
+        entries: list[tuple[str, int]] = []
+        for position, body in page:
+            event = Envelope.of(orjson.loads(body))
+            try:
+                users = folder.add(event)
+            except FoldError:
+                log.warning("rebuild: %s seq %d does not fold; indexed for nobody", event.draft_id, event.seq)
+                continue
+            entries.extend((user_id, position) for user_id in users)
+        upto = page[-1][0]
+        await store.feed_index(entries, after, upto)
+        written += len(entries)
+        after = upto
+        if progress is not None:
+            progress(after, total)
+    return written

@@ -1,0 +1,114 @@
+"""The feed index on every backend: equal to a scan of the log, rebuilt, copied, shared by writers."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from eventstore import Store, open_store
+from eventstore.errors import UnrepresentableValue
+from projections.feed_index import FeedProjector, rebuild_feed
+from projections.runner import rebuild
+from server.copy_command import copy_log
+from tests.pgutil import temporary_database
+from tests.projections.feedlog import USERS, brute_force_feed, random_history
+
+
+async def _index(store: Store) -> dict[str, list[int]]:
+    upto = await store.feed_checkpoint()
+    return {u: [p for p, _ in await store.feed_read(u, 0, upto, 1_000_000)] for u in USERS}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_the_index_equals_a_scan_of_the_log(store: Store, seed: int) -> None:
+    await random_history(store, 150, seed)
+    projector = FeedProjector(store)
+    await projector.advance()
+    assert projector.position == await store.last_position() == await store.feed_checkpoint()
+    assert await _index(store) == await brute_force_feed(store)
+
+
+async def test_the_index_keeps_up_with_appends_between_advances(store: Store) -> None:
+    projector = FeedProjector(store)
+    for seed in range(4):
+        await random_history(store, 40, seed)
+        await projector.advance()
+    assert await _index(store) == await brute_force_feed(store)
+    bodies = await store.feed_read("alice", 0, projector.position, 1000)
+    records = {r.position: r.body for r in await store.read_all(0, 100_000)}
+    assert all(records[p] == body for p, body in bodies)  # entries carry the event's own bytes
+
+
+async def test_a_projector_started_at_a_checkpoint_folds_each_draft_from_its_log(store: Store) -> None:
+    await random_history(store, 80, 5)
+    first = FeedProjector(store)
+    await first.advance()
+    await random_history(store, 80, 6)  # more events of the same drafts, indexed by a fresh process
+    second = FeedProjector(store)
+    await second.start()
+    try:
+        assert await second.reached(await store.last_position(), 20)
+    finally:
+        await second.stop()
+    assert await _index(store) == await brute_force_feed(store)
+
+
+async def test_rebuild_reproduces_the_index(store: Store) -> None:
+    await random_history(store, 120, 7)
+    await FeedProjector(store).advance()
+    kept = await _index(store)
+    await rebuild(store)
+    assert await _index(store) == kept == await brute_force_feed(store)
+    assert await store.feed_checkpoint() == await store.last_position()
+    await store.reset_feed()
+    assert await store.feed_checkpoint() == 0 and await _index(store) == {u: [] for u in USERS}
+    await rebuild_feed(store)
+    assert await _index(store) == kept
+
+
+async def test_two_projectors_on_one_store_write_each_position_once(store: Store) -> None:
+    await random_history(store, 120, 8)
+    a, b = FeedProjector(store), FeedProjector(store)
+    await asyncio.gather(a.advance(), b.advance())
+    assert a.position == b.position == await store.feed_checkpoint()
+    assert await _index(store) == await brute_force_feed(store)
+
+
+async def test_an_index_write_outside_the_checkpoint_changes_nothing(store: Store) -> None:
+    await random_history(store, 20, 9)
+    last = await store.last_position()
+    assert await store.feed_index([("alice", 1)], 0, 1) == 1
+    assert await store.feed_index([("bob", 1)], 0, 1) == 1  # already covered: not written
+    assert await store.feed_index([("bob", 3)], 2, 3) == 1  # a gap after the checkpoint: refused
+    assert [p for p, _ in await store.feed_read("bob", 0, last, 10)] == []
+    with pytest.raises(ValueError):
+        await store.feed_index([("bob", 5)], 1, 3)
+    with pytest.raises(UnrepresentableValue):
+        await store.feed_index([("bo\x00b", 2)], 1, 2)
+    assert await store.feed_read("bo\x00b", 0, last, 10) == []
+    assert await store.feed_checkpoint() == 1
+
+
+async def test_copy_keeps_the_index(tmp_path: Path) -> None:
+    source_url = str(tmp_path / "source.db")
+    source = open_store(source_url)
+    await source.open()
+    try:
+        await random_history(source, 120, 10)
+        await FeedProjector(source).advance()
+        expected = await _index(source)
+    finally:
+        await source.close()
+    targets = [str(tmp_path / "target.db")]
+    async with temporary_database() as pg_url:
+        targets.append(pg_url)
+        for target_url in targets:
+            assert await copy_log(source_url, target_url) == 0
+            target = open_store(target_url)
+            await target.open()
+            try:
+                assert await _index(target) == expected
+            finally:
+                await target.close()
