@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 PAGE = 2000
 """Log records folded, and index entries written, per transaction."""
 
+READ_YOUR_WRITES_SECONDS = 2.0
+"""How long a feed read or subscription waits for the index to cover this process's latest
+commit (:meth:`FeedProjector.caught_up`) before answering with what is indexed."""
+
 ADVANCE_RETRY_FIRST = 0.05
 ADVANCE_RETRY_MAX = 5.0
 """Seconds: pauses of the advance task after a failure grow from FIRST to MAX (jittered)."""

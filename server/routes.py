@@ -33,7 +33,7 @@ from projections.decide import (
     UpdateDraft,
 )
 from projections.errors import ValidationFailed
-from projections.feed_index import FeedItem
+from projections.feed_index import READ_YOUR_WRITES_SECONDS, FeedItem
 from projections.state import DraftState
 from server.auth import Identity
 from server.errors import ApiError
@@ -470,10 +470,6 @@ async def _long_poll(st: AppState, draft_id: str, since: int, limit: int, wait: 
         st.store.notifier.remove_listener(draft_id, listener)
         if not woken.done():
             woken.cancel()
-
-
-READ_YOUR_WRITES_SECONDS = 2.0
-"""How long a feed read waits for the index to cover this process's latest acknowledged commit."""
 
 
 def _feed_body(items: Sequence[FeedItem], last_position: int) -> bytes:
