@@ -327,6 +327,65 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 },
             },
         },
+        "/v1/me/events": {
+            "get": {
+                "operationId": "listMyEvents",
+                "description": (
+                    "the caller's own feed (docs/API.md): events of every draft that concern the "
+                    "caller, oldest first, served from the feed index; resume with after = last_position"
+                ),
+                "parameters": [
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "description": "a global position (default 0)",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "description": "default 500",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "schema": {"type": "number", "minimum": 0, "maximum": settings.longpoll_max},
+                        "description": "seconds to long-poll for a first entry, written as for /events",
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "feed entries",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["data", "last_position"],
+                                    "properties": {
+                                        "data": {
+                                            "type": "array",
+                                            "items": {
+                                                "type": "object",
+                                                "required": ["position", "event"],
+                                                "properties": {
+                                                    "position": {"type": "integer", "minimum": 1},
+                                                    "event": ref["EventModel"],
+                                                },
+                                            },
+                                        },
+                                        "last_position": {"type": "integer", "minimum": 0},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "400": error("invalid parameter"),
+                    "401": error("missing or invalid credentials"),
+                    "503": error("storage unavailable"),
+                },
+            },
+        },
         "/healthz": {
             "get": {"operationId": "healthz", "security": [], "responses": {"200": {"description": "alive"}}}
         },

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from eventstore import Store, open_store
 from eventstore.errors import UnrepresentableValue
 from projections.feed_index import FeedProjector, rebuild_feed
-from projections.runner import rebuild
+from projections.runner import DraftProjector, rebuild
 from server.copy_command import copy_log
 from tests.pgutil import temporary_database
 from tests.projections.feedlog import USERS, brute_force_feed, random_history
@@ -45,6 +48,12 @@ async def test_a_projector_started_at_a_checkpoint_folds_each_draft_from_its_log
     await random_history(store, 80, 5)
     first = FeedProjector(store)
     await first.advance()
+    drafts = DraftProjector(
+        store, flush_interval=0
+    )  # snapshots at this point: the fresh one starts from them
+    await drafts.start()
+    await drafts.stop()
+    assert await store.list_snapshots()
     await random_history(store, 80, 6)  # more events of the same drafts, indexed by a fresh process
     second = FeedProjector(store)
     await second.start()
@@ -112,3 +121,54 @@ async def test_copy_keeps_the_index(tmp_path: Path) -> None:
                 assert await _index(target) == expected
             finally:
                 await target.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_a_database_from_before_the_feed_gains_the_index_when_opened(kind: str, tmp_path: Path) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        url = (
+            str(tmp_path / "old.db")
+            if kind == "sqlite"
+            else await stack.enter_async_context(temporary_database())
+        )
+        store = open_store(url)
+        await store.open()
+        await random_history(store, 60, 11)
+        expected = await brute_force_feed(store)
+        await store.close()
+        await _drop_the_feed(kind, url)  # as a database written before the feed existed
+        store = open_store(url)
+        await store.open()
+        try:
+            assert await store.feed_checkpoint() == 0
+            projector = FeedProjector(store)
+            await projector.start()  # the index is built from the log in the background
+            try:
+                assert await projector.reached(await store.last_position(), 20)
+            finally:
+                await projector.stop()
+            assert await _index(store) == expected
+        finally:
+            await store.close()
+
+
+async def _drop_the_feed(kind: str, url: str) -> None:
+    if kind == "sqlite":
+
+        def drop() -> None:
+            conn = sqlite3.connect(url)
+            try:
+                conn.execute("DROP TABLE feed")
+                conn.execute("DELETE FROM meta WHERE key = 'feed_checkpoint'")
+                conn.commit()
+            finally:
+                conn.close()
+
+        await asyncio.to_thread(drop)
+        return
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("DROP TABLE feed")
+        await conn.execute("DELETE FROM meta WHERE key = 'feed_checkpoint'")
+    finally:
+        await conn.close()

@@ -34,6 +34,7 @@ def _paths(draft_id: str) -> list[tuple[str, str]]:
         ("GET", "/v1/collab/drafts"),
         ("GET", d),
         ("GET", f"{d}/events"),
+        ("GET", "/v1/me/events"),
         ("GET", f"{d}/segments"),
         ("POST", "/v1/collab/drafts"),
         ("POST", f"{d}/segments"),

@@ -151,6 +151,27 @@ async def test_events_query_integers(rest, raw: str, name: str) -> None:
 
 
 @EXAMPLES
+@given(raw=INTEGER_LIKE, name=st.sampled_from(["after", "limit"]))
+async def test_feed_query_integers(rest, raw: str, name: str) -> None:
+    """``/v1/me/events`` reads ``after`` and ``limit`` with the same parser and bounds as ``/events``."""
+    client, _, _ = rest
+    r = await client.get("/v1/me/events", params={name: raw}, headers={"X-User-Id": "alice"})
+    body = await r.json()
+    low, high = (0, MAX_SEQ) if name == "after" else (1, 1000)
+    if ascii_int_in(raw, low, high):
+        assert r.status == 200, body
+        positions = [row["position"] for row in body["data"]]
+        if name == "after":
+            assert positions == ([1] if int(raw) == 0 else [])  # alice's feed: her draft's creation
+        else:
+            assert positions == [1]
+    else:
+        assert r.status == 400, (raw, body)
+        assert body["error"]["code"] == "invalid_parameter"
+        assert name in body["error"]["message"]
+
+
+@EXAMPLES
 @given(raw=st.one_of(INTEGER_LIKE, st.floats(min_value=0, max_value=40).map(repr)))
 async def test_events_wait_is_the_number_parser(rest, raw: str) -> None:
     client, draft_id, _ = rest

@@ -77,7 +77,9 @@ async def test_a_subscription_catches_up_then_goes_live_while_others_append() ->
         for k in range(5):
             await srv.create("alice", f"before {k}")
         got: list[tuple[int, bytes]] = []
-        sub = FeedSubscription(srv.state.feed, "alice", lambda item: got.append((item.position, item.body)), page=2)
+        sub = FeedSubscription(
+            srv.state.feed, "alice", lambda item: got.append((item.position, item.body)), page=2
+        )
         head = await sub.start(after=0)
         assert head == await srv.store.last_position()
 
