@@ -6,14 +6,16 @@ range of the index (``Store.feed_read``) joined to the events' bytes.
 * :class:`FeedProjector` **advances** like :class:`~projections.runner.DraftProjector`: it
   reads the global log from its position, folds each draft's summary
   (:class:`~projections.feed.FeedFolder`) and computes the users each event concerns
-  (:func:`~projections.feed.concerned_users`, with the members *before* the event). It then
-  writes the page's entries and the new checkpoint in one transaction with
-  ``Store.feed_index``, which only writes if the stored checkpoint still lies within the page:
-  on several processes (workers sharing a SQLite file, PostgreSQL nodes) every one of them
-  folds, one writes each range, and the others see the checkpoint already past it.
-* Its :attr:`~FeedProjector.position` never passes the stored checkpoint, and readers serve
-  only entries at or below it, so a read never misses an entry and a ``last_position`` handed
-  to a client never skips one.
+  (:func:`~projections.feed.concerned_users`, with the members *before* the event). A page
+  with entries is written with the new checkpoint in one transaction by ``Store.feed_index``,
+  which only writes if the stored checkpoint still lies within the range: on several processes
+  (workers sharing a SQLite file, PostgreSQL nodes) every one of them folds, one writes each
+  range, and the others see the checkpoint already past it. A page with no entries (segments
+  are most of any log) writes nothing: the table is already complete over it. The checkpoint
+  is then stored with the next entries, after :data:`CHECKPOINT_EVERY` positions, or at stop.
+* The table holds every entry at or below :attr:`~FeedProjector.position` (written, by this
+  process or another, or there were none), and readers serve only entries at or below it, so a
+  read never misses an entry and a ``last_position`` handed to a client never skips one.
 * Read your writes: :meth:`FeedProjector.caught_up` waits (bounded) until the index reaches
   every commit this process has seen published, its own appends included.
 * A process that starts at a checkpoint knows no draft's summary: the first event of a draft it
@@ -48,6 +50,13 @@ log = logging.getLogger(__name__)
 PAGE = 2000
 """Log records folded, and index entries written, per transaction."""
 
+CHECKPOINT_EVERY = 10_000
+"""Positions without any entry after which the checkpoint is stored anyway (so a restart refolds
+at most this many); a page with entries always stores it with them."""
+
+STOP_SAVE_SECONDS = 2.0
+"""How long :meth:`FeedProjector.stop` tries to store the checkpoint of a range without entries."""
+
 READ_YOUR_WRITES_SECONDS = 2.0
 """How long a feed read or subscription waits for the index to cover this process's latest
 commit (:meth:`FeedProjector.caught_up`) before answering with what is indexed."""
@@ -81,6 +90,7 @@ class FeedProjector:
         self.store = store
         self._folder = FeedFolder()
         self._position = 0
+        self._stored = 0  # a checkpoint known to be stored (the stored one is at least this)
         self._seen = 0
         self._lock = asyncio.Lock()
         self._wanted = asyncio.Event()
@@ -99,7 +109,7 @@ class FeedProjector:
         An index behind the log (a database from before the feed, or a long stop) is caught up
         by the advance task; reads meanwhile serve what is indexed (``last_position`` says how far).
         """
-        self._position = await self.store.feed_checkpoint()
+        self._position = self._stored = await self.store.feed_checkpoint()
         self._seen = max(self._seen, self._position)
         self.store.notifier.add_global_listener(self._on_commit)
         self._wanted.set()
@@ -127,6 +137,17 @@ class FeedProjector:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self._position > self._stored:  # a range without entries: store how far it goes
+            try:
+                await asyncio.wait_for(
+                    self.store.feed_index((), min(self._stored, self._position), self._position),
+                    STOP_SAVE_SECONDS,
+                )
+            except Exception:
+                log.warning(
+                    "could not store the feed checkpoint; the next start folds from the last one",
+                    exc_info=True,
+                )
         for _, fut in self._progress:
             if not fut.done():
                 fut.set_result(None)
@@ -187,7 +208,6 @@ class FeedProjector:
                 raise
 
     async def _index_page(self, page: Sequence[Record]) -> None:
-        after = self._position
         upto = page[-1].position
         entries: list[tuple[str, int]] = []
         by_user: dict[str, list[FeedItem]] = {}
@@ -196,14 +216,19 @@ class FeedProjector:
             for user_id in users:
                 entries.append((user_id, record.position))
                 by_user.setdefault(user_id, []).append(FeedItem(record.position, record.body))
-        stored = await self.store.feed_index(entries, after, upto)
-        if stored < after:
-            # the index was reset below us (a rebuild): index again from there
-            log.warning("feed index checkpoint went back from %d to %d; indexing again", after, stored)
-            self._position = stored
-            self._folder = FeedFolder()
-            return
-        # stored >= upto: we wrote (after, upto], or another process already had
+        if entries or upto - self._stored >= CHECKPOINT_EVERY:
+            # all entries at or below our position are in the table (written, or there were
+            # none), so the write may start from any stored checkpoint at or above min(...)
+            after = min(self._stored, self._position)
+            stored = await self.store.feed_index(entries, after, upto)
+            if stored < after:
+                # the index was reset below us (a rebuild): index again from there
+                log.warning("feed index checkpoint went back from %d to %d; indexing again", after, stored)
+                self._position = self._stored = stored
+                self._folder = FeedFolder()
+                return
+            self._stored = stored  # upto: we wrote (after, upto]; more: another process had
+        # else a range with no entries: nothing to write, the table is complete up to upto as it is
         self._position = upto
         self._publish(upto, by_user)
         self._settle()

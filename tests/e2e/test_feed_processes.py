@@ -66,7 +66,11 @@ async def test_a_feed_read_on_one_server_sees_appends_through_the_other(kind: st
         start = (await _call(http, "GET", f"{b}/v1/me/events", "bob"))["last_position"]
         draft = (await _call(http, "POST", f"{a}/v1/collab/drafts", "alice", {"title": "on A"}))["data"]["id"]
         await _call(
-            http, "POST", f"{a}/v1/collab/drafts/{draft}/collaborators", "alice", {"user_id": "bob", "role": "viewer"}
+            http,
+            "POST",
+            f"{a}/v1/collab/drafts/{draft}/collaborators",
+            "alice",
+            {"user_id": "bob", "role": "viewer"},
         )
         got: list[str] = []
         after = start

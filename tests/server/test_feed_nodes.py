@@ -61,7 +61,7 @@ async def test_a_feed_read_on_one_node_sees_an_append_on_the_other(kind: str, tm
         for node in (a, b):
             assert await node.state.feed.reached(await node.store.last_position(), 20)
         store = a.store
-        upto = await store.feed_checkpoint()
+        upto = await store.last_position()
         index = {
             u: [p for p, _ in await store.feed_read(u, 0, upto, 1000)]
             for u in ("alice", "bob", "carol", "dave")
