@@ -254,9 +254,16 @@ class FeedProjector:
         snap = await self.store.load_snapshot(draft_id)
         if snap is not None and snap.seq <= seq - 1:
             base = DraftState.from_json(snap.state).summary()
+        summary = base
         after = base.seq if base is not None else 0
-        records = await self.store.read(draft_id, after, seq - 1 - after)
-        return summary_before([r.event() for r in records], base)
+        while after < seq - 1:  # in chunks, yielding between them: a long draft never stalls the loop
+            records = await self.store.read(draft_id, after, min(PAGE, seq - 1 - after))
+            if not records:
+                break
+            summary = summary_before([r.event() for r in records], summary)
+            after = records[-1].seq
+            await asyncio.sleep(0)
+        return summary
 
     def _publish(self, upto: int, by_user: dict[str, list[FeedItem]]) -> None:
         for user_id, listeners in list(self._listeners.items()):
