@@ -12,6 +12,7 @@ import pytest
 
 from eventstore import Store, open_store
 from eventstore.errors import UnrepresentableValue
+from projections import feed_index
 from projections.decide import AppendSegment, CreateDraft
 from projections.feed_index import FeedProjector, rebuild_feed
 from projections.runner import DraftProjector, rebuild
@@ -46,7 +47,11 @@ async def test_the_index_keeps_up_with_appends_between_advances(store: Store) ->
     assert all(records[p] == body for p, body in bodies)  # entries carry the event's own bytes
 
 
-async def test_a_projector_started_at_a_checkpoint_folds_each_draft_from_its_log(store: Store) -> None:
+@pytest.mark.parametrize("page", [3, 2000])
+async def test_a_projector_started_at_a_checkpoint_folds_each_draft_from_its_log(
+    store: Store, page: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feed_index, "PAGE", page)  # small pages: drafts folded in several chunks
     await random_history(store, 80, 5)
     first = FeedProjector(store)
     await first.advance()
