@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -92,6 +93,8 @@ class FeedProjector:
         self._position = 0
         self._stored = 0  # a checkpoint known to be stored (the stored one is at least this)
         self._seen = 0
+        self._pending: list[Record] = []  # published records not yet folded (contiguous)
+        self._must_read = True  # read the log until it is empty once (start, after a failure)
         self._lock = asyncio.Lock()
         self._wanted = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -154,15 +157,34 @@ class FeedProjector:
         self._progress.clear()
 
     def _on_commit(self, records: Sequence[Record]) -> None:
+        """Notifier callback: keep a contiguous run of published records for the next advance
+        (so it need not read them back from the log), and ask for one."""
         self._seen = max(self._seen, records[-1].position)
+        pending = self._pending
+        if (
+            len(pending) < PAGE
+            and all(b.position == a.position + 1 for a, b in itertools.pairwise(records))
+            and (not pending or records[0].position == pending[-1].position + 1)
+        ):
+            pending.extend(records)
+        else:
+            pending.clear()  # the advance reads the log instead
         self._wanted.set()
+
+    def _take_pending(self) -> list[Record] | None:
+        """The published records right after :attr:`position`, if they continue it; else None."""
+        pending, self._pending = self._pending, []
+        fresh = [r for r in pending if r.position > self._position]
+        if fresh and fresh[0].position == self._position + 1:
+            return fresh
+        return None
 
     async def _advance_loop(self) -> None:
         pause = ADVANCE_RETRY_FIRST
         while True:
             await self._wanted.wait()
             try:
-                await self.advance()
+                await self.advance(published_only=True)
             except Exception:
                 self.advance_failures += 1
                 delay = pause * random.uniform(0.5, 1.0)
@@ -185,25 +207,37 @@ class FeedProjector:
         """The global position up to which the index is complete and known here (≤ the stored checkpoint)."""
         return self._position
 
-    async def advance(self) -> None:
+    async def advance(self, *, published_only: bool = False) -> None:
         """Index every record after :attr:`position` (or learn that another process did).
 
-        Raises the store's error if the log or the index cannot be read or written; what was
-        indexed stays indexed, and the next call starts from there.
+        ``published_only`` (the background task): stop without reading the log once every
+        commit published to this process is folded (the records published are folded as they
+        came, when they continue the position). Raises the store's error if the log or the
+        index cannot be read or written; what was indexed stays indexed, and the next call
+        starts from there.
         """
         async with self._lock:
+            if not published_only:
+                self._must_read = True
             try:
                 while True:
                     self._wanted.clear()
-                    page = await self.store.read_all(self._position, PAGE)
-                    if not page:
-                        if self._wanted.is_set():
-                            continue
-                        self._seen = max(self._seen, self._position)
-                        self._settle()
-                        return
+                    page = self._take_pending()
+                    if page is None:
+                        if not self._must_read and self._position >= self._seen:
+                            self._settle()  # every published commit is folded: no read needed
+                            return
+                        page = await self.store.read_all(self._position, PAGE)
+                        if not page:
+                            if self._wanted.is_set():
+                                continue
+                            self._must_read = False
+                            self._seen = max(self._seen, self._position)
+                            self._settle()
+                            return
                     await self._index_page(page)
             except BaseException:
+                self._must_read = True
                 self._wanted.set()
                 raise
 
@@ -226,6 +260,7 @@ class FeedProjector:
                 log.warning("feed index checkpoint went back from %d to %d; indexing again", after, stored)
                 self._position = self._stored = stored
                 self._folder = FeedFolder()
+                self._must_read = True
                 return
             self._stored = stored  # upto: we wrote (after, upto]; more: another process had
         # else a range with no entries: nothing to write, the table is complete up to upto as it is
@@ -291,6 +326,8 @@ class FeedProjector:
         """Wait until :attr:`position` ≥ ``position`` (at most ``timeout`` seconds); True if it did."""
         if self._position >= position:
             return True
+        if position > self._seen:
+            self._must_read = True  # a position not published here yet: look in the log
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._progress.append((position, fut))
         self._wanted.set()

@@ -36,6 +36,18 @@ async def test_the_index_equals_a_scan_of_the_log(store: Store, seed: int) -> No
     assert await _index(store) == await brute_force_feed(store)
 
 
+@pytest.mark.parametrize("seed", [12, 13])
+async def test_a_started_projector_indexes_from_the_commits_published_to_it(store: Store, seed: int) -> None:
+    projector = FeedProjector(store)
+    await projector.start()
+    try:
+        await random_history(store, 150, seed)  # each append is published before it returns
+        assert await projector.reached(await store.last_position(), 20)
+    finally:
+        await projector.stop()
+    assert await _index(store) == await brute_force_feed(store)
+
+
 async def test_the_index_keeps_up_with_appends_between_advances(store: Store) -> None:
     projector = FeedProjector(store)
     for seed in range(4):
