@@ -207,6 +207,11 @@ class FeedProjector:
         """The global position up to which the index is complete and known here (≤ the stored checkpoint)."""
         return self._position
 
+    @property
+    def lag(self) -> int:
+        """Positions published to this process that the index has not folded yet (≥ 0)."""
+        return max(0, self._seen - self._position)
+
     async def advance(self, *, published_only: bool = False) -> None:
         """Index every record after :attr:`position` (or learn that another process did).
 

@@ -156,6 +156,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
         peer_limits=peer_limits,
         feed=FeedProjector(store),
     )
+    metrics.feed_lag.set_function(lambda: state.feed.lag)
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[text_guard, _cors_middleware(settings), _timing, error_middleware],

@@ -40,6 +40,11 @@ class Metrics:
             "ringlog_ws_slow_closes_total", "Sockets closed with 1013 because they fell behind", registry=r
         )
         self.rate_limited = Counter("ringlog_rate_limited_total", "Requests refused with 429", registry=r)
+        self.feed_lag = Gauge(
+            "ringlog_feed_index_lag_positions",
+            "Positions published to this process that its feed index has not folded yet",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The text exposition format."""

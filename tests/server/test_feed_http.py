@@ -172,3 +172,12 @@ async def test_the_caller_reads_their_own_write_at_once() -> None:
             d = await srv.create("alice", f"t{k}")
             _, body = await _feed(srv, "alice", f"after={await srv.store.last_position() - 1}")
             assert [row["event"]["draft_id"] for row in body["data"]] == [d]
+
+
+async def test_metrics_report_the_feed_index_lag() -> None:
+    async with running_app() as srv:
+        await srv.create("alice")
+        assert await srv.state.feed.reached(await srv.store.last_position(), 10)
+        async with srv.client.get("/metrics") as r:
+            text = await r.text()
+    assert "ringlog_feed_index_lag_positions 0.0" in text
