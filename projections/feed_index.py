@@ -113,7 +113,9 @@ class FeedProjector:
         by the advance task; reads meanwhile serve what is indexed (``last_position`` says how far).
         """
         self._position = self._stored = await self.store.feed_checkpoint()
-        self._seen = max(self._seen, self._position)
+        # what the log held at start counts as seen: reads wait (bounded) for it too, and the
+        # lag metric shows an initial catch-up
+        self._seen = max(self._seen, self._position, await self.store.last_position())
         self.store.notifier.add_global_listener(self._on_commit)
         self._wanted.set()
         task = asyncio.get_running_loop().create_task(self._advance_loop(), name="ringlog-feed-advance")
