@@ -18,6 +18,7 @@ from projections.runner import DraftProjector
 from server import routes as rest
 from server.auth import Authenticator
 from server.errors import error_middleware
+from server.feed_mux import install as install_feed
 from server.hub import Hub
 from server.metrics import Metrics
 from server.openapi import openapi_document
@@ -157,6 +158,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
         feed=FeedProjector(store),
     )
     metrics.feed_lag.set_function(lambda: state.feed.lag)
+    install_feed(state.mux)  # subscribe_me on /v1/ws
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[text_guard, _cors_middleware(settings), _timing, error_middleware],
