@@ -91,3 +91,37 @@ async def test_a_feed_read_on_one_server_sees_appends_through_the_other(kind: st
         page = await _call(http, "GET", f"{a}/v1/me/events?after={on_b[-1] - 1}&wait=10", "carol")
         assert [row["position"] for row in page["data"]] == [on_b[-1]]
         assert await _whole_feed(http, a, "carol") == on_b
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_subscribe_me_on_one_server_streams_appends_through_the_other(
+    kind: str, tmp_path: Path
+) -> None:
+    async with (
+        _two_servers(kind, tmp_path) as (a, b),
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
+    ):
+        first = (await _call(http, "POST", f"{a}/v1/collab/drafts", "bob", {"title": "before"}))["data"]["id"]
+        url = b.replace("http://", "ws://") + "/v1/ws?user_id=bob"
+        async with http.ws_connect(url) as ws:
+            assert (await ws.receive_json(timeout=30))["type"] == "connected"
+            await ws.send_json({"type": "subscribe_me", "after": 0})
+            subscribed = await ws.receive_json(timeout=30)
+            assert subscribed["type"] == "subscribed_me", subscribed
+            made = [first]
+            for k in range(6):  # through the other server, while the socket is live on this one
+                base = (a, b)[k % 2]
+                made.append(
+                    (await _call(http, "POST", f"{base}/v1/collab/drafts", "bob", {"title": f"d{k}"}))[
+                        "data"
+                    ]["id"]
+                )
+                await _call(http, "POST", f"{base}/v1/collab/drafts", "carol", {"title": "not bob's"})
+            got: list[dict[str, Any]] = []
+            while len(got) < len(made):
+                message = await ws.receive_json(timeout=30)
+                assert message["type"] == "me", message
+                got.append(message)
+        assert [m["event"]["draft_id"] for m in got] == made
+        positions = [m["position"] for m in got]
+        assert positions == sorted(set(positions))
