@@ -210,7 +210,7 @@ class FeedSubscription:
 
     @property
     def position(self) -> int:
-        """The global position up to which entries have been delivered (covered)."""
+        """The global position up to which entries have been handed out (covered); meaningless once closed."""
         return self._seam.position if self._seam is not None else 0
 
     def close(self) -> None:

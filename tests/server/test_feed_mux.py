@@ -116,3 +116,51 @@ async def test_draft_subscriptions_and_the_feed_share_one_socket(app: tuple[Clie
     await mux.until(lambda m: m.get("seq") == 3 and m.get("draft_id") == d)
     assert [m["position"] for m in mux.received if m["type"] == "me"] == [2]  # a segment is nobody's feed
     await mux.ws.close()
+
+
+class _Closer:
+    def __init__(self) -> None:
+        self.requests: list[tuple[int, bytes]] = []
+
+    def request(self, code: int, reason: bytes) -> None:
+        self.requests.append((code, reason))
+
+
+class _Tasks:
+    def __init__(self) -> None:
+        self.running: list[asyncio.Task[None]] = []
+
+    def spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self.running.append(task)
+        return task
+
+
+async def test_a_socket_too_slow_for_its_feed_is_closed_with_1013() -> None:
+    """The real handler and feed over a sink that never drains (a client that does not read)."""
+    from types import SimpleNamespace
+
+    from server.feed_mux import EXTRA_KEY, subscribe_me
+    from tests.server.fakes import FakeSink
+    from tests.server.inprocess import running_app
+
+    bound = 65536  # the smallest --ws-queue-bytes
+    async with running_app(ws_queue_bytes=bound) as srv:
+        for _ in range(250):
+            await srv.create("alice", "t" * 190)  # about 450 bytes a message: 110 KB in all
+        sink, closer, tasks = FakeSink(auto_drain=False), _Closer(), _Tasks()
+        sent: list[dict[str, Any]] = []
+        session = SimpleNamespace(
+            st=srv.state, sink=sink, closer=closer, tasks=tasks, user_id="alice", extras={}, send=sent.append
+        )
+        await subscribe_me(session, {"type": "subscribe_me", "after": 0})  # type: ignore[arg-type]
+        await asyncio.gather(*tasks.running)
+        assert sent == [{"type": "subscribed_me", "last_position": 250}]
+        assert closer.requests and closer.requests[0][0] == 1013
+        assert bound < sink.buffered < bound + 1000  # it stopped at the first message beyond the bound
+        before = len(sink.writes)
+        await srv.create("alice", "after the close")
+        assert await srv.state.feed.reached(251, 10)
+        assert len(sink.writes) == before  # nothing more for a closed feed
+        assert len(sink.writes) < 250  # the rest of the catch-up was not written
+        assert session.extras.get(EXTRA_KEY) is not None
