@@ -39,6 +39,9 @@ from ringlog.urls import websocket_url
 log = logging.getLogger(__name__)
 
 Status = Literal["live", "polling", "offline"]
+PresenceCallback = Callable[[dict[str, Any]], None]
+"""``on_presence(message)``: each ``presence_sync`` and ``presence`` message (API.md v2
+"Presence"), as the server sent it; :attr:`DraftStream.presence` is already updated."""
 StatusCallback = Callable[[Status, str], None]
 """``on_status(status, detail)``: called on every status change and on every failed attempt to
 reach the server (``detail`` then says why and when the next attempt is due)."""
@@ -109,6 +112,7 @@ class DraftStream:
         long_poll_wait: float = LONG_POLL_WAIT,
         queue_size: int = 1000,
         on_status: StatusCallback | None = None,
+        on_presence: PresenceCallback | None = None,
     ) -> None:
         """Raise ``ValueError`` at once for a base URL that is not ``http(s)://host[:port]``,
         for no credentials, or for a negative ``since``; everything later is reported through
@@ -137,6 +141,13 @@ class DraftStream:
         self._last_failure = ""
         self._closed = False
         self._error: BaseException | None = None
+        self.on_presence = on_presence
+        self.presence: dict[str, dict[str, Any]] = {}
+        """Who is on the draft now, by user id: ``{"user_id", "state", "since"}`` (API.md v2),
+        from the last ``presence_sync`` and the ``presence`` messages after it; empty while the
+        stream is not live (presence needs the socket)."""
+        self._presence_state: dict[str, Any] | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -213,6 +224,48 @@ class DraftStream:
             except Exception:  # the caller's callback must not end the stream
                 log.exception("on_status callback failed")
 
+    # -- presence (API.md v2) ------------------------------------------------------------
+
+    async def set_presence(self, state: dict[str, Any]) -> None:
+        """Set this user's presence state on the draft (a JSON object, at most 512 bytes).
+
+        Sent at once when the socket is live, and again after every reconnect; while polling
+        it waits for the socket. Raises ``ValueError`` for a state the server would refuse.
+        """
+        if not isinstance(state, dict) or len(orjson.dumps(state)) > 512:
+            raise ValueError("a presence state is a JSON object of at most 512 bytes")
+        self._presence_state = state
+        await self._send_presence()
+
+    async def _send_presence(self) -> None:
+        ws = self._ws
+        if ws is None or ws.closed or self._presence_state is None:
+            return
+        message = orjson.dumps({"type": "presence", "state": self._presence_state}).decode()
+        with contextlib.suppress(ConnectionError, RuntimeError):  # the reconnect sends it again
+            await ws.send_str(message)  # a text frame: the server refuses binary ones
+
+    def _take_presence(self, obj: dict[str, Any]) -> None:
+        if obj["type"] == "presence_sync":
+            members = obj.get("members")
+            if not isinstance(members, list):
+                return
+            self.presence = {m["user_id"]: m for m in members if isinstance(m, dict) and "user_id" in m}
+        else:
+            user_id = obj.get("user_id")
+            if not isinstance(user_id, str):
+                return
+            if obj.get("event") == "leave":
+                self.presence.pop(user_id, None)
+            else:
+                since = self.presence.get(user_id, {}).get("since", obj.get("ts"))
+                self.presence[user_id] = {"user_id": user_id, "state": obj.get("state"), "since": since}
+        if self.on_presence is not None:
+            try:
+                self.on_presence(obj)
+            except Exception:  # the caller's callback must not end the stream
+                log.exception("on_presence callback failed")
+
     # -- the connection ------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -274,6 +327,7 @@ class DraftStream:
                 heartbeat=30.0,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
             ) as ws:
+                self._ws = ws
                 async for msg in ws:
                     try:
                         obj = self._message_of(msg)
@@ -288,6 +342,9 @@ class DraftStream:
                         self._last_failure = ""
                         self._set_status("live")
                         self._backoff.reset()
+                        await self._send_presence()
+                    elif kind in ("presence_sync", "presence"):
+                        self._take_presence(obj)
                     elif kind == "error":
                         last_error = obj
                     elif isinstance(obj.get("event"), Event):
@@ -302,6 +359,9 @@ class DraftStream:
         except (*TRANSIENT_ERRORS, _Unavailable) as e:
             self._last_failure = f"server not reachable at {self.base_url} ({_reason(e)})"
             return None
+        finally:
+            self._ws = None
+            self.presence = {}  # presence needs the socket: the next presence_sync refills it
         self._last_failure = f"socket closed ({code})"
         return await self._after_close(code, last_error)
 

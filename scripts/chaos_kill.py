@@ -302,7 +302,7 @@ class Chaos:
             return
 
     def _take(self, reader: Reader, message: dict[str, Any]) -> None:
-        if message.get("type") in ("connected", "pong"):
+        if message.get("type") in ("connected", "pong", "presence_sync", "presence"):
             return
         if "seq" not in message:
             raise Violation(f"reader of {reader.draft_id}: unexpected message {message}")
@@ -322,6 +322,9 @@ class Chaos:
                 connected = orjson.loads((await asyncio.wait_for(ws.receive(), 10)).data)
                 if connected.get("type") != "connected" or connected["head_seq"] < len(log):
                     raise Violation(f"resume {reader.draft_id}: {connected}")
+                sync = orjson.loads((await asyncio.wait_for(ws.receive(), 10)).data)
+                if sync.get("type") != "presence_sync":  # API.md v2: right after connected
+                    raise Violation(f"resume {reader.draft_id}: no presence_sync: {sync}")
                 for expected in log[reader.last_seq :]:
                     msg = await asyncio.wait_for(ws.receive(), 10)
                     if msg.type != aiohttp.WSMsgType.TEXT or orjson.loads(msg.data) != expected:

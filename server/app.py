@@ -24,6 +24,8 @@ from server.metrics import Metrics
 from server.openapi import openapi_document
 from server.origins import origin_allowed
 from server.peerlimits import PeerLimits
+from server.presence import PresenceRegistry, new_node_id
+from server.presence_wire import PresenceFanout
 from server.protocol_log import install_protocol_refusal_filter
 from server.ratelimit import RateLimiter
 from server.request_text import text_guard
@@ -156,9 +158,12 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
         sockets=sockets,
         peer_limits=peer_limits,
         feed=FeedProjector(store),
+        presence=PresenceRegistry(node_id=new_node_id()),
     )
     metrics.feed_lag.set_function(lambda: state.feed.lag)
     install_feed(state.mux)  # subscribe_me on /v1/ws
+    state.presence.add_observer(PresenceFanout(state.hub, state.metrics.presence_messages.inc).on_change)
+    metrics.track_presence(state.presence.stats)
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[text_guard, _cors_middleware(settings), _timing, error_middleware],

@@ -113,6 +113,20 @@ class Hub:
             listener = self._listeners.pop(sub.stream_id)
             self.notifier.remove_listener(sub.stream_id, listener)
 
+    def offer_message(self, stream_id: str, frame: bytes) -> int:
+        """Offer one pre-framed message that is not an event (presence, API.md v2) to every
+        subscriber of ``stream_id``; the number of subscribers offered to.
+
+        The same bytes go to each subscriber's bounded sink or backlog
+        (:meth:`Subscriber.offer_message`): no task, no ``await``, no copy per socket.
+        """
+        subs = self._streams.get(stream_id)
+        if not subs:
+            return 0
+        for sub in tuple(subs):
+            sub.offer_message(frame)
+        return len(subs)
+
     def _make_listener(self, subs: set[Subscriber]) -> Callable[[Sequence[Record]], None]:
         def on_commit(records: Sequence[Record]) -> None:
             for batch in batches_of(records, time.monotonic()):  # framed once for every socket

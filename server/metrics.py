@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -45,6 +47,27 @@ class Metrics:
             "Positions published to this process that its feed index has not folded yet",
             registry=r,
         )
+        self.presence_messages = Counter(
+            "ringlog_presence_messages_total", "Presence messages offered to sockets", registry=r
+        )
+        self.presence_coalesced = Counter(
+            "ringlog_presence_coalesced_total",
+            "Presence updates replaced by a newer one of the same socket before being applied",
+            registry=r,
+        )
+
+    def track_presence(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        """Presence gauges read from ``stats()`` (:meth:`server.presence.PresenceRegistry.stats`)
+        when scraped: entries, and the bytes of their states."""
+        r = self.registry
+        Gauge(
+            "ringlog_presence_entries", "Presence entries (draft, user) known to this process", registry=r
+        ).set_function(lambda: stats()["entries"])
+        Gauge(
+            "ringlog_presence_state_bytes",
+            "JSON bytes of the presence states held by this process",
+            registry=r,
+        ).set_function(lambda: stats()["state_bytes"])
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -164,6 +164,15 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "properties": {key: schema, "seq": {"type": "integer"}},
         }
 
+    presence_member = {
+        "type": "object",
+        "required": ["user_id", "state", "since"],
+        "properties": {
+            "user_id": {"type": "string"},
+            "state": {"type": "object", "description": "at most 512 bytes as JSON"},
+            "since": {"type": "string", "format": "date-time"},
+        },
+    }
     paths: dict[str, Any] = {
         "/v1/collab/drafts": {
             "post": {
@@ -383,6 +392,19 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "400": error("invalid parameter"),
                     "401": error("missing or invalid credentials"),
                     "503": error("storage unavailable"),
+                },
+            },
+        },
+        "/v1/collab/drafts/{draft_id}/presence": {
+            "get": {
+                "operationId": "getPresence",
+                "description": (
+                    "who is present on the draft now (ephemeral, never in the log); viewers only"
+                ),
+                "parameters": [draft_id],
+                "responses": {
+                    "200": ok("present users", {"type": "array", "items": presence_member}),
+                    **{k: common_errors[k] for k in ("400", "401", "403", "404", "429", "503")},
                 },
             },
         },

@@ -46,6 +46,7 @@ from server.models import (
     UpdateDraftBody,
 )
 from server.params import MAX_SEQ, ParameterError, parse_entity_tag_seq, parse_int, parse_number
+from server.presence_wire import members_json
 from server.service import AtSeqBeyondHead, Endpoint, Outcome, new_draft_id
 from server.settings import MAX_BODY_BYTES
 from server.state import AppState
@@ -421,6 +422,18 @@ async def get_draft(request: web.Request) -> web.Response:
         if etag in tags or "*" in tags:
             return web.Response(status=304, headers={"ETag": etag, **headers})
     return _json(200, _data_raw(state.to_json()), {"ETag": etag, **headers})
+
+
+@routes.get("/v1/collab/drafts/{draft_id}/presence")
+async def draft_presence(request: web.Request) -> web.Response:
+    """Who is present on the draft now (API.md v2 "Presence"): ``{"data": [{"user_id", "state",
+    "since"}]}``, as this node's presence registry knows it; viewers of the draft only (403, 404
+    as for the draft itself). Never read from the log: presence is not in it."""
+    st = request.app[AppState.KEY]
+    identity = await _identify(request)
+    draft_id = request.match_info["draft_id"]
+    await st.service.view(identity.user_id, draft_id)
+    return _json(200, _data_raw(members_json(st.presence.members(draft_id))))
 
 
 def _events_body(records: Sequence[Record], head: int) -> bytes:

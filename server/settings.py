@@ -243,6 +243,12 @@ class Settings:
         _int_rule(0, 1_000_000, "; 0 = off"),
         "client messages per second before the socket is closed with 1008; 0 = off",
     )
+    presence_rate: float = _setting(
+        10.0,
+        _number_rule(0, 1_000_000, note="; 0 = off"),
+        "presence updates per socket per second (bursts to 2x); faster updates are coalesced to the "
+        "latest state; 0 = off",
+    )
     ws_queue_size: int = _setting(
         1024,
         _int_rule(1, 10_000_000),

@@ -16,6 +16,7 @@ from server.hub import Hub
 from server.metrics import Metrics
 from server.mux_hooks import MuxExtensions
 from server.peerlimits import PeerLimits
+from server.presence import PresenceRegistry
 from server.ratelimit import RateLimiter
 from server.service import DraftService
 from server.settings import Settings
@@ -36,6 +37,7 @@ class AppState:
     auth: Authenticator
     limiter: RateLimiter
     metrics: Metrics
+    presence: PresenceRegistry
     sockets: SocketRegistry
     peer_limits: PeerLimits
     """The socket cap and rate limit shared with the other processes of the store."""

@@ -45,6 +45,9 @@ CLOSE_ACCESS_REVOKED = 4403
 HIGH_WATER = 256 * 1024
 """Unsent bytes in a socket's sink above which it is 'behind': writes go to its backlog."""
 
+NOT_AN_EVENT = -1.0
+"""The commit stamp of a queued frame that is not an event (presence): no fan-out lag observed."""
+
 CATCH_UP_PAGE = 1000
 """Events per log read during catch-up."""
 
@@ -312,6 +315,14 @@ class Subscriber:
             if cut is not None:
                 self._revoke(cut)
 
+    def offer_message(self, frame: bytes) -> None:
+        """Deliver a frame that is not an event (a presence message, API.md v2): no seq, so the
+        seam ignores it; it goes through the same byte-bounded sink and backlog as events,
+        after whatever is already queued. Nothing once closing or revoked."""
+        if self.closing or self.revoked_at is not None:
+            return
+        self._deliver(frame, 0, NOT_AN_EVENT)
+
     def close(self) -> None:
         """Stop delivering for good: nothing more is written, the backlog is dropped."""
         self.closing = True
@@ -354,7 +365,7 @@ class Subscriber:
             except ConnectionError:
                 self.close()
                 return
-            if self._observe_lag is not None:
+            if self._observe_lag is not None and stamp != NOT_AN_EVENT:
                 self._observe_lag(time.monotonic() - stamp)
             return
         if not self._budget.take(len(data), events):
@@ -391,7 +402,8 @@ class Subscriber:
                 if self._observe_lag is not None:
                     now = time.monotonic()
                     for stamp in stamps:
-                        self._observe_lag(now - stamp)
+                        if stamp != NOT_AN_EVENT:
+                            self._observe_lag(now - stamp)
                 await sink.writable()
         except ConnectionError:
             self.close()

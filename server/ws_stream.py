@@ -1,5 +1,10 @@
 """Streaming an admitted draft socket: catch-up then live, pings, flood limit, every close.
 
+Presence (API.md v2): the socket attaches to the node's presence registry and writes
+``presence_sync`` right after ``connected`` and before it subscribes, takes ``presence`` updates
+(:class:`server.presence_wire.PresenceInput`), and detaches as soon as its stream ends, whatever the
+reason (a revocation included), so the others hear the ``leave`` at once.
+
 Close reasons (API.md "WebSocket"; codes from RFC 6455 §7.4.1 unless 4xxx): a client flooding
 messages 1008, a token that expires 4401, a socket that falls too far behind 1013, a server
 shutting down 1001, an internal error 1011, the user's view access revoked 4403 (API.md v2:
@@ -28,6 +33,7 @@ from aiohttp import WSMsgType, web
 
 from eventstore.events import utc_now_iso
 from projections.access import ViewAccess
+from server.presence_wire import PresenceInput, sync_frame
 from server.subscriber import (
     CLOSE_ACCESS_REVOKED,
     CLOSE_INTERNAL_ERROR,
@@ -97,12 +103,33 @@ async def stream_events(
     closer = Closer(ws, transport, sink)
     tasks = SocketTasks(st.sockets)
     user_id = admission.user_id
+    socket_key = ws  # one attachment per socket (server.presence)
+    attached = False
+    presence = PresenceInput(
+        st.presence,
+        admission.draft_id,
+        user_id,
+        socket_key,
+        rate=st.settings.presence_rate,
+        on_coalesced=st.metrics.presence_coalesced.inc,
+    )
+
+    def end_presence() -> None:
+        nonlocal attached
+        presence.close()
+        if attached:
+            attached = False
+            st.presence.detach(admission.draft_id, user_id, socket_key)
 
     def request_close(code: int, reason: bytes) -> None:
         error = None
         if code == CLOSE_TRY_AGAIN_LATER:
             st.metrics.slow_closes.inc()
         elif code == CLOSE_ACCESS_REVOKED:
+            # presence ends with the revocation (API.md v2), before our close handshake; from
+            # the next loop turn, so that every other socket has the removal event first
+            presence.close()
+            asyncio.get_running_loop().call_soon(end_presence)
             error = _message(
                 "error",
                 code="access_revoked",
@@ -126,6 +153,11 @@ async def stream_events(
             WSMsgType.TEXT,
         )
         if closer.code is None:
+            # presence (API.md v2): attach, presence_sync, subscribe, with no await between, so
+            # the sync precedes every presence message and every event (server.presence_wire)
+            st.presence.attach(admission.draft_id, user_id, socket_key)
+            attached = True
+            sink.write(sync_frame(st.presence, admission.draft_id))
             sub = st.hub.subscribe(
                 admission.draft_id,
                 sink,
@@ -138,7 +170,7 @@ async def stream_events(
             # the same rule as REST: a token is good until exp + leeway (API.md "Authentication"),
             # the moment server.auth.token_valid_until computed for this identity
             tasks.spawn(expire(closer, admission.expires_at))
-        await closer.read_until_close(_read_loop(ws, closer, st.settings.ws_flood_limit))
+        await closer.read_until_close(_read_loop(ws, closer, st.settings.ws_flood_limit, presence))
     except (ConnectionError, RuntimeError):
         pass
     finally:
@@ -146,6 +178,7 @@ async def stream_events(
         sink.start_closing()
         if sub is not None:
             st.hub.unsubscribe(sub)
+        end_presence()  # the others hear the leave now, not after our close handshake
         tasks.cancel_all()
         try:
             await closer.send_close()
@@ -288,8 +321,11 @@ async def expire(closer: Closer, deadline: float) -> None:
     )
 
 
-async def _read_loop(ws: web.WebSocketResponse, closer: Closer, flood_limit: int) -> None:
-    """The socket is read-only: answer pings, refuse anything else, close floods (1008)."""
+async def _read_loop(
+    ws: web.WebSocketResponse, closer: Closer, flood_limit: int, presence: PresenceInput
+) -> None:
+    """Answer pings, take presence updates (API.md v2), refuse anything else (``bad_message``),
+    close floods (1008). The log is read-only from here: nothing a client sends is appended."""
     flood = FloodGate(flood_limit)
     async for msg in ws:
         if flood.exceeded():
@@ -300,12 +336,21 @@ async def _read_loop(ws: web.WebSocketResponse, closer: Closer, flood_limit: int
                 parsed = orjson.loads(msg.data)
             except orjson.JSONDecodeError:
                 parsed = None
-            if isinstance(parsed, dict) and parsed.get("type") == "ping":
+            kind = parsed.get("type") if isinstance(parsed, dict) else None
+            if kind == "ping":
                 await ws.send_frame(_message("pong", ts=utc_now_iso()), WSMsgType.TEXT)
+                continue
+            if kind == "presence":
+                assert isinstance(parsed, dict)
+                refusal = presence.receive(parsed)
+                if refusal is not None:
+                    await ws.send_frame(refusal, WSMsgType.TEXT)
                 continue
             await ws.send_frame(
                 _message(
-                    "error", code="bad_message", message='the socket is read-only; send only {"type": "ping"}'
+                    "error",
+                    code="bad_message",
+                    message='send only {"type": "ping"} or {"type": "presence", "state": {…}}',
                 ),
                 WSMsgType.TEXT,
             )

@@ -97,12 +97,18 @@ def assert_error(status: int, body: Any, expected_status: int, code: str) -> Non
     assert "Traceback" not in str(body)
 
 
-async def receive_json(ws: aiohttp.ClientWebSocketResponse, timeout: float = 10) -> dict[str, Any]:
-    """The next text frame as JSON (fails on close or after ``timeout``)."""
-    msg = await asyncio.wait_for(ws.receive(), timeout)
-    assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, msg.data, msg.extra)
-    parsed: dict[str, Any] = orjson.loads(msg.data)
-    return parsed
+async def receive_json(
+    ws: aiohttp.ClientWebSocketResponse, timeout: float = 10, presence: bool = False
+) -> dict[str, Any]:
+    """The next text frame as JSON (fails on close or after ``timeout``); presence messages
+    (API.md v2, ``presence_sync`` right after ``connected``) are skipped unless ``presence``."""
+    for _ in range(1000):
+        msg = await asyncio.wait_for(ws.receive(), timeout)
+        assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, msg.data, msg.extra)
+        parsed: dict[str, Any] = orjson.loads(msg.data)
+        if presence or parsed.get("type") not in ("presence", "presence_sync"):
+            return parsed
+    raise AssertionError("only presence messages")
 
 
 async def receive_close(ws: aiohttp.ClientWebSocketResponse, timeout: float = 10) -> int:

@@ -181,6 +181,8 @@ class Socket:
                 return False
             assert msg.type == aiohttp.WSMsgType.TEXT, msg
             event = msg.json()
+            if event["type"] in ("presence", "presence_sync"):  # API.md v2: not events
+                continue
             assert event["type"].startswith("collab."), event
             self.events.append(event)
         return True

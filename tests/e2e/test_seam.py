@@ -54,6 +54,8 @@ async def read_frames(ws: aiohttp.ClientWebSocketResponse, seen: list[dict[str, 
             return
         assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, msg.data)
         event = orjson.loads(msg.data)
+        if event["type"] in ("presence", "presence_sync"):  # API.md v2: not events
+            continue
         assert event["type"].startswith("collab."), event
         seen.append(event)
 

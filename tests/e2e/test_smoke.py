@@ -16,6 +16,8 @@ async def test_create_append_and_stream(server: ServerProcess) -> None:
         async with http.ws_connect(f"{server.ws_url}/v1/ws/drafts/{draft['id']}?since=0") as ws:
             connected = await ws.receive_json(timeout=5)
             assert connected["type"] == "connected" and connected["head_seq"] == 1
+            sync = await ws.receive_json(timeout=5)  # API.md v2 "Presence": before any event
+            assert sync["type"] == "presence_sync" and [m["user_id"] for m in sync["members"]] == ["alice"]
             first = await ws.receive_json(timeout=5)
             assert first["type"] == "collab.draft_created" and first["seq"] == 1
             r = await http.post(

@@ -85,7 +85,8 @@ async def _socket(
         while not events or events[-1]["seq"] < until:
             msg = await ws.receive(timeout=WAIT)
             assert msg.type == aiohttp.WSMsgType.TEXT, msg
-            events.append(msg.json())
+            if msg.json()["type"] not in ("presence", "presence_sync"):  # API.md v2: not events
+                events.append(msg.json())
     return events
 
 

@@ -141,7 +141,8 @@ async def _follow(setup: Setup, draft_id: str, until_seq: int, seen_by: set[str]
         assert hello["type"] == "connected", hello
         while not events or events[-1]["seq"] < until_seq:
             event = await ws.receive_json(timeout=WAIT)
-            events.append(event)
+            if event["type"] not in ("presence", "presence_sync"):  # API.md v2: not events
+                events.append(event)
     return events
 
 

@@ -164,6 +164,7 @@ async def test_a_token_expires_on_the_socket_exactly_when_rest_starts_refusing_i
         async with client.ws_connect(f"/v1/ws/drafts/{draft_id}", params={"access_token": token}) as ws:
             first = await ws.receive_json(timeout=10)
             assert first["type"] == "connected"
+            assert (await ws.receive_json(timeout=10))["type"] == "presence_sync"  # API.md v2
             expired = await ws.receive_json(timeout=10)
             closed_at = time.time()
             assert expired["code"] == "token_expired"

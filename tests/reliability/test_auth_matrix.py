@@ -169,6 +169,7 @@ async def test_strangers_get_403_everywhere_and_access_is_checked_on_every_resum
         bob = {"Authorization": f"Bearer {good('bob')}"}
         async with http.ws_connect(f"{server.ws_url}/v1/ws/drafts/{d}?since=0", headers=bob) as ws:
             assert orjson.loads((await ws.receive(timeout=10)).data)["type"] == "connected"
+            assert orjson.loads((await ws.receive(timeout=10)).data)["type"] == "presence_sync"
             assert orjson.loads((await ws.receive(timeout=10)).data)["seq"] == 1
         expired_bob = {"Authorization": f"Bearer {good('bob', expires_in=-600)}"}
         assert await ws_refusal(http, f"{server.ws_url}/v1/ws/drafts/{d}?since=1", expired_bob) == (
@@ -181,6 +182,7 @@ async def test_strangers_get_403_everywhere_and_access_is_checked_on_every_resum
         )
         async with http.ws_connect(f"{server.ws_url}/v1/ws/drafts/{d}?since=1", headers=bob) as ws:
             assert orjson.loads((await ws.receive(timeout=10)).data)["type"] == "connected"
+            assert orjson.loads((await ws.receive(timeout=10)).data)["type"] == "presence_sync"
             assert orjson.loads((await ws.receive(timeout=10)).data)["seq"] == 2
 
 
@@ -193,6 +195,7 @@ async def test_token_expiring_on_an_open_socket_gets_4401(server: ServerProcess)
             f"{server.ws_url}/v1/ws/drafts/{d}", headers={"Authorization": f"Bearer {token}"}
         ) as ws:
             assert orjson.loads((await ws.receive(timeout=10)).data)["type"] == "connected"
+            assert orjson.loads((await ws.receive(timeout=10)).data)["type"] == "presence_sync"
             error = orjson.loads((await ws.receive(timeout=15)).data)
             assert error["code"] == "token_expired"
             await ws.receive(timeout=10)

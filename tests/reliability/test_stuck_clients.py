@@ -113,7 +113,7 @@ class Healthy:
                 self.fail(f"socket {index}: {msg.type} {msg.data!r}")
                 return
             event = orjson.loads(msg.data)
-            if event.get("type") == "pong":
+            if event.get("type") in ("pong", "presence", "presence_sync"):
                 continue
             seq = event["seq"]
             self.seqs[index].append(seq)
@@ -162,6 +162,8 @@ async def drain_stuck(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
             if message["type"] == "connected":
                 assert not connected and not seqs, "connected comes first, once"
                 connected = True
+            elif message["type"] in ("presence_sync", "presence"):
+                assert connected, "presence_sync follows connected"
             else:
                 seqs.append(message["seq"])
         elif opcode == 0x8:

@@ -107,13 +107,17 @@ class RawSocket:
         self.frames.append(frame)
         return frame
 
-    async def read_json(self, timeout: float = 10.0) -> Any:
-        """The next text frame's JSON (pings are skipped)."""
+    async def read_json(self, timeout: float = 10.0, presence: bool = False) -> Any:
+        """The next text frame's JSON (pings are skipped; presence messages too, API.md v2,
+        unless ``presence``)."""
         while True:
             frame = await self.read_frame(timeout)
             assert frame is not None, "connection closed"
             if frame.opcode == OP_TEXT:
-                return frame.json()
+                parsed = frame.json()
+                if presence or parsed.get("type") not in ("presence", "presence_sync"):
+                    return parsed
+                continue
             assert frame.opcode == OP_PING, frame
 
     def send(self, payload: bytes, opcode: int = OP_TEXT) -> None:
