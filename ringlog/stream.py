@@ -6,6 +6,10 @@ socket attempt is due (exponential backoff with full jitter, never sooner than `
 Every delivery, from either channel, goes through one :class:`SeqOrderer`, so overlaps are
 dropped and holes are filled from ``/events`` before anything after them is released.
 
+Presence (API.md v2) rides the same socket: ``presence_sync`` and ``presence`` messages update
+:attr:`DraftStream.presence` and go to ``on_presence``; :meth:`DraftStream.set_presence` sends the
+user's state now and again after each reconnect.
+
 Nothing ends silently. A frame that is not what API.md "WebSocket" promises (not JSON, not an
 object, an event without an integer ``seq`` or of another draft, a binary frame) is skipped with
 a logged warning and the stream resynchronises from ``/events?since=last_seq``; a reply of

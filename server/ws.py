@@ -41,7 +41,8 @@ from server.ws_stream import (
 log = logging.getLogger(__name__)
 
 MAX_CLIENT_MESSAGE = 4096
-"""Bytes in one client message (the socket is read-only: pings and nothing else)."""
+"""Bytes in one client message: pings and presence updates (a state is at most 512 bytes);
+aiohttp closes a socket that sends more with 1009 (RFC 6455 §7.4.1 "Message Too Big")."""
 
 CLOSE_CODE_OF: dict[str, int] = {
     "unauthorized": CLOSE_POLICY,

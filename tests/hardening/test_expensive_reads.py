@@ -73,6 +73,7 @@ async def test_a_burst_of_cold_at_seq_folds_lets_a_revocation_and_healthz_throug
             f"/v1/ws/drafts/{d}?since={head}", headers={"X-User-Id": "bob"}
         ) as bob:
             assert (await bob.receive_json(timeout=10))["type"] == "connected"
+            assert (await bob.receive_json(timeout=10))["type"] == "presence_sync"  # API.md v2
             # highest seq first: no fold can start from another's result
             burst = [asyncio.create_task(at_seq(head - 1 - i * 7)) for i in range(BURST)]
             await asyncio.wait(burst, return_when=asyncio.FIRST_COMPLETED)  # the burst is being served
