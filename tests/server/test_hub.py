@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from eventstore.memory import MemoryStore
-from server.frames import batches_of
+from server.frames import batches_of, text_frame
 from server.hub import Hub
 from server.subscriber import CATCH_UP_PAGE, HIGH_WATER, Subscriber
-from tests.server.fakes import FakeSink, append
+from tests.server.fakes import FakeSink, append, decode_frames
 
 DRAFT = "draft_hub"
 
@@ -229,3 +229,34 @@ async def test_a_sink_that_starts_closing_gets_no_more_writes(store: MemoryStore
     assert sink.seqs() == [1] and sub.closing  # the refused write closed the subscriber
     await append(store, DRAFT, 2)
     assert sink.refused == 1  # and it tried no more
+
+
+async def test_presence_frames_ride_the_backlog_in_order_and_count_against_its_bytes(
+    store: MemoryStore, owner: Owner
+) -> None:
+    """Hub.offer_message (presence, API.md v2): the same bytes to every subscriber, after what is
+    already queued for a slow one, within the backlog's byte bound; no seq, no lag observed."""
+    hub = make_hub(store, max_bytes=HIGH_WATER)
+    slow, fast = FakeSink(auto_drain=False), FakeSink()
+    sub_slow = subscribe(hub, owner, slow, 0)
+    subscribe(hub, owner, fast, 0)
+    await owner.idle()
+    while slow.buffered < HIGH_WATER:
+        await append(store, DRAFT, 1, size=20_000)
+    head = await append(store, DRAFT, 1, size=20_000)  # in the slow one's backlog
+    frame = text_frame(b'{"type":"presence","event":"join","user_id":"bob"}')
+    assert hub.offer_message(DRAFT, frame) == 2
+    assert fast.writes[-1] is frame  # framed once, the same object for every socket
+    assert sub_slow.backlog_bytes > len(frame)  # queued behind the event, not jumped ahead
+    while not any(m.get("type") == "presence" for m in decode_frames(bytes(slow.sent))):
+        slow.drain()
+        await asyncio.sleep(0)
+    kinds = [m.get("seq", m["type"]) for m in decode_frames(bytes(slow.sent))]
+    assert kinds[-2:] == [head, "presence"]
+    # a presence frame that would overflow the bound closes the slow socket, like an event would
+    while slow.buffered < HIGH_WATER:
+        await append(store, DRAFT, 1, size=20_000)
+    for _ in range(HIGH_WATER // len(frame) + 2):
+        hub.offer_message(DRAFT, frame)
+    assert owner.closes and owner.closes[0][0] == 1013 and not fast.closing
+    assert hub.offer_message("draft_nobody", frame) == 0
