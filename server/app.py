@@ -25,6 +25,7 @@ from server.openapi import openapi_document
 from server.origins import origin_allowed
 from server.peerlimits import PeerLimits
 from server.presence import PresenceRegistry, new_node_id
+from server.presence_mux import register_presence
 from server.presence_wire import PresenceFanout
 from server.protocol_log import install_protocol_refusal_filter
 from server.ratelimit import RateLimiter
@@ -164,6 +165,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     install_feed(state.mux)  # subscribe_me on /v1/ws
     state.presence.add_observer(PresenceFanout(state.hub, state.metrics.presence_messages.inc).on_change)
     metrics.track_presence(state.presence.stats)
+    register_presence(state.mux, state.presence, settings.presence_rate, metrics)
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[text_guard, _cors_middleware(settings), _timing, error_middleware],

@@ -283,3 +283,91 @@ async def test_presence_is_never_in_the_log(app: tuple[Client, MemoryStore]) -> 
         await opened(replay)
         got = await quiet(replay)
         assert [m["seq"] for m in got] == [1, 2, 3]
+
+
+# -- GET /v1/ws (server/presence_mux.py) ---------------------------------------------------------
+
+
+async def mux_socket(c: Client, user: str) -> aiohttp.ClientWebSocketResponse:
+    ws = await c.http.ws_connect(c.server.make_url(f"/v1/ws?user_id={user}"))
+    assert (await message(ws))["type"] == "connected"
+    return ws
+
+
+async def test_mux_sync_after_subscribed_before_events_and_one_entry_across_socket_kinds(
+    app: tuple[Client, MemoryStore],
+) -> None:
+    c, _ = app
+    d = await team(c)
+    async with c.ws(d, "user_id=alice") as alice:
+        await opened(alice)
+        bob_mux = await mux_socket(c, "bob")
+        try:
+            await bob_mux.send_json({"type": "subscribe", "draft_id": d, "since": 0})
+            assert (await message(bob_mux))["type"] == "subscribed"
+            sync = await message(bob_mux)
+            assert sync["type"] == "presence_sync" and sync["draft_id"] == d
+            assert sorted(m["user_id"] for m in sync["members"]) == ["alice", "bob"]
+            assert [(await message(bob_mux))["seq"] for _ in range(3)] == [1, 2, 3]
+            assert (await presence(alice))["event"] == "join"
+            async with c.ws(d, "user_id=bob") as bob_draft:  # bob twice, two kinds of socket: one entry
+                await opened(bob_draft)
+                await bob_mux.send_json({"type": "presence", "draft_id": d, "state": {"via": "mux"}})
+                for ws in (alice, bob_draft, bob_mux):
+                    update = await presence(ws)
+                    assert (update["event"], update["user_id"], update["state"]) == (
+                        "update",
+                        "bob",
+                        {"via": "mux"},
+                    )
+            status, body = await get_presence(c, d, "alice")
+            assert status == 200 and sorted(m["user_id"] for m in body["data"]) == ["alice", "bob"]
+            # resubscribing is not a leave and a join for the others
+            await bob_mux.send_json({"type": "subscribe", "draft_id": d})
+            assert (await message(bob_mux))["type"] == "subscribed"
+            assert (await message(bob_mux))["type"] == "presence_sync"
+            assert await quiet(alice) == []
+            await bob_mux.send_json({"type": "unsubscribe", "draft_id": d})
+            assert (await message(bob_mux))["type"] == "unsubscribed"
+            leave = await presence(alice)
+            assert (leave["event"], leave["user_id"]) == ("leave", "bob")
+            # presence for a draft this socket does not follow, or without a draft_id
+            for sent in ({"type": "presence", "draft_id": d, "state": {}}, {"type": "presence", "state": {}}):
+                await bob_mux.send_json(sent)
+                error = await message(bob_mux)
+                assert error["type"] == "error" and error["code"] == "bad_message", error
+            await bob_mux.send_json({"type": "subscribe", "draft_id": d})
+            assert (await message(bob_mux))["type"] == "subscribed"
+            assert (await message(bob_mux))["type"] == "presence_sync"
+            await bob_mux.send_json({"type": "presence", "draft_id": d, "state": {"x": "y" * 600}})
+            error = await message(bob_mux)
+            assert (error["code"], error["draft_id"]) == ("payload_too_large", d)
+            assert (await presence(alice))["event"] == "join"
+        finally:
+            await bob_mux.close()
+        assert (await presence(alice))["event"] == "leave"  # the socket closed: its subscription ended
+
+
+async def test_mux_revocation_ends_presence_with_a_leave_after_the_removal(
+    app: tuple[Client, MemoryStore],
+) -> None:
+    c, _ = app
+    d = await team(c)
+    async with c.ws(d, "user_id=alice") as alice:
+        await opened(alice)
+        bob_mux = await mux_socket(c, "bob")
+        try:
+            await bob_mux.send_json({"type": "subscribe", "draft_id": d})
+            assert (await message(bob_mux))["type"] == "subscribed"
+            assert (await presence(alice))["event"] == "join"
+            async with c.http.delete(
+                c.server.make_url(f"/v1/collab/drafts/{d}/collaborators/bob"), headers={"X-User-Id": "alice"}
+            ) as r:
+                assert r.status == 200
+            assert (await message(alice))["type"] == "collab.collaborator_removed"
+            leave = await message(alice)
+            assert (leave["type"], leave["event"], leave["user_id"]) == ("presence", "leave", "bob")
+            status, body = await get_presence(c, d, "alice")
+            assert status == 200 and [m["user_id"] for m in body["data"]] == ["alice"]
+        finally:
+            await bob_mux.close()
