@@ -24,8 +24,9 @@ from server.metrics import Metrics
 from server.openapi import openapi_document
 from server.origins import origin_allowed
 from server.peerlimits import PeerLimits
-from server.presence import PresenceRegistry, new_node_id
+from server.presence import PresenceRegistry
 from server.presence_mux import register_presence
+from server.presence_peers import PresenceReplicator
 from server.presence_wire import PresenceFanout
 from server.protocol_log import install_protocol_refusal_filter
 from server.ratelimit import RateLimiter
@@ -159,7 +160,8 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
         sockets=sockets,
         peer_limits=peer_limits,
         feed=FeedProjector(store),
-        presence=PresenceRegistry(node_id=new_node_id()),
+        presence=(presence := PresenceRegistry(node_id=store.peer_bus.node_id)),
+        presence_peers=PresenceReplicator(store.peer_bus, presence),
     )
     metrics.feed_lag.set_function(lambda: state.feed.lag)
     install_feed(state.mux)  # subscribe_me on /v1/ws
@@ -210,10 +212,12 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         raise
     log.info("store open: %r", _redact(st.settings.db))
     st.peer_limits.start()
+    st.presence_peers.start()
     try:
         yield
     finally:
         st.stopping.set()
+        st.presence_peers.close()
         await st.peer_limits.close()
         await st.feed.stop()
         try:

@@ -305,6 +305,16 @@ class PresenceRegistry:
         self._put_source(entry, node_id, _Source(raw, since, state_ts))
         self._notify(draft_id, user_id, before, entry.winner(), now)
 
+    def remote_keys(self, node_id: str) -> set[tuple[str, str]]:
+        """The ``(draft_id, user_id)`` pairs ``node_id`` announces now (for a replicator that
+        replaces a peer's whole set after a complete announcement)."""
+        return {
+            (draft_id, user_id)
+            for draft_id, users in self._drafts.items()
+            for user_id, entry in users.items()
+            if node_id in entry.sources
+        }
+
     def drop_node(self, node_id: str) -> None:
         """A peer is gone: remove its sources; its users leave unless present elsewhere."""
         if node_id == self.node_id:

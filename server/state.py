@@ -17,6 +17,7 @@ from server.metrics import Metrics
 from server.mux_hooks import MuxExtensions
 from server.peerlimits import PeerLimits
 from server.presence import PresenceRegistry
+from server.presence_peers import PresenceReplicator
 from server.ratelimit import RateLimiter
 from server.service import DraftService
 from server.settings import Settings
@@ -38,6 +39,8 @@ class AppState:
     limiter: RateLimiter
     metrics: Metrics
     presence: PresenceRegistry
+    presence_peers: PresenceReplicator
+    """Keeps ``presence`` in step with the store's other processes (the peer bus)."""
     sockets: SocketRegistry
     peer_limits: PeerLimits
     """The socket cap and rate limit shared with the other processes of the store."""

@@ -9,9 +9,11 @@ from typing import Any
 import aiohttp
 
 from ringlog import DraftStream
+from tests.e2e.test_workers import WORKER_HEADER, Setup, setup  # noqa: F401 (the fixture)
 from tests.serverproc import ServerProcess
 
 WAIT = 15.0
+WS_WAIT = 30.0
 
 
 async def test_presence_through_a_real_server_and_the_python_client(server: ServerProcess) -> None:
@@ -74,3 +76,69 @@ async def test_presence_through_a_real_server_and_the_python_client(server: Serv
             assert seen[-1]["event"] == "leave" and seen[-1]["user_id"] == "alice"
         async with http.get(f"{server.url}/v1/collab/drafts/{draft}/events?since=0", headers=alice) as r:
             assert [e["seq"] for e in (await r.json())["data"]] == [1, 2]  # presence is never in the log
+
+
+async def test_presence_is_shared_by_every_process_of_a_store(setup: Setup) -> None:  # noqa: F811
+    """``--workers 2`` and two servers on one SQLite file, and workers on PostgreSQL: a user on
+    one process is seen on the other (the peer bus, server/presence_peers.py), and leaves."""
+    draft_id = await setup.create()
+    status, body = await setup.request(
+        "POST", f"/v1/collab/drafts/{draft_id}/collaborators", body={"user_id": "bob", "role": "viewer"}
+    )
+    assert status == 201, body
+
+    def process_of(ws: aiohttp.ClientWebSocketResponse) -> str:
+        return ws._response.headers.get(WORKER_HEADER) or str(ws._response.url.port)
+
+    def ws_url(user: str) -> str:
+        return setup.url().replace("http://", "ws://") + f"/v1/ws/drafts/{draft_id}?user_id={user}"
+
+    alice = await setup.http.ws_connect(ws_url("alice"))
+    spare: list[aiohttp.ClientWebSocketResponse] = []
+    try:
+        assert (await alice.receive_json(timeout=WS_WAIT))["type"] == "connected"
+        assert (await alice.receive_json(timeout=WS_WAIT))["type"] == "presence_sync"
+        bob = None
+        for _ in range(40):  # the kernel spreads connections: until bob sits on another process
+            candidate = await setup.http.ws_connect(ws_url("bob"))
+            if process_of(candidate) != process_of(alice):
+                bob = candidate
+                break
+            spare.append(candidate)
+        assert bob is not None, "every connection landed on one process"
+        for ws in spare:  # bob's sockets on alice's process leave; only the remote one stays
+            await ws.close()
+        assert (await bob.receive_json(timeout=WS_WAIT))["type"] == "connected"
+        sync = await bob.receive_json(timeout=WS_WAIT)
+        assert sync["type"] == "presence_sync"
+        # alice (on the other process) is in bob's sync or joins within the bus's round trip
+        members = {m["user_id"] for m in sync["members"]}
+        for _ in range(50):
+            if "alice" in members:
+                break
+            got = await bob.receive_json(timeout=WS_WAIT)
+            if got["type"] == "presence" and got["event"] == "join":
+                members.add(got["user_id"])
+        assert "alice" in members
+        await bob.send_json({"type": "presence", "state": {"from": "elsewhere"}})
+        for _ in range(50):
+            got = await alice.receive_json(timeout=WS_WAIT)
+            if (
+                got["type"] == "presence"
+                and got["user_id"] == "bob"
+                and got["state"] == {"from": "elsewhere"}
+            ):
+                break
+        else:
+            raise AssertionError("bob's state did not reach alice's process")
+        await bob.close()
+        for _ in range(50):
+            got = await alice.receive_json(timeout=WS_WAIT)
+            if got["type"] == "presence" and got["user_id"] == "bob" and got["event"] == "leave":
+                break
+        else:
+            raise AssertionError("bob's leave did not reach alice's process")
+    finally:
+        await alice.close()
+        for ws in spare:
+            await ws.close()

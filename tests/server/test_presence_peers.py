@@ -1,0 +1,162 @@
+"""Presence shared over the peer bus (server/presence_peers.py), on an in-memory network.
+
+API.md v2 "Presence": a user present through any process is present on every process, once; a
+dead process's users leave. Messages may be lost: announcements repair what was lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from server.presence import PresenceEvent, PresenceRegistry
+from server.presence_peers import PRESENCE_TOPIC, PresenceReplicator
+from tests.eventstore.test_peerbus import Clock, Network
+
+DRAFT = "d1"
+USERS = ("alice", "bob", "carol")
+
+
+class Process:
+    def __init__(self, net: Network, name: str, clock: Clock) -> None:
+        self.bus = net.join(name)
+        self.registry = PresenceRegistry(self.bus.node_id, clock=lambda: clock.now)
+        self.replicator = PresenceReplicator(self.bus, self.registry)
+        self.replicator.start()
+        self.alive = True
+        self.events: list[PresenceEvent] = []
+        self.registry.add_observer(self.events.append)
+        self.sockets: dict[str, set[int]] = {}
+
+    def members(self) -> dict[str, Any]:
+        return {m.user_id: m.state for m in self.registry.members(DRAFT)}
+
+
+op = st.one_of(
+    st.tuples(st.just("attach"), st.integers(0, 2), st.sampled_from(USERS), st.integers(0, 1)),
+    st.tuples(st.just("detach"), st.integers(0, 2), st.sampled_from(USERS), st.integers(0, 1)),
+    st.tuples(st.just("set"), st.integers(0, 2), st.sampled_from(USERS), st.integers(0, 3)),
+    st.tuples(st.just("deliver"), st.none(), st.none(), st.none()),
+    st.tuples(st.just("lose"), st.none(), st.none(), st.none()),
+    st.tuples(st.just("tick"), st.integers(0, 2), st.none(), st.none()),
+    st.tuples(st.just("kill"), st.integers(0, 2), st.none(), st.none()),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=st.lists(op, max_size=50))
+def test_every_live_process_agrees_after_the_network_settles(ops: list[tuple[Any, ...]]) -> None:
+    clock = Clock()
+    net = Network(clock)
+    procs = [Process(net, f"p{i}", clock) for i in range(3)]
+    for name, index, user, arg in ops:
+        proc = procs[index] if index is not None else None
+        if proc is not None and not proc.alive:
+            continue
+        clock.now += 0.01
+        if name == "attach" and proc:
+            proc.registry.attach(DRAFT, user, arg)
+            proc.sockets.setdefault(user, set()).add(arg)
+        elif name == "detach" and proc:
+            proc.registry.detach(DRAFT, user, arg)
+            proc.sockets.get(user, set()).discard(arg)
+        elif name == "set" and proc and proc.sockets.get(user):
+            proc.registry.set_state(DRAFT, user, next(iter(proc.sockets[user])), {"n": arg})
+        elif name == "deliver":
+            net.deliver()
+        elif name == "lose":
+            net.in_flight.clear()
+        elif name == "tick" and proc:
+            clock.now += 0.5
+            proc.bus.tick()
+        elif name == "kill" and proc:
+            proc.alive = False  # no goodbye; its frames in flight still arrive
+            net.buses.remove(proc.bus)
+    net.deliver()
+    clock.now += 10.0
+    for proc in procs:
+        if proc.alive:
+            proc.bus.tick()
+    net.deliver()
+    for proc in procs:
+        if proc.alive:
+            proc.bus.expire()
+    live = [p for p in procs if p.alive]
+    present = {u for p in live for u, socks in p.sockets.items() if socks}
+    views = [p.members() for p in live]
+    for view in views:
+        assert set(view) == present
+        assert view == views[0]  # the same state everywhere: the one set last
+    for proc in live:  # observers saw one consistent story: no leave without a join
+        shown: set[str] = set()
+        for event in proc.events:
+            if event.kind == "join":
+                assert event.user_id not in shown
+                shown.add(event.user_id)
+            elif event.kind == "leave":
+                assert event.user_id in shown
+                shown.discard(event.user_id)
+            else:
+                assert event.user_id in shown
+        assert shown == present
+
+
+def test_a_lost_leave_is_repaired_by_the_next_announcement() -> None:
+    clock = Clock()
+    net = Network(clock)
+    a, b = Process(net, "pa", clock), Process(net, "pb", clock)
+    a.registry.attach(DRAFT, "alice", 1)
+    a.registry.set_state(DRAFT, "alice", 1, {"typing": True})
+    net.deliver()
+    assert b.members() == {"alice": {"typing": True}}
+    a.registry.detach(DRAFT, "alice", 1)
+    net.in_flight.clear()  # the leave is lost
+    assert b.members() == {"alice": {"typing": True}}
+    a.bus.tick()
+    net.deliver()
+    assert b.members() == {}
+    assert [e.kind for e in b.events] == ["join", "update", "leave"]
+
+
+def test_a_dead_process_users_leave_unless_present_elsewhere() -> None:
+    clock = Clock()
+    net = Network(clock)
+    a, b, c = (Process(net, f"p{n}", clock) for n in "abc")
+    a.registry.attach(DRAFT, "alice", 1)
+    a.registry.attach(DRAFT, "bob", 1)
+    c.registry.attach(DRAFT, "bob", 1)
+    net.deliver()
+    assert set(b.members()) == {"alice", "bob"}
+    net.buses.remove(a.bus)  # killed
+    clock.now += 10.0
+    c.bus.tick()
+    net.deliver()
+    b.bus.expire()
+    assert set(b.members()) == {"bob"}
+
+
+def test_garbled_messages_are_dropped_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    net = Network(clock)
+    a, b = Process(net, "pa", clock), Process(net, "pb", clock)
+    bad = [
+        b"not json",
+        b"[]",
+        b'{"k": "z", "e": []}',
+        b'{"k": "c", "e": [["d1", "mallory"]]}',
+        b'{"k": "c", "e": [["d1", "mallory", [1], 0, 0]]}',
+        b'{"k": "c", "e": [["d1", "mallory", {"x": "' + b"y" * 600 + b'"}, 0, 0]]}',
+        b'{"k": "c", "e": [["d1", "mallory", {}, "0", 0]]}',
+        b'{"k": "a", "e": [], "s": "x", "i": 0, "n": 1}',
+    ]
+    with caplog.at_level(logging.WARNING, logger="server.presence_peers"):
+        for payload in bad:
+            a.bus.publish(PRESENCE_TOPIC, payload)
+        a.registry.attach(DRAFT, "alice", 1)
+        net.deliver()
+    assert b.members() == {"alice": {}}  # the good message after them still applied
+    assert len([r for r in caplog.records if "dropped" in r.getMessage()]) == len(bad)
