@@ -238,6 +238,22 @@ class DraftProjector:
         state = self._cache.get(draft_id)
         return state if state is not None and state.seq == seq else None
 
+    def unverified(self, draft_id: str) -> DraftState | None:
+        """The cached state of the draft, without reading the log's tail (no I/O), or None.
+
+        Only for a decision whose append the store checks against the head in the append's own
+        transaction (``expected_seq`` = the returned state's seq): if another process appended
+        meanwhile the store refuses it with ``ConcurrencyConflict`` and the caller must decide
+        again on :meth:`get`. A state is a fold of a prefix of the log, so an append it allowed
+        that commits at ``expected_seq`` was decided on the draft's current state. None when the
+        draft is not cached, or when a commit of it published here is newer than the cache.
+        """
+        cached = self._cache.get(draft_id)
+        if cached is None or cached.seq < self.known_head(draft_id):
+            return None
+        self._cache.move_to_end(draft_id)
+        return cached
+
     async def get(self, draft_id: str, at_least: int = 0) -> DraftState | None:
         """The draft's current state, or None if it does not exist.
 

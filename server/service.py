@@ -250,10 +250,29 @@ class DraftService:
             started = loop.time()
             head = 0  # the least head the log has reported; the projector is advanced to it
             attempt = 0
+            # On a shared store, first try on the cached state without reading the log's tail
+            # (a round trip): the append's expected_seq makes the store refuse it if the draft
+            # moved on. Anything but an append to make (a refusal, no change, a stale If-Match)
+            # is decided again on the log's tail, so no answer is ever given from a stale cache.
+            # (A store that is not shared serves the cache from get() anyway.)
+            unverified = self.store.is_shared and not isinstance(command, CreateDraft)
             while True:  # ends by time: see conflict_retry_seconds
-                state = None if isinstance(command, CreateDraft) else await self.projector.get(draft_id, head)
-                events = self._decide(state, command, if_match)
+                state = self.projector.unverified(draft_id) if unverified else None
+                if state is None:
+                    unverified = False
+                    if not isinstance(command, CreateDraft):
+                        state = await self.projector.get(draft_id, head)
+                try:
+                    events = self._decide(state, command, if_match)
+                except DomainError:
+                    if unverified:
+                        unverified = False
+                        continue
+                    raise
                 if not events:
+                    if unverified:
+                        unverified = False
+                        continue
                     assert state is not None
                     return Outcome(state, None)
                 try:
@@ -264,6 +283,9 @@ class DraftService:
                     head = max(head, e.actual_seq)  # read from the log inside the append's transaction
                     if if_match is not None:
                         raise PreconditionFailed(head) from None
+                    if unverified:  # the cache was behind the log: read its tail, no pause
+                        unverified = False
+                        continue
                     waited = loop.time() - started
                     if waited >= self.conflict_retry_seconds:
                         log.warning(
