@@ -451,13 +451,14 @@ class OptimisticWriter {
   }
   add(what) {
     if (this.closed) return Promise.reject(new Error("closed"));
-    if (this.confirmed && !this.canAppend(this.confirmed)) {
+    if (!this.confirmed) return Promise.reject(new ApiError(0, "not_loaded", "the draft is not loaded yet"));
+    if (!this.canAppend(this.confirmed)) {
       const v = this.view(this.confirmed);
       const why = v.archived ? "the draft is archived" : `${v.ring_state.current_holder_id} holds the ring`;
       return Promise.reject(new ApiError(409, v.archived ? "draft_archived" : "not_ring_holder", why));
     }
     const last = this.entries[this.entries.length - 1];
-    const baseSeq = last ? last.op.baseSeq + 1 : this.confirmed?.seq ?? 0;
+    const baseSeq = last ? last.op.baseSeq + 1 : this.confirmed.seq;
     const op = { ...what, key: crypto.randomUUID(), userId: this.o.userId, draftId: this.o.draftId, order: this.nextOrder++, baseSeq, createdAt: (/* @__PURE__ */ new Date()).toISOString() };
     const entry = this.entry(op, this.o.outbox.put(op));
     this.entries.push(entry);
@@ -899,6 +900,12 @@ function connectDraft(draftId, options = {}) {
     }
     openSocket();
   }
+  const doc = globalThis.document;
+  const onVisible = () => {
+    if (!closed && isVisible() && reconnectTimer !== null && !ws) openSocket();
+  };
+  doc?.addEventListener("visibilitychange", onVisible);
+  lifetime.signal.addEventListener("abort", () => doc?.removeEventListener("visibilitychange", onVisible), { once: true });
   void start();
   const noWriter = () => Promise.reject(new Error("optimistic writes need a userId or a token with a sub"));
   return {

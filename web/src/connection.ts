@@ -433,6 +433,14 @@ export function connectDraft(draftId: string, options: ConnectOptions = {}): Dra
     openSocket();
   }
 
+  // a page that becomes visible again retries a socket waiting out a hidden-page backoff at once
+  const doc = (globalThis as { document?: Document }).document;
+  const onVisible = (): void => {
+    if (!closed && isVisible() && reconnectTimer !== null && !ws) openSocket();
+  };
+  doc?.addEventListener("visibilitychange", onVisible);
+  lifetime.signal.addEventListener("abort", () => doc?.removeEventListener("visibilitychange", onVisible), { once: true });
+
   void start();
   const noWriter = (): Promise<Outcome> => Promise.reject(new Error("optimistic writes need a userId or a token with a sub"));
   return {

@@ -100,7 +100,7 @@ export function useDraftRealtime(options: DraftRealtimeOptions): DraftRealtime {
       fetch: o.fetch,
       WebSocket: o.WebSocket,
       onStatus: (s, detail) => { if (live) { setConnectionStatus(s); setStatusDetail(detail); } },
-      onState: (s) => { if (live) { setConfirmed(s); setLastEventTs((ts) => ts ?? s.updated_at); } },
+      onState: (s) => { if (live) { setConfirmed(s); setLastEventTs((ts) => (ts === null || s.updated_at > ts ? s.updated_at : ts)); } },
       onView: (v) => { if (live) setView(v); },
       onPending: (p) => { if (live) setPending(p); },
       onPresence: (m) => { if (live) setPresence(m); },

@@ -152,13 +152,15 @@ export class OptimisticWriter {
 
   private add(what: { kind: "append"; content: string } | { kind: "pass"; toUserId: string }): Promise<Outcome> {
     if (this.closed) return Promise.reject(new Error("closed"));
-    if (this.confirmed && !this.canAppend(this.confirmed)) {
+    // an operation states the seq it follows: none can be made before the draft was loaded once
+    if (!this.confirmed) return Promise.reject(new ApiError(0, "not_loaded", "the draft is not loaded yet"));
+    if (!this.canAppend(this.confirmed)) {
       const v = this.view(this.confirmed);
       const why = v.archived ? "the draft is archived" : `${v.ring_state.current_holder_id} holds the ring`;
       return Promise.reject(new ApiError(409, v.archived ? "draft_archived" : "not_ring_holder", why));
     }
     const last = this.entries[this.entries.length - 1];
-    const baseSeq = last ? last.op.baseSeq + 1 : (this.confirmed?.seq ?? 0);
+    const baseSeq = last ? last.op.baseSeq + 1 : this.confirmed.seq;
     const op = { ...what, key: crypto.randomUUID(), userId: this.o.userId, draftId: this.o.draftId, order: this.nextOrder++, baseSeq, createdAt: new Date().toISOString() } as PendingOp;
     const entry = this.entry(op, this.o.outbox.put(op));
     this.entries.push(entry);

@@ -115,6 +115,18 @@ describe("connectDraft: status", () => {
     await until(() => conn.lastSeq === 2);
   });
 
+  it("retries the socket at once when a hidden page becomes visible", async () => {
+    const server = new FakeServer();
+    let visible = false;
+    const { conn } = connect(server, { isVisible: () => visible });
+    await live(server, conn);
+    FakeSocket.last().drop(1006); // the retry waits a hidden page's backoff (timers cannot fire before the next line)
+    const before = FakeSocket.instances.length;
+    visible = true;
+    document.dispatchEvent(new Event("visibilitychange"));
+    expect(FakeSocket.instances.length).toBe(before + 1);
+  });
+
   it("caps the socket's backoff at 5 s while visible", () => {
     for (const attempt of [0, 3, 10, 40]) expect(backoffDelay(attempt, { random: () => 0.999999 })).toBeLessThanOrEqual(5000);
     expect(backoffDelay(40, { random: () => 1 })).toBe(5000);
@@ -197,6 +209,14 @@ describe("connectDraft: optimistic writes", () => {
     sock.deliver(server.events[2]!);
     await expect(passed).resolves.toMatchObject({ ok: true, seq: 3 });
     expect(server.mutations("/segments")).toBe(0);
+  });
+
+  it("refuses a write before the draft was ever loaded (it could not state the seq it follows)", async () => {
+    const server = new FakeServer();
+    server.down = true;
+    const { conn } = connect(server);
+    await expect(conn.append("early")).rejects.toMatchObject({ code: "not_loaded" });
+    expect(conn.pending).toEqual([]);
   });
 
   it("retries with the same key when an answer is lost: the server applies it once", async () => {
