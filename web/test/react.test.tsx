@@ -35,6 +35,10 @@ describe("useDraftRealtime", () => {
     expect(result.current.canAppend).toBe(false);
     act(() => FakeSocket.last().drop(1006));
     expect(result.current.status).toBe("polling");
+    await waitFor(() => expect(FakeSocket.instances).toHaveLength(2), { timeout: 8000 });
+    expect(FakeSocket.last().since).toBe(4);
+    act(() => FakeSocket.last().connected(server.draftId, 4));
+    expect(result.current.status).toBe("ws");
     unmount();
   });
 
