@@ -395,10 +395,14 @@ class OptimisticWriter {
       (ops) => {
         for (const op of ops) this.entries.push(this.entry(op, Promise.resolve()));
         this.nextOrder = ops.length ? ops[ops.length - 1].order + 1 : 0;
+        this.isLoaded = true;
         if (ops.length) o.onChange?.();
         this.kick();
       },
-      () => void 0
+      () => {
+        this.isLoaded = true;
+      }
+      // no outbox to read: nothing from earlier sessions
     );
   }
   o;
@@ -410,6 +414,7 @@ class OptimisticWriter {
   retryTimer = null;
   closed = false;
   nextOrder = 0;
+  isLoaded = false;
   /** Resolves once the outbox's operations of earlier sessions are loaded. */
   loaded;
   /** The pending operations, in order. */
@@ -451,7 +456,7 @@ class OptimisticWriter {
   }
   add(what) {
     if (this.closed) return Promise.reject(new Error("closed"));
-    if (!this.confirmed) return Promise.reject(new ApiError(0, "not_loaded", "the draft is not loaded yet"));
+    if (!this.confirmed || !this.isLoaded) return Promise.reject(new ApiError(0, "not_loaded", "the draft is not loaded yet"));
     if (!this.canAppend(this.confirmed)) {
       const v = this.view(this.confirmed);
       const why = v.archived ? "the draft is archived" : `${v.ring_state.current_holder_id} holds the ring`;
@@ -578,6 +583,11 @@ class OptimisticWriter {
       this.kick();
     }, delay);
   }
+  /** Undo every pending operation (the user lost access: none can ever apply) and clear them from the outbox. */
+  abandon(code, reason) {
+    const first = this.entries[0];
+    if (first) this.rollback(first, { code, status: 403, reason, by: null });
+  }
   /** Stop sending (pending operations stay in the outbox for the next session). */
   close() {
     this.closed = true;
@@ -683,6 +693,7 @@ function connectDraft(draftId, options = {}) {
   }
   function revoke(code, message) {
     if (closed) return;
+    writer?.abandon(code, "you no longer have access to this draft");
     shutdown();
     setStatus(REVOKED, { code, message });
   }

@@ -207,6 +207,7 @@ export function connectDraft(draftId: string, options: ConnectOptions = {}): Dra
 
   function revoke(code: string, message: string): void {
     if (closed) return;
+    writer?.abandon(code, "you no longer have access to this draft");
     shutdown();
     setStatus(REVOKED, { code, message });
   }

@@ -94,6 +94,7 @@ export class OptimisticWriter {
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private closed = false;
   private nextOrder = 0;
+  private isLoaded = false;
   /** Resolves once the outbox's operations of earlier sessions are loaded. */
   readonly loaded: Promise<void>;
 
@@ -102,10 +103,11 @@ export class OptimisticWriter {
       (ops) => {
         for (const op of ops) this.entries.push(this.entry(op, Promise.resolve()));
         this.nextOrder = ops.length ? ops[ops.length - 1]!.order + 1 : 0;
+        this.isLoaded = true;
         if (ops.length) o.onChange?.();
         this.kick();
       },
-      () => undefined,
+      () => { this.isLoaded = true; }, // no outbox to read: nothing from earlier sessions
     );
   }
 
@@ -153,7 +155,8 @@ export class OptimisticWriter {
   private add(what: { kind: "append"; content: string } | { kind: "pass"; toUserId: string }): Promise<Outcome> {
     if (this.closed) return Promise.reject(new Error("closed"));
     // an operation states the seq it follows: none can be made before the draft was loaded once
-    if (!this.confirmed) return Promise.reject(new ApiError(0, "not_loaded", "the draft is not loaded yet"));
+    // (and none before the outbox's earlier operations are read: the new one follows them)
+    if (!this.confirmed || !this.isLoaded) return Promise.reject(new ApiError(0, "not_loaded", "the draft is not loaded yet"));
     if (!this.canAppend(this.confirmed)) {
       const v = this.view(this.confirmed);
       const why = v.archived ? "the draft is archived" : `${v.ring_state.current_holder_id} holds the ring`;
@@ -284,6 +287,12 @@ export class OptimisticWriter {
     if (this.closed || this.retryTimer !== null) return;
     const delay = Math.max(retryAfterMs, backoffDelay(this.attempt++, { cap: this.o.retryCapMs ?? 5000 }));
     this.retryTimer = setTimeout(() => { this.retryTimer = null; this.kick(); }, delay);
+  }
+
+  /** Undo every pending operation (the user lost access: none can ever apply) and clear them from the outbox. */
+  abandon(code: string, reason: string): void {
+    const first = this.entries[0];
+    if (first) this.rollback(first, { code, status: 403, reason, by: null });
   }
 
   /** Stop sending (pending operations stay in the outbox for the next session). */

@@ -219,6 +219,26 @@ describe("connectDraft: optimistic writes", () => {
     expect(conn.pending).toEqual([]);
   });
 
+  it("undoes every pending operation, and clears the outbox, when access is revoked", async () => {
+    const outbox = new MemoryOutbox();
+    const server = new FakeServer();
+    const { conn, conflicts } = connect(server, { outbox });
+    const sock = await live(server, conn);
+    server.gate = new Promise(() => undefined);
+    void conn.append("one");
+    void conn.append("two");
+    await settle();
+    sock.deliver({ type: "error", code: "access_revoked", draft_id: server.draftId, message: "removed" });
+    sock.drop(4403);
+    expect(conn.status).toBe("revoked");
+    expect(conflicts.map((c) => [c.code, c.reason])).toEqual([
+      ["access_revoked", "you no longer have access to this draft"],
+      ["earlier_undone", "undone with an earlier change: you no longer have access to this draft"],
+    ]);
+    await settle();
+    expect(await outbox.load("alice", server.draftId)).toEqual([]);
+  });
+
   it("retries with the same key when an answer is lost: the server applies it once", async () => {
     const server = new FakeServer();
     const { conn } = connect(server);
