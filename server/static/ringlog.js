@@ -300,8 +300,17 @@ class MemoryOutbox {
   async delete(op) {
     this.ops.delete(op.key);
   }
+  states = /* @__PURE__ */ new Map();
+  async saveState(userId, draftId, state) {
+    this.states.set(JSON.stringify([userId, draftId]), structuredClone(state));
+  }
+  async loadState(userId, draftId) {
+    const found = this.states.get(JSON.stringify([userId, draftId]));
+    return found ? structuredClone(found) : null;
+  }
 }
 const STORE = "ops";
+const STATES = "states";
 function promised(request) {
   return new Promise((resolve, reject) => {
     request.onsuccess = () => resolve(request.result);
@@ -326,10 +335,13 @@ class IndexedDbOutbox {
   db = null;
   open() {
     if (!this.db) {
-      const request = this.factory.open(this.name, 1);
+      const request = this.factory.open(this.name, 2);
       request.onupgradeneeded = () => {
-        const store = request.result.createObjectStore(STORE, { keyPath: "key" });
-        store.createIndex("by_draft", ["userId", "draftId", "order"]);
+        const db = request.result;
+        if (!db.objectStoreNames.contains(STORE)) {
+          db.createObjectStore(STORE, { keyPath: "key" }).createIndex("by_draft", ["userId", "draftId", "order"]);
+        }
+        if (!db.objectStoreNames.contains(STATES)) db.createObjectStore(STATES);
       };
       this.db = promised(request);
     }
@@ -353,6 +365,18 @@ class IndexedDbOutbox {
     const tx = db.transaction(STORE, "readwrite");
     tx.objectStore(STORE).delete(op.key);
     await done(tx);
+  }
+  async saveState(userId, draftId, state) {
+    const db = await this.open();
+    const tx = db.transaction(STATES, "readwrite");
+    tx.objectStore(STATES).put(state, [userId, draftId]);
+    await done(tx);
+  }
+  async loadState(userId, draftId) {
+    const db = await this.open();
+    const tx = db.transaction(STATES, "readonly");
+    const found = await promised(tx.objectStore(STATES).get([userId, draftId]));
+    return found ?? null;
   }
   /** Close the database (tests; a page never needs to). */
   async close() {
@@ -612,6 +636,7 @@ const BACKOFF_CAP_HIDDEN_MS = 3e4;
 const PING_EVERY_MS = 2e4;
 const SILENCE_LIMIT_MS = 5e4;
 const MAX_PAGES = 1e3;
+const STATE_SAVE_MS = 1e3;
 function tokenSubject(token) {
   if (!token) return null;
   try {
@@ -648,12 +673,23 @@ function connectDraft(draftId, options = {}) {
   let presence = /* @__PURE__ */ new Map();
   let myPresence = null;
   const lifetime = new AbortController();
+  const outbox = options.outbox ?? new MemoryOutbox();
+  let saveTimer = null;
+  function scheduleSave() {
+    if (!userId || !outbox.saveState || saveTimer !== null || closed) return;
+    saveTimer = setTimeout(saveNow, STATE_SAVE_MS);
+  }
+  function saveNow() {
+    if (saveTimer !== null) clearTimeout(saveTimer);
+    saveTimer = null;
+    if (userId && state && outbox.saveState) void outbox.saveState(userId, draftId, state).catch(() => void 0);
+  }
   const writerRest = new RestClient({ baseUrl, token: options.token, userId: options.userId, fetch: options.fetch, retries: 2 });
   const writer = userId ? new OptimisticWriter({
     rest: writerRest,
     draftId,
     userId,
-    outbox: options.outbox ?? new MemoryOutbox(),
+    outbox,
     onChange: () => {
       options.onPending?.(writer.pending);
       emitView();
@@ -702,6 +738,7 @@ function connectDraft(draftId, options = {}) {
     return stop(e.code, e.message);
   }
   function shutdown() {
+    if (saveTimer !== null) saveNow();
     closed = true;
     writer?.close();
     lifetime.abort();
@@ -729,6 +766,7 @@ function connectDraft(draftId, options = {}) {
     if (changed && state !== null) {
       options.onState?.(state);
       emitView();
+      scheduleSave();
     }
     if (orderer.hasGap) void fillGap();
   }
@@ -753,6 +791,7 @@ function connectDraft(draftId, options = {}) {
     writer?.setState(fresh);
     options.onState?.(state);
     emitView();
+    scheduleSave();
   }
   const draftPath = `/v1/collab/drafts/${encodeURIComponent(draftId)}`;
   const isLive = () => status === LIVE && ws !== null;
@@ -886,11 +925,21 @@ function connectDraft(draftId, options = {}) {
       polling = false;
     }
   }
+  async function cachedState() {
+    if (!userId || !outbox.loadState) return null;
+    try {
+      const cached = await outbox.loadState(userId, draftId);
+      return cached && cached.id === draftId ? cached : null;
+    } catch {
+      return null;
+    }
+  }
   async function start() {
     setStatus(CONNECTING);
     if (Number.isInteger(options.since)) {
       orderer = new SeqOrderer(options.since);
     } else {
+      let fromCache = false;
       for (let tries = 0; !closed; tries++) {
         try {
           state = (await api(draftPath)).data;
@@ -899,15 +948,24 @@ function connectDraft(draftId, options = {}) {
           if (closed) return;
           if (isFatal(e)) return refused(e);
           setStatus(OFFLINE);
+          const cached = tries === 0 ? await cachedState() : null;
+          if (closed) return;
+          if (cached) {
+            state = cached;
+            fromCache = true;
+            break;
+          }
           await sleep(Math.max(backoffDelay(tries, { cap: BACKOFF_CAP_VISIBLE_MS }), serverRetryAfter), lifetime.signal);
         }
       }
+      await writer?.loaded;
       if (closed || !state) return;
-      if (status === OFFLINE) setStatus(SYNCING);
+      if (status === OFFLINE && !fromCache) setStatus(SYNCING);
       orderer = new SeqOrderer(state.seq);
       writer?.setState(state);
       options.onState?.(state);
       emitView();
+      if (!fromCache) scheduleSave();
     }
     openSocket();
   }

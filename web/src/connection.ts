@@ -47,6 +47,7 @@ const BACKOFF_CAP_HIDDEN_MS = 30000;
 const PING_EVERY_MS = 20000;
 const SILENCE_LIMIT_MS = 50000;
 const MAX_PAGES = 1000;
+const STATE_SAVE_MS = 1000;
 
 export interface StatusDetail { code: string; message: string }
 
@@ -156,13 +157,26 @@ export function connectDraft(draftId: string, options: ConnectOptions = {}): Dra
   let myPresence: Record<string, unknown> | null = null;
   const lifetime = new AbortController();
 
+  const outbox: Outbox = options.outbox ?? new MemoryOutbox();
+  let saveTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Keep the confirmed state for a reload while offline (at most once a second). */
+  function scheduleSave(): void {
+    if (!userId || !outbox.saveState || saveTimer !== null || closed) return;
+    saveTimer = setTimeout(saveNow, STATE_SAVE_MS);
+  }
+  function saveNow(): void {
+    if (saveTimer !== null) clearTimeout(saveTimer);
+    saveTimer = null;
+    if (userId && state && outbox.saveState) void outbox.saveState(userId, draftId, state).catch(() => undefined);
+  }
+
   const writerRest = new RestClient({ baseUrl, token: options.token, userId: options.userId, fetch: options.fetch, retries: 2 });
   const writer = userId
     ? new OptimisticWriter({
         rest: writerRest,
         draftId,
         userId,
-        outbox: options.outbox ?? new MemoryOutbox(),
+        outbox,
         onChange: () => { options.onPending?.(writer!.pending); emitView(); },
         onConflict: (c) => options.onConflict?.(c),
         online: () => status !== OFFLINE && status !== STOPPED && status !== REVOKED,
@@ -219,6 +233,7 @@ export function connectDraft(draftId: string, options: ConnectOptions = {}): Dra
   }
 
   function shutdown(): void {
+    if (saveTimer !== null) saveNow();
     closed = true;
     writer?.close();
     lifetime.abort();
@@ -247,6 +262,7 @@ export function connectDraft(draftId: string, options: ConnectOptions = {}): Dra
     if (changed && state !== null) {
       options.onState?.(state);
       emitView();
+      scheduleSave();
     }
     if (orderer.hasGap) void fillGap();
   }
@@ -275,6 +291,7 @@ export function connectDraft(draftId: string, options: ConnectOptions = {}): Dra
     writer?.setState(fresh);
     options.onState?.(state);
     emitView();
+    scheduleSave();
   }
 
   const draftPath = `/v1/collab/drafts/${encodeURIComponent(draftId)}`;
@@ -408,11 +425,22 @@ export function connectDraft(draftId: string, options: ConnectOptions = {}): Dra
     }
   }
 
+  async function cachedState(): Promise<DraftState | null> {
+    if (!userId || !outbox.loadState) return null;
+    try {
+      const cached = await outbox.loadState(userId, draftId);
+      return cached && cached.id === draftId ? cached : null;
+    } catch {
+      return null;
+    }
+  }
+
   async function start(): Promise<void> {
     setStatus(CONNECTING);
     if (Number.isInteger(options.since)) {
       orderer = new SeqOrderer(options.since);
     } else {
+      let fromCache = false;
       for (let tries = 0; !closed; tries++) {
         try {
           state = (await api<{ data: DraftState }>(draftPath)).data;
@@ -421,15 +449,27 @@ export function connectDraft(draftId: string, options: ConnectOptions = {}): Dra
           if (closed) return;
           if (isFatal(e)) return refused(e);
           setStatus(OFFLINE);
+          // the server is away: show the state the user last saw (with their pending writes);
+          // the socket and polling then catch up from its seq, like after any drop
+          const cached = tries === 0 ? await cachedState() : null;
+          if (closed) return;
+          if (cached) {
+            state = cached;
+            fromCache = true;
+            break;
+          }
           await sleep(Math.max(backoffDelay(tries, { cap: BACKOFF_CAP_VISIBLE_MS }), serverRetryAfter), lifetime.signal);
         }
       }
+      // the user's earlier pending writes are part of what they see: show the draft with them
+      await writer?.loaded;
       if (closed || !state) return;
-      if (status === OFFLINE) setStatus(SYNCING); // the server answers again (the socket is next)
+      if (status === OFFLINE && !fromCache) setStatus(SYNCING); // the server answers again (the socket is next)
       orderer = new SeqOrderer(state.seq);
       writer?.setState(state);
       options.onState?.(state);
       emitView();
+      if (!fromCache) scheduleSave();
     }
     openSocket();
   }

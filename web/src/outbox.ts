@@ -8,6 +8,8 @@
  * response instead of appending again (API.md "HTTP API": Idempotency-Key).
  */
 
+import type { DraftState } from "./types.js";
+
 /** One optimistic write. */
 export type PendingOp =
   | (PendingBase & { kind: "append"; content: string })
@@ -32,6 +34,10 @@ export interface Outbox {
   load(userId: string, draftId: string): Promise<PendingOp[]>;
   put(op: PendingOp): Promise<void>;
   delete(op: PendingOp): Promise<void>;
+  /** Keep the last confirmed state the user saw (optional): a reload while the server is away shows it. */
+  saveState?(userId: string, draftId: string, state: DraftState): Promise<void>;
+  /** The state kept by saveState, or null. */
+  loadState?(userId: string, draftId: string): Promise<DraftState | null>;
 }
 
 /** An outbox in memory (lost on reload): for tests and where IndexedDB is missing. */
@@ -52,9 +58,21 @@ export class MemoryOutbox implements Outbox {
   async delete(op: PendingOp): Promise<void> {
     this.ops.delete(op.key);
   }
+
+  private readonly states = new Map<string, DraftState>();
+
+  async saveState(userId: string, draftId: string, state: DraftState): Promise<void> {
+    this.states.set(JSON.stringify([userId, draftId]), structuredClone(state));
+  }
+
+  async loadState(userId: string, draftId: string): Promise<DraftState | null> {
+    const found = this.states.get(JSON.stringify([userId, draftId]));
+    return found ? structuredClone(found) : null;
+  }
 }
 
 const STORE = "ops";
+const STATES = "states";
 
 function promised<T>(request: IDBRequest<T>): Promise<T> {
   return new Promise((resolve, reject) => {
@@ -72,8 +90,9 @@ function done(tx: IDBTransaction): Promise<void> {
 }
 
 /**
- * The outbox in IndexedDB: database `name` (default "ringlog-outbox"), one object store keyed
- * by the Idempotency-Key with an index on [userId, draftId, order].
+ * The outbox in IndexedDB: database `name` (default "ringlog-outbox"), object store `ops` keyed
+ * by the Idempotency-Key with an index on [userId, draftId, order], and `states` (the last
+ * confirmed state per user and draft) keyed by [userId, draftId].
  */
 export class IndexedDbOutbox implements Outbox {
   private db: Promise<IDBDatabase> | null = null;
@@ -87,10 +106,13 @@ export class IndexedDbOutbox implements Outbox {
 
   private open(): Promise<IDBDatabase> {
     if (!this.db) {
-      const request = this.factory.open(this.name, 1);
+      const request = this.factory.open(this.name, 2);
       request.onupgradeneeded = () => {
-        const store = request.result.createObjectStore(STORE, { keyPath: "key" });
-        store.createIndex("by_draft", ["userId", "draftId", "order"]);
+        const db = request.result;
+        if (!db.objectStoreNames.contains(STORE)) {
+          db.createObjectStore(STORE, { keyPath: "key" }).createIndex("by_draft", ["userId", "draftId", "order"]);
+        }
+        if (!db.objectStoreNames.contains(STATES)) db.createObjectStore(STATES);
       };
       this.db = promised(request);
     }
@@ -117,6 +139,20 @@ export class IndexedDbOutbox implements Outbox {
     const tx = db.transaction(STORE, "readwrite");
     tx.objectStore(STORE).delete(op.key);
     await done(tx);
+  }
+
+  async saveState(userId: string, draftId: string, state: DraftState): Promise<void> {
+    const db = await this.open();
+    const tx = db.transaction(STATES, "readwrite");
+    tx.objectStore(STATES).put(state, [userId, draftId]);
+    await done(tx);
+  }
+
+  async loadState(userId: string, draftId: string): Promise<DraftState | null> {
+    const db = await this.open();
+    const tx = db.transaction(STATES, "readonly");
+    const found = await promised(tx.objectStore(STATES).get([userId, draftId]));
+    return (found as DraftState | undefined) ?? null;
   }
 
   /** Close the database (tests; a page never needs to). */

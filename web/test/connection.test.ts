@@ -275,7 +275,9 @@ describe("connectDraft: offline outbox", () => {
     const second = connect(server, { outbox: new IndexedDbOutbox("outbox", idb) });
     await until(() => second.conn.pending.length === 2);
     expect(second.conn.pending.map((op) => op.key)).toEqual(keys);
-    expect(second.conn.view?.segments.map((s) => s.content) ?? []).toEqual([]); // not loaded yet: nothing shown wrongly
+    // the server is still down: the last state seen (kept in IndexedDB) with the pending writes
+    await until(() => second.conn.view !== null, 8000);
+    expect(second.conn.view!.segments.map((s) => [s.content, s.pending])).toEqual([["one", true], ["two", true]]);
     server.down = false;
     FakeSocket.onCreate = null;
     await until(() => second.conn.state !== null, 8000);
@@ -297,6 +299,35 @@ describe("connectDraft: offline outbox", () => {
     await settle(20);
     expect(third.conn.pending).toEqual([]);
     expect(server.events).toHaveLength(3);
+  });
+
+  it("after a reload while the server is still away, shows the last state with the pending writes and lets the user write", async () => {
+    const idb = new IDBFactory();
+    const server = new FakeServer();
+    const first = connect(server, { outbox: new IndexedDbOutbox("outbox", idb) });
+    const sock = await live(server, first.conn);
+    sock.deliver(server.appendSegment("alice", "seen"));
+    await until(() => first.conn.lastSeq === 2);
+    server.down = true;
+    FakeSocket.onCreate = (s) => { if (server.down) s.drop(1006); };
+    sock.drop(1006);
+    await until(() => first.conn.status === "offline", 8000);
+    void first.conn.append("queued before the reload");
+    await settle(20);
+    first.conn.close(); // the page reloads; the server is still down
+
+    const second = connect(server, { outbox: new IndexedDbOutbox("outbox", idb) });
+    await until(() => second.conn.view !== null && second.conn.pending.length === 1, 8000);
+    expect(second.conn.status).toBe("offline");
+    expect(second.conn.view!.segments.map((s) => [s.content, !!s.pending])).toEqual([["seen", false], ["queued before the reload", true]]);
+    void second.conn.append("queued after the reload");
+    expect(second.conn.pending.map((op) => op.baseSeq)).toEqual([2, 3]);
+    server.down = false;
+    FakeSocket.onCreate = null;
+    await until(() => server.events.length === 4, 8000);
+    await until(() => second.conn.pending.length === 0, 8000); // confirmed through polling or the socket
+    expect(server.state!.segments.map((s) => s.content)).toEqual(["seen", "queued before the reload", "queued after the reload"]);
+    expect(second.conn.state!.seq).toBe(4);
   });
 
   it("rolls back a replayed operation that lost while offline", async () => {
