@@ -1034,7 +1034,7 @@ function connectMultiplex(options = {}) {
   function sendSubscribe(sub) {
     send(sub.orderer ? { type: "subscribe", draft_id: sub.draftId, since: sub.orderer.lastSeq } : { type: "subscribe", draft_id: sub.draftId });
   }
-  function apply(sub, events) {
+  function release(sub, events) {
     if (!sub.orderer || sub.ended) return;
     for (const raw of events) {
       for (const e of sub.orderer.offer(raw)) {
@@ -1042,23 +1042,22 @@ function connectMultiplex(options = {}) {
         sub.handlers.onEvent?.(e, sub.state);
       }
     }
-    if (sub.orderer.hasGap && !sub.filling) {
-      sub.filling = true;
-      void (async () => {
-        try {
-          for (let page = 0; page < 1e3 && sub.orderer?.hasGap && !sub.ended; page++) {
-            const body = await rest.events(sub.draftId, sub.orderer.lastSeq);
-            if (!body.data.length) break;
-            sub.filling = false;
-            apply(sub, body.data);
-            sub.filling = true;
-          }
-        } catch (e) {
-          if (!(e instanceof ApiError)) throw e;
-        } finally {
-          sub.filling = false;
-        }
-      })();
+  }
+  function apply(sub, events) {
+    release(sub, events);
+    if (sub.orderer?.hasGap && !sub.filling && !sub.ended) void fillGap(sub);
+  }
+  async function fillGap(sub) {
+    sub.filling = true;
+    try {
+      for (let page = 0; page < 1e3 && sub.orderer?.hasGap && !sub.ended; page++) {
+        const body = await rest.events(sub.draftId, sub.orderer.lastSeq);
+        if (!body.data.length) break;
+        release(sub, body.data);
+      }
+    } catch {
+    } finally {
+      sub.filling = false;
     }
   }
   function end(sub, code, message) {

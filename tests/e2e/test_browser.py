@@ -154,6 +154,8 @@ async def test_without_websockets_the_page_syncs_by_polling(browser: Browser, tm
         await expect(_badge(page)).to_have_attribute("data-status", "syncing")
         await expect(_badge(page)).to_have_text("🟡 Syncing")
         await _append(page, "from the page")
+        # the page's own append lands first (else the two POSTs race and either order is right)
+        await expect(_segments(page)).to_have_text(["from the page"])
         async with RinglogClient(server.url, user_id="alice") as alice:
             await alice.append_segment(draft_id, "from elsewhere")
         await expect(_segments(page)).to_have_text(["from the page", "from elsewhere"])

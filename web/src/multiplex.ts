@@ -9,7 +9,7 @@
  * position. A refusal (`forbidden`, `not_found`, `invalid_since`, `too_many_subscriptions`) or
  * `access_revoked` ends only that subscription (its `onEnd` says why).
  */
-import { ApiError, RestClient, backoffDelay } from "./api.js";
+import { RestClient, backoffDelay } from "./api.js";
 import { SeqOrderer, foldEvent } from "./fold.js";
 import type { Credentials, DraftEvent, DraftState, FeedItem, PresenceMember } from "./types.js";
 import type { SocketFactory, SocketLike } from "./connection.js";
@@ -87,7 +87,8 @@ export function connectMultiplex(options: MultiplexOptions = {}): MultiplexConne
     send(sub.orderer ? { type: "subscribe", draft_id: sub.draftId, since: sub.orderer.lastSeq } : { type: "subscribe", draft_id: sub.draftId });
   }
 
-  function apply(sub: Sub, events: DraftEvent[]): void {
+  /** Offer deliveries to the draft's orderer; fold and hand on what is next in order. */
+  function release(sub: Sub, events: DraftEvent[]): void {
     if (!sub.orderer || sub.ended) return;
     for (const raw of events) {
       for (const e of sub.orderer.offer(raw)) {
@@ -95,23 +96,26 @@ export function connectMultiplex(options: MultiplexOptions = {}): MultiplexConne
         sub.handlers.onEvent?.(e, sub.state);
       }
     }
-    if (sub.orderer.hasGap && !sub.filling) {
-      sub.filling = true;
-      void (async () => {
-        try {
-          for (let page = 0; page < 1000 && sub.orderer?.hasGap && !sub.ended; page++) {
-            const body = await rest.events(sub.draftId, sub.orderer.lastSeq);
-            if (!body.data.length) break;
-            sub.filling = false;
-            apply(sub, body.data);
-            sub.filling = true;
-          }
-        } catch (e) {
-          if (!(e instanceof ApiError)) throw e; // the next resubscribe fills it from lastSeq
-        } finally {
-          sub.filling = false;
-        }
-      })();
+  }
+
+  function apply(sub: Sub, events: DraftEvent[]): void {
+    release(sub, events);
+    if (sub.orderer?.hasGap && !sub.filling && !sub.ended) void fillGap(sub);
+  }
+
+  /** Fetch a hole from /events (one fetch loop per draft at a time). */
+  async function fillGap(sub: Sub): Promise<void> {
+    sub.filling = true;
+    try {
+      for (let page = 0; page < 1000 && sub.orderer?.hasGap && !sub.ended; page++) {
+        const body = await rest.events(sub.draftId, sub.orderer.lastSeq);
+        if (!body.data.length) break;
+        release(sub, body.data);
+      }
+    } catch {
+      // the next resubscribe (or delivery) fills it from lastSeq
+    } finally {
+      sub.filling = false;
     }
   }
 
