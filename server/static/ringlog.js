@@ -801,6 +801,11 @@ function connectDraft(draftId, options = {}) {
   function sendPresence() {
     if (ws && ws.readyState === 1 && myPresence) ws.send(JSON.stringify({ type: "presence", state: myPresence }));
   }
+  function serverBack() {
+    if (closed || ws || !orderer) return;
+    attempt = 0;
+    openSocket();
+  }
   function openSocket() {
     if (closed || ws || !orderer) return;
     if (reconnectTimer) clearTimeout(reconnectTimer);
@@ -883,41 +888,43 @@ function connectDraft(draftId, options = {}) {
     if (status === LIVE || status === CONNECTING) setStatus(SYNCING);
     void poll();
     const cap = isVisible() ? BACKOFF_CAP_VISIBLE_MS : BACKOFF_CAP_HIDDEN_MS;
-    const delay = Math.max(backoffDelay(attempt++, { base: BACKOFF_BASE_MS, cap }), Math.min(serverRetryAfter, cap));
+    const delay = Math.max(backoffDelay(attempt++, { base: BACKOFF_BASE_MS, cap }), Math.min(serverRetryAfter, BACKOFF_CAP_HIDDEN_MS));
     serverRetryAfter = 0;
     reconnectTimer = setTimeout(openSocket, delay);
   }
   async function poll() {
     if (polling) return;
     polling = true;
-    let failed = false;
+    let offline = status === OFFLINE;
     try {
       for (let round = 0; !closed && !isLive() && round < 1e6; round++) {
         const abort = new AbortController();
         pollAbort = abort;
         try {
-          const wait = failed ? 0 : LONG_POLL_WAIT_S;
+          const wait = offline ? 0 : LONG_POLL_WAIT_S;
           const body = await api(`${draftPath}/events?since=${orderer.lastSeq}&wait=${wait}&limit=1000`, abort.signal);
           if (closed || isLive()) break;
-          failed = false;
           setStatus(SYNCING);
           applyEvents(body.data);
+          if (offline) serverBack();
+          offline = false;
           continue;
         } catch (e) {
           if (abort.signal.aborted) break;
           if (isFatal(e)) return refused(e);
         }
-        failed = true;
         try {
           const body = await api(draftPath, abort.signal);
           if (closed || isLive()) break;
           setStatus(SYNCING);
           adoptState(body.data);
-          failed = false;
+          if (offline) serverBack();
+          offline = false;
         } catch (e) {
           if (abort.signal.aborted) break;
           if (isFatal(e)) return refused(e);
           setStatus(OFFLINE);
+          offline = true;
         }
         await sleep(STATE_POLL_MS, abort.signal);
       }
@@ -955,7 +962,8 @@ function connectDraft(draftId, options = {}) {
             fromCache = true;
             break;
           }
-          await sleep(Math.max(backoffDelay(tries, { cap: BACKOFF_CAP_VISIBLE_MS }), serverRetryAfter), lifetime.signal);
+          const cap = isVisible() ? BACKOFF_CAP_VISIBLE_MS : BACKOFF_CAP_HIDDEN_MS;
+          await sleep(Math.max(backoffDelay(tries, { cap }), serverRetryAfter), lifetime.signal);
         }
       }
       await writer?.loaded;
@@ -971,7 +979,7 @@ function connectDraft(draftId, options = {}) {
   }
   const doc = globalThis.document;
   const onVisible = () => {
-    if (!closed && isVisible() && reconnectTimer !== null && !ws) openSocket();
+    if (isVisible() && reconnectTimer !== null) serverBack();
   };
   doc?.addEventListener("visibilitychange", onVisible);
   lifetime.signal.addEventListener("abort", () => doc?.removeEventListener("visibilitychange", onVisible), { once: true });

@@ -6,10 +6,11 @@
  * It loads the state with GET, then streams the socket from since = state.seq, so nothing
  * falls between load and subscribe. Every event, from the socket, from polling or from a gap
  * fetch, goes through one SeqOrderer: each seq is folded once, in order; a hole is fetched from
- * `/events` first. When the socket cannot open or drops, it long-polls `/events` (after a failed
- * round with `wait=0` first, so a server that comes back is noticed within one round, ~3 s; a GET
- * of the state every ~3 s if that fails too) and retries the socket with full-jitter backoff,
- * capped at 5 s while the page is visible (30 s while hidden). When the server takes the
+ * `/events` first. When the socket cannot open or drops, it long-polls `/events` (a GET of the
+ * state every ~3 s if that fails too) and retries the socket with full-jitter backoff, capped at
+ * 5 s while the page is visible (30 s while hidden; a page shown again retries at once). The
+ * first poll that reaches the server after an offline round asks without waiting and, if
+ * answered, opens the socket at once: live again within ~3 s of the server's return. When the server takes the
  * caller's access away (close 4403 after `access_revoked`, API.md "Access that changes live"),
  * or answers 403 once the draft was loaded, it stops for good with status "revoked".
  */
@@ -305,6 +306,14 @@ export function connectDraft(draftId: string, options: ConnectOptions = {}): Dra
     if (ws && ws.readyState === 1 && myPresence) ws.send(JSON.stringify({ type: "presence", state: myPresence }));
   }
 
+  // The server answers again (a poll got through after an offline round): try the socket now
+  // instead of at the end of its backoff.
+  function serverBack(): void {
+    if (closed || ws || !orderer) return;
+    attempt = 0;
+    openSocket();
+  }
+
   function openSocket(): void {
     if (closed || ws || !orderer) return;
     if (reconnectTimer) clearTimeout(reconnectTimer);
@@ -381,7 +390,8 @@ export function connectDraft(draftId: string, options: ConnectOptions = {}): Dra
     if (status === LIVE || status === CONNECTING) setStatus(SYNCING); // else polling already knows
     void poll();
     const cap = isVisible() ? BACKOFF_CAP_VISIBLE_MS : BACKOFF_CAP_HIDDEN_MS;
-    const delay = Math.max(backoffDelay(attempt++, { base: BACKOFF_BASE_MS, cap }), Math.min(serverRetryAfter, cap));
+    // never sooner than the server's Retry-After (up to the hidden-page cap)
+    const delay = Math.max(backoffDelay(attempt++, { base: BACKOFF_BASE_MS, cap }), Math.min(serverRetryAfter, BACKOFF_CAP_HIDDEN_MS));
     serverRetryAfter = 0;
     reconnectTimer = setTimeout(openSocket, delay);
   }
@@ -389,34 +399,38 @@ export function connectDraft(draftId: string, options: ConnectOptions = {}): Dra
   async function poll(): Promise<void> {
     if (polling) return;
     polling = true;
-    let failed = false; // after a failed round, ask without waiting: a returning server shows at once
+    // the last round reached no server (or the page starts offline): the next one asks without
+    // waiting, and once answered opens the socket at once, so a returning server shows within ~3 s
+    let offline = status === OFFLINE;
     try {
       for (let round = 0; !closed && !isLive() && round < 1e6; round++) {
         const abort = new AbortController();
         pollAbort = abort;
         try {
-          const wait = failed ? 0 : LONG_POLL_WAIT_S;
+          const wait = offline ? 0 : LONG_POLL_WAIT_S;
           const body = await api<{ data: DraftEvent[] }>(`${draftPath}/events?since=${orderer!.lastSeq}&wait=${wait}&limit=1000`, abort.signal);
           if (closed || isLive()) break;
-          failed = false;
           setStatus(SYNCING);
           applyEvents(body.data);
+          if (offline) serverBack();
+          offline = false;
           continue;
         } catch (e) {
           if (abort.signal.aborted) break;
           if (isFatal(e)) return refused(e);
         }
-        failed = true;
         try {
           const body = await api<{ data: DraftState }>(draftPath, abort.signal);
           if (closed || isLive()) break;
           setStatus(SYNCING);
           adoptState(body.data);
-          failed = false;
+          if (offline) serverBack();
+          offline = false;
         } catch (e) {
           if (abort.signal.aborted) break;
           if (isFatal(e)) return refused(e);
           setStatus(OFFLINE);
+          offline = true;
         }
         await sleep(STATE_POLL_MS, abort.signal);
       }
@@ -458,7 +472,8 @@ export function connectDraft(draftId: string, options: ConnectOptions = {}): Dra
             fromCache = true;
             break;
           }
-          await sleep(Math.max(backoffDelay(tries, { cap: BACKOFF_CAP_VISIBLE_MS }), serverRetryAfter), lifetime.signal);
+          const cap = isVisible() ? BACKOFF_CAP_VISIBLE_MS : BACKOFF_CAP_HIDDEN_MS;
+          await sleep(Math.max(backoffDelay(tries, { cap }), serverRetryAfter), lifetime.signal);
         }
       }
       // the user's earlier pending writes are part of what they see: show the draft with them
@@ -477,7 +492,7 @@ export function connectDraft(draftId: string, options: ConnectOptions = {}): Dra
   // a page that becomes visible again retries a socket waiting out a hidden-page backoff at once
   const doc = (globalThis as { document?: Document }).document;
   const onVisible = (): void => {
-    if (!closed && isVisible() && reconnectTimer !== null && !ws) openSocket();
+    if (isVisible() && reconnectTimer !== null) serverBack();
   };
   doc?.addEventListener("visibilitychange", onVisible);
   lifetime.signal.addEventListener("abort", () => doc?.removeEventListener("visibilitychange", onVisible), { once: true });
