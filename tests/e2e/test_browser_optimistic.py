@@ -1,6 +1,7 @@
-"""The web package's optimistic writes (server/static/ringlog.js, built from web/src) against a
-real ``ringlog serve``: an append is confirmed by its own event, and a write that lost the race
-to another user's change is rolled back with who won, its If-Match refused by the server."""
+"""The web package (server/static/ringlog.js, built from web/src) against a real ``ringlog serve``:
+an optimistic append is confirmed by its own event, a write that lost the race to another user's
+change is rolled back with who won (its If-Match refused by the server), and the multiplexed
+socket client follows a draft over ``/v1/ws`` exactly as the server folds it."""
 
 from __future__ import annotations
 
@@ -96,3 +97,35 @@ async def test_a_write_that_lost_the_race_is_rolled_back_naming_the_winner(
         state = await alice.get_draft(draft.id)
         assert state.segments == () and state.seq == 3
         assert held  # the page did try its socket
+
+
+async def test_the_multiplexed_socket_client_follows_a_draft_like_the_server_folds_it(
+    browser: Browser,  # noqa: F811
+    server: ServerProcess,
+) -> None:
+    """connectMultiplex over the real ``/v1/ws``: subscribe from seq 1, events folded once, in order."""
+    async with RinglogClient(server.url, user_id="alice") as alice:
+        draft = await alice.create_draft("Many drafts, one socket")
+        page = await (await browser.new_context()).new_page()
+        page.set_default_timeout(WAIT_MS)
+        await page.goto(server.url + "/static/app.css")
+        await page.evaluate(
+            """async (draftId) => {
+                const { connectMultiplex } = await import("/static/ringlog.js");
+                const r = await fetch(`/v1/collab/drafts/${draftId}`, { headers: { "X-User-Id": "alice" } });
+                const state = (await r.json()).data;
+                window.seqs = [];
+                window.mux = connectMultiplex({ userId: "alice" });
+                window.sub = window.mux.subscribe(draftId, { onEvent: (e) => window.seqs.push(e.seq) }, { since: state.seq, state });
+                for (let i = 0; i < 300 && window.mux.status !== "live"; i++) await new Promise((r) => setTimeout(r, 50));
+            }""",
+            draft.id,
+        )
+        for text in ("one", "two", "three"):
+            await alice.append_segment(draft.id, text)
+        await page.wait_for_function("window.seqs.length === 3")
+        folded: dict[str, Any] = await page.evaluate("window.sub.state")
+        await page.evaluate("window.mux.close()")
+        assert await page.evaluate("window.seqs") == [2, 3, 4]
+        state = await alice.get_draft(draft.id)
+        assert folded == state.to_dict()
