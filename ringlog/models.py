@@ -22,6 +22,7 @@ __all__ = [
     "DraftSummary",
     "Event",
     "EventType",
+    "FeedItem",
     "FoldError",
     "RingState",
     "Segment",
@@ -64,6 +65,17 @@ class Event(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """The envelope as a plain dict (what the server sent)."""
         return self.model_dump()
+
+
+class FeedItem(BaseModel):
+    """One entry of the caller's own feed (API.md v2 "The caller's own feed"): the event's global
+    ``position`` in the log (increasing; resume with ``after`` = the last one seen) and the
+    ``event`` envelope, as ``GET /v1/me/events`` and ``me`` messages on ``/v1/ws`` carry them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    position: int
+    event: Event
 
 
 class DraftSummary(BaseModel):

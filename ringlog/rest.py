@@ -3,6 +3,18 @@
 A request that fails on the way (connection error, timeout) or is refused for now (429, 503)
 is sent again with the *same* key, after the server's ``Retry-After`` or a jittered backoff;
 the server then either applies it once or returns its first answer again.
+
+Replaying queued operations (an offline outbox; issue 15). Give each operation its own
+``idempotency_key`` when it is *queued* and store the key with it; replay the queue in order,
+each call with its stored key and the same arguments. An operation the server already applied
+(its reply was lost, or the process died after sending) returns its first answer again and
+appends nothing (API.md "HTTP API": keys are kept in the log, so this holds across server
+restarts); the same key with other arguments is ``ApiError`` 422 ``idempotency_key_reused``.
+Add ``if_match=<seq the operation was based on>`` to make a replay first-writer-wins: if
+someone else wrote to the draft meanwhile it is ``ApiError`` 412 ``precondition_failed`` and
+nothing is appended (then drop or rebase the operation). A replay of an applied operation
+answers its first reply even when its ``If-Match`` no longer holds, because the key is looked
+up first.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from ringlog.models import (
     DraftState,
     DraftSummary,
     Event,
+    FeedItem,
     RingState,
     Segment,
     parse_collaborator,
@@ -383,3 +396,19 @@ class RinglogClient:
             params["wait"] = format_wait(wait)
         reply = await self.request("GET", f"/v1/collab/drafts/{_path_id(draft_id)}/events", params=params)
         return [Event.model_validate(e) for e in reply["data"]], int(reply["head_seq"])
+
+    async def my_events(
+        self, after: int = 0, limit: int | None = None, wait: float | None = None
+    ) -> tuple[list[FeedItem], int]:
+        """``GET /v1/me/events`` (API.md v2 "The caller's own feed"): the entries with
+        ``position > after``, oldest first (at most ``limit``, server default 500, max 1000),
+        long-polling up to ``wait`` seconds (0–30) when there are none yet; and
+        ``last_position``, the ``after`` to resume with (it skips nothing and repeats nothing).
+        Raises :class:`ApiError` (400 ``invalid_parameter`` for a bad ``after``/``limit``/``wait``)."""
+        params = {"after": str(after)}
+        if limit is not None:
+            params["limit"] = str(limit)
+        if wait is not None:
+            params["wait"] = format_wait(wait)
+        reply = await self.request("GET", "/v1/me/events", params=params)
+        return [FeedItem.model_validate(e) for e in reply["data"]], int(reply["last_position"])
