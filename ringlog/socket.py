@@ -392,7 +392,15 @@ class RinglogSocket:
     async def __aenter__(self) -> RinglogSocket:
         self._session = aiohttp.ClientSession()
         self._task = asyncio.create_task(self._run(), name="RinglogSocket")
+        self._task.add_done_callback(self._task_ended)
         return self
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """The last guard: a task cancelled by someone else than :meth:`close` ends every stream
+        with an error, rather than leave consumers waiting."""
+        if not self._closed and task.cancelled():
+            self._set_status("closed", "the socket's task was cancelled")
+            self._end_all(StreamError("internal_error", "the socket's task was cancelled"))
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -498,6 +506,7 @@ class RinglogSocket:
     async def _subscribe_again(self, sub: DraftSubscription) -> None:
         if self.subscriptions.get(sub.draft_id) is sub and sub.status != "ended":
             sub.status = "subscribing"
+            sub._accepting = False  # what the old subscription still sends waits for the new one
             await self._send(sub._subscribe_message())
 
     async def _send_feed(self, feed: FeedStream) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from eventstore.errors import StoreUnavailable
 from ringlog import (
     AccessRevoked,
     DraftSubscription,
@@ -58,6 +61,13 @@ async def close_every_socket(server: TestServer, code: int) -> int:
     return len(closers)
 
 
+async def connections(sock: RinglogSocket, n: int) -> None:
+    """Wait until the server has said ``connected`` ``n`` times and the socket is live."""
+    async with asyncio.timeout(TIMEOUT):
+        while sock.connections < n or sock.status != "live":
+            await asyncio.sleep(0.02)
+
+
 async def writers(api: RinglogClient, drafts: list[str], per_draft: int) -> dict[str, int]:
     """Append ``per_draft`` segments to each draft, the drafts concurrently; each draft's head."""
 
@@ -97,8 +107,8 @@ async def test_1013_mid_stream_resubscribes_each_draft_from_its_own_seq(
         subs = [await sock.subscribe(d, since=0) for d in drafts]
         await take(subs[0], 1)  # connected and subscribed
         writing = asyncio.ensure_future(writers(api, drafts, 30))
-        for _ in range(2):  # twice while the writers run
-            await sock.wait_for_status("live", timeout=TIMEOUT)
+        for i in range(2):  # twice while the writers run
+            await connections(sock, i + 1)
             await asyncio.sleep(0.05)  # let some events through between the closes
             assert await close_every_socket(server, CLOSE_TRY_AGAIN_LATER) == 1
         heads = await asyncio.wait_for(writing, TIMEOUT)
@@ -106,7 +116,8 @@ async def test_1013_mid_stream_resubscribes_each_draft_from_its_own_seq(
         assert [e.seq for e in got[drafts[0]]] == list(range(2, heads[drafts[0]] + 1))
         for d in drafts[1:]:
             assert [e.seq for e in got[d]] == list(range(1, heads[d] + 1))
-        assert sock.connections >= 3 and "offline" in sock.status_history
+        await connections(sock, 3)
+        assert "offline" in sock.status_history
 
 
 async def test_a_subscription_from_the_head_resumes_from_the_head_it_was_given(
@@ -283,3 +294,73 @@ async def test_everything_resumes_across_a_server_restart(server: ServerProcess)
             assert seen[sub.draft_id] == list(range(1, more[sub.draft_id] + 1))
             assert heads[sub.draft_id] < more[sub.draft_id]
         assert sock.connections == 2
+
+
+async def test_a_subscription_refused_for_now_is_retried_alone(
+    served: tuple[TestServer, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, url = served
+    projector = server.app[AppState.KEY].projector
+    real_get = projector.get
+    failures = {"left": 2}
+
+    async with RinglogClient(url, user_id="alice") as api, RinglogSocket(url, user_id="alice") as sock:
+        ok, flaky = (await api.create_draft("ok")).id, (await api.create_draft("flaky")).id
+
+        async def failing(draft_id: str, *args: Any) -> Any:
+            if draft_id == flaky and failures["left"] > 0:
+                failures["left"] -= 1
+                raise StoreUnavailable("down") if failures["left"] else KeyError("a bug")
+            return await real_get(draft_id, *args)
+
+        monkeypatch.setattr(projector, "get", failing)
+        sub_flaky, sub_ok = await sock.subscribe(flaky, since=0), await sock.subscribe(ok, since=0)
+        assert [e.seq for e in await take(sub_ok, 1)] == [1]
+        # unavailable (retry_after 1 s), then internal_error, then served
+        assert [e.seq for e in await take(sub_flaky, 1)] == [1]
+        assert failures["left"] == 0 and sock.connections == 1
+
+
+async def test_bad_frames_and_a_gap_lose_and_repeat_nothing() -> None:
+    """A fake /v1/ws: frames that are not the contract's are skipped; a gap subscribes again."""
+    subscribes: list[dict[str, Any]] = []
+
+    def event(seq: int, draft_id: str = "draft_a") -> dict[str, Any]:
+        return {"type": "collab.segment_added", "draft_id": draft_id, "seq": seq,
+                "ts": "2025-01-01T00:00:00.000Z", "user_id": "alice", "data": {}}  # fmt: skip
+
+    async def fake(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_json({"type": "connected", "user_id": "alice", "ts": "x"})
+        async for msg in ws:
+            message = msg.json()
+            if message["type"] != "subscribe":
+                continue
+            subscribes.append(message)
+            since = message.get("since", 0)
+            await ws.send_json({"type": "subscribed", "draft_id": "draft_a", "head_seq": 6})
+            if len(subscribes) == 1:
+                await ws.send_str("not json")
+                await ws.send_bytes(b"\x00")
+                await ws.send_json([1, 2])
+                await ws.send_json({**event(1), "seq": "1"})  # not the envelope: resubscribes
+                await ws.send_json(event(1, "draft_other"))  # a draft not followed
+                continue
+            if len(subscribes) == 2:
+                for seq in (since + 1, since + 1, since + 3):  # a repeat, then a gap
+                    await ws.send_json(event(seq))
+                continue
+            for seq in range(since + 1, 7):
+                await ws.send_json(event(seq))
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/ws", fake)
+    async with TestServer(app, host="127.0.0.1") as fake_server:
+        url = str(fake_server.make_url("")).rstrip("/")
+        async with RinglogSocket(url, user_id="alice") as sock:
+            sub = await sock.subscribe("draft_a", since=0)
+            assert [e.seq for e in await take(sub, 6)] == [1, 2, 3, 4, 5, 6]
+            assert [m.get("since") for m in subscribes] == [0, 0, 1]
+            assert sock.connections == 1
