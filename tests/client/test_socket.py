@@ -364,3 +364,18 @@ async def test_bad_frames_and_a_gap_lose_and_repeat_nothing() -> None:
             assert [e.seq for e in await take(sub, 6)] == [1, 2, 3, 4, 5, 6]
             assert [m.get("since") for m in subscribes] == [0, 0, 1]
             assert sock.connections == 1
+
+
+async def test_a_task_cancelled_from_outside_ends_every_stream(served: tuple[TestServer, str]) -> None:
+    _server, url = served
+    async with RinglogClient(url, user_id="alice") as api, RinglogSocket(url, user_id="alice") as sock:
+        sub = await sock.subscribe((await api.create_draft("x")).id, since=0)
+        await take(sub, 1)
+        task = sock._task
+        assert task is not None
+        task.cancel()  # as a careless caller's cancel of every task would
+        with pytest.raises(StreamError) as err:
+            await asyncio.wait_for(anext(sub), TIMEOUT)
+        assert err.value.code == "internal_error" and sock.status == "closed"
+        with pytest.raises(StreamError):  # a closed socket takes no new subscription
+            await sock.subscribe("draft_other")
