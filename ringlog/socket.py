@@ -295,6 +295,8 @@ class FeedStream:
         self._socket = socket
         self._stream = _Stream(socket.queue_size, socket.queue_bytes)
         self._accepting = False
+        self._backoff = Backoff(base=0.5, cap=30.0)
+        self._retry: asyncio.Task[None] | None = None
 
     def __aiter__(self) -> AsyncIterator[FeedItem]:
         return self
@@ -316,6 +318,7 @@ class FeedStream:
         if self._after is None and isinstance(last_position, int) and not isinstance(last_position, bool):
             self._after = last_position  # a feed "from now" resumes from where now was
         self._accepting = True
+        self._backoff.reset()
         self.status = "live"
 
     def _offer(self, item: FeedItem, size: int) -> None:
@@ -331,10 +334,17 @@ class FeedStream:
         self._accepting = False
         if self.status == "live":
             self.status = "subscribing"
+        self._cancel_retry()
+
+    def _cancel_retry(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
 
     def _end(self, error: BaseException | None) -> None:
         self.status = "ended"
         self._accepting = False
+        self._cancel_retry()
         self._stream.end(error)
 
 
@@ -512,7 +522,13 @@ class RinglogSocket:
     async def _send_feed(self, feed: FeedStream) -> None:
         if self._feed is feed and feed.status != "ended":
             feed.status = "subscribing"
+            feed._accepting = False  # what the old subscription still sends waits for the new one
             await self._send(feed._subscribe_message())
+
+    async def _retry_feed_later(self, feed: FeedStream) -> None:
+        await asyncio.sleep(feed._backoff.next_delay())
+        feed._retry = None
+        await self._send_feed(feed)
 
     async def _retry_later(self, sub: DraftSubscription, retry_after: float | None) -> None:
         await asyncio.sleep(sub._backoff.next_delay(retry_after))
@@ -717,14 +733,16 @@ class RinglogSocket:
                 )
                 return
         feed = self._feed
-        if (
-            draft_id is None
-            and feed is not None
-            and feed.status == "subscribing"
-            and code not in ("rate_limited",)
-        ):
-            feed._end(StreamError(code, text))  # subscribe_me refused: the only draft-less request
-            return
+        if draft_id is None and feed is not None and feed.status != "ended":
+            # the feed's errors name no draft (docs/API.md): "unavailable" ends the server's feed
+            # subscription for now (a failed catch-up read), any other refuses subscribe_me
+            if code in RETRY_LATER:
+                feed._cancel_retry()
+                feed._retry = asyncio.create_task(self._retry_feed_later(feed), name="resubscribe feed")
+                return
+            if feed.status == "subscribing" and code != "rate_limited":
+                feed._end(StreamError(code, text))  # subscribe_me refused: the only draft-less request
+                return
         log.warning("/v1/ws: error %s %s", code, text)
         if self.on_error is not None:
             try:
