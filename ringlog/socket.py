@@ -28,7 +28,9 @@ Ending. A per-subscription refusal (``forbidden``, ``not_found``, ``invalid_sinc
 ``too_many_subscriptions``) ends that stream only, raising :class:`~ringlog.stream.StreamError`
 from its ``async for``; ``access_revoked`` ends it with :class:`~ringlog.stream.AccessRevoked`
 after the removal event. ``unavailable`` / ``internal_error`` for one draft (docs/API.md) retry
-that draft's subscribe with its own backoff. A close that reconnecting cannot help (1008
+that draft's subscribe with its own backoff; a draft-less
+``unavailable`` (the server ended the feed after a failed read) sends ``subscribe_me`` again after
+a backoff. A close that reconnecting cannot help (1008
 ``unauthorized`` / ``too_many_sockets``, 4401 without ``get_token``, HTTP 401/403/404 on the
 upgrade) ends every stream with :class:`~ringlog.stream.StreamError`.
 """
