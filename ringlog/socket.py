@@ -733,6 +733,7 @@ class RinglogSocket:
                 sub._retry = asyncio.create_task(
                     self._retry_later(sub, hint), name=f"resubscribe {sub.draft_id}"
                 )
+                sub._retry.add_done_callback(_log_failure)
                 return
         feed = self._feed
         if draft_id is None and feed is not None and feed.status != "ended":
@@ -741,6 +742,7 @@ class RinglogSocket:
             if code in RETRY_LATER:
                 feed._cancel_retry()
                 feed._retry = asyncio.create_task(self._retry_feed_later(feed), name="resubscribe feed")
+                feed._retry.add_done_callback(_log_failure)
                 return
             if feed.status == "subscribing" and code != "rate_limited":
                 feed._end(StreamError(code, text))  # subscribe_me refused: the only draft-less request
@@ -751,3 +753,9 @@ class RinglogSocket:
                 self.on_error(message)
             except Exception:  # the caller's callback must not end the socket
                 log.exception("on_error callback failed")
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A retry task's unexpected error is logged with its traceback, never lost."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("/v1/ws: %s failed", task.get_name(), exc_info=task.exception())

@@ -379,3 +379,12 @@ async def test_a_task_cancelled_from_outside_ends_every_stream(served: tuple[Tes
         assert err.value.code == "internal_error" and sock.status == "closed"
         with pytest.raises(StreamError):  # a closed socket takes no new subscription
             await sock.subscribe("draft_other")
+
+
+def test_from_client_import_gives_the_same_objects() -> None:
+    import client
+    import ringlog
+
+    for name in ("RinglogSocket", "DraftSubscription", "FeedStream", "FeedItem", "AccessRevoked"):
+        assert getattr(client, name) is getattr(ringlog, name)
+    assert sorted(client.__all__) == sorted(ringlog.__all__)
