@@ -23,7 +23,7 @@ from ringlog import (
 from ringlog.backoff import Backoff
 from server.state import AppState
 from tests.server.wsclient import serving_app
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, make_token
 
 TIMEOUT = 20
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -388,3 +388,43 @@ def test_from_client_import_gives_the_same_objects() -> None:
     for name in ("RinglogSocket", "DraftSubscription", "FeedStream", "FeedItem", "AccessRevoked"):
         assert getattr(client, name) is getattr(ringlog, name)
     assert sorted(client.__all__) == sorted(ringlog.__all__)
+
+
+async def test_an_expired_token_is_refreshed_and_every_draft_resumes() -> None:
+    async with serving_app(jwt_leeway=0.0) as (server, _store):
+        url = str(server.make_url("")).rstrip("/")
+        refreshed = asyncio.get_running_loop().create_future()
+
+        async def get_token() -> str:
+            if not refreshed.done():
+                refreshed.set_result(None)
+            return make_token("alice")
+
+        async with (
+            RinglogClient(url, token=make_token("alice")) as api,
+            RinglogSocket(url, token=make_token("alice", expires_in=2), get_token=get_token) as sock,
+        ):
+            drafts = [(await api.create_draft(f"D{i}")).id for i in range(2)]
+            subs = [await sock.subscribe(d, since=0) for d in drafts]
+            for sub in subs:
+                assert [e.seq for e in await take(sub, 1)] == [1]
+            await asyncio.wait_for(refreshed, TIMEOUT)  # 4401, then at once a new socket
+            for d in drafts:
+                await api.append_segment(d, "after the refresh")
+            for sub in subs:
+                assert [e.seq for e in await take(sub, 1)] == [2]
+            assert sock.connections == 2 and "offline" not in sock.status_history
+
+
+async def test_an_expired_token_without_get_token_ends_every_stream() -> None:
+    async with serving_app(jwt_leeway=0.0) as (server, _store):
+        url = str(server.make_url("")).rstrip("/")
+        async with (
+            RinglogClient(url, token=make_token("alice")) as api,
+            RinglogSocket(url, token=make_token("alice", expires_in=1)) as sock,
+        ):
+            sub = await sock.subscribe((await api.create_draft("x")).id, since=0)
+            assert [e.seq for e in await take(sub, 1)] == [1]
+            with pytest.raises(StreamError) as err:
+                await asyncio.wait_for(anext(sub), TIMEOUT)
+            assert err.value.code == "token_expired"
