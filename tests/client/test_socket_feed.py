@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
 
 from ringlog import ApiError, FeedItem, FeedStream, RinglogClient, RinglogSocket
 from ringlog.backoff import Backoff
+from server.feed_subscription import FeedSubscription
 from server.state import AppState
 from tests.server.wsclient import serving_app
 
@@ -109,3 +111,30 @@ async def test_a_feed_consumer_that_falls_behind_catches_up(served: tuple[TestSe
         assert [i.event.draft_id for i in got] == drafts
         assert [i.position for i in got] == [i.position for i in items]
         assert sock.connections == 1
+
+
+async def test_a_feed_the_server_ends_for_now_is_subscribed_again(
+    served: tuple[TestServer, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _server, url = served
+    real_catch_up = FeedSubscription.catch_up
+    failures = {"left": 1}
+
+    async def failing_once(self: FeedSubscription) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError("the index could not be read")
+        await real_catch_up(self)
+
+    monkeypatch.setattr(FeedSubscription, "catch_up", failing_once)
+    errors: list[dict[str, Any]] = []
+    async with (
+        RinglogClient(url, user_id="alice") as alice,
+        RinglogSocket(url, user_id="bob", on_error=errors.append) as sock,
+    ):
+        draft = (await alice.create_draft("D")).id
+        await alice.add_collaborator(draft, "bob", "viewer")
+        feed = await sock.feed(after=0)  # answered subscribed_me, then "unavailable"
+        (item,) = await take(feed, 1)
+        assert item.event.type == "collab.collaborator_added" and failures["left"] == 0
+        assert feed.status == "live" and sock.connections == 1 and errors == []
