@@ -428,3 +428,23 @@ async def test_an_expired_token_without_get_token_ends_every_stream() -> None:
             with pytest.raises(StreamError) as err:
                 await asyncio.wait_for(anext(sub), TIMEOUT)
             assert err.value.code == "token_expired"
+
+
+async def test_a_stream_behind_when_the_socket_drops_catches_up_after_the_reconnect(
+    served: tuple[TestServer, str],
+) -> None:
+    server, url = served
+    async with (
+        RinglogClient(url, user_id="alice") as api,
+        RinglogSocket(url, user_id="alice", queue_size=4, backoff=fast_backoff()) as sock,
+    ):
+        slow_id, fast_id = (await api.create_draft("slow")).id, (await api.create_draft("fast")).id
+        slow, fast = await sock.subscribe(slow_id, since=0), await sock.subscribe(fast_id, since=0)
+        heads = await writers(api, [slow_id, fast_id], 12)
+        assert [e.seq for e in await take_until(fast, heads[fast_id])] == list(range(1, 14))
+        assert slow.status == "behind"
+        await close_every_socket(server, CLOSE_TRY_AGAIN_LATER)
+        more = await writers(api, [slow_id, fast_id], 3)  # while away or just back
+        await connections(sock, 2)
+        assert [e.seq for e in await take_until(slow, more[slow_id])] == list(range(1, 17))
+        assert [e.seq for e in await take_until(fast, more[fast_id])] == [14, 15, 16]
