@@ -3,12 +3,18 @@
 Started by ``scripts/benchlib.py``, one process per slice of the sockets, so the clients never
 share a process (or a GIL) with the server under test. Talks JSON lines on stdin/stdout:
 
-    python scripts/bench_clients.py sockets --url WS_URL --n N [--protocol ws|socketio]
+    python scripts/bench_clients.py sockets --url WS_URL [--url WS_URL ...] --n N [--protocol ws|socketio]
+            [--offset K] [--subscribe DRAFT,DRAFT,...]
         -> {"event": "ready", ...}; then reads commands:
            mark                       forget what was received so far
            collect EXPECTED TIMEOUT   wait until each socket has EXPECTED stamped messages since
-                                      the mark (or TIMEOUT s); reply with counts and latencies
+                                      the mark per draft it follows (or TIMEOUT s); reply with
+                                      counts and latencies
            quit
+        Socket k (0-based, in this process) connects to the k-th ``--url`` in turn, with ``{i}``
+        in it replaced by K + k (one user id per socket, say). With ``--subscribe`` the URL is
+        ``/v1/ws``: after ``connected`` the socket subscribes to every draft named, and is ready
+        once each is answered ``subscribed``.
     python scripts/bench_clients.py catchup --url WS_URL --expect N
         -> {"events": N, "seconds": S}          (aiohttp client, orjson-decodes every event)
     python scripts/bench_clients.py catchup-raw --url WS_URL --expect N
@@ -53,6 +59,7 @@ class RawSocket(asyncio.Protocol):
 
     def __init__(self, fleet: Fleet, host: str, path: str) -> None:
         self.fleet = fleet
+        self.pending = len(fleet.subscribe)  # subscriptions not yet answered ``subscribed``
         self.request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -63,7 +70,7 @@ class RawSocket(asyncio.Protocol):
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.slot = -1
         self.socketio = fleet.protocol == "socketio"
-        self.ringlog = "/v1/ws/" in path
+        self.ringlog = "/v1/ws" in path
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: cast, do not isinstance-check
@@ -139,16 +146,38 @@ class RawSocket(asyncio.Protocol):
                 self.send(0x1, b"40")
             elif payload.startswith(b"40") and not self.ready.done():
                 self.ready.set_result(None)
-        elif self.ringlog and not self.ready.done() and b'"connected"' in payload:
-            self.ready.set_result(None)
+        elif self.ringlog and not self.ready.done():
+            if b'"connected"' in payload:
+                for draft_id in fleet.subscribe:
+                    self.send(0x1, b'{"type":"subscribe","draft_id":"' + draft_id.encode() + b'"}')
+            elif b'"subscribed"' in payload:
+                self.pending -= 1
+            elif b'"error"' in payload:
+                self.ready.set_exception(ConnectionError(payload[:200].decode(errors="replace")))
+                return
+            else:
+                return
+            if self.pending <= 0:
+                self.ready.set_result(None)
 
 
 class Fleet:
-    def __init__(self, url: str, n: int, protocol: str, concurrency: int) -> None:
-        parts = urlsplit(url)
+    def __init__(
+        self,
+        urls: list[str],
+        n: int,
+        protocol: str,
+        concurrency: int,
+        offset: int = 0,
+        subscribe: tuple[str, ...] = (),
+    ) -> None:
+        parts = urlsplit(urls[0])
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
-        self.path = parts.path + (f"?{parts.query}" if parts.query else "")
+        self.paths = [urlsplit(u).path + (f"?{urlsplit(u).query}" if urlsplit(u).query else "") for u in urls]
+        self.offset = offset
+        self.subscribe = subscribe
+        self.per_socket = max(1, len(subscribe))  # drafts each socket follows
         self.n = n
         self.protocol = protocol
         self.concurrency = concurrency
@@ -169,11 +198,12 @@ class Fleet:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
 
-        async def one() -> None:
+        async def one(k: int) -> None:
+            path = self.paths[k % len(self.paths)].replace("{i}", str(self.offset + k))
             async with gate:
                 try:
                     _, sock = await loop.create_connection(
-                        lambda: RawSocket(self, f"{self.host}:{self.port}", self.path), self.host, self.port
+                        lambda: RawSocket(self, f"{self.host}:{self.port}", path), self.host, self.port
                     )
                     await asyncio.wait_for(sock.ready, 60)
                 except (ConnectionError, TimeoutError, OSError):
@@ -183,12 +213,12 @@ class Fleet:
             self.counts.append(0)
             self.sockets.append(sock)
 
-        await asyncio.gather(*(one() for _ in range(self.n)))
+        await asyncio.gather(*(one(k) for k in range(self.n)))
         return time.perf_counter() - started
 
     async def collect(self, expected: int, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
-        want = expected * len(self.counts)
+        want = expected * self.per_socket * len(self.counts)
         while sum(self.counts) < want and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         lat = self.latencies
@@ -196,7 +226,7 @@ class Fleet:
         return {
             "received": sum(self.counts),
             "sockets": len(self.counts),
-            "complete": sum(1 for c in self.counts if c >= expected),
+            "complete": sum(1 for c in self.counts if c >= expected * self.per_socket),
             "first": self.first,
             "last": self.last,
             "weight": len(lat),
@@ -205,7 +235,8 @@ class Fleet:
 
 
 async def run_sockets(args: argparse.Namespace) -> None:
-    fleet = Fleet(args.url, args.n, args.protocol, args.concurrency)
+    subscribe = tuple(d for d in args.subscribe.split(",") if d)
+    fleet = Fleet(args.url, args.n, args.protocol, args.concurrency, args.offset, subscribe)
     seconds = await fleet.connect_all()
     _reply({"event": "ready", "connected": len(fleet.counts), "failed": fleet.failed, "seconds": seconds})
     loop = asyncio.get_running_loop()
@@ -351,8 +382,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
     s = sub.add_parser("sockets")
-    s.add_argument("--url", required=True)
+    s.add_argument("--url", required=True, action="append", help="given more than once: sockets in turn")
     s.add_argument("--n", type=int, required=True)
+    s.add_argument("--offset", type=int, default=0, help="first value of {i} in the URLs")
+    s.add_argument("--subscribe", default="", help="/v1/ws: draft ids to subscribe to, comma-separated")
     s.add_argument("--protocol", choices=["ws", "socketio"], default="ws")
     s.add_argument("--concurrency", type=int, default=100)
     c = sub.add_parser("catchup")

@@ -246,16 +246,33 @@ def stamped_content() -> bytes:
 
 
 class Fleet:
-    """N sockets spread over several client processes."""
+    """N sockets spread over several client processes.
+
+    By default process i connects all its sockets to ``urls[i % len(urls)]`` (one node each).
+    With ``every_url`` each process gives its sockets every URL in turn, with ``{i}`` replaced by
+    the socket's number in the whole fleet (one user id per socket, say); with ``subscribe`` the
+    URLs are ``/v1/ws`` and every socket subscribes to each of those drafts (``collect`` then
+    counts per draft followed).
+    """
 
     def __init__(
-        self, urls: Sequence[str], n: int, procs: int, protocol: str = "ws", concurrency: int = 100
+        self,
+        urls: Sequence[str],
+        n: int,
+        procs: int,
+        protocol: str = "ws",
+        concurrency: int = 100,
+        *,
+        every_url: bool = False,
+        subscribe: Sequence[str] = (),
     ) -> None:
         self.urls = list(urls)
         self.n = n
         self.procs_n = max(1, min(procs, n))
         self.protocol = protocol
         self.concurrency = concurrency
+        self.every_url = every_url
+        self.subscribe = list(subscribe)
         self.procs: list[asyncio.subprocess.Process] = []
         self.connected = 0
         self.failed = 0
@@ -273,20 +290,26 @@ class Fleet:
         share = [
             self.n // self.procs_n + (1 if i < self.n % self.procs_n else 0) for i in range(self.procs_n)
         ]
+        offset = 0
         for i, n in enumerate(share):
+            urls = self.urls if self.every_url else [self.urls[i % len(self.urls)]]
+            extra = ["--offset", str(offset)]
+            if self.subscribe:
+                extra += ["--subscribe", ",".join(self.subscribe)]
+            offset += n
             self.procs.append(
                 await asyncio.create_subprocess_exec(
                     sys.executable,
                     str(SCRIPTS / "bench_clients.py"),
                     "sockets",
-                    "--url",
-                    self.urls[i % len(self.urls)],
+                    *(a for u in urls for a in ("--url", u)),
                     "--n",
                     str(n),
                     "--protocol",
                     self.protocol,
                     "--concurrency",
                     str(self.concurrency),
+                    *extra,
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                     limit=2**24,
@@ -305,6 +328,18 @@ class Fleet:
             p.stdin.write(command.encode() + b"\n")
             await p.stdin.drain()
         return list(await asyncio.gather(*(self._line(p, timeout) for p in self.procs)))
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user + system) taken so far by the fleet's client processes, from ``/proc``."""
+        total = 0.0
+        for p in self.procs:
+            try:
+                with open(f"/proc/{p.pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # ended
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return total
 
     async def mark(self) -> None:
         await self._all("mark", 30)
