@@ -8,7 +8,9 @@ hub and python-socketio; (3) catch-up from since=0 vs reading the rows straight 
 (4) RSS per idle socket and time to accept 10,000 sockets; (5) the store and projections
 (``scripts/bench_store.py``); (6) workloads 1 and 2 on PostgreSQL with one and two nodes;
 (7) more than one process: ``--workers 1`` vs ``2`` on SQLite, cross-worker delivery
-(``scripts/bench_workers.py``). Without ``wrk`` the harness tries ``apt-get install -y wrk``, then
+(``scripts/bench_workers.py``); (8) one socket, many drafts: 1,000 ``/v1/ws`` sockets × 10 drafts vs
+10,000 per-draft sockets, RSS per subscription and server CPU per delivery, and presence fan-out
+cost per member (``scripts/bench_mux.py``). Without ``wrk`` the harness tries ``apt-get install -y wrk``, then
 falls back to a Python load generator with the same request mix, and says which it used.
 
 Sizes: ``--quick`` (under 2 minutes on the 2-core machine, with other work running) uses 1 s wrk and
@@ -650,6 +652,12 @@ async def main(args: argparse.Namespace) -> dict[str, str]:
 
         sections["## 7. More than one process"] = await bench_workers.section(tmp, seconds, reps, quick)
 
+    if want("mux"):
+        log("(8) one socket, many drafts, and presence (scripts/bench_mux.py)")
+        import bench_mux
+
+        sections["## 8. One socket, many drafts, and presence"] = await bench_mux.section(tmp, quick, reps)
+
     log(f"done in {time.monotonic() - started:.0f} s")
     if only is not None:
         # a partial run keeps the page's "How these figures were made" (the full run's) and says so
@@ -671,7 +679,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smaller counts: under 2 minutes")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument(
-        "--only", default="", help="comma-separated: http,fanout,catchup,connections,store,pg,workers"
+        "--only", default="", help="comma-separated: http,fanout,catchup,connections,store,pg,workers,mux"
     )
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     return parser.parse_args()
