@@ -59,6 +59,13 @@ class Window:
     p99_ms: float
     appends_cpu: float = 0.0
     """Server CPU of the same paced appends to a draft nobody follows, measured right after."""
+    kernel_cpu: float = 0.0
+    """The part of ``server_cpu`` spent in the kernel (system time: sends, and on loopback the
+    peer's receive path that runs in the sender's system call)."""
+
+    @property
+    def kernel_share(self) -> float:
+        return self.kernel_cpu / self.server_cpu if self.server_cpu else float("nan")
 
     @property
     def cpu_us(self) -> float:
@@ -111,6 +118,13 @@ async def paced_posts(
     return count
 
 
+def system_seconds(pid: int) -> float:
+    """System (kernel) CPU seconds of one process, from ``/proc/PID/stat``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[12]) / bl.CLK_TCK
+
+
 async def appends_alone(server: bl.Server, send: Any) -> float:
     """Server CPU seconds of ``send()`` (paced appends to a draft that no socket follows)."""
     cpu0 = server.cpu_seconds()
@@ -125,10 +139,12 @@ async def measured(
     """Mark the fleet, run ``send()`` (the paced writes), collect; CPU of server and clients."""
     await fleet.mark()
     cpu0, client0, t0 = server.cpu_seconds(), fleet.cpu_seconds(), time.monotonic()
+    sys0 = system_seconds(server.pid)
     await send()
     got = await fleet.collect(per_subscription, 30)
     elapsed = time.monotonic() - t0
     cpu, client = server.cpu_seconds() - cpu0, fleet.cpu_seconds() - client0
+    kernel = system_seconds(server.pid) - sys0
     return Window(
         got["received"],
         deliveries_expected,
@@ -137,6 +153,7 @@ async def measured(
         client,
         bl.pct(got["sample"], 50) * 1000,
         bl.pct(got["sample"], 99) * 1000,
+        kernel_cpu=kernel,
     )
 
 
@@ -356,6 +373,7 @@ def _window_row(label: str, subs: str, windows: Sequence[Window], base: Sequence
         f"| {label} | {subs} | {_span(windows, 'cpu_us', '{:.2f}')} | "
         f"{bl.ratio(_med(windows, 'cpu_us'), _med(base, 'cpu_us'))} | "
         f"{_med(windows, 'net_us'):.2f} | {bl.ratio(_med(windows, 'net_us'), _med(base, 'net_us'))} | "
+        f"{_med(windows, 'kernel_share') * 100:.0f}% | "
         f"{statistics.median(rate):,.0f} | {statistics.median(client):.2f} | "
         f"{_med(windows, 'p50_ms'):.1f} / {_med(windows, 'p99_ms'):.1f} | {lost} |"
     )
@@ -391,9 +409,9 @@ async def section(tmp: Path, quick: bool, reps: int) -> str:
         )
     deliveries = [
         "| sockets | subscriptions | server CPU µs per delivery (min / med / max) | vs per-draft "
-        "| net of the appends (med) | vs per-draft "
+        "| net of the appends (med) | vs per-draft | in the kernel (med) "
         "| deliveries/s (med) | client cores (med) | p50 / p99 ms (med) | lost |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---|---:|",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|",
         _window_row(per.label, f"{per.subscriptions:,}", per.windows, per.windows),
         _window_row(mux.label, f"{mux.subscriptions:,}", mux.windows, per.windows),
     ]
@@ -416,7 +434,9 @@ async def section(tmp: Path, quick: bool, reps: int) -> str:
         "delivery counted, divided by deliveries; it includes the appends themselves (the same "
         f"{rate * DRAFTS:g}/s for both) and protocol pings. *Net of the appends*: minus the server CPU "
         "of the same paced appends to an 11th draft that no socket follows, measured right after each "
-        "window (the fan-out's own cost). *Client cores*: CPU of the client processes "
+        "window (the fan-out's own cost). *In the kernel*: the system-time share of the server's CPU "
+        "(sends; on loopback the receiving side's TCP work runs in the sender's system call too). "
+        "*Client cores*: CPU of the client processes "
         f"over the window: {mux.client_procs} processes hold the `/v1/ws` sockets, {per.client_procs} the "
         "per-draft ones (they run on the same 2 cores as the servers).",
         "",
@@ -436,9 +456,9 @@ async def section(tmp: Path, quick: bool, reps: int) -> str:
             "(a presence update has no append: its two columns are the same).",
             "",
             "| what | members | server CPU µs per delivery (min / med / max) | vs an event "
-            "| net of the appends (med) | vs an event "
+            "| net of the appends (med) | vs an event | in the kernel (med) "
             "| deliveries/s (med) | client cores (med) | p50 / p99 ms (med) | lost |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---|---:|",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|",
             _window_row("event (`collab.segment_added`, durable append)", f"{pres.members:,}", pres.events, pres.events),
             _window_row("**presence `update`**", f"{pres.members:,}", pres.presence, pres.events),
             "",
