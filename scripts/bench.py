@@ -14,8 +14,10 @@ cost per member (``scripts/bench_mux.py``). Without ``wrk`` the harness tries ``
 falls back to a Python load generator with the same request mix, and says which it used.
 
 Sizes: ``--quick`` (under 2 minutes on the 2-core machine, with other work running) uses 1 s wrk and
-paced runs, 500 sockets, a 30,000-event catch-up and 500 / 1,500 idle sockets; the full run (about
-8–9 minutes) 5 s runs, 1,000 and 5,000 sockets, 100,000 events and 1,000 / 10,000 idle sockets.
+paced runs, 500 sockets, a 30,000-event catch-up, 500 / 1,500 idle sockets and (8) 200 ``/v1/ws``
+sockets × 10 drafts vs 2,000 per-draft sockets and 200 presence members; the full run (about
+11 minutes) 5 s runs, 1,000 and 5,000 sockets, 100,000 events, 1,000 / 10,000 idle sockets and (8)
+1,000 × 10 vs 10,000, 1,000 members.
 Both do 3 repetitions of every figure (``--reps``).
 
 Servers, socket clients (``bench_clients.py``) and ``wrk`` are separate processes. Each figure
