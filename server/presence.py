@@ -152,6 +152,13 @@ class _Entry:
         self.sources: dict[str, _Source] = {}  # node id -> source (this node's id included)
         self.sockets: set[Hashable] = set()  # this node's attachments
 
+    def latest(self) -> _Source | None:
+        """The source whose state was set last (largest ``(state_ts, node_id)``), or None."""
+        if not self.sources:
+            return None
+        node = max(self.sources, key=lambda n: (self.sources[n].state_ts, n))
+        return self.sources[node]
+
     def winner(self) -> tuple[bytes, float] | None:
         """(state, since) of the merged entry, or None when no source is left."""
         if not self.sources:
@@ -216,7 +223,11 @@ class PresenceRegistry:
             return
         now = self.clock()
         before = entry.winner()
-        source = _Source(EMPTY_STATE, now, 0.0)
+        # present through another node already: this node's source takes the user's state (and
+        # when it was set), so that it outlives the other node's sockets (_adopt)
+        latest = entry.latest()
+        state, state_ts = (latest.state_json, latest.state_ts) if latest is not None else (EMPTY_STATE, 0.0)
+        source = _Source(state, now, state_ts)
         self._put_source(entry, self.node_id, source)
         self._local_changed(draft_id, user_id, source)
         self._notify(draft_id, user_id, before, entry.winner(), now)
@@ -303,6 +314,7 @@ class PresenceRegistry:
         assert entry is not None
         before = entry.winner()
         self._put_source(entry, node_id, _Source(raw, since, state_ts))
+        self._adopt(entry, node_id)
         self._notify(draft_id, user_id, before, entry.winner(), now)
 
     def remote_keys(self, node_id: str) -> set[tuple[str, str]]:
@@ -378,6 +390,18 @@ class PresenceRegistry:
             self._state_bytes -= len(old.state_json)
         entry.sources[node_id] = source
         self._state_bytes += len(source.state_json)
+
+    def _adopt(self, entry: _Entry, node_id: str) -> None:
+        """A user's state is the one set last by any of their sockets (API.md v2 "Presence"),
+        and stays when the sockets that set it go: when a peer's state is newer than this node's
+        source of the same user, this node's source takes it (with its ``state_ts``, so that the
+        merge is unchanged). Not published: every peer has it from ``node_id`` already; this
+        node's announcements carry it on, for peers that start later."""
+        mine = entry.sources.get(self.node_id)
+        theirs = entry.sources[node_id]
+        if mine is None or (theirs.state_ts, node_id) <= (mine.state_ts, self.node_id):
+            return
+        self._put_source(entry, self.node_id, _Source(theirs.state_json, mine.since, theirs.state_ts))
 
     def _drop_source(self, draft_id: str, user_id: str, entry: _Entry, node_id: str) -> _Source | None:
         source = entry.sources.pop(node_id, None)

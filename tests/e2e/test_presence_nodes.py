@@ -172,6 +172,16 @@ class Nodes:
                 return users
         raise AssertionError(f"no request landed on {where}")
 
+    async def states_on(self, draft_id: str, where: str) -> dict[str, Any]:
+        """``GET …/presence`` answered by ``where``: state by user id."""
+        for _ in range(40):
+            path = f"/v1/collab/drafts/{draft_id}/presence"
+            status, body, who = await self.request("GET", path, node=self._node_of(where))
+            assert status == 200, body
+            if who == where:
+                return {m["user_id"]: m["state"] for m in body["data"]}
+        raise AssertionError(f"no request landed on {where}")
+
     def _node_of(self, where: str) -> int:
         return next((i for i, p in enumerate(self.procs) if str(p.port) == where), 0)
 
@@ -353,7 +363,11 @@ async def test_a_user_present_on_a_is_seen_on_b_within_a_second(kind: str, tmp_p
         for sock, mark in marks.items():
             after = [m for _, m in sock.messages[mark:]]
             assert not [m for m in after if presence("leave", "alice")(m)], after
-        assert "alice" in await nodes.members_on(draft_id, a)  # A knows alice through B
+            # nor a state going back to {} (the one set through A is still alice's)
+            assert not [m for m in after if presence("update", "alice")(m)], after
+        for where in (a, b):  # A knows alice through B, with her state
+            states = await nodes.states_on(draft_id, where)
+            assert states["alice"] == {"cursor": 7}, (where, states)
 
         # and alice's last socket going is a leave, on B and on A
         await alice_b.close()

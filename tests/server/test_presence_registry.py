@@ -57,6 +57,14 @@ class Model:
             out[user] = (by_node[node][0], min(s[1] for s in by_node.values()))
         return out
 
+    def latest(self, key: tuple[str, str]) -> tuple[bytes, float]:
+        """(state, state_ts) set last among the user's sources; ({}, 0) without any."""
+        by_node = self.sources.get(key) or {}
+        if not by_node:
+            return b"{}", 0.0
+        node = max(by_node, key=lambda n: (by_node[n][2], n))
+        return by_node[node][0], by_node[node][2]
+
 
 @dataclass
 class Seen:
@@ -132,8 +140,9 @@ def test_registry_matches_the_model(program: list[tuple[Any, ...]]) -> None:
             _, d, u, s = op
             registry.attach(d, u, s)
             socks = model.sockets.setdefault((d, u), set())
-            if not socks:
-                model.sources.setdefault((d, u), {})[ME] = (b"{}", clock.now, 0.0)
+            if not socks:  # present elsewhere: this node's source takes the user's state
+                state_json, state_ts = model.latest((d, u))
+                model.sources.setdefault((d, u), {})[ME] = (state_json, clock.now, state_ts)
             socks.add(s)
         elif kind == "detach":
             _, d, u, s = op
@@ -164,7 +173,11 @@ def test_registry_matches_the_model(program: list[tuple[Any, ...]]) -> None:
             if state is None:
                 model.sources.get((d, u), {}).pop(node, None)
             else:
-                model.sources.setdefault((d, u), {})[node] = (orjson.dumps(state), since, ts)
+                by_node = model.sources.setdefault((d, u), {})
+                by_node[node] = (orjson.dumps(state), since, ts)
+                mine = by_node.get(ME)
+                if mine is not None and (ts, node) > (mine[2], ME):  # newer: ours takes it
+                    by_node[ME] = (by_node[node][0], mine[1], ts)
         else:
             _, node = op
             registry.drop_node(node)
@@ -179,7 +192,12 @@ def test_registry_matches_the_model(program: list[tuple[Any, ...]]) -> None:
             assert {u: s for (dd, u), s in seen.present.items() if dd == d} == {
                 u: v[0] for u, v in expected.items()
             }
-        assert {(c.draft_id, c.user_id): c for c in registry.local_entries()} == published
+        # published at once: each local join, state set and leave (not a state taken from a
+        # peer, which every peer has); announced: this node's sources as the model has them
+        assert {(c.draft_id, c.user_id) for c in registry.local_entries()} == set(published)
+        assert {
+            (c.draft_id, c.user_id): (c.state_json, c.since, c.state_ts) for c in registry.local_entries()
+        } == {key: by_node[ME] for key, by_node in model.sources.items() if ME in by_node}
         stats = registry.stats()
         assert stats["entries"] == sum(len(model.members(d)) for d in DRAFTS)
         assert stats["state_bytes"] == sum(len(v[0]) for by in model.sources.values() for v in by.values())
@@ -214,6 +232,39 @@ def test_remote_presence_keeps_a_user_present_and_drop_node_ends_it() -> None:
     assert [e.kind for e in events] == ["join", "leave"]
     registry.apply_remote(ME, "d", "bob", {}, 1.0, 1.0)  # our own broadcast coming back: ignored
     assert registry.members("d") == []
+
+
+@pytest.mark.parametrize("b_first", [False, True], ids=["set-on-a-then-b-joins", "on-b-then-set-on-a"])
+def test_a_state_set_through_another_node_outlives_that_nodes_sockets(b_first: bool) -> None:
+    """API.md v2: "A user's state is the one set last by any of their sockets" — on one node a
+    socket going away keeps the state (above); across nodes it must too. alice on A and B, the
+    state set through A, then A's sockets go (or A dies): B keeps the state, tells nobody an
+    ``update`` back to ``{}``, and announces that state to the others (a node that starts later
+    sees what B's sockets see)."""
+    b = PresenceRegistry(ME, clock=Clock())
+    events: list[PresenceEvent] = []
+    b.add_observer(events.append)
+    if b_first:
+        b.attach("d", "alice", "s1")
+        b.apply_remote("node-a", "d", "alice", {}, 1.0, 0.0)
+        b.apply_remote("node-a", "d", "alice", {"cursor": 7}, 1.0, 5000.0)
+    else:
+        b.apply_remote("node-a", "d", "alice", {"cursor": 7}, 1.0, 5000.0)
+        b.attach("d", "alice", "s1")
+    assert b.members("d")[0].state == {"cursor": 7}
+    [announced] = b.local_entries()
+    assert (announced.state_json, announced.state_ts) == (b'{"cursor":7}', 5000.0)
+    b.apply_remote("node-a", "d", "alice", None, 1.0, 5001.0)  # A's last socket went
+    assert b.members("d")[0].state == {"cursor": 7}
+    assert [(e.kind, e.state_json) for e in events] == [
+        ("join", b"{}" if b_first else b'{"cursor":7}'),
+        *([("update", b'{"cursor":7}')] if b_first else []),
+    ]
+    b.apply_remote("node-a", "d", "alice", {"cursor": 7}, 1.0, 5000.0)
+    b.drop_node("node-a")  # the same when A dies
+    assert b.members("d")[0].state == {"cursor": 7} and len(events) == (2 if b_first else 1)
+    b.set_state("d", "alice", "s1", {"cursor": 8})  # a later state set on B still wins
+    assert b.members("d")[0].state == {"cursor": 8}
 
 
 def test_ties_are_broken_by_node_id_the_same_way_everywhere() -> None:
