@@ -983,6 +983,28 @@ function connectDraft(draftId, options = {}) {
   };
   doc?.addEventListener("visibilitychange", onVisible);
   lifetime.signal.addEventListener("abort", () => doc?.removeEventListener("visibilitychange", onVisible), { once: true });
+  const network = options.network !== void 0 ? options.network : typeof globalThis.addEventListener === "function" ? globalThis : null;
+  const onOffline = () => {
+    if (closed || !orderer) return;
+    setStatus(OFFLINE, { code: "offline", message: "the browser is offline" });
+    const sock = ws;
+    if (!sock) return;
+    ws = null;
+    sock.close(1e3, "offline");
+    if (pingTimer) clearInterval(pingTimer);
+    if (presence.size) {
+      presence = /* @__PURE__ */ new Map();
+      presenceChanged();
+    }
+    socketClosed(1006, null, "offline");
+  };
+  const onOnline = () => serverBack();
+  network?.addEventListener("offline", onOffline);
+  network?.addEventListener("online", onOnline);
+  lifetime.signal.addEventListener("abort", () => {
+    network?.removeEventListener("offline", onOffline);
+    network?.removeEventListener("online", onOnline);
+  }, { once: true });
   void start();
   const noWriter = () => Promise.reject(new Error("optimistic writes need a userId or a token with a sub"));
   return {

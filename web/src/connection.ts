@@ -92,6 +92,13 @@ export interface ConnectOptions extends Credentials {
   WebSocket?: SocketFactory;
   /** Whether the page is visible (default: document.visibilityState). */
   isVisible?: () => boolean;
+  /**
+   * Where the browser's `offline` / `online` events fire (default: the window; null: ignore them).
+   * A browser that goes offline often leaves its open socket looking alive until a ping times out,
+   * so on `offline` the socket is dropped at once (status "offline", writes queue); on `online`
+   * it is retried at once.
+   */
+  network?: EventTarget | null;
 }
 
 /** What connectDraft returns. */
@@ -496,6 +503,30 @@ export function connectDraft(draftId: string, options: ConnectOptions = {}): Dra
   };
   doc?.addEventListener("visibilitychange", onVisible);
   lifetime.signal.addEventListener("abort", () => doc?.removeEventListener("visibilitychange", onVisible), { once: true });
+
+  // the browser says the network is gone: its socket may still look open (no close frame can
+  // arrive), so drop it now and queue writes, rather than show "live" until a ping times out
+  const network = options.network !== undefined
+    ? options.network
+    : typeof (globalThis as { addEventListener?: unknown }).addEventListener === "function" ? (globalThis as unknown as EventTarget) : null;
+  const onOffline = (): void => {
+    if (closed || !orderer) return;
+    setStatus(OFFLINE, { code: "offline", message: "the browser is offline" });
+    const sock = ws;
+    if (!sock) return;
+    ws = null; // its close event, whenever it comes, is ignored
+    sock.close(1000, "offline");
+    if (pingTimer) clearInterval(pingTimer);
+    if (presence.size) { presence = new Map(); presenceChanged(); }
+    socketClosed(1006, null, "offline");
+  };
+  const onOnline = (): void => serverBack();
+  network?.addEventListener("offline", onOffline);
+  network?.addEventListener("online", onOnline);
+  lifetime.signal.addEventListener("abort", () => {
+    network?.removeEventListener("offline", onOffline);
+    network?.removeEventListener("online", onOnline);
+  }, { once: true });
 
   void start();
   const noWriter = (): Promise<Outcome> => Promise.reject(new Error("optimistic writes need a userId or a token with a sub"));

@@ -127,6 +127,36 @@ describe("connectDraft: status", () => {
     expect(FakeSocket.instances.length).toBe(before + 1);
   });
 
+  it("drops a socket that still looks open when the browser goes offline, queues writes, and retries at once when online", async () => {
+    const server = new FakeServer();
+    const network = new EventTarget();
+    const { conn, statuses } = connect(server, { network });
+    const first = await live(server, conn);
+    server.down = true; // the browser's network is gone: no request gets anywhere
+    FakeSocket.onCreate = (s) => { if (server.down) s.drop(1006); };
+    network.dispatchEvent(new Event("offline"));
+    expect(conn.status).toBe("offline"); // at once, although no close frame came
+    expect(first.readyState).toBe(3);
+    const outcome = conn.append("written offline");
+    expect(conn.view!.segments.map((s) => [s.content, s.pending])).toEqual([["written offline", true]]);
+    await settle();
+    expect(server.events.length).toBe(1); // nothing reached the server
+    server.down = false;
+    FakeSocket.onCreate = null;
+    const before = FakeSocket.instances.length;
+    network.dispatchEvent(new Event("online"));
+    expect(FakeSocket.instances.length).toBe(before + 1); // retried at once, not after its backoff
+    FakeSocket.last().connected(server.draftId, 1);
+    await until(() => conn.status === "live");
+    await until(() => server.events.length === 2, 8000);
+    FakeSocket.last().deliver(server.events[1]!);
+    await expect(outcome).resolves.toMatchObject({ ok: true, seq: 2 });
+    expect(server.mutations("/segments")).toBeGreaterThanOrEqual(1);
+    expect(server.events.filter((e) => e.type === "collab.segment_added")).toHaveLength(1);
+    expect(statuses.slice(0, 3)).toEqual(["connecting", "live", "offline"]);
+    expect(statuses.at(-1)).toBe("live");
+  });
+
   it("caps the socket's backoff at 5 s while visible", () => {
     for (const attempt of [0, 3, 10, 40]) expect(backoffDelay(attempt, { random: () => 0.999999 })).toBeLessThanOrEqual(5000);
     expect(backoffDelay(40, { random: () => 1 })).toBe(5000);
