@@ -2,7 +2,8 @@
 
 ``npm ci`` installs web/'s locked dependencies when node_modules is missing or was installed
 from another package-lock.json; then ``tsc --noEmit`` and the vitest suite must pass, the
-committed server/static/ringlog.js must be exactly a fresh ``vite build`` of web/src, and the
+committed server/static/ringlog.js must be exactly a fresh ``vite build`` of web/src, the example
+React app (web/examples/react, type-checked with the rest) must build, and the
 fold fixtures the vitest suite compares against must be exactly what projections/fold.py gives
 today. Without npm these skip with the reason, except under CI=true, where they fail.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -83,6 +85,23 @@ def test_static_ringlog_js_is_a_fresh_build(npm: str, tmp_path: Path) -> None:
     assert committed == fresh, (
         "server/static/ringlog.js differs from a fresh build: run `npm run build` in web/"
     )
+
+
+@pytest.mark.timeout(NPM_CI_TIMEOUT_S + STEP_TIMEOUT_S)
+def test_react_example_app_builds(npm: str, tmp_path: Path) -> None:
+    """web/examples/react builds (``npm run example:build``) into a page whose module and styles exist."""
+    _run(
+        [npm, "exec", "--no", "--", "vite", "build", "--config", "examples/react/vite.config.ts",
+         "--outDir", str(tmp_path), "--emptyOutDir", "--logLevel", "error"],
+        STEP_TIMEOUT_S,
+    )  # fmt: skip
+    html = (tmp_path / "index.html").read_text()
+    assets = re.findall(r'(?:src|href)="\./(assets/[^"]+)"', html)
+    assert any(a.endswith(".js") for a in assets) and any(a.endswith(".css") for a in assets), html
+    for asset in assets:
+        assert (tmp_path / asset).is_file(), f"index.html names {asset}, which the build did not write"
+    bundle = next((tmp_path / a).read_text() for a in assets if a.endswith(".js"))
+    assert "/v1/ws/drafts/" in bundle, "the app's bundle does not contain the package's connectDraft"
 
 
 def test_fold_fixtures_are_what_the_python_fold_gives() -> None:
