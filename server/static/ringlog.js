@@ -1148,23 +1148,43 @@ function connectMultiplex(options = {}) {
           if (sub && typeof msg.type === "string" && msg.type.startsWith("collab.")) apply(sub, [msg]);
       }
     };
-    sock.onclose = (event) => {
-      if (ws !== sock) return;
-      ws = null;
-      for (const s of subs.values()) if (s.presence.size) {
-        s.presence = /* @__PURE__ */ new Map();
-        s.handlers.onPresence?.([]);
-      }
-      if (status === "closed") return;
-      if (event.code === 1008 || event.code === 4401) {
-        setStatus("offline");
-        return;
-      }
-      setStatus("offline");
-      const cap = isVisible() ? 5e3 : 3e4;
-      timer = setTimeout(open, backoffDelay(attempt++, { cap }));
-    };
+    sock.onclose = (event) => dropped(sock, event.code);
   }
+  function dropped(sock, code) {
+    if (ws !== sock) return;
+    ws = null;
+    for (const s of subs.values()) if (s.presence.size) {
+      s.presence = /* @__PURE__ */ new Map();
+      s.handlers.onPresence?.([]);
+    }
+    if (status === "closed") return;
+    if (code === 1008 || code === 4401) {
+      setStatus("offline");
+      return;
+    }
+    setStatus("offline");
+    const cap = isVisible() ? 5e3 : 3e4;
+    timer = setTimeout(() => {
+      timer = null;
+      open();
+    }, backoffDelay(attempt++, { cap }));
+  }
+  const network = options.network !== void 0 ? options.network : typeof globalThis.addEventListener === "function" ? globalThis : null;
+  const onOffline = () => {
+    const sock = ws;
+    if (!sock || status === "closed") return;
+    dropped(sock, 1006);
+    sock.close(1e3, "offline");
+  };
+  const onOnline = () => {
+    if (status === "closed" || ws || timer === null) return;
+    clearTimeout(timer);
+    timer = null;
+    attempt = 0;
+    open();
+  };
+  network?.addEventListener("offline", onOffline);
+  network?.addEventListener("online", onOnline);
   open();
   return {
     get status() {
@@ -1220,6 +1240,8 @@ function connectMultiplex(options = {}) {
     },
     close() {
       status = "closed";
+      network?.removeEventListener("offline", onOffline);
+      network?.removeEventListener("online", onOnline);
       if (timer) clearTimeout(timer);
       const sock = ws;
       ws = null;

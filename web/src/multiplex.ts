@@ -37,6 +37,12 @@ export interface MultiplexOptions extends Credentials {
   WebSocket?: SocketFactory;
   onStatus?: (status: "connecting" | "live" | "offline") => void;
   isVisible?: () => boolean;
+  /**
+   * Where the browser's `offline` / `online` events fire (default: the window; null: ignore
+   * them). On `offline` the socket is dropped at once (an open socket can look alive long after
+   * the network went), on `online` it is retried at once, as connectDraft does.
+   */
+  network?: EventTarget | null;
 }
 
 export interface MultiplexConnection {
@@ -168,20 +174,43 @@ export function connectMultiplex(options: MultiplexOptions = {}): MultiplexConne
           if (sub && typeof msg.type === "string" && msg.type.startsWith("collab.")) apply(sub, [msg as DraftEvent]);
       }
     };
-    sock.onclose = (event) => {
-      if (ws !== sock) return;
-      ws = null;
-      for (const s of subs.values()) if (s.presence.size) { s.presence = new Map(); s.handlers.onPresence?.([]); }
-      if (status === "closed") return;
-      if (event.code === 1008 || event.code === 4401) {
-        setStatus("offline"); // credentials or policy: the caller must reconnect with new ones
-        return;
-      }
-      setStatus("offline");
-      const cap = isVisible() ? 5000 : 30000;
-      timer = setTimeout(open, backoffDelay(attempt++, { cap }));
-    };
+    sock.onclose = (event) => dropped(sock, event.code);
   }
+
+  /** The socket is gone (closed, or dropped because the browser went offline): retry with backoff. */
+  function dropped(sock: SocketLike, code: number): void {
+    if (ws !== sock) return;
+    ws = null;
+    for (const s of subs.values()) if (s.presence.size) { s.presence = new Map(); s.handlers.onPresence?.([]); }
+    if (status === "closed") return;
+    if (code === 1008 || code === 4401) {
+      setStatus("offline"); // credentials or policy: the caller must reconnect with new ones
+      return;
+    }
+    setStatus("offline");
+    const cap = isVisible() ? 5000 : 30000;
+    timer = setTimeout(() => { timer = null; open(); }, backoffDelay(attempt++, { cap }));
+  }
+
+  // the browser's own word on its network (see MultiplexOptions.network)
+  const network = options.network !== undefined
+    ? options.network
+    : typeof (globalThis as { addEventListener?: unknown }).addEventListener === "function" ? (globalThis as unknown as EventTarget) : null;
+  const onOffline = (): void => {
+    const sock = ws;
+    if (!sock || status === "closed") return;
+    dropped(sock, 1006); // ws is null from here: the socket's own close event is ignored
+    sock.close(1000, "offline");
+  };
+  const onOnline = (): void => {
+    if (status === "closed" || ws || timer === null) return;
+    clearTimeout(timer);
+    timer = null;
+    attempt = 0;
+    open();
+  };
+  network?.addEventListener("offline", onOffline);
+  network?.addEventListener("online", onOnline);
 
   open();
   return {
@@ -218,6 +247,8 @@ export function connectMultiplex(options: MultiplexOptions = {}): MultiplexConne
     },
     close() {
       status = "closed";
+      network?.removeEventListener("offline", onOffline);
+      network?.removeEventListener("online", onOnline);
       if (timer) clearTimeout(timer);
       const sock = ws;
       ws = null;

@@ -52,6 +52,32 @@ describe("connectMultiplex (/v1/ws)", () => {
     expect(statuses).toEqual(["live", "offline", "live"]);
   });
 
+  it("drops a socket that still looks open when the browser goes offline and retries at once when online", async () => {
+    const a = new FakeServer("draft_a");
+    const network = new EventTarget();
+    const statuses: string[] = [];
+    mux = connectMultiplex({ baseUrl: "http://ringlog.test", userId: "alice", fetch: a.fetch as typeof fetch, WebSocket: FakeSocket, network, onStatus: (s) => statuses.push(s) });
+    const seen: number[] = [];
+    mux.subscribe("draft_a", { onEvent: (e) => seen.push(e.seq) }, { since: 1, state: a.state });
+    const first = FakeSocket.last();
+    first.connected("", 0);
+    first.deliver({ type: "subscribed", draft_id: "draft_a", head_seq: 1 });
+    network.dispatchEvent(new Event("offline"));
+    expect(mux.status).toBe("offline"); // at once, with no close frame from anywhere
+    expect(first.readyState).toBe(3);
+    first.deliver(a.appendSegment("bob", "late")); // the old socket is not listened to any more
+    expect(seen).toEqual([]);
+    const before = FakeSocket.instances.length;
+    network.dispatchEvent(new Event("online"));
+    expect(FakeSocket.instances.length).toBe(before + 1); // not after its backoff
+    const again = FakeSocket.last();
+    again.connected("", 0);
+    expect(again.sent).toEqual([{ type: "subscribe", draft_id: "draft_a", since: 1 }]);
+    again.deliver(a.events[1]!);
+    expect(seen).toEqual([2]);
+    expect(statuses).toEqual(["live", "offline", "live"]);
+  });
+
   it("fills a gap from /events and ends only the refused subscription", async () => {
     const a = new FakeServer("draft_a");
     mux = connectMultiplex({ baseUrl: "http://ringlog.test", userId: "alice", fetch: a.fetch as typeof fetch, WebSocket: FakeSocket });
