@@ -119,6 +119,7 @@ function DraftPage({ signIn, onSignOut }: { signIn: SignIn; onSignOut: () => voi
   // the ring goes to the creator or a contributor, never to oneself (API.md)
   const writers = [state.creator_id, ...state.collaborators.filter((c) => c.role === "contributor").map((c) => c.user_id)];
   const targets = [...new Set(writers)].filter((u) => u !== holder);
+  const chosen = targets.includes(passTo) ? passTo : targets[0]; // a removed or now-holding user is not offered
 
   const append = async (e: FormEvent) => {
     e.preventDefault();
@@ -133,7 +134,7 @@ function DraftPage({ signIn, onSignOut }: { signIn: SignIn; onSignOut: () => voi
     }
   };
   const pass = async () => {
-    const to = passTo || targets[0];
+    const to = chosen;
     if (!to) return;
     setError(null);
     try {
@@ -186,7 +187,7 @@ function DraftPage({ signIn, onSignOut }: { signIn: SignIn; onSignOut: () => voi
         </form>
         {canAppend && (targets.length > 0 ? (
           <p>
-            <select id="pass-to" value={passTo || targets[0]} onChange={(e) => setPassTo(e.target.value)}>
+            <select id="pass-to" value={chosen} onChange={(e) => setPassTo(e.target.value)}>
               {targets.map((t) => <option key={t} value={t}>{t}</option>)}
             </select>{" "}
             <button id="pass-button" onClick={pass}>Pass the ring</button>
