@@ -83,11 +83,12 @@ async def _mutating_user(request: web.Request) -> str:
     wait = st.limiter.allow(identity.user_id)
     if wait > 0:
         st.metrics.rate_limited.inc()
+        retry_after = st.limiter.retry_after(wait)  # the message says what the header says
         raise ApiError(
             429,
             "rate_limited",
-            f"too many changes; retry in {wait:.1f}s",
-            headers={"Retry-After": st.limiter.retry_after(wait)},
+            f"too many changes; retry in {retry_after} s",
+            headers={"Retry-After": retry_after},
         )
     return identity.user_id
 

@@ -41,8 +41,13 @@ from server.ws_stream import (
 log = logging.getLogger(__name__)
 
 MAX_CLIENT_MESSAGE = 4096
-"""Bytes in one client message: pings and presence updates (a state is at most 512 bytes);
-aiohttp closes a socket that sends more with 1009 (RFC 6455 §7.4.1 "Message Too Big")."""
+"""Bytes in one client message (API.md v2: "at most 4 KiB"): pings and presence updates (a state
+is at most 512 bytes); a socket that sends more is closed with 1009 (RFC 6455 §7.4.1 "Message Too
+Big")."""
+
+WS_MAX_MSG_SIZE = MAX_CLIENT_MESSAGE + 1
+"""aiohttp's ``max_msg_size`` for both sockets: aiohttp refuses a message whose length reaches its
+limit (``>=``), so the limit is one above the largest message the contract allows."""
 
 CLOSE_CODE_OF: dict[str, int] = {
     "unauthorized": CLOSE_POLICY,
@@ -67,7 +72,7 @@ async def draft_socket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         heartbeat=st.settings.ws_ping_interval,
         compress=False,  # the fan-out writes one pre-framed copy of each event to every socket
-        max_msg_size=MAX_CLIENT_MESSAGE,
+        max_msg_size=WS_MAX_MSG_SIZE,
         timeout=CLOSE_TIMEOUT,
         autoclose=False,  # a peer's Close is answered by the stream, after it stops delivering
     )

@@ -48,7 +48,7 @@ from server.subscriber import (
     Subscriber,
     TransportSink,
 )
-from server.ws import MAX_CLIENT_MESSAGE, admit_draft, admit_upgrade, refuse
+from server.ws import WS_MAX_MSG_SIZE, admit_draft, admit_upgrade, refuse
 from server.ws_registry import SocketTasks
 from server.ws_stream import CLOSE_TIMEOUT, Closer, FloodGate, expire
 
@@ -66,7 +66,7 @@ async def multi_socket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         heartbeat=st.settings.ws_ping_interval,
         compress=False,  # the fan-out writes one pre-framed copy of each event to every socket
-        max_msg_size=MAX_CLIENT_MESSAGE,
+        max_msg_size=WS_MAX_MSG_SIZE,
         timeout=CLOSE_TIMEOUT,
         autoclose=False,  # a peer's Close is answered by the session, after it stops delivering
     )

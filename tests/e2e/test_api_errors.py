@@ -287,6 +287,8 @@ async def test_429_rate_limited_with_retry_after(tmp_path: Path) -> None:
             status, body, headers = limited
             assert_error(status, body, 429, "rate_limited")
             assert int(headers["Retry-After"]) >= 1
+            # the message names the same wait as the header (never "retry in 0.0s")
+            assert f"retry in {headers['Retry-After']} s" in body["error"]["message"], body
             # another user has their own bucket; reads are not limited
             status, _, _ = await api.call("POST", "/v1/collab/drafts", "bob", {"title": "t"})
             assert status == 201
