@@ -41,15 +41,7 @@ class RateLimiter:
         """Take a token for ``user_id``; 0.0 if granted, else the wait in seconds."""
         if not self.enabled:
             return 0.0
-        now = self.clock()
-        bucket = self._buckets.get(user_id)
-        if bucket is None:
-            if len(self._buckets) > 100_000:
-                self._prune(now)
-            bucket = self._buckets[user_id] = _Bucket(self.burst, now)
-        else:
-            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
-            bucket.stamp = now
+        bucket = self._refilled(user_id)
         if bucket.tokens >= 1:
             bucket.tokens -= 1
             if self.track_taken:
@@ -65,15 +57,7 @@ class RateLimiter:
         """
         if not self.enabled or tokens <= 0:
             return
-        now = self.clock()
-        bucket = self._buckets.get(user_id)
-        if bucket is None:
-            if len(self._buckets) > 100_000:
-                self._prune(now)
-            bucket = self._buckets[user_id] = _Bucket(self.burst, now)
-        else:
-            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
-            bucket.stamp = now
+        bucket = self._refilled(user_id)
         bucket.tokens -= tokens
 
     def take_taken(self) -> dict[str, int]:
@@ -84,6 +68,19 @@ class RateLimiter:
     def retry_after(self, wait: float) -> str:
         """A ``Retry-After`` value (whole seconds, at least 1)."""
         return str(max(1, math.ceil(wait)))
+
+    def _refilled(self, user_id: str) -> _Bucket:
+        """``user_id``'s bucket refilled at the rate up to now (bounded by the burst); a new one is full."""
+        now = self.clock()
+        bucket = self._buckets.get(user_id)
+        if bucket is None:
+            if len(self._buckets) > 100_000:
+                self._prune(now)
+            bucket = self._buckets[user_id] = _Bucket(self.burst, now)
+        else:
+            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
+            bucket.stamp = now
+        return bucket
 
     def _prune(self, now: float) -> None:
         full = [u for u, b in self._buckets.items() if b.tokens + (now - b.stamp) * self.rate >= self.burst]
