@@ -287,13 +287,7 @@ class PeerWakeups:
             parts += (len(frame).to_bytes(2, "big"), frame)
             size += 2 + len(frame)
         datagrams.append(b"".join(parts))
-        try:
-            peers = os.listdir(self.directory)
-        except OSError:
-            return
-        for marker in peers:
-            if marker == self._marker:
-                continue
+        for marker in self._peer_markers():
             for datagram in datagrams:
                 try:
                     sock.sendto(datagram, self.bus_address(marker))
@@ -311,13 +305,7 @@ class PeerWakeups:
         sock = self._sock
         if sock is None:
             return
-        try:
-            peers = os.listdir(self.directory)
-        except OSError:
-            return
-        for marker in peers:
-            if marker == self._marker:
-                continue
+        for marker in self._peer_markers():
             try:
                 sock.sendto(b"!", self._address(marker))
             except (BlockingIOError, InterruptedError):
@@ -328,6 +316,13 @@ class PeerWakeups:
                     os.unlink(os.path.join(self.directory, marker))
             except OSError as e:
                 log.debug("wake-up to %s failed: %s", marker, e)
+
+    def _peer_markers(self) -> list[str]:
+        """The other processes' marker names in the directory ([] when it cannot be listed)."""
+        try:
+            return [m for m in os.listdir(self.directory) if m != self._marker]
+        except OSError:
+            return []
 
     def close(self) -> None:
         """Send the bus frames still queued, stop listening, remove this process's marker (idempotent)."""
