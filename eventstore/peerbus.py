@@ -140,6 +140,13 @@ def decode_frame(frame: bytes) -> tuple[bytes, int, str, str, bytes]:
     return kind, number, node, topic, frame[at:]
 
 
+async def cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` (a background loop) and wait until it has ended; its cancellation is swallowed."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def new_node_id() -> str:
     """A process's id on the bus: its pid and 48 random bits (unique across hosts and restarts)."""
     return f"{os.getpid()}-{secrets.token_hex(6)}"
@@ -360,9 +367,7 @@ class PeerBus:
         """Stop heartbeats and say goodbye (peers drop this node's contributions at once)."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
             self._emit(KIND_GOODBYE)
         if self._announce_handle is not None:
             self._announce_handle.cancel()

@@ -37,7 +37,6 @@ process (docs/RELIABILITY.md).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from typing import Any
 
 import orjson
 
-from eventstore.peerbus import MAX_PAYLOAD, PeerBus
+from eventstore.peerbus import MAX_PAYLOAD, PeerBus, cancel_and_wait
 from server.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -317,9 +316,7 @@ class SharedRateLimit:
         """Stop reporting."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self.limiter.track_taken = False
 
     def report(self) -> None:
