@@ -95,10 +95,12 @@ from eventstore.pg_peerbus import BUS_CHANNEL, BUS_NOTIFY, NotifyOutbox, frame_l
 from eventstore.pg_schema import FEED_SCHEMA, SCHEMA, SCHEMA_LOCK, SCHEMA_VERSION
 from eventstore.sql import (
     FEED_CHECKPOINT_KEY,
-    FEED_READ_COLUMNS,
     MAX_GROUP,
     QUEUE_SIZE,
     RECORD_COLUMNS,
+    feed_entries_to_add,
+    feed_read_query,
+    feed_rows,
     mapped_errors,
     record_from_row,
     record_row,
@@ -847,9 +849,9 @@ class PostgresStore:
                     "SELECT value FROM meta WHERE key = $1 FOR UPDATE", FEED_CHECKPOINT_KEY
                 )
                 current = int(value) if value is not None else 0
-                if not after <= current < upto:
+                fresh = feed_entries_to_add(entries, after, upto, current)
+                if fresh is None:
                     return current
-                fresh = [e for e in entries if e[1] > current]
                 if fresh:
                     await conn.execute(
                         "INSERT INTO feed (user_id, position) "
@@ -872,14 +874,13 @@ class PostgresStore:
         if not is_storable_text(user_id):
             return []
         rows = await self._fetch(
-            f"SELECT {FEED_READ_COLUMNS} WHERE f.user_id = $1 AND f.position > $2 AND f.position <= $3 "
-            "ORDER BY f.position LIMIT $4",
+            feed_read_query("$1", "$2", "$3", "$4"),
             user_id,
             clamp_int64(after_position),
             clamp_int64(upto),
             read_limit(limit),
         )
-        return [(int(r[0]), bytes(r[1])) for r in rows]
+        return feed_rows(rows)
 
     async def reset_feed(self) -> None:
         """Drop every feed entry and set the checkpoint to 0."""

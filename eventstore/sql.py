@@ -80,5 +80,35 @@ index is then built from the log by the first server that starts)."""
 FEED_CHECKPOINT_KEY = "feed_checkpoint"
 """The ``meta`` key of the feed index's checkpoint (a decimal global position)."""
 
-FEED_READ_COLUMNS = "f.position, e.body FROM feed f JOIN events e ON e.position = f.position"
-"""What a feed read selects: the entry's position and the event's bytes (``FROM`` included)."""
+
+def feed_entries_to_add(
+    entries: Sequence[tuple[str, int]], after: int, upto: int, current: int
+) -> list[tuple[str, int]] | None:
+    """What a feed index write adds, given the checkpoint ``current`` read in its transaction.
+
+    None when ``current`` is not in ``after .. upto - 1`` (another writer has indexed this range
+    already, or a range before it is missing: the write changes nothing and returns ``current``);
+    otherwise the ``(user_id, position)`` entries past ``current``, after which the checkpoint
+    moves to ``upto`` (see :meth:`eventstore.store.Store.feed_index`).
+    """
+    if not after <= current < upto:
+        return None
+    return [e for e in entries if e[1] > current]
+
+
+def feed_read_query(user_id: str, after: str, upto: str, limit: str) -> str:
+    """A feed read's SQL, given each backend's placeholders for its four parameters.
+
+    Selects the entry's position and the event's bytes for one user's positions in
+    ``after + 1 .. upto``, in position order, at most ``limit`` rows; :func:`feed_rows` converts them.
+    """
+    return (
+        "SELECT f.position, e.body FROM feed f JOIN events e ON e.position = f.position "
+        f"WHERE f.user_id = {user_id} AND f.position > {after} AND f.position <= {upto} "
+        f"ORDER BY f.position LIMIT {limit}"
+    )
+
+
+def feed_rows(rows: Sequence[Sequence[Any]]) -> list[tuple[int, bytes]]:
+    """``(position, event bytes)`` from rows selected by :func:`feed_read_query`."""
+    return [(int(r[0]), bytes(r[1])) for r in rows]

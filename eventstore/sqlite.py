@@ -57,11 +57,13 @@ from eventstore.notifier import Notifier
 from eventstore.peerbus import PeerBus
 from eventstore.sql import (
     FEED_CHECKPOINT_KEY,
-    FEED_READ_COLUMNS,
     FEED_TABLE,
     MAX_GROUP,
     QUEUE_SIZE,
     RECORD_COLUMNS,
+    feed_entries_to_add,
+    feed_read_query,
+    feed_rows,
     mapped_errors,
     record_from_row,
     record_row,
@@ -524,11 +526,12 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> int:
             row = conn.execute("SELECT value FROM meta WHERE key = ?", (FEED_CHECKPOINT_KEY,)).fetchone()
             current = int(row[0]) if row else 0
-            if not after <= current < upto:
+            fresh = feed_entries_to_add(entries, after, upto, current)
+            if fresh is None:
                 return current
             conn.executemany(
                 "INSERT INTO feed (user_id, position) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                [e for e in entries if e[1] > current],
+                fresh,
             )
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -545,11 +548,10 @@ class SQLiteStore:
         if not is_storable_text(user_id):
             return []
         rows = await self._fetch(
-            f"SELECT {FEED_READ_COLUMNS} WHERE f.user_id = ? AND f.position > ? AND f.position <= ? "
-            "ORDER BY f.position LIMIT ?",
+            feed_read_query("?", "?", "?", "?"),
             (user_id, clamp_int64(after_position), clamp_int64(upto), _sql_limit(limit)),
         )
-        return [(int(r[0]), bytes(r[1])) for r in rows]
+        return feed_rows(rows)
 
     async def reset_feed(self) -> None:
         """Drop every feed entry and the checkpoint."""
