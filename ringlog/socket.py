@@ -42,7 +42,6 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from types import TracebackType
 from typing import Any, Literal
 
 import aiohttp
@@ -54,7 +53,7 @@ from ringlog.backoff import Backoff, parse_retry_after
 from ringlog.models import Event, FeedItem
 from ringlog.ordering import SeqOrderer
 from ringlog.rest import TRANSIENT_ERRORS, auth_headers
-from ringlog.stream import CLOSE_TOKEN_EXPIRED, MAX_SEQ, AccessRevoked, StreamError
+from ringlog.stream import CLOSE_TOKEN_EXPIRED, MAX_SEQ, AccessRevoked, ConnectionLifecycle, StreamError
 from ringlog.urls import base_url as checked_base_url
 from ringlog.urls import websocket_url
 
@@ -350,7 +349,7 @@ class FeedStream:
         self._stream.end(error)
 
 
-class RinglogSocket:
+class RinglogSocket(ConnectionLifecycle[SocketStatus]):
     """``async with RinglogSocket(url, user_id="alice") as sock: sub = await sock.subscribe(id)``.
 
     One ``GET /v1/ws`` connection (API.md v2), opened by ``async with`` and kept open — resumed
@@ -384,6 +383,8 @@ class RinglogSocket:
         self.queue_bytes = queue_bytes
         self.heartbeat = heartbeat
         self.on_status = on_status
+        self._status_log = "/v1/ws"
+        self._logger = log
         self.on_error = on_error
         self.status: SocketStatus = "connecting"
         self.status_history: list[SocketStatus] = ["connecting"]
@@ -402,9 +403,7 @@ class RinglogSocket:
     # -- lifetime ------------------------------------------------------------------------
 
     async def __aenter__(self) -> RinglogSocket:
-        self._session = aiohttp.ClientSession()
-        self._task = asyncio.create_task(self._run(), name="RinglogSocket")
-        self._task.add_done_callback(self._task_ended)
+        self._start("RinglogSocket")
         return self
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
@@ -414,33 +413,13 @@ class RinglogSocket:
             self._set_status("closed", "the socket's task was cancelled")
             self._end_all(StreamError("internal_error", "the socket's task was cancelled"))
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
     async def close(self) -> None:
         """Close the connection; every stream ends (its consumer gets what was received, then
         the end of iteration)."""
-        if self._closed:
+        if not await self._stop():
             return
-        self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._session is not None:
-            await self._session.close()
         self._end_all(None)
         self._set_status("closed")
-
-    async def wait_for_status(self, *statuses: SocketStatus, timeout: float = 30.0) -> SocketStatus:
-        """Wait (at most ``timeout`` s, else ``TimeoutError``) until ``status`` is one of ``statuses``."""
-        async with asyncio.timeout(timeout):
-            while self.status not in statuses:
-                self._status_changed.clear()
-                await self._status_changed.wait()
-        return self.status
 
     # -- what a caller does ------------------------------------------------------------------
 
@@ -539,21 +518,6 @@ class RinglogSocket:
 
     # -- the connection ------------------------------------------------------------------
 
-    def _set_status(self, status: SocketStatus, detail: str = "") -> None:
-        if status != self.status:
-            log.info("/v1/ws: %s -> %s %s", self.status, status, detail)
-            self.status = status
-            self.status_history.append(status)
-            self._status_changed.set()
-            self._tell(status, detail)
-
-    def _tell(self, status: SocketStatus, detail: str) -> None:
-        if self.on_status is not None:
-            try:
-                self.on_status(status, detail)
-            except Exception:  # the caller's callback must not end the socket
-                log.exception("on_status callback failed")
-
     def _end_all(self, error: StreamError | None) -> None:
         for sub in list(self.subscriptions.values()):
             sub._end(error)
@@ -579,12 +543,6 @@ class RinglogSocket:
             log.exception("/v1/ws: the socket stopped")
             self._set_status("closed", str(e))
             self._end_all(StreamError("internal_error", f"{type(e).__name__}: {e}"))
-
-    def _headers(self) -> dict[str, str]:
-        try:
-            return auth_headers(self.token, self.user_id)
-        except ValueError as e:  # a get_token that returned what no header can carry
-            raise StreamError("unauthorized", str(e)) from None
 
     async def _connect_once(self) -> tuple[float | None, str]:
         """Serve one connection until it ends: (``Retry-After`` hint, 0 = at once; why it ended)."""

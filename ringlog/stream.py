@@ -26,7 +26,7 @@ import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import aiohttp
 import orjson
@@ -99,7 +99,97 @@ class _End:
     """Queued when the stream is closed, to wake a waiting consumer."""
 
 
-class DraftStream:
+StatusT = TypeVar("StatusT", bound=str)
+"""The status values of one kind of connection (a ``Literal`` of strings)."""
+
+
+class ConnectionLifecycle(Generic[StatusT]):
+    """The background task, status reporting and credentials of one resuming connection.
+
+    A subclass sets every attribute annotated here in its ``__init__`` and provides ``_run``
+    (the task: connect, serve, reconnect), ``_task_ended`` (the guard for a task that ended
+    other than through ``close()``) and ``close()`` (which calls :meth:`_stop` first).
+    ``_status_log`` prefixes the status changes logged on ``_logger``.
+    """
+
+    status: StatusT
+    status_history: list[StatusT]
+    on_status: Callable[[StatusT, str], None] | None
+    token: str | None
+    user_id: str | None
+    _status_changed: asyncio.Event
+    _session: aiohttp.ClientSession | None
+    _task: asyncio.Task[None] | None
+    _closed: bool
+    _status_log: str
+    _logger: logging.Logger
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Stop the connection (idempotent)."""
+        raise NotImplementedError
+
+    def _start(self, task_name: str) -> None:
+        """Open the HTTP session and start the background task (from ``__aenter__``)."""
+        self._session = aiohttp.ClientSession()
+        self._task = asyncio.create_task(self._run(), name=task_name)
+        self._task.add_done_callback(self._task_ended)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def _stop(self) -> bool:
+        """Mark closed, cancel and await the task, close the session; False if already closed."""
+        if self._closed:
+            return False
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._session is not None:
+            await self._session.close()
+        return True
+
+    async def wait_for_status(self, *statuses: StatusT, timeout: float = 30.0) -> StatusT:
+        """Wait (at most ``timeout`` s, else ``TimeoutError``) until ``status`` is one of
+        ``statuses`` (for tests and dashboards)."""
+        async with asyncio.timeout(timeout):
+            while self.status not in statuses:
+                self._status_changed.clear()
+                await self._status_changed.wait()
+        return self.status
+
+    def _set_status(self, status: StatusT, detail: str = "") -> None:
+        if status != self.status:
+            self._logger.info("%s: %s -> %s %s", self._status_log, self.status, status, detail)
+            self.status = status
+            self.status_history.append(status)
+            self._status_changed.set()
+            self._tell(status, detail)
+
+    def _tell(self, status: StatusT, detail: str) -> None:
+        if self.on_status is not None:
+            try:
+                self.on_status(status, detail)
+            except Exception:  # the caller's callback must not end the connection
+                self._logger.exception("on_status callback failed")
+
+    def _headers(self) -> dict[str, str]:
+        try:
+            return auth_headers(self.token, self.user_id)
+        except ValueError as e:  # a get_token that returned what no header can carry
+            raise StreamError("unauthorized", str(e)) from None
+
+
+class DraftStream(ConnectionLifecycle[Status]):
     """``async with DraftStream(url, draft_id, user_id="alice") as s: async for e in s: …``"""
 
     def __init__(
@@ -128,6 +218,8 @@ class DraftStream:
         self.draft_id = draft_id
         self._draft_path = urllib.parse.quote(draft_id, safe="")
         self.on_status = on_status
+        self._status_log = f"draft {draft_id}"
+        self._logger = log
         self.token = token
         self.user_id = user_id
         self.get_token = get_token
@@ -156,9 +248,7 @@ class DraftStream:
     # -- lifetime ------------------------------------------------------------------------
 
     async def __aenter__(self) -> DraftStream:
-        self._session = aiohttp.ClientSession()
-        self._task = asyncio.create_task(self._run(), name=f"DraftStream {self.draft_id}")
-        self._task.add_done_callback(self._task_ended)
+        self._start(f"DraftStream {self.draft_id}")
         return self
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
@@ -169,22 +259,10 @@ class DraftStream:
             with contextlib.suppress(asyncio.QueueFull):
                 self._queue.put_nowait(StreamError("internal_error", "the stream's task was cancelled"))
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
     async def close(self) -> None:
         """Stop the connection; a consumer waiting for an event gets the end of iteration."""
-        if self._closed:
+        if not await self._stop():
             return
-        self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._session is not None:
-            await self._session.close()
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(_End())
 
@@ -204,29 +282,6 @@ class DraftStream:
             raise item
         self.last_seq = item.seq
         return item
-
-    async def wait_for_status(self, *statuses: Status, timeout: float = 30.0) -> Status:
-        """Wait until ``status`` is one of ``statuses`` (for tests and dashboards)."""
-        async with asyncio.timeout(timeout):
-            while self.status not in statuses:
-                self._status_changed.clear()
-                await self._status_changed.wait()
-        return self.status
-
-    def _set_status(self, status: Status, detail: str = "") -> None:
-        if status != self.status:
-            log.info("draft %s: %s -> %s %s", self.draft_id, self.status, status, detail)
-            self.status = status
-            self.status_history.append(status)
-            self._status_changed.set()
-            self._tell(status, detail)
-
-    def _tell(self, status: Status, detail: str) -> None:
-        if self.on_status is not None:
-            try:
-                self.on_status(status, detail)
-            except Exception:  # the caller's callback must not end the stream
-                log.exception("on_status callback failed")
 
     # -- presence (API.md v2) ------------------------------------------------------------
 
@@ -290,12 +345,6 @@ class DraftStream:
             log.exception("draft %s: the stream stopped", self.draft_id)
             self._set_status("offline", str(e))
             await self._queue.put(StreamError("internal_error", f"{type(e).__name__}: {e}"))
-
-    def _headers(self) -> dict[str, str]:
-        try:
-            return auth_headers(self.token, self.user_id)
-        except ValueError as e:  # a get_token that returned what no header can carry
-            raise StreamError("unauthorized", str(e)) from None
 
     def _http(self) -> aiohttp.ClientSession:
         assert self._session is not None, "use DraftStream with 'async with'"
