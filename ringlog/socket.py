@@ -130,7 +130,39 @@ class _Stream:
             await self.wake.wait()
 
 
-class DraftSubscription:
+class _SocketStream:
+    """What a draft's subscription and the feed share on the socket: the bounded queue, whether
+    the current subscription's items are taken in, and the retry of a refused subscribe."""
+
+    def __init__(self, socket: RinglogSocket) -> None:
+        self.status: SubscriptionStatus = "subscribing"
+        self._socket = socket
+        self._stream = _Stream(socket.queue_size, socket.queue_bytes)
+        self._accepting = False
+        self._backoff = Backoff(base=0.5, cap=30.0)
+        self._retry: asyncio.Task[None] | None = None
+
+    def _disconnected(self) -> None:
+        """The connection dropped: take nothing until subscribed again; "behind" stays behind."""
+        self._accepting = False
+        if self.status == "live":
+            self.status = "subscribing"
+        self._cancel_retry()
+
+    def _cancel_retry(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+
+    def _end(self, error: BaseException | None) -> None:
+        """The stream ends: its consumer gets what was received, then ``error`` (or the end)."""
+        self.status = "ended"
+        self._accepting = False
+        self._cancel_retry()
+        self._stream.end(error)
+
+
+class DraftSubscription(_SocketStream):
     """One draft followed on a :class:`RinglogSocket`: ``async for event in subscription``.
 
     Yields :class:`~ringlog.models.Event` — every event of the draft with ``seq > since`` exactly
@@ -144,8 +176,8 @@ class DraftSubscription:
     """
 
     def __init__(self, socket: RinglogSocket, draft_id: str, since: int | None) -> None:
+        super().__init__(socket)
         self.draft_id = draft_id
-        self.status: SubscriptionStatus = "subscribing"
         self.head_seq: int | None = None
         """The draft's head when the server last answered ``subscribed``."""
         self.last_seq = since or 0
@@ -154,14 +186,9 @@ class DraftSubscription:
         self.presence_state: dict[str, Any] | None = None
         """The state this client set with :meth:`RinglogSocket.set_presence` (sent again after
         every reconnect)."""
-        self._socket = socket
         self._since_known = since is not None
         self._orderer: SeqOrderer[Event] = SeqOrderer(since or 0)
-        self._stream = _Stream(socket.queue_size, socket.queue_bytes)
-        self._accepting = False
         self._members_changed = asyncio.Event()
-        self._backoff = Backoff(base=0.5, cap=30.0)
-        self._retry: asyncio.Task[None] | None = None
 
     @property
     def since(self) -> int | None:
@@ -233,23 +260,12 @@ class DraftSubscription:
         return True
 
     def _disconnected(self) -> None:
-        self._accepting = False
-        if self.status != "ended":
-            self.status = "behind" if self.status == "behind" else "subscribing"
-        self._set_members({})
-        self._cancel_retry()
-
-    def _cancel_retry(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
+        self._set_members({})  # refilled by the next presence_sync
+        super()._disconnected()
 
     def _end(self, error: BaseException | None) -> None:
-        self.status = "ended"
-        self._accepting = False
-        self._cancel_retry()
         self._set_members({})
-        self._stream.end(error)
+        super()._end(error)
 
     def _set_members(self, members: dict[str, dict[str, Any]]) -> None:
         self.members = members
@@ -280,7 +296,7 @@ class DraftSubscription:
         self._set_members(members)
 
 
-class FeedStream:
+class FeedStream(_SocketStream):
     """The caller's own feed on a :class:`RinglogSocket` (API.md v2 "The caller's own feed").
 
     ``async for item in feed`` yields :class:`~ringlog.models.FeedItem` (``item.position``,
@@ -290,14 +306,9 @@ class FeedStream:
     """
 
     def __init__(self, socket: RinglogSocket, after: int | None) -> None:
-        self.status: SubscriptionStatus = "subscribing"
+        super().__init__(socket)
         self.last_position = after or 0
         self._after = after
-        self._socket = socket
-        self._stream = _Stream(socket.queue_size, socket.queue_bytes)
-        self._accepting = False
-        self._backoff = Backoff(base=0.5, cap=30.0)
-        self._retry: asyncio.Task[None] | None = None
 
     def __aiter__(self) -> AsyncIterator[FeedItem]:
         return self
@@ -330,23 +341,6 @@ class FeedStream:
             self.status = "behind"
             return
         self._after = item.position
-
-    def _disconnected(self) -> None:
-        self._accepting = False
-        if self.status == "live":
-            self.status = "subscribing"
-        self._cancel_retry()
-
-    def _cancel_retry(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
-
-    def _end(self, error: BaseException | None) -> None:
-        self.status = "ended"
-        self._accepting = False
-        self._cancel_retry()
-        self._stream.end(error)
 
 
 class RinglogSocket(ConnectionLifecycle[SocketStatus]):
