@@ -29,6 +29,7 @@ from tests.e2e.test_browser import (  # noqa: F401  (browser: the Chromium fixtu
     _signed_in,
     browser,
 )
+from tests.projections.eventlogs import random_log
 from tests.serverproc import ServerProcess
 
 pytestmark = pytest.mark.browser
@@ -408,75 +409,6 @@ async def test_browser_fold_equals_the_server_after_random_access_changes(
 # -- ringlog.js's fold against the server's fold, event by event -----------------------------
 
 
-def _random_history(rng: random.Random, draft_id: str, length: int) -> list[dict[str, Any]]:
-    """A valid log of every event type, built the way the server writes them (API.md)."""
-    ts = lambda seq: f"2026-01-01T00:00:{seq % 60:02d}.{seq % 1000:03d}Z"  # noqa: E731
-    events: list[dict[str, Any]] = []
-
-    def emit(type_: EventType, user: str, data: dict[str, Any]) -> None:
-        seq = len(events) + 1
-        events.append({"type": str(type_), "draft_id": draft_id, "seq": seq, "ts": ts(seq),
-                       "user_id": user, "data": data})  # fmt: skip
-
-    emit(EventType.DRAFT_CREATED, "alice", {"title": "t", "description": "", "creator_id": "alice"})
-    members: dict[str, str] = {}
-    holder, history, archived, segment_id = "alice", ["alice"], False, 0
-
-    def give_back(user: str) -> None:
-        nonlocal holder, history
-        if holder == user:
-            holder, history = "alice", [*history, "alice"]
-            emit(EventType.RING_PASSED, "alice", {"from_user_id": user, "to_user_id": "alice",
-                                                  "current_holder_id": "alice",
-                                                  "holders_history": list(history)})  # fmt: skip
-
-    while len(events) < length:
-        op = rng.choice(["add", "remove", "role", "archive", "segment", "pass", "update"])
-        outsiders = [u for u in ("bob", "carol", "dave") if u not in members]
-        if op == "add" and outsiders:
-            who, role = rng.choice(outsiders), rng.choice(["contributor", "viewer"])
-            members[who] = role
-            emit(EventType.COLLABORATOR_ADDED, "alice",
-                 {"collaborator_id": who, "role": role, "joined_at": ts(len(events) + 1)})  # fmt: skip
-        elif op == "remove" and members:
-            who = rng.choice(sorted(members))
-            emit(EventType.COLLABORATOR_REMOVED, "alice", {"collaborator_id": who, "role": members.pop(who)})
-            give_back(who)
-        elif op == "role" and members:
-            who = rng.choice(sorted(members))
-            to = "viewer" if members[who] == "contributor" else "contributor"
-            emit(
-                EventType.ROLE_CHANGED,
-                "alice",
-                {"collaborator_id": who, "from_role": members[who], "to_role": to},
-            )
-            members[who] = to
-            if to == "viewer":
-                give_back(who)
-        elif op == "archive":
-            archived = not archived
-            emit(EventType.DRAFT_ARCHIVED if archived else EventType.DRAFT_UNARCHIVED, "alice", {})
-        elif op == "segment":
-            segment_id += 1
-            position = sum(e["type"] == EventType.SEGMENT_ADDED for e in events) + 1
-            emit(EventType.SEGMENT_ADDED, holder, {"segment": {
-                "id": segment_id, "author_user_id": holder, "content": f"c{segment_id}",
-                "position": position, "created_at": ts(len(events) + 1)}})  # fmt: skip
-        elif op == "pass":
-            targets = [u for u, r in members.items() if r == "contributor" and u != holder]
-            targets += ["alice"] if holder != "alice" else []
-            if targets:
-                to_user = rng.choice(targets)
-                history = [*history, to_user]
-                emit(EventType.RING_PASSED, holder, {"from_user_id": holder, "to_user_id": to_user,
-                                                     "current_holder_id": to_user,
-                                                     "holders_history": list(history)})  # fmt: skip
-                holder = to_user
-        elif op == "update":
-            emit(EventType.DRAFT_UPDATED, "alice", {"title": f"title {len(events)}"})
-    return events
-
-
 async def test_ringlog_js_folds_every_prefix_like_the_server(
     browser: Browser,  # noqa: F811
     server: ServerProcess,
@@ -484,7 +416,7 @@ async def test_ringlog_js_folds_every_prefix_like_the_server(
     """300 random valid logs with removals, role changes and archives: ringlog.js's foldEvent
     gives projections.fold's state after every event (the same JSON)."""
     rng = random.Random(13)
-    histories = [_random_history(rng, f"draft_{i}", rng.randint(1, 40)) for i in range(300)]
+    histories = [random_log(rng, f"draft_{i}", rng.randint(1, 40), unknown_types=False) for i in range(300)]
     types = {e["type"] for h in histories for e in h}
     assert types == set(EventType), set(EventType) - types
     page = await (await browser.new_context()).new_page()
