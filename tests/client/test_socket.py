@@ -22,25 +22,17 @@ from ringlog import (
 )
 from ringlog.backoff import Backoff
 from server.state import AppState
+from tests.client.sockets import TIMEOUT, api_and_socket, fast_backoff, take
 from tests.server.wsclient import serving_app
 from tests.serverproc import ServerProcess, make_token
 
-TIMEOUT = 20
 CLOSE_TRY_AGAIN_LATER = 1013
-
-
-def fast_backoff() -> Backoff:
-    return Backoff(base=0.05, cap=0.5)
 
 
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[TestServer, str]]:
     async with serving_app(max_subscriptions_per_socket=5) as (server, _store):
         yield server, str(server.make_url("")).rstrip("/")
-
-
-async def take(sub: DraftSubscription, n: int) -> list[Event]:
-    return [await asyncio.wait_for(anext(sub), TIMEOUT) for _ in range(n)]
 
 
 async def take_until(sub: DraftSubscription, seq: int) -> list[Event]:
@@ -99,10 +91,7 @@ async def test_1013_mid_stream_resubscribes_each_draft_from_its_own_seq(
     served: tuple[TestServer, str],
 ) -> None:
     server, url = served
-    async with (
-        RinglogClient(url, user_id="alice") as api,
-        RinglogSocket(url, user_id="alice", backoff=fast_backoff()) as sock,
-    ):
+    async with api_and_socket(url, backoff=fast_backoff()) as (api, sock):
         drafts = [(await api.create_draft(f"D{i}")).id for i in range(3)]
         subs = [await sock.subscribe(d, since=0) for d in drafts]
         await take(subs[0], 1)  # connected and subscribed
@@ -124,10 +113,7 @@ async def test_a_subscription_from_the_head_resumes_from_the_head_it_was_given(
     served: tuple[TestServer, str],
 ) -> None:
     server, url = served
-    async with (
-        RinglogClient(url, user_id="alice") as api,
-        RinglogSocket(url, user_id="alice", backoff=fast_backoff()) as sock,
-    ):
+    async with api_and_socket(url, backoff=fast_backoff()) as (api, sock):
         draft = await api.create_draft("From now")
         await api.append_segment(draft.id, "old")
         sub = await sock.subscribe(draft.id)  # since None: after the head (2)
@@ -143,10 +129,7 @@ async def test_a_subscription_from_the_head_resumes_from_the_head_it_was_given(
 
 async def test_revocation_ends_one_stream_only(served: tuple[TestServer, str]) -> None:
     _server, url = served
-    async with (
-        RinglogClient(url, user_id="alice") as alice,
-        RinglogSocket(url, user_id="bob") as sock,
-    ):
+    async with api_and_socket(url, socket_user="bob") as (alice, sock):
         kept, lost = (await alice.create_draft("kept")).id, (await alice.create_draft("lost")).id
         for d in (kept, lost):
             await alice.add_collaborator(d, "bob", "contributor")
@@ -167,10 +150,7 @@ async def test_revocation_ends_one_stream_only(served: tuple[TestServer, str]) -
 
 async def test_a_refused_subscription_ends_its_stream_only(served: tuple[TestServer, str]) -> None:
     _server, url = served
-    async with (
-        RinglogClient(url, user_id="alice") as alice,
-        RinglogSocket(url, user_id="bob") as sock,
-    ):
+    async with api_and_socket(url, socket_user="bob") as (alice, sock):
         shared, private = (await alice.create_draft("shared")).id, (await alice.create_draft("private")).id
         await alice.add_collaborator(shared, "bob", "viewer")
         sub = await sock.subscribe(shared, since=0)
@@ -224,10 +204,7 @@ async def test_a_consumer_that_falls_behind_catches_up_without_stalling_the_othe
     served: tuple[TestServer, str],
 ) -> None:
     _server, url = served
-    async with (
-        RinglogClient(url, user_id="alice") as api,
-        RinglogSocket(url, user_id="alice", queue_size=4) as sock,
-    ):
+    async with api_and_socket(url, queue_size=4) as (api, sock):
         slow_id, fast_id = (await api.create_draft("slow")).id, (await api.create_draft("fast")).id
         slow, fast = await sock.subscribe(slow_id, since=0), await sock.subscribe(fast_id, since=0)
         heads = await writers(api, [slow_id, fast_id], 20)
@@ -274,10 +251,7 @@ async def test_a_fatal_close_ends_every_stream(served: tuple[TestServer, str]) -
 
 
 async def test_everything_resumes_across_a_server_restart(server: ServerProcess) -> None:
-    async with (
-        RinglogClient(server.url, user_id="alice") as api,
-        RinglogSocket(server.url, user_id="alice", backoff=Backoff(base=0.2, cap=2.0)) as sock,
-    ):
+    async with api_and_socket(server.url, backoff=Backoff(base=0.2, cap=2.0)) as (api, sock):
         drafts = [(await api.create_draft(f"D{i}")).id for i in range(2)]
         subs = [await sock.subscribe(d, since=0) for d in drafts]
         seen: dict[str, list[int]] = {d: [] for d in drafts}
@@ -434,10 +408,7 @@ async def test_a_stream_behind_when_the_socket_drops_catches_up_after_the_reconn
     served: tuple[TestServer, str],
 ) -> None:
     server, url = served
-    async with (
-        RinglogClient(url, user_id="alice") as api,
-        RinglogSocket(url, user_id="alice", queue_size=4, backoff=fast_backoff()) as sock,
-    ):
+    async with api_and_socket(url, queue_size=4, backoff=fast_backoff()) as (api, sock):
         slow_id, fast_id = (await api.create_draft("slow")).id, (await api.create_draft("fast")).id
         slow, fast = await sock.subscribe(slow_id, since=0), await sock.subscribe(fast_id, since=0)
         heads = await writers(api, [slow_id, fast_id], 12)

@@ -10,23 +10,17 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from ringlog import ApiError, FeedItem, FeedStream, RinglogClient, RinglogSocket
-from ringlog.backoff import Backoff
+from ringlog import ApiError, RinglogClient, RinglogSocket
 from server.feed_subscription import FeedSubscription
 from server.state import AppState
+from tests.client.sockets import TIMEOUT, api_and_socket, fast_backoff, take
 from tests.server.wsclient import serving_app
-
-TIMEOUT = 20
 
 
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[TestServer, str]]:
     async with serving_app() as (server, _store):
         yield server, str(server.make_url("")).rstrip("/")
-
-
-async def take(feed: FeedStream, n: int) -> list[FeedItem]:
-    return [await asyncio.wait_for(anext(feed), TIMEOUT) for _ in range(n)]
 
 
 async def test_my_events_pages_resumes_and_long_polls(served: tuple[TestServer, str]) -> None:
@@ -57,10 +51,7 @@ async def test_the_feed_on_the_socket_resumes_after_1013_without_gap_or_repeat(
     served: tuple[TestServer, str],
 ) -> None:
     server, url = served
-    async with (
-        RinglogClient(url, user_id="alice") as alice,
-        RinglogSocket(url, user_id="bob", backoff=Backoff(base=0.05, cap=0.5)) as sock,
-    ):
+    async with api_and_socket(url, socket_user="bob", backoff=fast_backoff()) as (alice, sock):
         feed = await sock.feed(after=0)
         drafts = [(await alice.create_draft(f"D{i}")).id for i in range(4)]
         await alice.add_collaborator(drafts[0], "bob", "contributor")
@@ -128,10 +119,7 @@ async def test_a_feed_the_server_ends_for_now_is_subscribed_again(
 
     monkeypatch.setattr(FeedSubscription, "catch_up", failing_once)
     errors: list[dict[str, Any]] = []
-    async with (
-        RinglogClient(url, user_id="alice") as alice,
-        RinglogSocket(url, user_id="bob", on_error=errors.append) as sock,
-    ):
+    async with api_and_socket(url, socket_user="bob", on_error=errors.append) as (alice, sock):
         draft = (await alice.create_draft("D")).id
         await alice.add_collaborator(draft, "bob", "viewer")
         feed = await sock.feed(after=0)  # answered subscribed_me, then "unavailable"
