@@ -73,6 +73,28 @@ async def get_presence(c: Client, d: str, user: str) -> tuple[int, Any]:
         return r.status, await r.json()
 
 
+async def present(c: Client, d: str, user: str) -> dict[str, Any]:
+    """``GET …/presence`` as ``user``, which must answer 200: each present user's state, by user
+    id, in the order the server lists them."""
+    status, body = await get_presence(c, d, user)
+    assert status == 200, body
+    return {m["user_id"]: m["state"] for m in body["data"]}
+
+
+async def remove_bob(c: Client, d: str) -> None:
+    """alice removes bob from ``d`` (REST)."""
+    async with c.http.delete(
+        c.server.make_url(f"/v1/collab/drafts/{d}/collaborators/bob"), headers={"X-User-Id": "alice"}
+    ) as r:
+        assert r.status == 200
+
+
+async def subscribe(ws: aiohttp.ClientWebSocketResponse, d: str) -> None:
+    """Subscribe ``d`` on a /v1/ws socket from the head; the next message must be ``subscribed``."""
+    await ws.send_json({"type": "subscribe", "draft_id": d})
+    assert (await message(ws))["type"] == "subscribed"
+
+
 async def test_sync_comes_before_any_event_even_during_catch_up(app: tuple[Client, MemoryStore]) -> None:
     c, _ = app
     d = await team(c)
@@ -126,8 +148,7 @@ async def test_join_update_leave_and_the_senders_echo(app: tuple[Client, MemoryS
             assert await quiet(bob) == []  # the same state again: nothing changed, nothing sent
         leave = await presence(alice)
         assert (leave["event"], leave["user_id"], leave["state"]) == ("leave", "bob", None)
-        status, body = await get_presence(c, d, "alice")
-        assert status == 200 and [m["user_id"] for m in body["data"]] == ["alice"]
+        assert list(await present(c, d, "alice")) == ["alice"]
 
 
 async def test_two_sockets_of_one_user_are_one_entry(app: tuple[Client, MemoryStore]) -> None:
@@ -143,12 +164,7 @@ async def test_two_sockets_of_one_user_are_one_entry(app: tuple[Client, MemorySt
                 assert sorted(m["user_id"] for m in sync["members"]) == ["alice", "bob"]
                 await bob2.send_json({"type": "presence", "state": {"at": 2}})
                 assert (await presence(bob1))["state"] == {"at": 2}  # the user's other socket too
-                status, body = await get_presence(c, d, "vera")
-                assert status == 200
-                assert [(m["user_id"], m["state"]) for m in body["data"]] == [
-                    ("alice", {}),
-                    ("bob", {"at": 2}),
-                ]
+                assert list((await present(c, d, "vera")).items()) == [("alice", {}), ("bob", {"at": 2})]
             # one of bob's sockets left: bob is still present, with the state set last
             got = [m for m in await quiet(alice) if m["type"] == "presence"]
             assert [(m["event"], m["user_id"]) for m in got] == [("update", "bob")]
@@ -186,8 +202,7 @@ async def test_invalid_presence_is_refused_and_the_socket_stays_open(
         assert await quiet(vera) == []  # nothing reached the others
         await c.segment(d, "alice", "still streaming")
         assert (await message(alice))["seq"] == 4
-        status, body = await get_presence(c, d, "alice")
-        assert status == 200 and {m["user_id"]: m["state"] for m in body["data"]}["alice"] == {"ok": 1}
+        assert (await present(c, d, "alice"))["alice"] == {"ok": 1}
 
 
 async def test_updates_beyond_the_rate_are_coalesced_to_the_latest() -> None:
@@ -221,10 +236,7 @@ async def test_revocation_ends_presence_with_a_leave(app: tuple[Client, MemorySt
         await opened(alice)
         await opened(bob)
         assert (await presence(alice))["event"] == "join"
-        async with c.http.delete(
-            c.server.make_url(f"/v1/collab/drafts/{d}/collaborators/bob"), headers={"X-User-Id": "alice"}
-        ) as r:
-            assert r.status == 200
+        await remove_bob(c, d)
         removal = await message(alice)
         assert removal["type"] == "collab.collaborator_removed"
         leave = await message(alice)  # the removal, then bob's leave: presence ends with it
@@ -236,8 +248,7 @@ async def test_revocation_ends_presence_with_a_leave(app: tuple[Client, MemorySt
                 break
             bob_saw.append(msg.json()["type"])
         assert bob_saw == ["collab.collaborator_removed", "error"] and bob.close_code == 4403
-        status, body = await get_presence(c, d, "alice")
-        assert status == 200 and [m["user_id"] for m in body["data"]] == ["alice"]
+        assert list(await present(c, d, "alice")) == ["alice"]
 
 
 async def test_get_presence_is_for_viewers_only(app: tuple[Client, MemoryStore]) -> None:
@@ -320,11 +331,9 @@ async def test_mux_sync_after_subscribed_before_events_and_one_entry_across_sock
                         "bob",
                         {"via": "mux"},
                     )
-            status, body = await get_presence(c, d, "alice")
-            assert status == 200 and sorted(m["user_id"] for m in body["data"]) == ["alice", "bob"]
+            assert sorted(await present(c, d, "alice")) == ["alice", "bob"]
             # resubscribing is not a leave and a join for the others
-            await bob_mux.send_json({"type": "subscribe", "draft_id": d})
-            assert (await message(bob_mux))["type"] == "subscribed"
+            await subscribe(bob_mux, d)
             assert (await message(bob_mux))["type"] == "presence_sync"
             assert await quiet(alice) == []
             await bob_mux.send_json({"type": "unsubscribe", "draft_id": d})
@@ -336,8 +345,7 @@ async def test_mux_sync_after_subscribed_before_events_and_one_entry_across_sock
                 await bob_mux.send_json(sent)
                 error = await message(bob_mux)
                 assert error["type"] == "error" and error["code"] == "bad_message", error
-            await bob_mux.send_json({"type": "subscribe", "draft_id": d})
-            assert (await message(bob_mux))["type"] == "subscribed"
+            await subscribe(bob_mux, d)
             assert (await message(bob_mux))["type"] == "presence_sync"
             await bob_mux.send_json({"type": "presence", "draft_id": d, "state": {"x": "y" * 600}})
             error = await message(bob_mux)
@@ -357,17 +365,12 @@ async def test_mux_revocation_ends_presence_with_a_leave_after_the_removal(
         await opened(alice)
         bob_mux = await mux_socket(c, "bob")
         try:
-            await bob_mux.send_json({"type": "subscribe", "draft_id": d})
-            assert (await message(bob_mux))["type"] == "subscribed"
+            await subscribe(bob_mux, d)
             assert (await presence(alice))["event"] == "join"
-            async with c.http.delete(
-                c.server.make_url(f"/v1/collab/drafts/{d}/collaborators/bob"), headers={"X-User-Id": "alice"}
-            ) as r:
-                assert r.status == 200
+            await remove_bob(c, d)
             assert (await message(alice))["type"] == "collab.collaborator_removed"
             leave = await message(alice)
             assert (leave["type"], leave["event"], leave["user_id"]) == ("presence", "leave", "bob")
-            status, body = await get_presence(c, d, "alice")
-            assert status == 200 and [m["user_id"] for m in body["data"]] == ["alice"]
+            assert list(await present(c, d, "alice")) == ["alice"]
         finally:
             await bob_mux.close()
