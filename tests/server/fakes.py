@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import orjson
 
@@ -13,6 +14,34 @@ from eventstore.memory import MemoryStore
 from server.subscriber import SinkClosed
 
 TS = "2025-12-23T20:30:45.123Z"
+
+
+class TaskOwner:
+    """Owns the tasks the subscribers spawn (like a socket's SocketTasks) and records close requests."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.spawned = 0
+        self.closes: list[tuple[int, bytes]] = []
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        self.spawned += 1
+        return task
+
+    def request_close(self, code: int, reason: bytes) -> None:
+        self.closes.append((code, reason))
+
+    async def idle(self) -> None:
+        """Wait until every task has finished (and re-raise a failure)."""
+        while self.tasks:
+            await asyncio.gather(*self.tasks)
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
 
 
 class FakeSink:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -12,37 +11,9 @@ from eventstore.memory import MemoryStore
 from server.frames import batches_of, text_frame
 from server.hub import Hub
 from server.subscriber import CATCH_UP_PAGE, HIGH_WATER, Subscriber
-from tests.server.fakes import FakeSink, append, decode_frames
+from tests.server.fakes import FakeSink, TaskOwner, append, decode_frames
 
 DRAFT = "draft_hub"
-
-
-class Owner:
-    """Owns the tasks the subscribers spawn (like a socket's SocketTasks) and records close requests."""
-
-    def __init__(self) -> None:
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.spawned = 0
-        self.closes: list[tuple[int, bytes]] = []
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        self.spawned += 1
-        return task
-
-    def request_close(self, code: int, reason: bytes) -> None:
-        self.closes.append((code, reason))
-
-    async def idle(self) -> None:
-        """Wait until every task has finished (and re-raise a failure)."""
-        while self.tasks:
-            await asyncio.gather(*self.tasks)
-
-    def cancel(self) -> None:
-        for task in self.tasks:
-            task.cancel()
 
 
 @pytest.fixture
@@ -54,8 +25,8 @@ async def store() -> AsyncIterator[MemoryStore]:
 
 
 @pytest.fixture
-async def owner() -> AsyncIterator[Owner]:
-    o = Owner()
+async def owner() -> AsyncIterator[TaskOwner]:
+    o = TaskOwner()
     yield o
     o.cancel()
 
@@ -64,12 +35,12 @@ def make_hub(store: MemoryStore, max_bytes: int = 1 << 20, max_events: int = 10_
     return Hub(store, max_backlog_bytes=max_bytes, max_backlog_events=max_events)
 
 
-def subscribe(hub: Hub, owner: Owner, sink: FakeSink, since: int) -> Subscriber:
+def subscribe(hub: Hub, owner: TaskOwner, sink: FakeSink, since: int) -> Subscriber:
     return hub.subscribe(DRAFT, sink, since, spawn=owner.spawn, request_close=owner.request_close)
 
 
 async def test_every_subscriber_gets_since_plus_one_to_head_then_live(
-    store: MemoryStore, owner: Owner
+    store: MemoryStore, owner: TaskOwner
 ) -> None:
     await append(store, DRAFT, 7)
     hub = make_hub(store)
@@ -84,7 +55,7 @@ async def test_every_subscriber_gets_since_plus_one_to_head_then_live(
     assert all(sub.seam.live for sub in subs)
 
 
-async def test_a_live_commit_is_framed_once_for_every_socket(store: MemoryStore, owner: Owner) -> None:
+async def test_a_live_commit_is_framed_once_for_every_socket(store: MemoryStore, owner: TaskOwner) -> None:
     await append(store, DRAFT, 1)
     hub = make_hub(store)
     sinks = [FakeSink() for _ in range(5)]
@@ -98,7 +69,7 @@ async def test_a_live_commit_is_framed_once_for_every_socket(store: MemoryStore,
 
 
 async def test_unsubscribed_subscriber_writes_nothing_and_the_listener_goes(
-    store: MemoryStore, owner: Owner
+    store: MemoryStore, owner: TaskOwner
 ) -> None:
     hub = make_hub(store)
     sink = FakeSink()
@@ -115,7 +86,7 @@ async def test_unsubscribed_subscriber_writes_nothing_and_the_listener_goes(
 
 
 async def test_a_slow_socket_gets_a_backlog_and_loses_nothing_when_it_reads_again(
-    store: MemoryStore, owner: Owner
+    store: MemoryStore, owner: TaskOwner
 ) -> None:
     hub = make_hub(store)
     slow, fast = FakeSink(auto_drain=False), FakeSink()
@@ -137,7 +108,7 @@ async def test_a_slow_socket_gets_a_backlog_and_loses_nothing_when_it_reads_agai
 
 @pytest.mark.parametrize(("size", "max_bytes", "max_events"), [(20_000, 100_000, 10_000), (50, 1 << 20, 5)])
 async def test_backlog_overflow_closes_with_1013_and_writes_nothing_more(
-    store: MemoryStore, owner: Owner, size: int, max_bytes: int, max_events: int
+    store: MemoryStore, owner: TaskOwner, size: int, max_bytes: int, max_events: int
 ) -> None:
     hub = make_hub(store, max_bytes=max_bytes, max_events=max_events)
     sink = FakeSink(auto_drain=False)
@@ -158,7 +129,7 @@ async def test_backlog_overflow_closes_with_1013_and_writes_nothing_more(
     assert len(sink.writes) == writes
 
 
-async def test_the_backlog_is_bounded_in_bytes_not_frames(store: MemoryStore, owner: Owner) -> None:
+async def test_the_backlog_is_bounded_in_bytes_not_frames(store: MemoryStore, owner: TaskOwner) -> None:
     """Many small events fit where a few large ones overflow (same byte bound)."""
     hub = make_hub(store, max_bytes=200_000, max_events=100_000)
     small, large = FakeSink(auto_drain=False), FakeSink(auto_drain=False)
@@ -168,7 +139,7 @@ async def test_the_backlog_is_bounded_in_bytes_not_frames(store: MemoryStore, ow
     for _ in range(1000):  # 1,000 events of ~150 bytes: about 150 KB
         await append(store, DRAFT, 1, size=10)
     assert owner.closes == []
-    other, owner2 = "draft_large", Owner()
+    other, owner2 = "draft_large", TaskOwner()
     hub.subscribe(other, large, 0, spawn=owner2.spawn, request_close=owner2.request_close)
     await owner2.idle()
     large.pending.extend(b"\0" * HIGH_WATER)
@@ -179,7 +150,7 @@ async def test_the_backlog_is_bounded_in_bytes_not_frames(store: MemoryStore, ow
 
 
 async def test_catch_up_waits_for_a_slow_socket_instead_of_overflowing(
-    store: MemoryStore, owner: Owner
+    store: MemoryStore, owner: TaskOwner
 ) -> None:
     head = await append(store, DRAFT, CATCH_UP_PAGE * 2 + 10, size=200)
     hub = make_hub(store, max_bytes=50_000, max_events=10)  # far less than the catch-up
@@ -193,7 +164,7 @@ async def test_catch_up_waits_for_a_slow_socket_instead_of_overflowing(
     assert sink.seqs() == list(range(1, head + 1)) and owner.closes == []
 
 
-async def test_a_gap_in_live_batches_reads_the_log_again(store: MemoryStore, owner: Owner) -> None:
+async def test_a_gap_in_live_batches_reads_the_log_again(store: MemoryStore, owner: TaskOwner) -> None:
     sink = FakeSink()
     sub = Subscriber(
         DRAFT,
@@ -218,7 +189,7 @@ async def test_a_gap_in_live_batches_reads_the_log_again(store: MemoryStore, own
     assert owner.spawned == 2 and not owner.tasks  # finished tasks are not kept
 
 
-async def test_a_sink_that_starts_closing_gets_no_more_writes(store: MemoryStore, owner: Owner) -> None:
+async def test_a_sink_that_starts_closing_gets_no_more_writes(store: MemoryStore, owner: TaskOwner) -> None:
     hub = make_hub(store)
     sink = FakeSink()
     sub = subscribe(hub, owner, sink, 0)
@@ -232,7 +203,7 @@ async def test_a_sink_that_starts_closing_gets_no_more_writes(store: MemoryStore
 
 
 async def test_presence_frames_ride_the_backlog_in_order_and_count_against_its_bytes(
-    store: MemoryStore, owner: Owner
+    store: MemoryStore, owner: TaskOwner
 ) -> None:
     """Hub.offer_message (presence, API.md v2): the same bytes to every subscriber, after what is
     already queued for a slow one, within the backlog's byte bound; no seq, no lag observed."""

@@ -13,7 +13,6 @@ sum of its subscribers' backlogs and returns to zero.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
 from typing import Any
 
 import orjson
@@ -24,7 +23,7 @@ from eventstore.memory import MemoryStore
 from server.frames import text_frame
 from server.hub import Hub
 from server.subscriber import HIGH_WATER, BacklogBudget, Subscriber
-from tests.server.fakes import FakeSink, append, decode_frames
+from tests.server.fakes import FakeSink, TaskOwner, append, decode_frames
 
 STREAMS = ("draft_a", "draft_b", "draft_c")
 
@@ -46,14 +45,7 @@ def test_each_stream_is_exact_between_its_markers(plan: list[tuple[str, int, Any
 async def _scenario(plan: list[tuple[str, int, Any]]) -> None:
     store = MemoryStore()
     await store.open()
-    tasks: set[asyncio.Task[None]] = set()
-    closes: list[int] = []
-
-    def spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        return task
+    owner = TaskOwner()
 
     hub = Hub(store, max_backlog_bytes=1 << 30, max_backlog_events=1 << 30)
     sink = FakeSink(auto_drain=False)
@@ -77,12 +69,7 @@ async def _scenario(plan: list[tuple[str, int, Any]]) -> None:
                 since = int(arg * heads[stream])
                 marker("subscribed", stream, since)
                 subs[stream] = hub.subscribe(
-                    stream,
-                    sink,
-                    since,
-                    spawn=spawn,
-                    request_close=lambda code, _reason: closes.append(code),
-                    budget=budget,
+                    stream, sink, since, spawn=owner.spawn, request_close=owner.request_close, budget=budget
                 )
             elif kind == "unsubscribe":
                 if stream in subs:
@@ -97,16 +84,15 @@ async def _scenario(plan: list[tuple[str, int, Any]]) -> None:
         # the peer reads everything: every open subscription reaches its head
         for _ in range(10_000):
             sink.drain()
-            if not tasks and all(s.seam.position == heads[n] and s.seam.live for n, s in subs.items()):
+            if not owner.tasks and all(s.seam.position == heads[n] and s.seam.live for n, s in subs.items()):
                 break
             await asyncio.sleep(0)
         sink.drain()
-        assert closes == []
+        assert owner.closes == []
         assert budget.bytes == 0 and budget.events == 0
         _check(decode_frames(bytes(sink.sent)), {n: heads[n] for n in subs})
     finally:
-        for task in tasks:
-            task.cancel()
+        owner.cancel()
         await store.close()
 
 
@@ -134,14 +120,7 @@ async def test_one_budget_for_the_sum_of_the_drafts_and_a_bounded_transport() ->
     subscription that would pass it asks for 1013 (each alone is far below the bound)."""
     store = MemoryStore()
     await store.open()
-    tasks: set[asyncio.Task[None]] = set()
-    closes: list[int] = []
-
-    def spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        return task
+    owner = TaskOwner()
 
     streams = [f"draft_{i}" for i in range(10)]
     hub = Hub(store, max_backlog_bytes=1 << 30, max_backlog_events=1 << 30)
@@ -152,7 +131,7 @@ async def test_one_budget_for_the_sum_of_the_drafts_and_a_bounded_transport() ->
         for stream in streams:
             head = await append(store, stream)
             sub = hub.subscribe(
-                stream, sink, head, spawn=spawn, request_close=lambda c, _r: closes.append(c), budget=budget
+                stream, sink, head, spawn=owner.spawn, request_close=owner.request_close, budget=budget
             )
             subs.append(sub)
         for _ in range(100):
@@ -168,11 +147,10 @@ async def test_one_budget_for_the_sum_of_the_drafts_and_a_bounded_transport() ->
                 assert sink.buffered <= HIGH_WATER + batch
                 assert budget.bytes <= budget.max_bytes
                 assert budget.bytes == sum(s.backlog_bytes for s in subs)
-            if closes:
+            if owner.closes:
                 break
-        assert closes and set(closes) == {1013}
+        assert owner.closes and {code for code, _reason in owner.closes} == {1013}
         assert max(s.backlog_bytes for s in subs) < budget.max_bytes // 2
     finally:
-        for task in tasks:
-            task.cancel()
+        owner.cancel()
         await store.close()
