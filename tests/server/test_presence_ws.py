@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -299,10 +300,12 @@ async def test_presence_is_never_in_the_log(app: tuple[Client, MemoryStore]) -> 
 # -- GET /v1/ws (server/presence_mux.py) ---------------------------------------------------------
 
 
-async def mux_socket(c: Client, user: str) -> aiohttp.ClientWebSocketResponse:
-    ws = await c.http.ws_connect(c.server.make_url(f"/v1/ws?user_id={user}"))
-    assert (await message(ws))["type"] == "connected"
-    return ws
+@asynccontextmanager
+async def mux_socket(c: Client, user: str) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    """A ``/v1/ws`` socket as ``user``, past its ``connected``; closed on leaving."""
+    async with c.http.ws_connect(c.server.make_url(f"/v1/ws?user_id={user}")) as ws:
+        assert (await message(ws))["type"] == "connected"
+        yield ws
 
 
 async def test_mux_sync_after_subscribed_before_events_and_one_entry_across_socket_kinds(
@@ -312,8 +315,7 @@ async def test_mux_sync_after_subscribed_before_events_and_one_entry_across_sock
     d = await team(c)
     async with c.ws(d, "user_id=alice") as alice:
         await opened(alice)
-        bob_mux = await mux_socket(c, "bob")
-        try:
+        async with mux_socket(c, "bob") as bob_mux:
             await bob_mux.send_json({"type": "subscribe", "draft_id": d, "since": 0})
             assert (await message(bob_mux))["type"] == "subscribed"
             sync = await message(bob_mux)
@@ -351,8 +353,6 @@ async def test_mux_sync_after_subscribed_before_events_and_one_entry_across_sock
             error = await message(bob_mux)
             assert (error["code"], error["draft_id"]) == ("payload_too_large", d)
             assert (await presence(alice))["event"] == "join"
-        finally:
-            await bob_mux.close()
         assert (await presence(alice))["event"] == "leave"  # the socket closed: its subscription ended
 
 
@@ -363,8 +363,7 @@ async def test_mux_revocation_ends_presence_with_a_leave_after_the_removal(
     d = await team(c)
     async with c.ws(d, "user_id=alice") as alice:
         await opened(alice)
-        bob_mux = await mux_socket(c, "bob")
-        try:
+        async with mux_socket(c, "bob") as bob_mux:
             await subscribe(bob_mux, d)
             assert (await presence(alice))["event"] == "join"
             await remove_bob(c, d)
@@ -372,5 +371,3 @@ async def test_mux_revocation_ends_presence_with_a_leave_after_the_removal(
             leave = await message(alice)
             assert (leave["type"], leave["event"], leave["user_id"]) == ("presence", "leave", "bob")
             assert list(await present(c, d, "alice")) == ["alice"]
-        finally:
-            await bob_mux.close()
