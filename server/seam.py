@@ -55,7 +55,9 @@ class CatchUpSeam:
         self.position = since
         self.live = False
         self.max_buffered_bytes = max_buffered_bytes
-        self._buffer: deque[Batch] = deque()
+        # made by the first batch buffered, dropped when the seam goes live: a live socket holds
+        # no deque (760 bytes each, issue 16)
+        self._buffer: deque[Batch] | None = None
         self._buffered_bytes = 0
         self._dropped_through = 0  # highest seq of a buffered batch dropped for space
 
@@ -67,7 +69,7 @@ class CatchUpSeam:
     @property
     def buffered(self) -> tuple[Batch, ...]:
         """The live batches kept while catching up (what :meth:`go_live` will merge), oldest first."""
-        return tuple(self._buffer)
+        return () if self._buffer is None else tuple(self._buffer)
 
     def on_live(self, batch: Batch) -> bytes | Literal[Resync.NEEDED]:
         """A batch just committed: the bytes to write now (``b""`` for none) or :data:`RESYNC`.
@@ -124,7 +126,7 @@ class CatchUpSeam:
             self._clear()
             return RESYNC
         parts: list[bytes] = []
-        for batch in self._buffer:
+        for batch in self._buffer or ():
             if batch.last_seq <= position:
                 continue
             if batch.first_seq > position + 1:
@@ -138,14 +140,17 @@ class CatchUpSeam:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _keep(self, batch: Batch) -> None:
-        self._buffer.append(batch)
+        buffer = self._buffer
+        if buffer is None:
+            buffer = self._buffer = deque()
+        buffer.append(batch)
         self._buffered_bytes += batch.size
         while self._buffered_bytes > self.max_buffered_bytes:
-            dropped = self._buffer.popleft()
+            dropped = buffer.popleft()
             self._buffered_bytes -= dropped.size
             self._dropped_through = max(self._dropped_through, dropped.last_seq)
 
     def _clear(self) -> None:
-        self._buffer.clear()
+        self._buffer = None
         self._buffered_bytes = 0
         self._dropped_through = 0

@@ -94,6 +94,8 @@ class FlowObserver(asyncio.Protocol):
     the observer only remembers whether writing is paused and wakes whoever waits for resume.
     """
 
+    __slots__ = ("_resumed", "inner", "paused")
+
     def __init__(self, inner: asyncio.BaseProtocol) -> None:
         self.inner = inner
         self.paused = False
@@ -281,10 +283,12 @@ class Subscriber:
         self._spawn = spawn
         self._request_close = request_close
         self._observe_lag = observe_lag
-        self._backlog: deque[tuple[bytes, int, float]] = deque()  # (frames, events, commit stamp)
+        # (frames, events, commit stamp); made when the socket first falls behind, dropped once
+        # written: most sockets never need one (an empty deque is 760 bytes, issue 16)
+        self._backlog: deque[tuple[bytes, int, float]] | None = None
         self._backlog_bytes = 0
         self._backlog_events = 0
-        self._budget = budget if budget is not None else BacklogBudget(max_backlog_bytes, max_backlog_events)
+        self._budget = budget  # a budget of its own is made with the backlog
         self._writer: asyncio.Task[None] | None = None
         self._catching_up: asyncio.Task[None] | None = None
 
@@ -308,7 +312,8 @@ class Subscriber:
         if out is RESYNC:
             self._start_catch_up()
         elif out:
-            cut = self._revocation((batch,), before, self.seam.position)
+            # most batches hold no removal: no fold (and no call) for them
+            cut = self._revocation((batch,), before, self.seam.position) if batch.removals else None
             if cut is not None:
                 out = batch.between(before, cut)
             self._deliver(out, (cut or self.seam.position) - before, batch.stamp)
@@ -326,8 +331,9 @@ class Subscriber:
     def close(self) -> None:
         """Stop delivering for good: nothing more is written, the backlog is dropped."""
         self.closing = True
-        self._backlog.clear()
-        self._budget.release(self._backlog_bytes, self._backlog_events)
+        self._backlog = None
+        if self._budget is not None:
+            self._budget.release(self._backlog_bytes, self._backlog_events)
         self._backlog_bytes = self._backlog_events = 0
 
     # -- revocation (API.md v2) -----------------------------------------------------------------
@@ -368,10 +374,15 @@ class Subscriber:
             if self._observe_lag is not None and stamp != NOT_AN_EVENT:
                 self._observe_lag(time.monotonic() - stamp)
             return
-        if not self._budget.take(len(data), events):
+        budget = self._budget
+        if budget is None:
+            budget = self._budget = BacklogBudget(self.max_backlog_bytes, self.max_backlog_events)
+        if not budget.take(len(data), events):
             self.close()
             self._request_close(CLOSE_TRY_AGAIN_LATER, b"too slow: reconnect with since")
             return
+        if self._backlog is None:
+            self._backlog = deque()
         self._backlog.append((data, events, stamp))
         self._backlog_bytes += len(data)
         self._backlog_events += events
@@ -382,6 +393,8 @@ class Subscriber:
         """Write the backlog in chunks of about ``HIGH_WATER`` bytes, waiting for the sink between them."""
         sink = self.sink
         backlog = self._backlog
+        budget = self._budget
+        assert backlog is not None and budget is not None  # made before this task is spawned
         try:
             while backlog and not self.closing:
                 await self._wait_below_high_water()
@@ -394,7 +407,7 @@ class Subscriber:
                     data, events, stamp = backlog.popleft()
                     self._backlog_bytes -= len(data)
                     self._backlog_events -= events
-                    self._budget.release(len(data), events)
+                    budget.release(len(data), events)
                     chunk.append(data)
                     stamps.append(stamp)
                     size += len(data)
@@ -408,6 +421,10 @@ class Subscriber:
         except ConnectionError:
             self.close()
             return
+        finally:
+            self._writer = None  # a finished task is not kept (its frame and result: ~0.4 KiB)
+        if not backlog and self._backlog is backlog:
+            self._backlog = None  # caught up: the empty deque is not kept
         if self.revoked_at is not None and not backlog:
             self._close_revoked()
 
@@ -470,6 +487,7 @@ class Subscriber:
         finally:
             if prefetch is not None:
                 prefetch.cancel()
+            self._catching_up = None  # a finished task is not kept (issue 16)
 
     def _revocation_in_page(self, page: Sequence[tuple[int, bytes]]) -> int | None:
         """Fold the removals of a catch-up page; the seq that revokes, if any."""

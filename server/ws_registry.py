@@ -92,16 +92,27 @@ class SocketTasks:
 
     def __init__(self, registry: SocketRegistry) -> None:
         self._registry = registry
-        self._tasks: set[asyncio.Task[None]] = set()
+        # made by the first spawn: an idle socket whose catch-up has ended holds no set (issue 16)
+        self._tasks: set[asyncio.Task[None]] | None = None
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Start ``coro`` as one of this socket's tasks."""
         task = self._registry.spawn(coro)
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
         return task
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        tasks = self._tasks
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                self._tasks = None
 
     def cancel_all(self) -> None:
         """Cancel every task still running (the socket is closing)."""
-        for task in tuple(self._tasks):
-            task.cancel()
+        if self._tasks is not None:
+            for task in tuple(self._tasks):
+                task.cancel()
