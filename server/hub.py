@@ -45,6 +45,10 @@ class Hub:
         self.observe_lag = observe_lag
         self._streams: dict[str, set[Subscriber]] = {}
         self._listeners: dict[str, Callable[[Sequence[Record]], None]] = {}
+        self._live_heads: dict[str, int] = {}
+        """Per stream with a listener: a seq at or above every event of it this hub has been offered
+        or read up to (see :meth:`subscribe`)."""
+        self._went_live = self._note_live_head  # one bound method for every subscriber
         self.read_page: ReadPage = (
             store.read_stream_bodies if isinstance(store, StreamBodyReader) else self._bodies_from_records
         )
@@ -77,6 +81,15 @@ class Hub:
         socket user's view access at admission) delivery ends at the event that revokes it and
         ``request_close(4403, …)`` follows (API.md v2 "Revocation is live"). ``budget`` is the
         socket's shared backlog bound (``/v1/ws``); by default the subscriber gets its own.
+
+        A subscriber whose ``since`` is at or past the stream's *live head* goes live at once,
+        without reading the log (issue 16: a connect storm read the log once per socket to find
+        nothing). The live head is the highest of the seqs offered to this listener and the
+        positions subscribers reached when they went live; the listener has existed throughout.
+        Every event above it is therefore still to be published (an event published before the
+        listener was committed before the first subscriber's catch-up read the log, so that
+        subscriber's live position covers it; the notifier publishes a stream's events in seq
+        order), and will reach the new subscriber through the listener: no gap, no repeat.
         """
         sub = Subscriber(
             stream_id,
@@ -90,15 +103,17 @@ class Hub:
             observe_lag=self.observe_lag,
             access=access,
             budget=budget,
+            went_live=self._went_live,
         )
         subs = self._streams.get(stream_id)
         if subs is None:
             subs = self._streams[stream_id] = set()
-            listener = self._make_listener(subs)
+            listener = self._make_listener(stream_id, subs)
             self._listeners[stream_id] = listener
             self.notifier.add_listener(stream_id, listener)
         subs.add(sub)
-        sub.start()
+        live_head = self._live_heads.get(stream_id)
+        sub.start(live=live_head is not None and since >= live_head)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
@@ -110,6 +125,7 @@ class Hub:
         subs.discard(sub)
         if not subs:
             del self._streams[sub.stream_id]
+            self._live_heads.pop(sub.stream_id, None)
             listener = self._listeners.pop(sub.stream_id)
             self.notifier.remove_listener(sub.stream_id, listener)
 
@@ -127,9 +143,18 @@ class Hub:
             sub.offer_message(frame)
         return len(subs)
 
-    def _make_listener(self, subs: set[Subscriber]) -> Callable[[Sequence[Record]], None]:
+    def _note_live_head(self, stream_id: str, seq: int) -> None:
+        """A subscriber of ``stream_id`` went live at ``seq`` (its catch-up read the log up to it)."""
+        if stream_id in self._streams and seq > self._live_heads.get(stream_id, -1):
+            self._live_heads[stream_id] = seq
+
+    def _make_listener(self, stream_id: str, subs: set[Subscriber]) -> Callable[[Sequence[Record]], None]:
+        live_heads = self._live_heads
+
         def on_commit(records: Sequence[Record]) -> None:
             for batch in batches_of(records, time.monotonic()):  # framed once for every socket
+                if batch.last_seq > live_heads.get(stream_id, -1):
+                    live_heads[stream_id] = batch.last_seq
                 for sub in tuple(subs):
                     sub.offer(batch)
 

@@ -245,6 +245,7 @@ class Subscriber:
         "_read_page",
         "_request_close",
         "_spawn",
+        "_went_live",
         "_writer",
         "closing",
         "max_backlog_bytes",
@@ -269,6 +270,7 @@ class Subscriber:
         observe_lag: Callable[[float], None] | None = None,
         access: ViewAccess | None = None,
         budget: BacklogBudget | None = None,
+        went_live: Callable[[str, int], None] | None = None,
     ) -> None:
         self.stream_id = stream_id
         self._access = access
@@ -283,6 +285,7 @@ class Subscriber:
         self._spawn = spawn
         self._request_close = request_close
         self._observe_lag = observe_lag
+        self._went_live = went_live
         # (frames, events, commit stamp); made when the socket first falls behind, dropped once
         # written: most sockets never need one (an empty deque is 760 bytes, issue 16)
         self._backlog: deque[tuple[bytes, int, float]] | None = None
@@ -299,8 +302,14 @@ class Subscriber:
 
     # -- the hub calls these ------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the catch-up (the subscriber must already receive live batches through ``offer``)."""
+    def start(self, live: bool = False) -> None:
+        """Start the catch-up (the subscriber must already receive live batches through ``offer``).
+
+        ``live``: the caller knows every event after ``since`` is still to be offered (the hub's
+        live head, :meth:`server.hub.Hub.subscribe`): go live at ``since`` without reading the log.
+        """
+        if live and not self.seam.buffered_bytes and self.seam.go_live() == b"":
+            return  # nothing was buffered: nothing to write, no task
         self._start_catch_up()
 
     def offer(self, batch: Batch) -> None:
@@ -470,6 +479,8 @@ class Subscriber:
                 out = seam.go_live()
                 if out is RESYNC:
                     continue
+                if self._went_live is not None:
+                    self._went_live(stream_id, seam.position)
                 if out:
                     cut = self._revocation(buffered, before, seam.position)
                     if cut is not None:

@@ -231,3 +231,62 @@ async def test_presence_frames_ride_the_backlog_in_order_and_count_against_its_b
         hub.offer_message(DRAFT, frame)
     assert owner.closes and owner.closes[0][0] == 1013 and not fast.closing
     assert hub.offer_message("draft_nobody", frame) == 0
+
+
+async def test_a_subscriber_at_the_live_head_goes_live_without_reading_the_log(
+    store: MemoryStore, owner: Owner
+) -> None:
+    """Issue 16: the sockets of a connect storm do not each read the log to find nothing."""
+    head = await append(store, DRAFT, 4)
+    hub = make_hub(store)
+    first = FakeSink()
+    subscribe(hub, owner, first, head)
+    await owner.idle()  # the first one catches up (it cannot know the head) and goes live
+    assert owner.spawned == 1
+    late = [FakeSink() for _ in range(3)]
+    subs = [subscribe(hub, owner, sink, head) for sink in late]
+    assert owner.spawned == 1 and not owner.tasks  # no catch-up task, no log read
+    assert all(sub.seam.live for sub in subs)
+    behind = FakeSink()
+    subscribe(hub, owner, behind, head - 2)  # below the live head: must catch up
+    assert owner.spawned == 2
+    await owner.idle()
+    new_head = await append(store, DRAFT, 2)
+    for sink in (first, *late):
+        assert sink.seqs() == list(range(head + 1, new_head + 1))
+    assert behind.seqs() == list(range(head - 1, new_head + 1))
+
+
+async def test_the_live_head_follows_commits_offered_while_the_first_catch_up_runs(
+    store: MemoryStore, owner: Owner
+) -> None:
+    head = await append(store, DRAFT, 3)
+    hub = make_hub(store)
+    first = FakeSink()
+    subscribe(hub, owner, first, 0)  # catching up (its task has not run yet)
+    new_head = await append(store, DRAFT, 2)  # offered to the listener: the live head
+    assert new_head == head + 2
+    second = FakeSink()
+    subscribe(hub, owner, second, new_head)  # at the live head: live at once
+    third = FakeSink()
+    subscribe(hub, owner, third, head)  # below it: catches up the two it would miss
+    assert owner.spawned == 2
+    await owner.idle()
+    last = await append(store, DRAFT, 1)
+    assert first.seqs() == list(range(1, last + 1))
+    assert second.seqs() == [last]
+    assert third.seqs() == list(range(head + 1, last + 1))
+
+
+async def test_the_live_head_is_forgotten_with_the_last_subscriber(store: MemoryStore, owner: Owner) -> None:
+    head = await append(store, DRAFT, 2)
+    hub = make_hub(store)
+    sub = subscribe(hub, owner, FakeSink(), head)
+    await owner.idle()
+    hub.unsubscribe(sub)  # the listener goes: commits are no longer seen
+    later = await append(store, DRAFT, 2)
+    sink = FakeSink()
+    subscribe(hub, owner, sink, head)  # the hub cannot know the head: the log is read
+    assert owner.spawned == 2
+    await owner.idle()
+    assert sink.seqs() == list(range(head + 1, later + 1))
