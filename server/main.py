@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -67,11 +68,21 @@ def serve(settings: Settings) -> int:
     # loop many times a second. With the default 5 ms switch interval a thread that wants the
     # GIL back waits up to 5 ms while the loop is busy: group commits then take tens of ms.
     sys.setswitchinterval(0.0005)
+    # Every socket and request allocates a few hundred container objects, most of them alive as
+    # long as the socket. With CPython's default young-generation threshold (700 allocations) the
+    # cyclic collector ran so often during a connect storm that it took half the server's CPU
+    # (py-spy; 10,000 sockets: 5.2 s of CPU, 2.6 s with the collector off, 3.0-3.2 s with this
+    # threshold, docs/BENCHMARKS.md "Issue 16: lean sockets"). Cycles are still collected.
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     with lock:
         count = worker_count(settings)
         if count > 1:
             return Supervisor(settings, count, _run_worker).run()
         return _run(_serve(settings))
+
+
+GC_YOUNG_THRESHOLD = 10_000
+"""Allocations (minus deallocations) of container objects between young-generation collections."""
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
