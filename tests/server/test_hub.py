@@ -234,7 +234,7 @@ async def test_presence_frames_ride_the_backlog_in_order_and_count_against_its_b
 
 
 async def test_a_subscriber_at_the_live_head_goes_live_without_reading_the_log(
-    store: MemoryStore, owner: Owner
+    store: MemoryStore, owner: TaskOwner
 ) -> None:
     """Issue 16: the sockets of a connect storm do not each read the log to find nothing."""
     head = await append(store, DRAFT, 4)
@@ -258,7 +258,7 @@ async def test_a_subscriber_at_the_live_head_goes_live_without_reading_the_log(
 
 
 async def test_the_live_head_follows_commits_offered_while_the_first_catch_up_runs(
-    store: MemoryStore, owner: Owner
+    store: MemoryStore, owner: TaskOwner
 ) -> None:
     head = await append(store, DRAFT, 3)
     hub = make_hub(store)
@@ -278,7 +278,9 @@ async def test_the_live_head_follows_commits_offered_while_the_first_catch_up_ru
     assert third.seqs() == list(range(head + 1, last + 1))
 
 
-async def test_the_live_head_is_forgotten_with_the_last_subscriber(store: MemoryStore, owner: Owner) -> None:
+async def test_the_live_head_is_forgotten_with_the_last_subscriber(
+    store: MemoryStore, owner: TaskOwner
+) -> None:
     head = await append(store, DRAFT, 2)
     hub = make_hub(store)
     sub = subscribe(hub, owner, FakeSink(), head)
