@@ -5,12 +5,15 @@ one of their sockets is subscribed to it, on any node; one entry per user howeve
 the user's state is the JSON object set last by any of their sockets (at most
 :data:`MAX_STATE_BYTES` bytes serialised).
 
-**Sources.** An entry is the merge of its *sources*: this node (the sockets attached here, by
-socket key) and every remote node that announced the user (:meth:`PresenceRegistry.apply_remote`).
-The entry exists while it has a source; its state is the state of the source whose state was set
-last: the largest ``(state_ts, node_id)`` (ties broken by node id, the same on every node); a
-source whose state was never set (a fresh join, state ``{}``) has ``state_ts`` 0 and so loses to
-any set state. ``since`` is the earliest ``since`` of its sources.
+**Sources.** An entry exists while it has a *source*: this node (the sockets attached here, by
+socket key) or a remote node that announced the user (:meth:`PresenceRegistry.apply_remote`).
+Sources decide presence and ``since`` (the earliest ``since`` of the sources) only. **The state
+only moves forward:** the entry keeps the newest state it ever heard while present, ordered by
+``(state_ts, state bytes)`` (the bytes break a tie the same way on every node), whichever sources
+later go; a fresh join's ``{}`` has ``state_ts`` 0 and so loses to any set state, and a stale
+announcement (an older ``state_ts``) never moves the state back. The newest state is forgotten
+only when the entry goes (its last source left). Every node that heard the newest state shows
+it, and this node's announcements carry it (for peers that start later or missed it).
 
 **Observers** see the merged entry change, only on real changes: ``join`` when a user's first
 source appears (a second socket, or a second node, is not a join), ``update`` when the merged
@@ -20,19 +23,19 @@ node announces it any more).
 **Replication interface** (for a peer bus between workers and nodes; this module does no I/O):
 
 * ``on_local_change(change)`` — a hook called with a :class:`LocalChange` each time *this node's*
-  source of an entry changes: the first socket of a user attaches (``state`` ``{}``,
-  ``state_ts`` 0), a socket sets a new state, the last socket detaches (``state`` None). A
+  source of an entry changes: the first socket of a user attaches (the entry's newest state, or
+  ``{}`` with ``state_ts`` 0), a socket sets a state, the last socket detaches (``state`` None). A
   replicator broadcasts it; peers apply it with ``apply_remote(this node's id, …)``.
-* :meth:`PresenceRegistry.local_entries` — this node's live sources, for periodic
+* :meth:`PresenceRegistry.local_entries` — this node's live sources with the newest state, for periodic
   re-announcement (a peer that missed a message, or started later, catches up; applying an
   announcement that changes nothing notifies nobody).
 * :meth:`PresenceRegistry.apply_remote` — a peer's source appeared, changed or (state None) left.
 * :meth:`PresenceRegistry.drop_node` — a peer is gone (its heartbeats stopped): its users leave
   unless they are present through another node.
 
-**Memory.** Per entry: the user id, a small record per source, the state as its JSON bytes
-(at most 512); the socket keys of this node. :meth:`PresenceRegistry.stats` reports entries,
-sources and state bytes; docs/ARCHITECTURE.md gives the measured bytes per entry.
+**Memory.** Per entry: the user id, the newest state as its JSON bytes (at most 512) and its
+``state_ts``, a ``since`` per source; the socket keys of this node. :meth:`PresenceRegistry.stats`
+reports entries, sources and state bytes; docs/ARCHITECTURE.md gives the measured bytes per entry.
 """
 
 from __future__ import annotations
@@ -138,41 +141,26 @@ class LocalChange:
     state_ts: float
 
 
-@dataclass(slots=True)
-class _Source:
-    state_json: bytes
-    since: float
-    state_ts: float
-
-
 class _Entry:
-    __slots__ = ("sockets", "sources")
+    __slots__ = ("sockets", "sources", "state_json", "state_ts")
 
     def __init__(self) -> None:
-        self.sources: dict[str, _Source] = {}  # node id -> source (this node's id included)
+        self.sources: dict[str, float] = {}  # node id -> since (this node's id included)
         self.sockets: set[Hashable] = set()  # this node's attachments
+        # the newest state heard while the entry is present, and when it was set
+        self.state_json = EMPTY_STATE
+        self.state_ts = 0.0
 
-    def latest(self) -> _Source | None:
-        """The source whose state was set last (largest ``(state_ts, node_id)``), or None."""
-        if not self.sources:
-            return None
-        node = max(self.sources, key=lambda n: (self.sources[n].state_ts, n))
-        return self.sources[node]
+    def newer(self, state_json: bytes, state_ts: float) -> bool:
+        """Whether ``state_json`` set at ``state_ts`` is newer than the entry's state: the larger
+        ``(state_ts, state bytes)``, the same order on every node."""
+        return (state_ts, state_json) > (self.state_ts, self.state_json)
 
     def winner(self) -> tuple[bytes, float] | None:
         """(state, since) of the merged entry, or None when no source is left."""
         if not self.sources:
             return None
-        best_key: tuple[float, str] | None = None
-        best: _Source | None = None
-        since = math.inf
-        for node, source in self.sources.items():
-            key = (source.state_ts, node)
-            if best_key is None or key > best_key:
-                best_key, best = key, source
-            since = min(since, source.since)
-        assert best is not None
-        return best.state_json, since
+        return self.state_json, min(self.sources.values())
 
 
 Observer = Callable[[PresenceEvent], None]
@@ -211,8 +199,9 @@ class PresenceRegistry:
     def attach(self, draft_id: str, user_id: str, socket_key: Hashable) -> None:
         """A socket of ``user_id`` subscribed to ``draft_id`` (idempotent per ``socket_key``).
 
-        The user's first socket here creates this node's source (state ``{}``), which may be a
-        ``join``; further sockets change nothing visible.
+        The user's first socket here creates this node's source (published with the user's
+        newest state, ``{}`` if none was set), which may be a ``join``; further sockets change
+        nothing visible.
         """
         entry = self._entry(draft_id, user_id, create=True)
         assert entry is not None
@@ -223,17 +212,16 @@ class PresenceRegistry:
             return
         now = self.clock()
         before = entry.winner()
-        # present through another node already: this node's source takes the user's state (and
-        # when it was set), so that it outlives the other node's sockets (_adopt)
-        latest = entry.latest()
-        state, state_ts = (latest.state_json, latest.state_ts) if latest is not None else (EMPTY_STATE, 0.0)
-        source = _Source(state, now, state_ts)
-        self._put_source(entry, self.node_id, source)
-        self._local_changed(draft_id, user_id, source)
+        # present through another node already: this node's source announces the user's newest
+        # state (and when it was set), so that it outlives the other node's sockets
+        entry.sources[self.node_id] = now
+        self._local_changed(draft_id, user_id, entry)
         self._notify(draft_id, user_id, before, entry.winner(), now)
 
     def set_state(self, draft_id: str, user_id: str, socket_key: Hashable, state: object) -> bool:
-        """Set the user's state from one of their attached sockets; True if anything changed.
+        """Set the user's state from one of their attached sockets; True if the state changed
+        (observers were told). The state is set now even when its bytes are the user's state
+        already (peers learn that it was set last), but then nobody is notified.
 
         Raises :class:`InvalidPresenceState` for a state that is not a JSON object of at most
         :data:`MAX_STATE_BYTES` bytes, and ``KeyError`` for a socket that is not attached.
@@ -243,14 +231,13 @@ class PresenceRegistry:
         if entry is None or socket_key not in entry.sockets:
             raise KeyError(f"socket {socket_key!r} is not attached to {draft_id!r} for {user_id!r}")
         before = entry.winner()
-        mine = entry.sources[self.node_id]
-        if before is not None and before[0] == raw and mine.state_json == raw:
-            return False  # the same state, already the user's: nothing to tell anyone
         now = self.clock()
-        self._put_source(entry, self.node_id, _Source(raw, mine.since, now))
-        self._local_changed(draft_id, user_id, entry.sources[self.node_id])
+        # set last, so the newest: a peer's clock ahead of ours must not make it older
+        state_ts = now if now > entry.state_ts else math.nextafter(entry.state_ts, math.inf)
+        self._set_newest(entry, raw, state_ts)
+        self._local_changed(draft_id, user_id, entry)
         self._notify(draft_id, user_id, before, entry.winner(), now)
-        return True
+        return before is None or before[0] != raw
 
     def detach(self, draft_id: str, user_id: str, socket_key: Hashable) -> None:
         """A socket's subscription ended (unsubscribe, close, revocation); idempotent.
@@ -268,19 +255,20 @@ class PresenceRegistry:
         before = entry.winner()
         mine = self._drop_source(draft_id, user_id, entry, self.node_id)
         if mine is not None:
-            self._local_changed(draft_id, user_id, None, since=mine.since, ts=now)
+            self._local_changed(draft_id, user_id, None, since=mine, ts=now)
         self._notify(draft_id, user_id, before, entry.winner(), now)
 
     # -- replication ---------------------------------------------------------------------------
 
     def local_entries(self) -> list[LocalChange]:
-        """This node's sources, for periodic re-announcement to peers."""
+        """This node's sources, for periodic re-announcement to peers: each with the entry's
+        newest state (and its ``state_ts``), so a peer that missed it or started later learns it."""
         out: list[LocalChange] = []
         for draft_id, users in self._drafts.items():
             for user_id, entry in users.items():
                 mine = entry.sources.get(self.node_id)
                 if mine is not None:
-                    out.append(LocalChange(draft_id, user_id, mine.state_json, mine.since, mine.state_ts))
+                    out.append(LocalChange(draft_id, user_id, entry.state_json, mine, entry.state_ts))
         return out
 
     def apply_remote(
@@ -293,7 +281,9 @@ class PresenceRegistry:
         state_ts: float,
     ) -> None:
         """A peer's source of ``(draft_id, user_id)`` is now ``state`` (a JSON object, or its
-        JSON bytes), or is gone (None). Idempotent: applying the same announcement twice tells
+        JSON bytes), or is gone (None). The entry takes the state only if it is newer than the
+        entry's (``(state_ts, state bytes)`` larger): a stale or reordered announcement never
+        moves the state back. Idempotent: applying the same announcement twice tells
         observers nothing the second time. A state that breaks the rules of :func:`encode_state`
         raises :class:`InvalidPresenceState` and changes nothing; ``node_id`` equal to this
         node's is ignored (our own broadcast coming back).
@@ -313,8 +303,9 @@ class PresenceRegistry:
         entry = self._entry(draft_id, user_id, create=True)
         assert entry is not None
         before = entry.winner()
-        self._put_source(entry, node_id, _Source(raw, since, state_ts))
-        self._adopt(entry, node_id)
+        entry.sources[node_id] = since
+        if entry.newer(raw, state_ts):
+            self._set_newest(entry, raw, state_ts)
         self._notify(draft_id, user_id, before, entry.winner(), now)
 
     def remote_keys(self, node_id: str) -> set[tuple[str, str]]:
@@ -361,8 +352,8 @@ class PresenceRegistry:
 
     def stats(self) -> dict[str, int]:
         """``entries`` (present (draft, user) pairs), ``sources`` (node records behind them),
-        ``sockets`` (this node's attachments) and ``state_bytes`` (JSON bytes of all sources'
-        states) — the figures the ``/metrics`` presence gauges report."""
+        ``sockets`` (this node's attachments) and ``state_bytes`` (JSON bytes of all entries'
+        states, one per entry) — the figures the ``/metrics`` presence gauges report."""
         entries = sources = sockets = 0
         for users in self._drafts.values():
             entries += len(users)
@@ -382,32 +373,21 @@ class PresenceRegistry:
         entry = users.get(user_id)
         if entry is None and create:
             entry = users[user_id] = _Entry()
+            self._state_bytes += len(entry.state_json)
         return entry
 
-    def _put_source(self, entry: _Entry, node_id: str, source: _Source) -> None:
-        old = entry.sources.get(node_id)
-        if old is not None:
-            self._state_bytes -= len(old.state_json)
-        entry.sources[node_id] = source
-        self._state_bytes += len(source.state_json)
+    def _set_newest(self, entry: _Entry, state_json: bytes, state_ts: float) -> None:
+        self._state_bytes += len(state_json) - len(entry.state_json)
+        entry.state_json, entry.state_ts = state_json, state_ts
 
-    def _adopt(self, entry: _Entry, node_id: str) -> None:
-        """A user's state is the one set last by any of their sockets (API.md v2 "Presence"),
-        and stays when the sockets that set it go: when a peer's state is newer than this node's
-        source of the same user, this node's source takes it (with its ``state_ts``, so that the
-        merge is unchanged). Not published: every peer has it from ``node_id`` already; this
-        node's announcements carry it on, for peers that start later."""
-        mine = entry.sources.get(self.node_id)
-        theirs = entry.sources[node_id]
-        if mine is None or (theirs.state_ts, node_id) <= (mine.state_ts, self.node_id):
-            return
-        self._put_source(entry, self.node_id, _Source(theirs.state_json, mine.since, theirs.state_ts))
-
-    def _drop_source(self, draft_id: str, user_id: str, entry: _Entry, node_id: str) -> _Source | None:
+    def _drop_source(self, draft_id: str, user_id: str, entry: _Entry, node_id: str) -> float | None:
+        """Remove ``node_id``'s source; returns its ``since`` (None if it had none). The entry
+        (and its newest state) goes with its last source."""
         source = entry.sources.pop(node_id, None)
-        if source is not None:
-            self._state_bytes -= len(source.state_json)
+        if not entry.sources:  # not present any more: the newest state is forgotten
+            self._set_newest(entry, EMPTY_STATE, 0.0)
         if not entry.sources and not entry.sockets:
+            self._state_bytes -= len(entry.state_json)
             users = self._drafts[draft_id]
             del users[user_id]
             if not users:
@@ -418,7 +398,7 @@ class PresenceRegistry:
         self,
         draft_id: str,
         user_id: str,
-        source: _Source | None,
+        entry: _Entry | None,
         *,
         since: float = 0.0,
         ts: float = 0.0,
@@ -426,10 +406,12 @@ class PresenceRegistry:
         hook = self.on_local_change
         if hook is None:
             return
-        if source is None:
+        if entry is None:
             change = LocalChange(draft_id, user_id, None, since, ts)
         else:
-            change = LocalChange(draft_id, user_id, source.state_json, source.since, source.state_ts)
+            change = LocalChange(
+                draft_id, user_id, entry.state_json, entry.sources[self.node_id], entry.state_ts
+            )
         try:
             hook(change)
         except Exception:  # a replicator's failure must not undo or block a local change

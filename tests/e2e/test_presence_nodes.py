@@ -502,3 +502,50 @@ async def test_joins_cross_within_a_second_while_a_is_busy_appending(kind: str, 
         assert not [r for r in results if isinstance(r, BaseException)], results
         nodes.record(f"{kind} join A→B under {appended} appends, the slowest of 5", max(latencies))
         assert max(latencies) < SEEN_WITHIN, latencies
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_the_newest_state_stays_on_every_process_whichever_socket_set_it(
+    kind: str, tmp_path: Path
+) -> None:
+    """A fresh-user trial: bob's socket b1 on A sets v1, then b2 on B sets v2, then b2 goes. B
+    showed v1 (A had taken v2 for itself but not said so), and on revocation a socket on A got an
+    ``update`` back to v1 before the ``leave``. The state only moves forward: both processes
+    show v2 (``GET …/presence``, a new socket's ``presence_sync``), and the removal is the event
+    then the ``leave``, with no ``update`` of bob in between, on A and on B."""
+    async with _nodes(kind, tmp_path) as nodes:
+        draft_id = await nodes.draft("bob", "carol", "dave")
+        carol, a, b = await _two_places(nodes, draft_id, "carol")  # carol watches on B
+        dave, _ = await nodes.draft_socket(draft_id, "dave", on=a, watcher=carol)  # dave on A
+        await carol.next(presence("join", "dave"))
+        b1, _ = await nodes.draft_socket(draft_id, "bob", on=a, watcher=carol)
+        await carol.next(presence("join", "bob"))
+        await dave.next(presence("join", "bob"))
+        b2, _ = await nodes.mux_socket(draft_id, "bob", on=b)  # present through A: no stray leaves
+
+        def update(state: dict[str, Any]) -> Callable[[dict[str, Any]], bool]:
+            return lambda m: presence("update", "bob")(m) and m["state"] == state
+
+        await b1.send({"type": "presence", "state": {"v": 1}})
+        for watcher in (carol, dave):  # B has v1 before v2 is set
+            await watcher.next(update({"v": 1}))
+        await b2.send({"type": "presence", "draft_id": draft_id, "state": {"v": 2}})
+        for watcher in (carol, dave):
+            await watcher.next(update({"v": 2}))
+        await b2.send({"type": "unsubscribe", "draft_id": draft_id})
+        await b2.next(of_type("unsubscribed"))  # written after B detached b2
+        for where in (a, b):
+            states = await nodes.states_on(draft_id, where)
+            assert states["bob"] == {"v": 2}, (where, states)
+        b3, _ = await nodes.draft_socket(draft_id, "bob", on=b)
+        sync = next(m for _, m in b3.messages if m["type"] == "presence_sync")
+        assert [m["state"] for m in sync["members"] if m["user_id"] == "bob"] == [{"v": 2}], sync
+
+        status, body, _ = await nodes.request("DELETE", f"/v1/collab/drafts/{draft_id}/collaborators/bob")
+        assert status == 200, body
+        for watcher in (carol, dave):
+            mark = watcher.cursor
+            await watcher.next(lambda m: m.get("type") == "collab.collaborator_removed")
+            await watcher.next(presence("leave", "bob"))
+            between = [m for _, m in watcher.messages[mark : watcher.cursor] if m.get("user_id") == "bob"]
+            assert [m for m in between if m.get("type") == "presence"] == [between[-1]], between

@@ -160,3 +160,52 @@ def test_garbled_messages_are_dropped_and_logged(caplog: pytest.LogCaptureFixtur
         net.deliver()
     assert b.members() == {"alice": {}}  # the good message after them still applied
     assert len([r for r in caplog.records if "dropped" in r.getMessage()]) == len(bad)
+
+
+@pytest.mark.parametrize("network", ["in order", "announcement lost", "reordered"])
+def test_the_newest_state_is_shown_everywhere_whichever_sockets_close(network: str) -> None:
+    """The fresh-user trial's sequence: bob's b1 on A sets v1, then b2 on B sets v2, then b2
+    closes; B showed v1 (its copy of A's source) and alice on A later got an ``update`` back to
+    v1. Whatever is lost or reordered, once every process heard v2 every process shows it, and
+    no process tells of an ``update`` to an older state."""
+    clock = Clock()
+    net = Network(clock)
+    a, b = Process(net, "pa", clock), Process(net, "pb", clock)
+    a.registry.attach(DRAFT, "bob", 1)
+    b.registry.attach(DRAFT, "bob", 2)
+    net.deliver()
+    clock.now += 0.01
+    a.registry.set_state(DRAFT, "bob", 1, {"v": 1})
+    if network == "announcement lost":
+        net.in_flight.clear()  # v1 never reaches B directly
+    net.deliver()
+    a.bus.tick()  # A's heartbeat announcement, carrying v1, is held back ...
+    held, net.in_flight = net.in_flight, []
+    clock.now += 0.01
+    b.registry.set_state(DRAFT, "bob", 2, {"v": 2})
+    net.deliver()
+    b.registry.detach(DRAFT, "bob", 2)  # b2 closes
+    if network == "reordered":
+        net.in_flight[:0] = held  # ... and arrives after v2 and the close
+    net.deliver()
+    for proc in (a, b):
+        assert proc.members() == {"bob": {"v": 2}}
+    clock.now += 1.0
+    a.bus.tick()
+    b.bus.tick()
+    net.deliver()  # announcements (from A: v2, the newest) change nothing
+    b.registry.attach(DRAFT, "bob", 3)
+    net.deliver()
+    for proc in (a, b):
+        assert proc.members() == {"bob": {"v": 2}}
+    a.registry.detach(DRAFT, "bob", 1)  # revocation: A's socket first, then B's
+    net.deliver()
+    assert a.members() == b.members() == {"bob": {"v": 2}}
+    b.registry.detach(DRAFT, "bob", 3)
+    net.deliver()
+    for proc in (a, b):
+        assert proc.members() == {}
+        updates = [e.state_json for e in proc.events if e.kind == "update"]
+        assert updates[-1] == b'{"v":2}', updates
+        assert b'{"v":1}' not in updates[updates.index(b'{"v":2}') :]
+        assert proc.events[-1].kind == "leave"

@@ -7,6 +7,7 @@ update / leave only on real changes; across nodes the same rules with ``apply_re
 
 from __future__ import annotations
 
+import math
 import tracemalloc
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,28 +43,35 @@ class Clock:
 
 @dataclass
 class Model:
-    """The rules written as plainly as possible: sources per (draft, user), by node."""
+    """The rules written as plainly as possible: sources (node -> since) per (draft, user) decide
+    presence and ``since``; the state is the newest ``(state_ts, bytes)`` heard while present."""
 
     sockets: dict[tuple[str, str], set[int]] = field(default_factory=dict)
-    # (draft, user) -> node -> (state bytes, since, state_ts)
-    sources: dict[tuple[str, str], dict[str, tuple[bytes, float, float]]] = field(default_factory=dict)
+    # (draft, user) -> node -> since
+    sources: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    # (draft, user) -> (state_ts, state bytes), the newest heard while present
+    newest: dict[tuple[str, str], tuple[float, bytes]] = field(default_factory=dict)
 
     def members(self, draft: str) -> dict[str, tuple[bytes, float]]:
         out = {}
         for (d, user), by_node in self.sources.items():
             if d != draft or not by_node:
                 continue
-            node = max(by_node, key=lambda n: (by_node[n][2], n))
-            out[user] = (by_node[node][0], min(s[1] for s in by_node.values()))
+            out[user] = (self.state((d, user))[1], min(by_node.values()))
         return out
 
-    def latest(self, key: tuple[str, str]) -> tuple[bytes, float]:
-        """(state, state_ts) set last among the user's sources; ({}, 0) without any."""
-        by_node = self.sources.get(key) or {}
-        if not by_node:
-            return b"{}", 0.0
-        node = max(by_node, key=lambda n: (by_node[n][2], n))
-        return by_node[node][0], by_node[node][2]
+    def state(self, key: tuple[str, str]) -> tuple[float, bytes]:
+        """(state_ts, state) of the user: the newest heard; (0, {}) without any."""
+        return self.newest.get(key, (0.0, b"{}"))
+
+    def hear(self, key: tuple[str, str], state_ts: float, raw: bytes) -> None:
+        if (state_ts, raw) > self.state(key):
+            self.newest[key] = (state_ts, raw)
+
+    def forget_absent(self) -> None:
+        for key in [k for k, by_node in self.sources.items() if not by_node]:
+            del self.sources[key]
+            self.newest.pop(key, None)
 
 
 @dataclass
@@ -72,8 +80,10 @@ class Seen:
 
     present: dict[tuple[str, str], bytes] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    events: list[PresenceEvent] = field(default_factory=list)
 
     def __call__(self, event: PresenceEvent) -> None:
+        self.events.append(event)
         key = (event.draft_id, event.user_id)
         if event.kind == "join":
             if key in self.present:
@@ -136,13 +146,14 @@ def test_registry_matches_the_model(program: list[tuple[Any, ...]]) -> None:
     model = Model()
     for op in program:
         kind = op[0]
+        events_before = len(seen.events)
+        newest_before = dict(model.newest)
         if kind == "attach":
             _, d, u, s = op
             registry.attach(d, u, s)
             socks = model.sockets.setdefault((d, u), set())
-            if not socks:  # present elsewhere: this node's source takes the user's state
-                state_json, state_ts = model.latest((d, u))
-                model.sources.setdefault((d, u), {})[ME] = (state_json, clock.now, state_ts)
+            if not socks:  # present elsewhere or not: this node's source carries the newest state
+                model.sources.setdefault((d, u), {})[ME] = clock.now
             socks.add(s)
         elif kind == "detach":
             _, d, u, s = op
@@ -158,32 +169,34 @@ def test_registry_matches_the_model(program: list[tuple[Any, ...]]) -> None:
                 with pytest.raises(KeyError):
                     registry.set_state(d, u, s, state)
                 continue
-            before = model.members(d).get(u)
+            before_ts, before_raw = model.state((d, u))
             raw = orjson.dumps(state)
             changed = registry.set_state(d, u, s, state)
-            mine = model.sources[(d, u)][ME]
-            if before is not None and before[0] == raw and mine[0] == raw:
-                assert not changed
-            else:
-                assert changed
-                model.sources[(d, u)][ME] = (raw, mine[1], clock.now)
+            assert changed == (raw != before_raw)
+            # set last, so the newest, even against a peer's clock that is ahead of ours
+            state_ts = clock.now if clock.now > before_ts else math.nextafter(before_ts, math.inf)
+            model.newest[(d, u)] = (state_ts, raw)
         elif kind == "remote":
             _, node, d, u, state, since, ts = op
             registry.apply_remote(node, d, u, state, since, ts)
             if state is None:
                 model.sources.get((d, u), {}).pop(node, None)
             else:
-                by_node = model.sources.setdefault((d, u), {})
-                by_node[node] = (orjson.dumps(state), since, ts)
-                mine = by_node.get(ME)
-                if mine is not None and (ts, node) > (mine[2], ME):  # newer: ours takes it
-                    by_node[ME] = (by_node[node][0], mine[1], ts)
+                model.sources.setdefault((d, u), {})[node] = since
+                model.hear((d, u), ts, orjson.dumps(state))
         else:
             _, node = op
             registry.drop_node(node)
             for by_node in model.sources.values():
                 by_node.pop(node, None)
+        model.forget_absent()
         assert not seen.errors, seen.errors
+        # never an update to an older state: each update is to a state newer than the one before
+        for event in seen.events[events_before:]:
+            key = (event.draft_id, event.user_id)
+            if event.kind == "update":
+                assert model.newest[key][1] == event.state_json, (op, event)
+                assert model.newest[key] > newest_before.get(key, (0.0, b"{}")), (op, event)
         for d in DRAFTS:
             expected = model.members(d)
             got = {m.user_id: (m.state_json, m.since) for m in registry.members(d)}
@@ -192,15 +205,20 @@ def test_registry_matches_the_model(program: list[tuple[Any, ...]]) -> None:
             assert {u: s for (dd, u), s in seen.present.items() if dd == d} == {
                 u: v[0] for u, v in expected.items()
             }
-        # published at once: each local join, state set and leave (not a state taken from a
-        # peer, which every peer has); announced: this node's sources as the model has them
+        # published at once: each local join, state set and leave; announced: this node's
+        # sources, each with the user's newest state (a peer that starts later learns it)
         assert {(c.draft_id, c.user_id) for c in registry.local_entries()} == set(published)
         assert {
             (c.draft_id, c.user_id): (c.state_json, c.since, c.state_ts) for c in registry.local_entries()
-        } == {key: by_node[ME] for key, by_node in model.sources.items() if ME in by_node}
+        } == {
+            key: (model.state(key)[1], by_node[ME], model.state(key)[0])
+            for key, by_node in model.sources.items()
+            if ME in by_node
+        }
         stats = registry.stats()
         assert stats["entries"] == sum(len(model.members(d)) for d in DRAFTS)
-        assert stats["state_bytes"] == sum(len(v[0]) for by in model.sources.values() for v in by.values())
+        assert stats["sources"] == sum(len(by_node) for by_node in model.sources.values())
+        assert stats["state_bytes"] == sum(len(model.state(key)[1]) for key in model.sources)
 
 
 def test_second_socket_is_not_a_join_and_leave_comes_with_the_last() -> None:
@@ -267,13 +285,66 @@ def test_a_state_set_through_another_node_outlives_that_nodes_sockets(b_first: b
     assert b.members("d")[0].state == {"cursor": 8}
 
 
-def test_ties_are_broken_by_node_id_the_same_way_everywhere() -> None:
+def test_ties_are_broken_by_the_state_bytes_the_same_way_everywhere() -> None:
     a = PresenceRegistry("node-a", clock=Clock())
     c = PresenceRegistry("node-c", clock=Clock())
-    for reg in (a, c):
-        reg.apply_remote("node-x", "d", "u", {"v": 1}, 0.0, 7.0)
-        reg.apply_remote("node-y", "d", "u", {"v": 2}, 0.0, 7.0)
+    for reg, order in ((a, ("node-x", "node-y")), (c, ("node-y", "node-x"))):
+        for node in order:  # heard in either order, from either node
+            state = {"v": 2} if node == "node-x" else {"v": 1}
+            reg.apply_remote(node, "d", "u", state, 0.0, 7.0)
     assert a.members("d")[0].state == c.members("d")[0].state == {"v": 2}
+
+
+def _relay(changes: list[LocalChange], sender: str, to: PresenceRegistry) -> None:
+    for c in changes:
+        to.apply_remote(sender, c.draft_id, c.user_id, c.state_json, c.since, c.state_ts)
+    changes.clear()
+
+
+@pytest.mark.parametrize("stale_announcement", [False, True])
+def test_the_newest_state_stays_whichever_sockets_close(stale_announcement: bool) -> None:
+    """A fresh-user trial: bob has socket b1 on A and b2 on B; b1 sets v1, then b2 sets v2; b2
+    closes. A showed v2 but B showed v1 (its copy of A's source still held v1), and on revocation
+    alice on A got an ``update`` back to v1 before the ``leave``. The state only moves forward:
+    every node shows v2, and no ``update`` to an older state is ever sent."""
+    clock = Clock()
+    a, b = PresenceRegistry("node-a", clock=clock), PresenceRegistry("node-b", clock=clock)
+    from_a: list[LocalChange] = []
+    from_b: list[LocalChange] = []
+    a.on_local_change, b.on_local_change = from_a.append, from_b.append
+    events: dict[str, list[tuple[str, bytes | None]]] = {"a": [], "b": []}
+    a.add_observer(lambda e: events["a"].append((e.kind, e.state_json)))
+    b.add_observer(lambda e: events["b"].append((e.kind, e.state_json)))
+    a.attach("d", "bob", "b1")
+    b.attach("d", "bob", "b2")
+    _relay(from_a, "node-a", b)
+    _relay(from_b, "node-b", a)
+    a.set_state("d", "bob", "b1", {"v": 1})
+    stale = a.local_entries()  # A's announcement of v1, delivered late below
+    _relay(from_a, "node-a", b)
+    b.set_state("d", "bob", "b2", {"v": 2})
+    _relay(from_b, "node-b", a)
+    b.detach("d", "bob", "b2")  # b2 closes
+    _relay(from_b, "node-b", a)
+    if stale_announcement:
+        _relay(stale, "node-a", b)
+    for reg in (a, b):
+        assert [(m.user_id, m.state) for m in reg.members("d")] == [("bob", {"v": 2})]
+    b.attach("d", "bob", "b3")  # a new socket on B starts from the newest state
+    _relay(from_b, "node-b", a)
+    assert b.members("d")[0].state == {"v": 2}
+    assert [(c.state_json, c.state_ts) for c in b.local_entries()] == [
+        (c.state_json, c.state_ts) for c in a.local_entries()
+    ]
+    a.detach("d", "bob", "b1")  # revocation: every socket of bob goes, A's first
+    _relay(from_a, "node-a", b)
+    b.detach("d", "bob", "b3")
+    _relay(from_b, "node-b", a)
+    assert a.members("d") == b.members("d") == []
+    for name in ("a", "b"):
+        updates = [state for kind, state in events[name] if kind == "update"]
+        assert updates[-1] == b'{"v":2}' and b'{"v":1}' not in updates[updates.index(b'{"v":2}') :]
+        assert events[name][-1] == ("leave", None)
 
 
 @pytest.mark.parametrize(
@@ -308,7 +379,7 @@ def test_exactly_512_bytes_is_accepted() -> None:
 def test_memory_per_entry_is_bounded() -> None:
     """The figures in docs/ARCHITECTURE.md: bytes per entry (one socket, 100 drafts), measured.
 
-    Measured on CPython 3.11: ~570 B with the empty state, ~700 B with a 64-byte state, ~1,150 B
+    Measured on CPython 3.11: ~510 B with the empty state, ~600 B with a 64-byte state, ~1,050 B
     with a 512-byte one. The bounds leave room; this is not a benchmark.
     """
     n = 2000
