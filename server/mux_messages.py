@@ -4,7 +4,8 @@ drafts").
 A message is one JSON object in a text frame with a string ``type``. Each kind of bad message
 has one answer, whatever draft it names (docs/API.md "``/v1/ws``: bad messages, by kind"):
 
-* not JSON (including integers beyond 64 bits, which the parser refuses), not an object, no
+* not JSON (including a number that overflows a double, ``1e999``, and a lone surrogate escape
+  in any string, which the parser refuses), not an object, no
   string ``type``, a ``type`` the socket does not know, ``draft_id`` missing or not a string →
   ``bad_message`` (no ``draft_id``: the message named none we can trust);
 * ``since`` present but not a JSON integer from 0 to :data:`server.params.MAX_SEQ` (a string, a

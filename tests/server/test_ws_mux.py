@@ -198,6 +198,13 @@ async def test_subscription_cap_and_refused_resubscribe_changes_nothing(
     assert metrics.subscriptions._value.get() == 3
     error = await mux.subscribe(drafts[3])
     assert (error["code"], error["draft_id"]) == ("too_many_subscriptions", drafts[3])
+    # the order of the checks (docs/API.md): the message's form, then the cap, then the draft
+    for unknown in ("draft_" + "0" * 20, "nope"):
+        error = await mux.subscribe(unknown)
+        assert (error["code"], error["draft_id"]) == ("too_many_subscriptions", unknown)
+    await mux.send({"type": "subscribe", "draft_id": "nope", "since": 1.5})
+    error = await mux.until(lambda m: m.get("draft_id") == "nope")
+    assert (error["code"], error["draft_id"]) == ("invalid_since", "nope")
     assert (await mux.subscribe(drafts[0], since=0))["type"] == "subscribed"  # not a new one
     assert (await mux.subscribe(drafts[0], since=99))["code"] == "invalid_since"  # refused: goes on
     await mux.send({"type": "unsubscribe", "draft_id": drafts[1]})
@@ -277,6 +284,12 @@ BAD_MESSAGES: list[tuple[str, str, bool]] = [
     ('{"type": "subscribe", "draft_id": "D", "since": 9223372036854775807}', "invalid_since", True),
     ('{"type": "subscribe", "draft_id": "D", "since": 99999999999999999999999}', "invalid_since", True),
     ('{"type": "subscribe", "draft_id": "D", "since": [1]}', "invalid_since", True),
+    # whole messages JSON parsers cannot represent: a number that overflows a double, a lone
+    # surrogate escape in any string (docs/API.md: "a message is one JSON object", no draft_id)
+    ('{"type": "subscribe", "draft_id": "D", "since": 1e999}', "bad_message", False),
+    ('{"type": "subscribe", "draft_id": "D", "since": -1e999}', "bad_message", False),
+    ('{"type": "subscribe", "draft_id": "D", "note": "\\ud800"}', "bad_message", False),
+    ('{"type": "subscribe", "draft_id": "D\\ud800"}', "bad_message", False),
 ]
 
 
