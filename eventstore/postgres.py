@@ -112,6 +112,10 @@ log = logging.getLogger(__name__)
 CHANNEL = "ringlog"
 """The LISTEN/NOTIFY channel; payloads are ``stream_id:last_seq``."""
 
+SNAPSHOT_LEAD_LOCK = 0x72696E67736E6170
+"""Session advisory lock held on its LISTEN connection by the node that saves every draft's
+snapshot and moves the snapshot checkpoint (docs/POSTGRES.md "Snapshots are saved by one node")."""
+
 LISTEN_APPLICATION_NAME = "ringlog-listen"
 """``application_name`` of the listener connection (operators can find it in pg_stat_activity)."""
 
@@ -329,6 +333,7 @@ class PostgresStore:
         self._poller: asyncio.Task[None] | None = None
         self._listen_conn: asyncpg.Connection | None = None
         self._listening = asyncio.Event()
+        self._snapshot_leader = False
         self._hints: dict[str, int] = {}
         self._hint_task: asyncio.Task[None] | None = None
         self.peer_bus = PeerBus()
@@ -339,6 +344,13 @@ class PostgresStore:
     def is_shared(self) -> bool:
         """Other servers may append to the same database: caches must read the log's tail."""
         return True
+
+    @property
+    def snapshot_leader(self) -> bool:
+        """True while this node's LISTEN connection holds :data:`SNAPSHOT_LEAD_LOCK` (tried at each
+        connect and each ping, so a lead freed by a dead node is taken within ``poll_interval``).
+        A store opened with ``listen=False`` (tests, tools) always leads, as one process would."""
+        return self._snapshot_leader or not self.listen
 
     @property
     def published_position(self) -> int:
@@ -648,6 +660,7 @@ class PostgresStore:
                 await conn.add_listener(CHANNEL, self._on_notification)
                 await conn.add_listener(BUS_CHANNEL, frame_listener(self.peer_bus.receive))
                 self._listen_conn = conn
+                await self._try_lead(conn)
                 self._listening.set()
                 self.peer_bus.start()  # or, listening again, a hello: peers re-announce their state
                 backoff = 0.1
@@ -658,6 +671,7 @@ class PostgresStore:
                 log.warning("LISTEN connection failed (%r); retrying in %.1fs", str(e), backoff)
             finally:
                 self._listening.clear()
+                self._snapshot_leader = False  # the session lock goes with the connection
                 self._listen_conn = None
                 if conn is not None:
                     conn.terminate()
@@ -672,7 +686,16 @@ class PostgresStore:
                 await asyncio.wait_for(lost.wait(), interval)
             if lost.is_set() or conn.is_closed():
                 return
-            await conn.execute("SELECT 1", timeout=max(interval, 5.0))
+            if self._snapshot_leader:
+                await conn.execute("SELECT 1", timeout=max(interval, 5.0))
+            else:
+                await self._try_lead(conn)  # the ping, and a try for a lead a dead node freed
+
+    async def _try_lead(self, conn: asyncpg.Connection) -> None:
+        """Take the snapshot lead if no other node's LISTEN session holds it."""
+        timeout = max(self.poll_interval, 5.0)
+        got = await conn.fetchval("SELECT pg_try_advisory_lock($1)", SNAPSHOT_LEAD_LOCK, timeout=timeout)
+        self._snapshot_leader = bool(got)
 
     async def _poll_loop(self) -> None:
         """The periodic check: a lost notification delays delivery by one interval at most."""

@@ -199,6 +199,25 @@ class BodyReader(Protocol):
 
 
 @runtime_checkable
+class SnapshotLeadership(Protocol):
+    """Optional for a shared :class:`Store`: whether this process is the one that moves the
+    snapshot checkpoint (docs/POSTGRES.md "Snapshots are saved by one node").
+
+    The checkpoint promises that every draft's snapshot reflects all its records at or below it,
+    so whoever moves it must save every draft that changed. On a store with several nodes one
+    of them leads (PostgreSQL: the holder of an advisory lock on its LISTEN connection); the
+    others save only the drafts they hold current states of, and never move the checkpoint.
+    Stores without it: every process leads, as on one process.
+    """
+
+    @property
+    def snapshot_leader(self) -> bool:
+        """True while this process holds the lead (it may also be true on two processes for a
+        moment after a connection drops: both then save everything, which is safe)."""
+        ...
+
+
+@runtime_checkable
 class StreamBodyReader(Protocol):
     """Optional for a :class:`Store`: page through one stream's bodies only (a socket's replay).
 

@@ -51,3 +51,19 @@ ACCESS_EVENT_TYPES: frozenset[str] = frozenset(
 
 EVENT_TYPE_PREFIX = "collab."
 """Every event type starts with this; other WebSocket messages (``connected``, ``error``…) do not."""
+
+
+SUMMARY_TYPES: frozenset[str] = frozenset(
+    {
+        EventType.DRAFT_CREATED,
+        EventType.DRAFT_UPDATED,
+        EventType.COLLABORATOR_ADDED,
+        EventType.COLLABORATOR_REMOVED,
+        EventType.DRAFT_ARCHIVED,
+        EventType.DRAFT_UNARCHIVED,
+    }
+)
+"""The events that change a draft's list row or member set beyond its ``seq`` and ``updated_at``
+(``projections.fold.fold_summary``). Every other type, unknown ones included, moves only those
+two, so a projector may advance a summary past it from the record's ``seq`` without decoding it
+(``projections.runner``, ``projections.feed``)."""

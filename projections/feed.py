@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from projections.event_types import EventType
+from projections.event_types import SUMMARY_TYPES, EventType
 from projections.fold import FoldableEvent, FoldError, fold_summary
 from projections.state import DraftSummary
 
@@ -34,6 +34,10 @@ VIEWER_TYPES: frozenset[str] = frozenset(
     {EventType.DRAFT_ARCHIVED, EventType.DRAFT_UNARCHIVED, EventType.DRAFT_UPDATED}
 )
 """Events that concern everyone who may view the draft at that moment."""
+
+QUIET_TYPES_EXCLUDED: frozenset[str] = SUMMARY_TYPES | NAMING_TYPES | VIEWER_TYPES | {EventType.RING_PASSED}
+"""Types that may concern someone or change the member set; every other type (segments, unknown
+types) concerns nobody and moves a summary's ``seq`` only, as far as this rule reads it."""
 
 
 def concerned_users(before: DraftSummary | None, event: FoldableEvent) -> frozenset[str]:
@@ -98,6 +102,25 @@ class FeedFolder:
             self.summaries.pop(draft_id, None)
         else:
             self.summaries[draft_id] = summary
+
+    def skip(self, draft_id: str, seq: int, kind: str) -> bool:
+        """Advance past an event that concerns nobody without decoding it; True if it did.
+
+        Only for an event of a type outside :data:`QUIET_TYPES_EXCLUDED` (a segment) whose
+        draft's summary sits just before it: its ``seq`` moves on (``updated_at`` is left as it
+        was, which :func:`concerned_users` never reads), exactly as :meth:`add` would leave the
+        member set, and nobody is concerned. Otherwise nothing changes and the caller decodes the
+        event for :meth:`needs` / :meth:`add`.
+        """
+        if kind in QUIET_TYPES_EXCLUDED:
+            return False
+        summary = self.summaries.get(draft_id)
+        if summary is None or summary.seq != seq - 1:
+            return False
+        self.summaries[draft_id] = DraftSummary(
+            draft_id, summary.title, seq, summary.updated_at, summary.members, summary.archived
+        )
+        return True
 
     def add(self, event: FoldableEvent) -> frozenset[str]:
         """The users ``event`` concerns; the draft's summary moves past it.

@@ -276,6 +276,8 @@ class FeedProjector:
         self._settle()
 
     async def _concerned(self, record: Record) -> frozenset[str]:
+        if self._folder.skip(record.stream_id, record.seq, record.type):
+            return frozenset()  # a segment: concerns nobody, and needs no decoding
         event = record.event()
         if self._folder.needs(event):
             self._folder.seed(record.stream_id, await self._summary_before(record.stream_id, record.seq))

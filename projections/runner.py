@@ -35,12 +35,14 @@ import logging
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from eventstore.events import Record, Snapshot
-from eventstore.store import BodyReader, Store, StreamBodyReader
+from eventstore.store import BodyReader, SnapshotLeadership, Store, StreamBodyReader
+from projections.event_types import SUMMARY_TYPES
 from projections.feed_index import rebuild_feed
 from projections.fold import FoldError, LogFolder, fold_all, fold_summary
 from projections.past import PastStates
@@ -97,6 +99,10 @@ class DraftProjector:
         self._by_member: dict[str, set[str]] = {}
         self._position = 0
         self._dirty: set[str] = set()
+        self._left_to_leader: set[str] = set()  # changed, not cached here: the snapshot leader saves them
+        self._stale_ts: OrderedDict[str, Record] = (
+            OrderedDict()
+        )  # summaries whose updated_at is this record's ts
         self._advance_lock = asyncio.Lock()
         self.past = past if past is not None else PastStates()
         """Past states kept for :meth:`state_at` (bounded LRU)."""
@@ -258,8 +264,13 @@ class DraftProjector:
         """The draft's current state, or None if it does not exist.
 
         ``at_least``: a head the caller learnt from the log (a lost append race reports it); a
-        cached state behind it is never returned, the log's tail is read instead.
+        cached state behind it is never returned, the log's tail is read instead. A draft not
+        cached here (other nodes' drafts are not folded eagerly, see :meth:`_apply_to_draft`) is
+        folded from its snapshot and the log after it, and kept in the cache from then on.
         """
+        return await self._current(draft_id, at_least, remember=True)
+
+    async def _current(self, draft_id: str, at_least: int, *, remember: bool) -> DraftState | None:
         cached = self._cache.get(draft_id)
         if cached is not None:
             self._cache.move_to_end(draft_id)
@@ -275,7 +286,7 @@ class DraftProjector:
             base = DraftState.from_json(snap.state) if snap is not None else None
         records = await self.store.read(draft_id, after_seq=base.seq if base is not None else 0)
         state = fold_all(base, [r.event() for r in records]) if records else base
-        if state is not None:
+        if state is not None and remember:
             self._remember(state)
         return state
 
@@ -349,7 +360,7 @@ class DraftProjector:
         ``archived``, else the others (API.md v2)."""
         await self.advance()
         ids = self._by_member.get(user_id, ())
-        rows = [row for i in ids if (row := self._summaries[i]).archived == archived]
+        rows = [row for i in ids if (row := self._summary(i)).archived == archived]
         rows.sort(key=lambda s: (s.updated_at, s.id), reverse=True)
         return rows
 
@@ -364,7 +375,17 @@ class DraftProjector:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
+    def _summary(self, draft_id: str) -> DraftSummary:
+        """The draft's summary, its ``updated_at`` taken from the last record skipped undecoded."""
+        summary = self._summaries[draft_id]
+        record = self._stale_ts.pop(draft_id, None)
+        if record is not None and record.seq == summary.seq:
+            summary = replace(summary, updated_at=orjson.loads(record.body)["ts"])
+            self._summaries[draft_id] = summary
+        return summary
+
     def _set_summary(self, summary: DraftSummary) -> None:
+        self._stale_ts.pop(summary.id, None)
         old = self._summaries.get(summary.id)
         self._summaries[summary.id] = summary
         if old is None or old.members != summary.members:
@@ -406,12 +427,24 @@ class DraftProjector:
             return True  # already reflected
         if record.seq != known + 1:
             return False
+        cached = self._cache.get(record.stream_id)
+        if cached is None and summary is not None and record.type not in SUMMARY_TYPES:
+            # a segment of a draft not cached here (typically another node's): its summary
+            # moves by seq only, and its updated_at is decoded if a listing asks for it
+            self._summaries[record.stream_id] = DraftSummary(
+                summary.id, summary.title, record.seq, summary.updated_at, summary.members, summary.archived
+            )
+            self._stale_ts[record.stream_id] = record
+            self._stale_ts.move_to_end(record.stream_id)
+            if len(self._stale_ts) > self.cache_size:
+                self._summary(next(iter(self._stale_ts)))  # bounded: the oldest is decoded now
+            self._dirty.add(record.stream_id)
+            return True
         event = record.event()
         try:
             self._set_summary(fold_summary(summary, event))
         except FoldError:
             return False
-        cached = self._cache.get(record.stream_id)
         if cached is not None:
             if record.seq == cached.seq + 1:
                 self._cache[record.stream_id] = fold_all(cached, (event,)) or cached
@@ -447,22 +480,46 @@ class DraftProjector:
             self._set_summary(state.summary())
         self._dirty.add(record.stream_id)
 
+    @property
+    def _leads(self) -> bool:
+        return not isinstance(self.store, SnapshotLeadership) or self.store.snapshot_leader
+
     async def flush(self) -> None:
-        """Save snapshots of the drafts that changed, with the checkpoint they are complete to."""
+        """Save snapshots of the drafts that changed, with the checkpoint they are complete to.
+
+        On a store with a snapshot leader (:class:`~eventstore.store.SnapshotLeadership`,
+        several PostgreSQL nodes) only the leader saves every changed draft and moves the
+        checkpoint; another node saves the changed drafts it has cached (their state is at
+        hand) with no checkpoint, and leaves the others to the leader (kept, in case it leads
+        later). Every process of any other store leads.
+        """
+        leads = self._leads
+        if leads and self._left_to_leader:
+            self._dirty |= self._left_to_leader
+            self._left_to_leader = set()
         if not self._dirty:
             return
-        checkpoint = self._position
+        checkpoint = self._position if leads else 0
         dirty, self._dirty = self._dirty, set()
+        left: set[str] = set()
         try:
             snaps: list[Snapshot] = []
             for draft_id in dirty:
-                state = await self.get(draft_id)
+                if draft_id in self._cache:
+                    state = await self.get(draft_id)
+                elif leads:
+                    state = await self._current(draft_id, 0, remember=False)  # stays uncached
+                else:
+                    left.add(draft_id)
+                    continue
                 if state is not None:
                     snaps.append(Snapshot(draft_id, state.seq, state.to_json()))
-            await self.store.save_snapshots(snaps, checkpoint)
+            if snaps or leads:
+                await self.store.save_snapshots(snaps, checkpoint)
         except BaseException:
             self._dirty |= dirty
             raise
+        self._left_to_leader |= left
 
 
 async def rebuild(store: Store, progress: Callable[[int, int], None] | None = None) -> int:
