@@ -205,3 +205,26 @@ async def test_only_the_snapshot_leader_moves_the_checkpoint_and_saves_others_dr
         assert await nodes.stores[lead].snapshot_checkpoint() >= head
         saved = {s.stream_id: s.seq for s in await nodes.stores[lead].list_snapshots("", 10)}
         assert saved == {"a": 2, "b": 1}
+
+
+@pytest.mark.postgres
+async def test_a_lead_freed_by_a_closed_node_is_taken_by_another() -> None:
+    async with temporary_database() as url:
+        stores = [PostgresStore(url, 2, poll_interval=0.1) for _ in range(2)]
+        for store in stores:
+            await store.open()
+            assert await store.wait_listening(10)
+        try:
+            leaders = [s.snapshot_leader for s in stores]
+            assert sorted(leaders) == [False, True], leaders
+            lead = leaders.index(True)
+            await stores[lead].close()
+            other = stores[1 - lead]
+            for _ in range(200):  # bounded: the other node tries at each ping (every 0.1 s here)
+                if other.snapshot_leader:
+                    break
+                await asyncio.sleep(0.05)
+            assert other.snapshot_leader
+        finally:
+            for store in stores:
+                await store.close()
