@@ -186,11 +186,13 @@ def valid_user_id(user_id: object, limits: Limits = DEFAULT_LIMITS) -> bool:
     whitespace, control, format, surrogate, private-use or noncharacter). The one user-id rule,
     for every channel: X-User-Id, a JWT's ``sub``, ids in bodies and paths, and the Python
     client (API.md "Limits"; docs/API.md "User ids")."""
-    return (
-        isinstance(user_id, str)
-        and 1 <= len(user_id) <= limits.user_id_max
-        and not any(user_id_char_refused(ch) for ch in user_id)
-    )
+    if not isinstance(user_id, str) or not 1 <= len(user_id) <= limits.user_id_max:
+        return False
+    if user_id.isascii() and user_id.isprintable() and " " not in user_id:
+        # U+0021–U+007E only (what nearly every id is): none of them is refused, so the
+        # per-character check below (~0.1 µs a character, on every request) is skipped
+        return True
+    return not any(user_id_char_refused(ch) for ch in user_id)
 
 
 def decide(
