@@ -36,7 +36,7 @@ from projections import (
 from projections.access import ViewAccess
 from projections.decide import is_ring_return
 from projections.event_types import EVENT_TYPE_PREFIX, EventType
-from projections.fold import FoldError, LogFolder, fold_all, fold_log, fold_summary
+from projections.fold import FoldError, LogFolder, fold, fold_all, fold_log, fold_summary
 from projections.state import DraftState, DraftSummary
 from tests.projections.drafting import clock
 
@@ -172,6 +172,23 @@ def test_the_fast_path_refuses_what_the_fold_refuses(
     if broken["type"] in typed and broken["type"] != envelopes[i]["type"]:
         return  # likewise: data of another type
     assert _outcome(_by_add_envelope, mutated) == _outcome(_by_fold, mutated)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps)
+def test_folding_one_event_at_a_time_is_the_bulk_fold(
+    plan: list[tuple[str, str, str, str, str, str]],
+) -> None:
+    """``fold`` of one ``collab.segment_added`` takes a shortcut (no builder): the same states."""
+    envelopes = _log(plan)
+    expected = _by_fold(envelopes)
+    states: dict[str, DraftState] = {}
+    for envelope in envelopes:
+        event = Event.model_validate(envelope)
+        states[event.draft_id] = fold(states.get(event.draft_id), event)
+    assert states == expected
+    for draft_id, state in expected.items():
+        assert states[draft_id].to_json() == state.to_json()
 
 
 @settings(max_examples=150, deadline=None)
