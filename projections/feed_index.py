@@ -278,7 +278,7 @@ class FeedProjector:
     async def _concerned(self, record: Record) -> frozenset[str]:
         if self._folder.skip(record.stream_id, record.seq, record.type):
             return frozenset()  # a segment: concerns nobody, and needs no decoding
-        event = record.event()
+        event = Envelope.of(record.envelope())  # no pydantic model: ~3 µs less per event
         if self._folder.needs(event):
             self._folder.seed(record.stream_id, await self._summary_before(record.stream_id, record.seq))
         try:
