@@ -95,7 +95,8 @@ async def _timing(request: web.Request, handler: Handler) -> web.StreamResponse:
         name = route.canonical if route is not None else "unmatched"
         if name != "/v1/ws" and not name.startswith("/v1/ws/"):  # sockets are not requests
             st = request.app[AppState.KEY]
-            st.metrics.request_latency.labels(request.method, name, str(status)).observe(
+            metrics = st.metrics
+            metrics.child(metrics.request_latency, request.method, name, str(status)).observe(
                 time.perf_counter() - started
             )
 

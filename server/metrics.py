@@ -5,11 +5,17 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import accumulate
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
+
+LABELLED_CACHE = 4096
+"""Label tuples whose child metric :meth:`Metrics.child` keeps at hand (beyond them it asks the
+metric each time, as before): routes × methods × statuses is a few hundred in practice."""
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -64,6 +70,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.open_sockets = Gauge("ringlog_open_sockets", "WebSockets currently open", registry=r)
         self.subscriptions = Gauge(
@@ -102,6 +109,20 @@ class Metrics:
             "Presence updates replaced by a newer one of the same socket before being applied",
             registry=r,
         )
+
+    def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        """``metric.labels(*labels)``, kept after the first call: ``labels()`` costs about as much
+        as the observation itself (≈ 2.5 µs, a lock and a dict of tuples), and it ran twice per
+        request (request latency, events appended). The cache holds at most
+        :data:`LABELLED_CACHE` entries; the children are the metric's own, so nothing changes
+        in what is exported."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = metric.labels(*labels)
+            if len(self._children) < LABELLED_CACHE:
+                self._children[key] = found
+        return found
 
     def track_presence(self, stats: Callable[[], Mapping[str, int]]) -> None:
         """Presence gauges read from ``stats()`` (:meth:`server.presence.PresenceRegistry.stats`)

@@ -239,7 +239,7 @@ class Mutation(Generic[M]):
             body={"body": raw, "path": extra} if extra else raw,  # unchanged for the first five
         )
         if outcome.record is not None and not outcome.replayed:
-            st.metrics.events_appended.labels(outcome.record.type).inc()
+            st.metrics.child(st.metrics.events_appended, outcome.record.type).inc()
         reply = self.reply(outcome)
         headers = {"ETag": _etag(outcome.state.seq), **reply.headers}
         if outcome.replayed:
