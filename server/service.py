@@ -16,14 +16,12 @@ contention is never reported as unavailability (issue "contention is not unavail
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import logging
 import random
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,26 +101,54 @@ def fingerprint(endpoint: Endpoint, draft_id: str | None, body: Any) -> str:
 
 
 class _DraftLocks:
-    """One asyncio.Lock per draft, dropped when nobody holds or waits for it."""
+    """One asyncio.Lock per draft, dropped when nobody holds or waits for it.
+
+    :meth:`hold` returns a plain async context manager (:class:`_Held`) rather than an
+    ``@asynccontextmanager`` generator: the generator, its wrapper and two awaits cost ~4 µs per
+    command on the event loop (py-spy under wrk: 2 % of the server's samples).
+    """
 
     def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._locks: dict[str, list[Any]] = {}
+        """draft id → [lock, holders and waiters]."""
 
-    @asynccontextmanager
-    async def hold(self, draft_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(draft_id, (None, 0))
-        if lock is None:
-            lock = asyncio.Lock()
-        self._locks[draft_id] = (lock, users + 1)
+    def hold(self, draft_id: str) -> _Held:
+        """``async with locks.hold(draft_id):`` runs the block alone among this node's commands
+        on the draft."""
+        entry = self._locks.get(draft_id)
+        if entry is None:
+            entry = self._locks[draft_id] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        return _Held(self._locks, draft_id, entry)
+
+
+class _Held:
+    """One use of a draft's lock (see :meth:`_DraftLocks.hold`); counts out on exit even when
+    the wait for the lock was cancelled."""
+
+    __slots__ = ("_acquired", "_draft_id", "_entry", "_locks")
+
+    def __init__(self, locks: dict[str, list[Any]], draft_id: str, entry: list[Any]) -> None:
+        self._locks, self._draft_id, self._entry, self._acquired = locks, draft_id, entry, False
+
+    async def __aenter__(self) -> None:
         try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[draft_id]
-            if users == 1:
-                del self._locks[draft_id]
-            else:
-                self._locks[draft_id] = (lock, users - 1)
+            await self._entry[0].acquire()
+        except BaseException:
+            self._count_out()
+            raise
+        self._acquired = True
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._acquired:
+            self._entry[0].release()
+        self._count_out()
+
+    def _count_out(self) -> None:
+        entry = self._entry
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._locks[self._draft_id]
 
 
 class DraftService:
@@ -220,7 +246,7 @@ class DraftService:
             raise IdempotencyKeyReused() from e
         except DomainError:
             if claim is not None and (earlier := await self._earlier(claim)) is not None:
-                return dataclasses.replace(earlier, command=command)
+                return Outcome(earlier.state, earlier.record, earlier.replayed, command)
             raise
         if (
             outcome.record is None
@@ -228,7 +254,8 @@ class DraftService:
             and (earlier := await self._earlier(claim)) is not None
         ):
             outcome = earlier
-        return dataclasses.replace(outcome, command=command)
+        # not dataclasses.replace: it costs ~3 µs per command (introspection of the fields)
+        return Outcome(outcome.state, outcome.record, outcome.replayed, command)
 
     async def _earlier(self, claim: IdempotencyClaim) -> Outcome | None:
         found = await self.store.find_idempotency(claim.user_id, claim.key)
