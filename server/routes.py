@@ -123,7 +123,7 @@ def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not 1 <= len(key) <= 255 or not all(0x20 <= ord(ch) <= 0x7E for ch in key):
+    if not 1 <= len(key) <= 255 or not (key.isascii() and key.isprintable()):  # U+0020–U+007E
         raise ApiError(400, "invalid_parameter", "Idempotency-Key must be 1–255 printable ASCII characters")
     return key
 
