@@ -40,6 +40,10 @@ QUIET_TYPES_EXCLUDED: frozenset[str] = SUMMARY_TYPES | NAMING_TYPES | VIEWER_TYP
 types) concerns nobody and moves a summary's ``seq`` only, as far as this rule reads it."""
 
 
+NOBODY: frozenset[str] = frozenset()
+"""What a segment (and an unknown event type) concerns."""
+
+
 def concerned_users(before: DraftSummary | None, event: FoldableEvent) -> frozenset[str]:
     """The users whose feed ``event`` belongs to, given the draft's summary just before it.
 
@@ -56,8 +60,8 @@ def concerned_users(before: DraftSummary | None, event: FoldableEvent) -> frozen
     if kind == EventType.RING_PASSED:
         return frozenset((data["to_user_id"],))
     if kind in VIEWER_TYPES:
-        return before.members if before is not None else frozenset()
-    return frozenset()
+        return before.members if before is not None else NOBODY
+    return NOBODY
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,24 +88,44 @@ class FeedFolder:
     is missing or does not sit just before the event (a process that starts at a checkpoint, or
     summaries seeded from elsewhere) must be given one with :meth:`seed` first: :meth:`needs`
     says so.
+
+    ``collab.segment_added`` (most of any log) concerns nobody and moves only the summary's
+    ``seq`` and ``updated_at``: it updates them in place and the summary object is built again
+    only when another event needs it (``fold_summary`` of a segment changes nothing else). A
+    rebuild then makes no object per segment (:meth:`add_envelope`).
     """
 
     def __init__(self) -> None:
-        self.summaries: dict[str, DraftSummary] = {}
+        self._drafts: dict[str, list[Any]] = {}
+        """draft id → [summary as of the last event that was not a segment, seq, updated_at]."""
+
+    @property
+    def summaries(self) -> dict[str, DraftSummary]:
+        """Every draft's summary as of the last event folded."""
+        return {draft_id: self._current(entry) for draft_id, entry in self._drafts.items()}
+
+    @staticmethod
+    def _current(entry: list[Any]) -> DraftSummary:
+        summary: DraftSummary = entry[0]
+        if entry[1] != summary.seq:
+            summary = entry[0] = DraftSummary(
+                summary.id, summary.title, entry[1], entry[2], summary.members, summary.archived
+            )
+        return summary
 
     def needs(self, event: FoldableEvent) -> bool:
         """True when the draft's summary just before ``event`` is not known here."""
-        summary = self.summaries.get(event.draft_id)
-        if summary is None:
+        entry = self._drafts.get(event.draft_id)
+        if entry is None:
             return event.seq != 1
-        return summary.seq != event.seq - 1
+        return bool(entry[1] != event.seq - 1)
 
     def seed(self, draft_id: str, summary: DraftSummary | None) -> None:
         """Set the draft's summary (None: forget it, the draft starts again at seq 1)."""
         if summary is None:
-            self.summaries.pop(draft_id, None)
+            self._drafts.pop(draft_id, None)
         else:
-            self.summaries[draft_id] = summary
+            self._drafts[draft_id] = [summary, summary.seq, summary.updated_at]
 
     def skip(self, draft_id: str, seq: int, kind: str) -> bool:
         """Advance past an event that concerns nobody without decoding it; True if it did.
@@ -128,11 +152,26 @@ class FeedFolder:
         Raises :class:`~projections.fold.FoldError` when the event does not follow the summary
         (check :meth:`needs` first); nothing changes then.
         """
-        before = self.summaries.get(event.draft_id)
+        entry = self._drafts.get(event.draft_id)
+        if entry is not None and event.type == EventType.SEGMENT_ADDED and event.seq == entry[1] + 1:
+            entry[1], entry[2] = event.seq, event.ts
+            return NOBODY
+        before = self._current(entry) if entry is not None else None
         after = fold_summary(before, event)
         users = concerned_users(before, event)
-        self.summaries[event.draft_id] = after
+        self._drafts[event.draft_id] = [after, after.seq, after.updated_at]
         return users
+
+    def add_envelope(self, envelope: dict[str, Any]) -> frozenset[str]:
+        """:meth:`add` of an envelope decoded from the log's bytes; a segment that follows its
+        draft's summary builds no object at all (property test: the same feed as :meth:`add`)."""
+        entry = self._drafts.get(envelope["draft_id"])
+        if entry is not None and envelope["type"] == EventType.SEGMENT_ADDED:
+            seq = envelope["seq"]
+            if seq == entry[1] + 1:
+                entry[1], entry[2] = seq, envelope["ts"]
+                return NOBODY
+        return self.add(Envelope.of(envelope))
 
 
 def summary_before(events: list[FoldableEvent], base: DraftSummary | None) -> DraftSummary | None:
@@ -146,4 +185,4 @@ def summary_before(events: list[FoldableEvent], base: DraftSummary | None) -> Dr
     return summary
 
 
-__all__ = ["Envelope", "FeedFolder", "FoldError", "concerned_users", "summary_before"]
+__all__ = ["NOBODY", "Envelope", "FeedFolder", "FoldError", "concerned_users", "summary_before"]

@@ -435,11 +435,15 @@ async def rebuild_feed(store: Store, progress: Callable[[int, int], None] | None
             break
         entries: list[tuple[str, int]] = []
         for position, body in page:
-            event = Envelope.of(orjson.loads(body))
+            envelope = orjson.loads(body)
             try:
-                users = folder.add(event)
+                users = folder.add_envelope(envelope)
             except FoldError:
-                log.warning("rebuild: %s seq %d does not fold; indexed for nobody", event.draft_id, event.seq)
+                log.warning(
+                    "rebuild: %s seq %d does not fold; indexed for nobody",
+                    envelope["draft_id"],
+                    envelope["seq"],
+                )
                 continue
             entries.extend((user_id, position) for user_id in users)
         upto = page[-1][0]

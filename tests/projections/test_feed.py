@@ -63,6 +63,22 @@ def test_the_feed_is_exactly_the_events_that_concern_each_user(
     assert _folded_feed(log) == expected_feed(log)
 
 
+@settings(max_examples=100, deadline=None)
+@given(steps)
+def test_add_envelope_and_its_segment_shortcut_give_add_s_feed_and_summaries(
+    choices: list[tuple[str, int, str, str]],
+) -> None:
+    log = _history(choices)
+    by_add, by_envelope = FeedFolder(), FeedFolder()
+    for _, env in log:
+        assert by_envelope.add_envelope(env) == by_add.add(Envelope.of(env))
+    assert by_envelope.summaries == by_add.summaries
+    states: dict[str, Any] = {}
+    for _, env in log:
+        states[env["draft_id"]] = fold_all(states.get(env["draft_id"]), [Envelope.of(env)])
+    assert by_add.summaries == {draft_id: state.summary() for draft_id, state in states.items()}
+
+
 @settings(max_examples=60, deadline=None)
 @given(steps)
 def test_every_feed_event_is_of_a_kind_the_rules_name(choices: list[tuple[str, int, str, str]]) -> None:
