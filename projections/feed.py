@@ -138,12 +138,10 @@ class FeedFolder:
         """
         if kind in QUIET_TYPES_EXCLUDED:
             return False
-        summary = self.summaries.get(draft_id)
-        if summary is None or summary.seq != seq - 1:
+        entry = self._drafts.get(draft_id)
+        if entry is None or entry[1] != seq - 1:
             return False
-        self.summaries[draft_id] = DraftSummary(
-            draft_id, summary.title, seq, summary.updated_at, summary.members, summary.archived
-        )
+        entry[1] = seq  # in place, like add's segment shortcut (updated_at stays)
         return True
 
     def add(self, event: FoldableEvent) -> frozenset[str]:

@@ -69,9 +69,16 @@ def test_add_envelope_and_its_segment_shortcut_give_add_s_feed_and_summaries(
     choices: list[tuple[str, int, str, str]],
 ) -> None:
     log = _history(choices)
-    by_add, by_envelope = FeedFolder(), FeedFolder()
+    by_add, by_envelope, by_skip = FeedFolder(), FeedFolder(), FeedFolder()
     for _, env in log:
-        assert by_envelope.add_envelope(env) == by_add.add(Envelope.of(env))
+        users = by_add.add(Envelope.of(env))
+        assert by_envelope.add_envelope(env) == users
+        skipped = by_skip.skip(env["draft_id"], env["seq"], env["type"])
+        assert (frozenset() if skipped else by_skip.add(Envelope.of(env))) == users
+    # skip leaves updated_at behind (nobody's feed reads it); members and seq agree
+    assert {d: (s.seq, s.members, s.archived, s.title) for d, s in by_skip.summaries.items()} == {
+        d: (s.seq, s.members, s.archived, s.title) for d, s in by_add.summaries.items()
+    }
     assert by_envelope.summaries == by_add.summaries
     states: dict[str, Any] = {}
     for _, env in log:
