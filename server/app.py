@@ -44,7 +44,7 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
     "connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'"
 )
-CORS_METHODS = "GET, POST, PATCH, OPTIONS"
+CORS_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key, If-Match, If-None-Match, X-User-Id"
 CORS_EXPOSE = "ETag, Retry-After, Location, Idempotent-Replayed"
 
@@ -55,7 +55,7 @@ def _cors_middleware(settings: Settings) -> web.middleware:  # type: ignore[vali
     @web.middleware
     async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        ok = origin_allowed(allowed, origin)  # the WebSocket upgrade asks the same function
+        ok = origin_allowed(allowed, origin, request.host)  # the WebSocket upgrade asks the same function
         if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
             if not ok:
                 return web.Response(status=403, text="origin not allowed")

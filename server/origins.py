@@ -51,16 +51,34 @@ def parse_allowed_origin(value: str) -> str:
     return normal
 
 
-def origin_allowed(allowed: Iterable[str], origin: str | None) -> bool:
+def same_origin(origin: str | None, host: str | None) -> bool:
+    """Whether ``origin`` is this server's own: its host and port are the request's ``Host``
+    (RFC 6454 §4; either scheme, since a proxy in front may terminate TLS). A browser sends
+    ``Origin`` with the page's origin and ``Host`` with the target's, so a page of another site
+    never matches (RFC 6455 §10.2's cross-site check still holds)."""
+    if origin is None or not host:
+        return False
+    normal = normalize_origin(origin)
+    return normal is not None and normal in (
+        normalize_origin(f"http://{host}"),
+        normalize_origin(f"https://{host}"),
+    )
+
+
+def origin_allowed(allowed: Iterable[str], origin: str | None, host: str | None = None) -> bool:
     """Whether a request carrying ``Origin: origin`` comes from an allowed origin.
 
-    ``allowed`` holds normalised entries (:func:`parse_allowed_origin`). No ``Origin`` header
+    ``allowed`` holds normalised entries (:func:`parse_allowed_origin`). The server's own origin
+    (:func:`same_origin` with the request's ``Host``) is always allowed: the demo page it serves
+    at ``/`` works whatever ``--allowed-origins`` lists. No ``Origin`` header
     is never "allowed" here: the channels decide what a request without one means (CORS adds
     no headers; the WebSocket lets non-browser clients in). With ``*`` every origin is allowed,
     ``null`` included, but a value that is no origin at all is not (it is never echoed back).
     """
     if origin is None:
         return False
+    if same_origin(origin, host):
+        return True
     normal = normalize_origin(origin)
     allowed = tuple(allowed)
     if ANY_ORIGIN in allowed:

@@ -95,7 +95,7 @@ def admit_upgrade(request: web.Request, st: AppState) -> None:
     if (
         settings.allowed_origins
         and origin is not None
-        and not origin_allowed(settings.allowed_origins, origin)
+        and not origin_allowed(settings.allowed_origins, origin, request.host)
     ):
         raise ApiError(403, "forbidden", "this Origin is not allowed")
     if st.sockets.closing:

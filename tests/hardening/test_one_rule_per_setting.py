@@ -70,14 +70,14 @@ def _config(entries: list[str]) -> tuple[str, ...] | None:
 
 async def _cors_preflight(client: Any, origin: str) -> bool:
     r = await client.options(
-        "/v1/collab/drafts", headers={"Origin": origin, "Access-Control-Request-Method": "POST"}
+        "/v1/collab/drafts", headers={"Origin": origin, "Access-Control-Request-Method": "POST", "Host": "x"}
     )
     assert r.status in (204, 403)
     return r.status == 204
 
 
 async def _cors_simple(client: Any, origin: str) -> bool:
-    r = await client.get("/v1/collab/drafts", headers={"Origin": origin, "X-User-Id": "alice"})
+    r = await client.get("/v1/collab/drafts", headers={"Origin": origin, "X-User-Id": "alice", "Host": "x"})
     assert r.status == 200
     return r.headers.get("Access-Control-Allow-Origin") == origin
 
@@ -103,7 +103,7 @@ async def test_cors_and_websocket_agree_on_every_origin(entries: list[str], orig
         return  # HTTP strips the edges of a field value; an empty Origin is no Origin
     async with app_client(allowed_origins=allowed) as client:
         draft_id, _ = await create_draft(client)
-        expected = origin_allowed(allowed, origin)
+        expected = origin_allowed(allowed, origin, "x")  # the raw requests send Host: x
         event(f"allowed={expected}")
         assert await _cors_preflight(client, origin) == expected
         assert await _cors_simple(client, origin) == expected
@@ -122,6 +122,10 @@ async def test_cors_and_websocket_agree_on_every_origin(entries: list[str], orig
         ("https://app.example", "null", False),
         ("*", "null", True),
         ("*", "https://anything.example", True),
+        ("https://app.example", "http://x", True),  # the server's own origin (Host: x): its demo page
+        ("https://app.example", "https://x", True),  # ... behind a TLS-terminating proxy
+        ("https://app.example", "http://x:8080", False),  # another port is another origin
+        ("https://app.example", "http://x.evil", False),
     ],
 )
 async def test_origin_examples_on_both_channels(configured: str, origin: str, allowed: bool) -> None:
