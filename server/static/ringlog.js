@@ -631,8 +631,8 @@ const CLOSE_ACCESS_REVOKED = 4403;
 const LONG_POLL_WAIT_S = 25;
 const STATE_POLL_MS = 3e3;
 const BACKOFF_BASE_MS = 500;
-const BACKOFF_CAP_VISIBLE_MS = 5e3;
-const BACKOFF_CAP_HIDDEN_MS = 3e4;
+const BACKOFF_CAP_VISIBLE_MS$1 = 5e3;
+const BACKOFF_CAP_HIDDEN_MS$1 = 3e4;
 const PING_EVERY_MS = 2e4;
 const SILENCE_LIMIT_MS = 5e4;
 const MAX_PAGES = 1e3;
@@ -887,8 +887,8 @@ function connectDraft(draftId, options = {}) {
     }
     if (status === LIVE || status === CONNECTING) setStatus(SYNCING);
     void poll();
-    const cap = isVisible() ? BACKOFF_CAP_VISIBLE_MS : BACKOFF_CAP_HIDDEN_MS;
-    const delay = Math.max(backoffDelay(attempt++, { base: BACKOFF_BASE_MS, cap }), Math.min(serverRetryAfter, BACKOFF_CAP_HIDDEN_MS));
+    const cap = isVisible() ? BACKOFF_CAP_VISIBLE_MS$1 : BACKOFF_CAP_HIDDEN_MS$1;
+    const delay = Math.max(backoffDelay(attempt++, { base: BACKOFF_BASE_MS, cap }), Math.min(serverRetryAfter, BACKOFF_CAP_HIDDEN_MS$1));
     serverRetryAfter = 0;
     reconnectTimer = setTimeout(openSocket, delay);
   }
@@ -962,7 +962,7 @@ function connectDraft(draftId, options = {}) {
             fromCache = true;
             break;
           }
-          const cap = isVisible() ? BACKOFF_CAP_VISIBLE_MS : BACKOFF_CAP_HIDDEN_MS;
+          const cap = isVisible() ? BACKOFF_CAP_VISIBLE_MS$1 : BACKOFF_CAP_HIDDEN_MS$1;
           await sleep(Math.max(backoffDelay(tries, { cap }), serverRetryAfter), lifetime.signal);
         }
       }
@@ -1249,6 +1249,262 @@ function connectMultiplex(options = {}) {
     }
   };
 }
+const BACKOFF_CAP_VISIBLE_MS = 5e3;
+const BACKOFF_CAP_HIDDEN_MS = 3e4;
+const FEED_PAGE_LIMIT = 500;
+function closeCodeFor(code) {
+  switch (code) {
+    case "access_revoked":
+      return 4403;
+    case "not_found":
+      return 4404;
+    case "invalid_since":
+      return 4400;
+    case "forbidden":
+    case "unauthorized":
+    case "too_many_subscriptions":
+    case "already_followed":
+      return 1008;
+    default:
+      return 1011;
+  }
+}
+function createSocketHub(options = {}) {
+  const origin = globalThis.location?.origin ?? "";
+  const baseUrl = (options.baseUrl ?? origin).replace(/\/+$/, "");
+  const Real = options.WebSocket ?? globalThis.WebSocket;
+  const isVisible = options.isVisible ?? (() => globalThis.document?.visibilityState !== "hidden");
+  const rest = new RestClient({ baseUrl, token: options.token, userId: options.userId, fetch: options.fetch, retries: 0 });
+  const channels = /* @__PURE__ */ new Map();
+  let ws = null;
+  let open = false;
+  let lastError = null;
+  let status = "connecting";
+  let opened = 0;
+  let attempt = 0;
+  let timer = null;
+  let feed = null;
+  let feedFetching = false;
+  function setStatus(next) {
+    if (status === next || status === "closed") return;
+    status = next;
+    options.onStatus?.(next);
+  }
+  function send(msg) {
+    if (ws && open && ws.readyState === 1) ws.send(JSON.stringify(msg));
+  }
+  function deliverFeed(item) {
+    if (!feed || item.position <= feed.lastPosition) return;
+    feed.lastPosition = item.position;
+    feed.onItem(item);
+  }
+  async function fetchFeed() {
+    if (!feed || feedFetching) return;
+    feedFetching = true;
+    try {
+      for (let page = 0; page < 100 && feed && !open; page++) {
+        const body = await rest.request(
+          "GET",
+          `/v1/me/events?after=${feed.lastPosition}&limit=${FEED_PAGE_LIMIT}`
+        );
+        for (const item of body.data) deliverFeed(item);
+        if (body.data.length < FEED_PAGE_LIMIT) break;
+      }
+    } catch {
+    } finally {
+      feedFetching = false;
+    }
+  }
+  class Channel {
+    readyState = 0;
+    onmessage = null;
+    onclose = null;
+    draftId;
+    since;
+    constructor(url) {
+      const parsed = new URL(url, "http://hub.invalid");
+      const match = parsed.pathname.match(/\/v1\/ws\/drafts\/([^/]+)$/);
+      this.draftId = match ? decodeURIComponent(match[1]) : "";
+      const since = parsed.searchParams.get("since");
+      this.since = since !== null && /^\d+$/.test(since) ? Number(since) : null;
+      if (status === "closed" || !match) {
+        queueMicrotask(() => finish(this, 1006, status === "closed" ? "the hub is closed" : "not a draft socket"));
+        return;
+      }
+      const other = channels.get(this.draftId);
+      if (other && other.readyState !== 3) {
+        queueMicrotask(() => {
+          this.emit({ type: "error", code: "already_followed", message: "this page already follows the draft", draft_id: this.draftId });
+          finish(this, 1008, "already_followed");
+        });
+        return;
+      }
+      channels.set(this.draftId, this);
+      if (open) subscribe(this);
+      else ensureOpen();
+    }
+    emit(msg) {
+      if (this.readyState !== 3) this.onmessage?.({ data: JSON.stringify(msg) });
+    }
+    send(data) {
+      let msg;
+      try {
+        msg = JSON.parse(data);
+      } catch {
+        return;
+      }
+      if (this.readyState !== 1) return;
+      if (msg.type === "ping") send({ type: "ping" });
+      else if (msg.type === "presence") send({ type: "presence", draft_id: this.draftId, state: msg.state });
+    }
+    close(code = 1e3) {
+      if (this.readyState === 3) return;
+      const subscribed = this.readyState === 1 || open;
+      this.readyState = 3;
+      if (channels.get(this.draftId) === this) channels.delete(this.draftId);
+      if (code === 4e3 && ws) {
+        const sock = ws;
+        dropped(sock, 1006, "silent");
+        sock.close(4e3, "silent");
+        return;
+      }
+      if (subscribed) send({ type: "unsubscribe", draft_id: this.draftId });
+    }
+  }
+  function finish(ch, code, reason) {
+    if (ch.readyState === 3) return;
+    ch.readyState = 3;
+    if (channels.get(ch.draftId) === ch) channels.delete(ch.draftId);
+    ch.onclose?.({ code, reason });
+  }
+  function subscribe(ch) {
+    send(ch.since === null ? { type: "subscribe", draft_id: ch.draftId } : { type: "subscribe", draft_id: ch.draftId, since: ch.since });
+  }
+  function ensureOpen() {
+    if (ws || status === "closed") return;
+    if (timer) clearTimeout(timer);
+    timer = null;
+    const query = new URLSearchParams();
+    if (options.token) query.set("access_token", options.token);
+    else query.set("user_id", options.userId ?? "");
+    const sock = new Real(`${baseUrl.replace(/^http/, "ws")}/v1/ws?${query}`);
+    ws = sock;
+    open = false;
+    opened++;
+    sock.onmessage = (message) => {
+      if (ws !== sock) return;
+      let msg;
+      try {
+        msg = JSON.parse(String(message.data));
+      } catch {
+        return;
+      }
+      const ch = typeof msg.draft_id === "string" ? channels.get(msg.draft_id) : void 0;
+      switch (msg.type) {
+        case "connected":
+          open = true;
+          attempt = 0;
+          setStatus("live");
+          for (const c of channels.values()) subscribe(c);
+          if (feed) send({ type: "subscribe_me", after: feed.lastPosition });
+          return;
+        case "subscribed":
+          if (ch && ch.readyState === 0) {
+            ch.readyState = 1;
+            ch.emit({ type: "connected", draft_id: ch.draftId, user_id: msg.user_id ?? options.userId ?? null, ts: msg.ts ?? (/* @__PURE__ */ new Date()).toISOString(), head_seq: msg.head_seq });
+          }
+          return;
+        case "pong":
+          for (const c of channels.values()) if (c.readyState === 1) c.emit(msg);
+          return;
+        case "me":
+          deliverFeed({ position: msg.position, event: msg.event });
+          return;
+        case "error":
+          if (ch) {
+            ch.emit(msg);
+            finish(ch, closeCodeFor(String(msg.code)), String(msg.code));
+          } else if (typeof msg.draft_id !== "string") {
+            lastError = msg;
+          }
+          return;
+        default:
+          if (ch && ch.readyState === 1 && typeof msg.type === "string") ch.emit(msg);
+      }
+    };
+    sock.onclose = (event) => {
+      if (ws === sock) dropped(sock, event.code, event.reason);
+    };
+  }
+  function dropped(sock, code, reason) {
+    if (ws !== sock) return;
+    ws = null;
+    open = false;
+    const error = lastError;
+    lastError = null;
+    for (const ch of [...channels.values()]) {
+      if (error) ch.emit(error);
+      finish(ch, code, reason);
+    }
+    if (status === "closed") return;
+    setStatus("offline");
+    scheduleFeedReconnect(code, error);
+  }
+  function scheduleFeedReconnect(code, error) {
+    if (!feed || timer || status === "closed") return;
+    if (code === 4401 || code === 1008 && error?.code !== "rate_limited") return;
+    const cap = isVisible() ? BACKOFF_CAP_VISIBLE_MS : BACKOFF_CAP_HIDDEN_MS;
+    timer = setTimeout(() => {
+      timer = null;
+      void fetchFeed();
+      ensureOpen();
+    }, backoffDelay(attempt++, { cap }));
+  }
+  const doc = globalThis.document;
+  const onVisible = () => {
+    if (isVisible() && timer !== null) {
+      clearTimeout(timer);
+      timer = null;
+      ensureOpen();
+    }
+  };
+  doc?.addEventListener("visibilitychange", onVisible);
+  return {
+    WebSocket: Channel,
+    get status() {
+      return status;
+    },
+    get socketsOpened() {
+      return opened;
+    },
+    subscribeMe(onItem, after = 0) {
+      const follow = { onItem, lastPosition: after };
+      feed = follow;
+      if (open) send({ type: "subscribe_me", after });
+      else ensureOpen();
+      return {
+        unsubscribe: () => {
+          if (feed === follow) feed = null;
+        },
+        get lastPosition() {
+          return follow.lastPosition;
+        }
+      };
+    },
+    close() {
+      status = "closed";
+      if (timer) clearTimeout(timer);
+      timer = null;
+      doc?.removeEventListener("visibilitychange", onVisible);
+      for (const ch of [...channels.values()]) ch.readyState = 3;
+      channels.clear();
+      const sock = ws;
+      ws = null;
+      open = false;
+      sock?.close(1e3);
+    }
+  };
+}
 export {
   ApiError,
   CLOSE_ACCESS_REVOKED,
@@ -1270,6 +1526,7 @@ export {
   backoffDelay,
   connectDraft,
   connectMultiplex,
+  createSocketHub,
   defaultOutbox,
   foldAll,
   foldEvent,

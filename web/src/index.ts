@@ -22,3 +22,5 @@ export {
 export type { ConnectOptions, ConnectionStatus, DraftConnection, RealtimeStatus, SocketFactory, SocketLike, StatusDetail } from "./connection.js";
 export { connectMultiplex } from "./multiplex.js";
 export type { MultiplexConnection, MultiplexOptions, Subscription, SubscriptionHandlers } from "./multiplex.js";
+export { createSocketHub } from "./hub.js";
+export type { FeedFollow, HubStatus, SocketHub, SocketHubOptions } from "./hub.js";
