@@ -1,5 +1,8 @@
 // The demo page: sign in, list/create/open drafts, and a live draft view built on ringlog.js.
-import { ApiError, connectDraft } from "./ringlog.js";
+// Every draft the page follows (the open draft, the drafts in the list) and the user's inbox
+// ride one WebSocket, /v1/ws (createSocketHub); each open draft is still a connectDraft, with
+// its resume, polling fallback and reconnect cadence.
+import { ApiError, connectDraft, createSocketHub } from "./ringlog.js";
 
 const $ = (id) => document.getElementById(id);
 const STORAGE_KEY = "ringlog.identity";
@@ -13,7 +16,13 @@ const BADGES = {
 };
 
 let identity = loadIdentity();
-let current = null; // { draftId, handle, state, rowErrors: Map<user id, message> }
+let current = null; // { draftId, handle, state, rowErrors: Map<user id, message>, presence }
+let hub = null; // the one /v1/ws socket of the signed-in user (createSocketHub)
+let watchers = []; // the drafts list's live rows: { draftId, close() }
+const titles = new Map(); // draft id → title, for the inbox's sentences
+let inbox = null; // { items: [{position, event}], seen, follow }
+const INBOX_MAX = 50;
+const TYPING_IDLE_MS = 3000;
 // Whether this server accepts dev sign-in (X-User-Id): true/false once /openapi.json said so
 // (its securitySchemes list "devUser" only when the server runs with --dev-auth); null: unknown.
 let devAuth = null;
@@ -105,6 +114,7 @@ function signedOut(why) {
     current.handle?.close();
     current = null;
   }
+  stopHub();
   show("signin-view");
   if (!dev) showError($("token-form").querySelector(".error"), `Your token was refused: ${why}`);
 }
@@ -120,7 +130,11 @@ function route() {
   }
   if (identity && !identity.token && devAuth === false) return signedOut("dev sign-in is off");
   if (!identity) return show("signin-view");
-  if (wanted) return openDraft(wanted);
+  startHub();
+  if (wanted) {
+    unwatchList(); // a draft is followed by one connection at a time (the open draft's, here)
+    return openDraft(wanted);
+  }
   show("home-view");
   return loadDrafts();
 }
@@ -139,13 +153,16 @@ async function loadDrafts() {
         a.textContent = row.title;
         a.dataset.draftId = row.id;
         const meta = document.createElement("small");
-        meta.className = "muted";
+        meta.className = "muted meta";
+        meta.dataset.seq = String(row.seq);
         meta.textContent = `${row.seq} events · ${formatTime(row.updated_at)}`;
         li.append(a, meta);
         return li;
       }),
     );
     showError($("list-error"), null);
+    for (const row of data) titles.set(row.id, row.title);
+    watchList(data);
     $("no-drafts").hidden = data.length > 0;
     $("no-drafts").textContent = archived
       ? "No archived drafts."
@@ -165,7 +182,7 @@ function resetDraftView(draftId) {
   $("draft-error").hidden = true;
   $("draft-loading").hidden = false;
   $("draft-status").hidden = false;
-  for (const id of ["segments", "people", "pass-to"]) $(id).replaceChildren();
+  for (const id of ["segments", "people", "pass-to", "presence-list"]) $(id).replaceChildren();
   for (const id of ["draft-title", "draft-description", "holder", "updated", "copy-status", "invite-done", "append-hint"]) {
     $(id).textContent = "";
   }
@@ -189,15 +206,22 @@ function openDraft(draftId) {
   show("draft-view");
   if (current) return;
   resetDraftView(draftId);
-  const session = { draftId, state: null, handle: null, rowErrors: new Map() };
+  const session = { draftId, state: null, handle: null, rowErrors: new Map(), presence: [], typing: false, typingTimer: null };
   current = session;
   const credentials = identity.token ? { token: identity.token } : { userId: identity.userId };
   session.handle = connectDraft(draftId, {
     ...credentials,
+    WebSocket: hub.WebSocket, // the page's one socket
+    onPresence: (members) => {
+      if (current !== session) return;
+      session.presence = members;
+      renderPresence(members);
+    },
     onState: (state) => {
       if (current !== session) return;
       const first = session.state === null;
       session.state = state;
+      titles.set(state.id, state.title);
       render(state);
       if (first) {
         $("draft-loading").hidden = true;
@@ -430,6 +454,217 @@ async function rowAction(control, userId, method, body) {
   }
 }
 
+// -- one socket: the hub, the drafts list's live rows, presence and the inbox ---------------
+
+function startHub() {
+  if (hub) return;
+  const credentials = identity.token ? { token: identity.token } : { userId: identity.userId };
+  hub = createSocketHub(credentials);
+  window.ringlogHub = hub; // for the browser tests: how many sockets the page opened
+  const seenKey = `ringlog.inbox.seen.${me()}`;
+  inbox = { items: [], seen: Number(localStorage.getItem(seenKey)) || 0, seenKey, follow: null };
+  // from the start of the feed: the panel keeps the newest INBOX_MAX; a reconnect resumes after the last
+  inbox.follow = hub.subscribeMe((item) => addInboxItem(item), 0);
+  $("inbox").hidden = false;
+  renderInbox();
+}
+
+function stopHub() {
+  unwatchList();
+  hub?.close();
+  hub = null;
+  inbox = null;
+  $("inbox").hidden = true;
+  $("inbox").open = false;
+  $("inbox-items").replaceChildren();
+}
+
+// The drafts list follows each listed draft on the page's socket: its event count moves live.
+// A row's channel that drops is opened again (from the count it shows) within 5 s; no polling
+// for the list (Refresh reloads it).
+function watchList(rows) {
+  unwatchList();
+  if (!hub) return;
+  const query = new URLSearchParams(identity.token ? { access_token: identity.token } : { user_id: identity.userId });
+  for (const row of rows) {
+    const watcher = { draftId: row.id, seq: row.seq, socket: null, timer: null, closed: false, tries: 0 };
+    const open = () => {
+      if (watcher.closed || !hub) return;
+      const sock = new hub.WebSocket(
+        `${location.origin.replace(/^http/, "ws")}/v1/ws/drafts/${encodeURIComponent(row.id)}?since=${watcher.seq}&${query}`);
+      watcher.socket = sock;
+      sock.onmessage = (m) => {
+        const msg = JSON.parse(String(m.data));
+        if (msg.type === "connected") watcher.tries = 0;
+        if (typeof msg.type !== "string" || !msg.type.startsWith("collab.") || msg.seq !== watcher.seq + 1) return;
+        watcher.seq = msg.seq;
+        if (msg.type === "collab.draft_updated" && msg.data?.title) titles.set(row.id, msg.data.title);
+        const link = document.querySelector(`#draft-list a[data-draft-id="${CSS.escape(row.id)}"]`);
+        if (link && msg.data?.title) link.textContent = msg.data.title;
+        const meta = link?.parentElement?.querySelector(".meta");
+        if (meta) {
+          meta.dataset.seq = String(msg.seq);
+          meta.textContent = `${msg.seq} events · ${formatTime(msg.ts)}`;
+        }
+      };
+      sock.onclose = (e) => {
+        if (watcher.closed || watcher.socket !== sock) return;
+        if ([4403, 4404, 4400, 1008].includes(e.code)) return; // gone, or not ours: Refresh says more
+        // a seq missed while away is caught up from `since`; a hole (none expected) waits for Refresh
+        watcher.timer = setTimeout(open, Math.random() * Math.min(5000, 500 * 2 ** watcher.tries++));
+      };
+    };
+    watcher.close = () => {
+      watcher.closed = true;
+      clearTimeout(watcher.timer);
+      watcher.socket?.close(1000);
+    };
+    watchers.push(watcher);
+    open();
+  }
+}
+
+function unwatchList() {
+  for (const w of watchers) w.close();
+  watchers = [];
+}
+
+// "typing…": set on input, cleared after TYPING_IDLE_MS without input and when the segment is sent.
+function setTyping(typing, session = current) {
+  if (!session || session !== current) return;
+  clearTimeout(session.typingTimer);
+  if (typing) session.typingTimer = setTimeout(() => setTyping(false, session), TYPING_IDLE_MS);
+  if (session.typing === typing) return;
+  session.typing = typing;
+  session.handle.setPresence({ typing });
+}
+
+const AVATAR_COLOURS = ["#2856c6", "#1b7f3b", "#9a3db8", "#b3561e", "#0f7a86", "#a3316f", "#5b6b00", "#6a4bd6"];
+
+function avatarColour(userId) {
+  let h = 0;
+  for (const ch of userId) h = (h * 31 + ch.codePointAt(0)) >>> 0;
+  return AVATAR_COLOURS[h % AVATAR_COLOURS.length];
+}
+
+function renderPresence(members) {
+  const sorted = [...members].sort((a, b) =>
+    (a.user_id === me() ? -1 : b.user_id === me() ? 1 : 0) || (a.since < b.since ? -1 : a.since > b.since ? 1 : 0));
+  $("presence-list").replaceChildren(
+    ...sorted.map((m) => {
+      const li = document.createElement("li");
+      li.dataset.userId = m.user_id;
+      const avatar = document.createElement("span");
+      avatar.className = "avatar";
+      avatar.style.background = avatarColour(m.user_id);
+      avatar.textContent = (m.user_id[0] ?? "?").toUpperCase();
+      avatar.setAttribute("aria-hidden", "true");
+      const name = document.createElement("span");
+      name.className = "name";
+      name.textContent = m.user_id === me() ? "you" : m.user_id;
+      li.append(avatar, name);
+      if (m.state?.typing === true) {
+        const typing = document.createElement("span");
+        typing.className = "typing";
+        typing.textContent = "typing…";
+        li.append(typing);
+        li.dataset.typing = "true";
+      }
+      return li;
+    }),
+  );
+}
+
+function addInboxItem(item) {
+  if (!inbox || inbox.items.some((i) => i.position === item.position)) return;
+  const e = item.event;
+  if (e.type === "collab.draft_created" && e.data?.title) titles.set(e.draft_id, e.data.title);
+  if (e.type === "collab.draft_updated" && e.data?.title) titles.set(e.draft_id, e.data.title);
+  inbox.items.unshift(item); // positions arrive in order: newest first
+  inbox.items.sort((a, b) => b.position - a.position);
+  inbox.items.length = Math.min(inbox.items.length, INBOX_MAX);
+  if (!titles.has(e.draft_id)) void learnTitle(e.draft_id);
+  renderInbox();
+}
+
+async function learnTitle(draftId) {
+  titles.set(draftId, null); // asked once
+  try {
+    const { data } = await api("GET", `/v1/collab/drafts/${encodeURIComponent(draftId)}`);
+    titles.set(draftId, data.title);
+  } catch {
+    return; // removed, or the server is away: the sentence names the id
+  }
+  renderInbox();
+}
+
+// One feed item in words ("bob passed you the ring on ‘Our story’").
+function inboxText(event) {
+  const title = `‘${titles.get(event.draft_id) ?? event.draft_id}’`;
+  const actor = event.user_id === me() ? "you" : event.user_id;
+  const Actor = actor === "you" ? "You" : actor;
+  const d = event.data ?? {};
+  switch (event.type) {
+    case "collab.ring_passed":
+      return actor === "you" ? `The ring came back to you on ${title}` : `${actor} passed you the ring on ${title}`;
+    case "collab.collaborator_added":
+      return `${Actor} added you to ${title} as ${d.role}`;
+    case "collab.collaborator_removed":
+      return actor === "you" ? `You left ${title}` : `You were removed from ${title} by ${actor}`;
+    case "collab.role_changed":
+      return `${Actor} made you a ${d.to_role} on ${title}`;
+    case "collab.draft_created":
+      return `You created ${title}`;
+    case "collab.draft_updated":
+      return `${Actor} updated ${title}`;
+    case "collab.draft_archived":
+      return `${Actor} archived ${title}`;
+    case "collab.draft_unarchived":
+      return `${Actor} unarchived ${title}`;
+    default:
+      return `${Actor}: ${event.type} on ${title}`;
+  }
+}
+
+// Unread: items after the last one the user saw (kept per user), not caused by the user.
+function unread(item) {
+  return item.position > inbox.seen && item.event.user_id !== me();
+}
+
+function renderInbox() {
+  if (!inbox) return;
+  const count = inbox.items.filter(unread).length;
+  $("inbox-count").textContent = String(count);
+  $("inbox-count").hidden = count === 0;
+  $("inbox-empty").hidden = inbox.items.length > 0;
+  $("inbox-items").replaceChildren(
+    ...inbox.items.map((item) => {
+      const li = document.createElement("li");
+      li.dataset.position = String(item.position);
+      if (unread(item)) li.classList.add("unread");
+      const a = document.createElement("a");
+      a.href = `#/drafts/${encodeURIComponent(item.event.draft_id)}`;
+      a.textContent = inboxText(item.event);
+      a.addEventListener("click", () => {
+        markInboxRead();
+        $("inbox").open = false;
+      });
+      const when = document.createElement("small");
+      when.className = "muted";
+      when.textContent = formatTime(item.event.ts);
+      li.append(a, when);
+      return li;
+    }),
+  );
+}
+
+function markInboxRead() {
+  if (!inbox || inbox.items.length === 0) return;
+  inbox.seen = Math.max(inbox.seen, inbox.items[0].position);
+  localStorage.setItem(inbox.seenKey, String(inbox.seen));
+  renderInbox();
+}
+
 // -- wiring ------------------------------------------------------------------------------
 
 function signIn(next) {
@@ -455,6 +690,11 @@ $("token-form").addEventListener("submit", (e) => {
 $("sign-out").addEventListener("click", () => {
   sessionStorage.removeItem(STORAGE_KEY);
   identity = null;
+  if (current) {
+    current.handle.close();
+    current = null;
+  }
+  stopHub();
   window.location.hash = "#/";
   route();
 });
@@ -515,6 +755,7 @@ $("copy-id").addEventListener("click", async () => {
 
 $("append-form").addEventListener("submit", async (e) => {
   e.preventDefault();
+  setTyping(false);
   const draftId = current.draftId;
   const ok = await mutate(e.target, () =>
     api("POST", `/v1/collab/drafts/${encodeURIComponent(draftId)}/segments`, { content: $("segment-content").value }));
@@ -545,6 +786,11 @@ $("archive-form").addEventListener("submit", async (e) => {
   const draftId = current.draftId;
   const action = current.state?.archived ? "unarchive" : "archive";
   await mutate(e.target, () => api("POST", `/v1/collab/drafts/${encodeURIComponent(draftId)}/${action}`));
+});
+
+$("segment-content").addEventListener("input", () => setTyping($("segment-content").value.length > 0));
+$("inbox").addEventListener("toggle", () => {
+  if ($("inbox").open) markInboxRead();
 });
 
 window.addEventListener("hashchange", route);

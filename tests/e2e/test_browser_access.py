@@ -19,6 +19,7 @@ from playwright.async_api import TimeoutError as PlaywrightTimeout
 from projections.event_types import EventType
 from projections.fold import fold_all
 from ringlog import Event, RinglogClient
+from tests.e2e.scripted_mux import ScriptedMux, route_mux
 from tests.e2e.test_browser import (  # noqa: F401  (browser: the Chromium fixture)
     ARTIFACTS,
     WAIT_MS,
@@ -262,15 +263,12 @@ async def test_errors_appear_next_to_the_control_that_caused_them(
         draft = await client.create_draft("Stale")
         await client.add_collaborator(draft.id, "bob", "contributor")
         page = await _signed_in(browser, server, "alice")
-        silent: list[WebSocketRoute] = []
-
-        def connected(route: WebSocketRoute) -> None:
-            silent.append(route)
-            route.send(json.dumps({"type": "connected", "draft_id": draft.id, "user_id": "alice",
-                                   "ts": "2025-01-01T00:00:00.000Z", "head_seq": 2}))  # fmt: skip
-
-        await page.route_web_socket(re.compile(r".*/v1/ws/drafts/.*"), connected)
+        sockets = await route_mux(page)
         await page.goto(f"{server.url}/#/drafts/{draft.id}")
+        await page.reload()  # the page's one socket opens again, now scripted
+        mux = await asyncio.wait_for(sockets.get(), WAIT_MS / 1000)
+        mux.connected("alice")
+        assert await mux.accept(draft.id, head_seq=2) == 2  # then silence
         await expect(_badge(page)).to_have_attribute("data-status", "live")
         await expect(_person(page, "bob").locator("button.remove")).to_be_enabled()
 
@@ -287,7 +285,7 @@ async def test_errors_appear_next_to_the_control_that_caused_them(
         await expect(page.locator("#message")).to_be_hidden()
         await expect(page.locator("#archive-form .error")).to_be_hidden()
         await expect(_segments(page)).to_have_count(0)
-        assert len(silent) == 1
+        assert sockets.empty()
 
 
 async def test_revocation_reaches_a_page_that_is_polling(
@@ -305,17 +303,21 @@ async def test_revocation_reaches_a_page_that_is_polling(
             refused.append(route)
             await route.close(code=1011, reason="scripted outage")
 
-        await page.route_web_socket(re.compile(r".*/v1/ws/drafts/.*"), refuse)
+        await page.route_web_socket(re.compile(r".*/v1/ws\?.*"), refuse)
         await page.goto(f"{server.url}/#/drafts/{draft.id}")
+        await page.reload()  # the page's one socket opens again, now refused
         await expect(_badge(page)).to_have_attribute("data-status", "syncing")
         await client.append_segment(draft.id, "seen by polling")
         await expect(_segments(page)).to_have_text(["seen by polling"])
 
         await client.request("DELETE", f"{_draft_path(draft.id)}/collaborators/bob")
         await _assert_revoked(page)
-        tried = len(refused)
-        await _no_new_socket(page)
-        assert len(refused) == tried
+        # the draft is neither polled nor subscribed again (the inbox's socket may still retry)
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url) if draft.id in r.url else None)
+        await page.wait_for_timeout(QUIET_MS)
+        assert asked == []
+        assert refused
 
 
 async def test_browser_fold_equals_the_server_after_random_access_changes(
@@ -448,21 +450,20 @@ async def test_revocation_close_stops_for_good_on_a_scripted_socket(
         draft = await alice.create_draft("Scripted revocation")
         await alice.add_collaborator(draft.id, "bob", "contributor")
     page = await _signed_in(browser, server, "bob")
-    sockets: asyncio.Queue[WebSocketRoute] = asyncio.Queue()
-    await page.route_web_socket(re.compile(r".*/v1/ws/drafts/.*"), sockets.put_nowait)
+    sockets = await route_mux(page)
     await page.goto(f"{server.url}/#/drafts/{draft.id}")
-    route = await asyncio.wait_for(sockets.get(), WAIT_MS / 1000)
-    route.send(json.dumps({"type": "connected", "draft_id": draft.id, "user_id": "bob",
-                           "ts": "2025-01-01T00:00:00.000Z", "head_seq": 2}))  # fmt: skip
+    await page.reload()  # the page's one socket opens again, now scripted
+    mux: ScriptedMux = await asyncio.wait_for(sockets.get(), WAIT_MS / 1000)
+    mux.connected("bob")
+    assert await mux.accept(draft.id, head_seq=2) == 2
     await expect(_badge(page)).to_have_attribute("data-status", "live")
     await expect(_person(page, "bob")).to_have_count(1)
     _requests: list[str] = []
     page.on("request", lambda r: _requests.append(r.url) if "/v1/" in r.url else None)
-    route.send(json.dumps({"type": str(EventType.COLLABORATOR_REMOVED), "draft_id": draft.id, "seq": 3,
-                           "ts": "2025-01-01T00:00:01.000Z", "user_id": "alice",
-                           "data": {"collaborator_id": "bob", "role": "contributor"}}))  # fmt: skip
-    route.send(json.dumps({"type": "error", "code": "access_revoked", "draft_id": draft.id}))
-    await route.close(code=4403, reason="access_revoked")
+    mux.send({"type": str(EventType.COLLABORATOR_REMOVED), "draft_id": draft.id, "seq": 3,
+              "ts": "2025-01-01T00:00:01.000Z", "user_id": "alice",
+              "data": {"collaborator_id": "bob", "role": "contributor"}})  # fmt: skip
+    mux.error("access_revoked", draft.id)  # /v1/ws ends that subscription only: the socket stays
     await _assert_revoked(page)
     await expect(_person(page, "bob")).to_have_count(0)  # the removal was folded before the close
     await expect(page.locator("#updated")).to_have_attribute("data-seq", "3")
@@ -470,6 +471,7 @@ async def test_revocation_close_stops_for_good_on_a_scripted_socket(
     await _no_new_socket(page)
     assert sockets.empty()
     assert _requests == []
+    assert len(mux.sent_of("subscribe", draft.id)) == 1  # never subscribed again
 
 
 async def test_a_refused_reconnect_after_losing_access_is_final(
@@ -482,17 +484,18 @@ async def test_a_refused_reconnect_after_losing_access_is_final(
         draft = await alice.create_draft("Gone while away")
         await alice.add_collaborator(draft.id, "bob", "viewer")
     page = await _signed_in(browser, server, "bob")
-    sockets: asyncio.Queue[WebSocketRoute] = asyncio.Queue()
-    await page.route_web_socket(re.compile(r".*/v1/ws/drafts/.*"), sockets.put_nowait)
+    sockets = await route_mux(page)
     await page.goto(f"{server.url}/#/drafts/{draft.id}")
-    first = await asyncio.wait_for(sockets.get(), WAIT_MS / 1000)
-    first.send(json.dumps({"type": "connected", "draft_id": draft.id, "user_id": "bob",
-                           "ts": "2025-01-01T00:00:00.000Z", "head_seq": 2}))  # fmt: skip
+    await page.reload()  # the page's one socket opens again, now scripted
+    first: ScriptedMux = await asyncio.wait_for(sockets.get(), WAIT_MS / 1000)
+    first.connected("bob")
+    await first.accept(draft.id, head_seq=2)
     await expect(_badge(page)).to_have_attribute("data-status", "live")
-    await first.close(code=1001, reason="going away")
-    second = await asyncio.wait_for(sockets.get(), WAIT_MS / 1000)
-    second.send(json.dumps({"type": "error", "code": "forbidden", "message": "you may not view this draft"}))
-    await second.close(code=1008, reason="forbidden")
+    await first.route.close(code=1001, reason="going away")
+    second: ScriptedMux = await asyncio.wait_for(sockets.get(), WAIT_MS / 1000)
+    second.connected("bob")
+    assert (await second.subscribe_of(draft.id))["since"] == 2
+    second.error("forbidden", draft.id, "you may not view this draft")
     await _assert_revoked(page)
     await expect(_badge(page)).to_have_attribute("title", re.compile("^forbidden"))
     await _no_new_socket(page)

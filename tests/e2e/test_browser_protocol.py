@@ -12,6 +12,7 @@ import pytest
 from playwright.async_api import Browser, Page, WebSocketRoute, expect
 
 from ringlog import RinglogClient
+from tests.e2e.scripted_mux import ScriptedMux, route_mux
 from tests.e2e.test_browser import WAIT_MS, browser  # noqa: F401  (the Chromium fixture)
 from tests.serverproc import ServerProcess, make_token
 
@@ -41,14 +42,16 @@ async def test_duplicates_reordering_and_gaps_apply_once_in_order(
 ) -> None:
     async with RinglogClient(server.url, user_id="alice") as alice:
         draft = await alice.create_draft("Scripted")
-        page, sockets = await _scripted_page(browser)
+        page = await (await browser.new_context()).new_page()
+        page.set_default_timeout(WAIT_MS)
+        muxes = await route_mux(page)  # the demo page follows drafts over its one /v1/ws
         await page.goto(server.url + "/")
         await page.fill("#dev-user", "alice")
         await page.click("#dev-form button")
         await page.goto(f"{server.url}/#/drafts/{draft.id}")
-        first = await asyncio.wait_for(sockets.get(), WAIT_MS / 1000)
-        assert _since(first) == 1  # subscribed from the state it loaded
-        _connected(first, draft.id)
+        first: ScriptedMux = await asyncio.wait_for(muxes.get(), WAIT_MS / 1000)
+        first.connected("alice")
+        assert await first.accept(draft.id, head_seq=1) == 1  # subscribed from the state it loaded
         badge = page.locator("#badge")
         await expect(badge).to_have_attribute("data-status", "live")
 
@@ -57,23 +60,24 @@ async def test_duplicates_reordering_and_gaps_apply_once_in_order(
         events, _head = await alice.events(draft.id, since=1)
         by_seq = {e.seq: json.dumps(e.to_dict()) for e in events}
         for seq in (3, 2, 2, 5, 3):  # reordered, repeated, and 4 never sent: a gap
-            first.send(by_seq[seq])
+            first.route.send(by_seq[seq])
         segments = page.locator("#segments li .content")
         await expect(segments).to_have_text(["s0", "s1", "s2", "s3"])  # 4 came from /events
         await expect(page.locator("#updated")).to_have_attribute("data-seq", "5")
 
-        await first.close(code=1013, reason="too slow")  # resume, from what it has
-        second = await asyncio.wait_for(sockets.get(), WAIT_MS / 1000)
-        assert _since(second) == 5
-        second.send(by_seq[4])  # a late duplicate changes nothing
-        _connected(second, draft.id)
+        await first.route.close(code=1013, reason="too slow")  # resume, from what it has
+        second: ScriptedMux = await asyncio.wait_for(muxes.get(), WAIT_MS / 1000)
+        second.connected("alice")
+        assert await second.accept(draft.id, head_seq=5) == 5
+        second.route.send(by_seq[4])  # a late duplicate changes nothing
         await expect(badge).to_have_attribute("data-status", "live")
-        second.send(json.dumps({"type": "error", "code": "not_found", "message": "draft not found"}))
-        await second.close(code=4404, reason="not_found")  # no retry after this
+        second.error("not_found", draft.id, "draft not found")  # no retry after this
         await expect(badge).to_have_attribute("data-status", "stopped")
         await expect(badge).to_have_attribute("title", re.compile("not_found"))
         await expect(segments).to_have_text(["s0", "s1", "s2", "s3"])
-        assert sockets.empty()
+        await page.wait_for_timeout(2_000)
+        assert len(second.sent_of("subscribe", draft.id)) == 1
+        assert muxes.empty()
 
 
 async def test_expired_token_asks_for_a_fresh_one_and_resumes(

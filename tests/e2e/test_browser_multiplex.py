@@ -1,0 +1,175 @@
+"""The demo page's one socket (issue 14, browser part), in Debian's Chromium against a real
+``ringlog serve``: every draft the page follows and the user's inbox ride one ``/v1/ws``;
+presence with the "typing…" state; the inbox in words; a restart resumes both without repeats."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, expect
+
+from ringlog import RinglogClient
+from tests.e2e.test_browser import (  # noqa: F401  (browser: the Chromium fixture)
+    ARTIFACTS,
+    _append,
+    _badge,
+    _segments,
+    _signed_in,
+    browser,
+)
+from tests.serverproc import ServerProcess
+
+pytestmark = pytest.mark.browser
+
+
+def _count_sockets(page: Page) -> list[str]:
+    """The URL of every WebSocket the page opens from now on."""
+    urls: list[str] = []
+    page.on("websocket", lambda ws: urls.append(ws.url))
+    return urls
+
+
+def _inbox(page: Page) -> Any:
+    return page.locator("#inbox-items li a")
+
+
+def _present(page: Page, user: str) -> Any:
+    return page.locator(f'#presence-list li[data-user-id="{user}"]')
+
+
+async def _shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+async def test_one_socket_for_the_list_the_open_draft_and_the_inbox(
+    browser: Browser,  # noqa: F811
+    server: ServerProcess,
+) -> None:
+    async with RinglogClient(server.url, user_id="alice") as alice_api:
+        drafts = [await alice_api.create_draft(f"Story {i}") for i in range(3)]
+        page = await (await browser.new_context()).new_page()
+        sockets = _count_sockets(page)
+        page.set_default_timeout(15_000)
+        await page.goto(server.url + "/")
+        await page.fill("#dev-user", "alice")
+        await page.click("#dev-form button")
+        await expect(page.locator("#draft-list a")).to_have_count(3)
+        meta = page.locator(f'a[data-draft-id="{drafts[1].id}"] + .meta')
+        await expect(meta).to_have_attribute("data-seq", "1")
+        await page.wait_for_function("window.ringlogHub && window.ringlogHub.status === 'live'")
+        # the list's rows follow their drafts live, on the page's one socket
+        await alice_api.append_segment(drafts[1].id, "seen from the list")
+        await expect(meta).to_have_attribute("data-seq", "2")
+        await expect(meta).to_have_text(re.compile(r"^2 events"))
+
+        for draft in (drafts[0], drafts[2], drafts[1]):  # open several drafts in turn
+            await page.click(f'a[data-draft-id="{draft.id}"]')
+            await expect(_badge(page)).to_have_attribute("data-status", "live")
+            await alice_api.append_segment(draft.id, f"live in {draft.id}")
+            await expect(_segments(page).last).to_have_text(f"live in {draft.id}")
+            await page.click("a.back")
+            await expect(page.locator("#draft-list a")).to_have_count(3)
+        assert len(sockets) == 1, sockets
+        assert re.search(r"/v1/ws\?", sockets[0]), sockets
+        assert await page.evaluate("window.ringlogHub.socketsOpened") == 1
+        await _shot(page, "multiplex-list.png")
+
+
+async def test_presence_shows_who_is_here_and_who_is_typing(
+    browser: Browser,  # noqa: F811
+    server: ServerProcess,
+) -> None:
+    async with RinglogClient(server.url, user_id="alice") as alice_api:
+        draft = await alice_api.create_draft("Our story")
+        await alice_api.add_collaborator(draft.id, "bob", "contributor")
+    alice = await _signed_in(browser, server, "alice")
+    await alice.goto(f"{server.url}/#/drafts/{draft.id}")
+    await expect(_badge(alice)).to_have_attribute("data-status", "live")
+    await expect(_present(alice, "alice").locator(".name")).to_have_text("you")
+
+    bob = await _signed_in(browser, server, "bob")
+    await bob.goto(f"{server.url}/#/drafts/{draft.id}")
+    await expect(_badge(bob)).to_have_attribute("data-status", "live")
+    await expect(_present(alice, "bob").locator(".name")).to_have_text("bob")  # a join, live
+    await expect(_present(bob, "alice").locator(".name")).to_have_text("alice")
+    await expect(_present(bob, "bob").locator(".name")).to_have_text("you")
+    await expect(_present(alice, "bob").locator(".avatar")).to_have_text("B")
+
+    # alice holds the ring and writes: bob sees "typing…"; sending clears it
+    await alice.locator("#segment-content").press_sequentially("Once upon")
+    await expect(_present(bob, "alice").locator(".typing")).to_have_text("typing…")
+    await _shot(bob, "multiplex-presence-typing.png")
+    await alice.click("#append-button")
+    await expect(_segments(bob)).to_have_text(["Once upon"])
+    await expect(_present(bob, "alice").locator(".typing")).to_have_count(0)
+    # typing stops by itself after ~3 s without input
+    await alice.locator("#segment-content").press_sequentially("a")
+    await expect(_present(bob, "alice").locator(".typing")).to_have_count(1)
+    await expect(_present(bob, "alice").locator(".typing")).to_have_count(0, timeout=10_000)
+
+    await bob.click("a.back")  # bob leaves the draft: a leave
+    await expect(_present(alice, "bob")).to_have_count(0)
+
+
+async def test_inbox_names_passes_and_invites_and_survives_a_restart(
+    browser: Browser,  # noqa: F811
+    server: ServerProcess,
+) -> None:
+    bob = await _signed_in(browser, server, "bob")
+    sockets = _count_sockets(bob)
+    await expect(bob.locator("#inbox")).to_be_visible()
+    await expect(bob.locator("#inbox-count")).to_be_hidden()
+    async with RinglogClient(server.url, user_id="alice") as alice_api:
+        draft = await alice_api.create_draft("Our story")
+        await alice_api.add_collaborator(draft.id, "bob", "contributor")
+        await expect(bob.locator("#inbox-count")).to_have_text("1")
+        await bob.click("#inbox summary")
+        await expect(_inbox(bob)).to_have_text(["alice added you to ‘Our story’ as contributor"])
+        await expect(bob.locator("#inbox-count")).to_be_hidden()  # opened: read
+        await bob.click("#inbox summary")
+
+        await alice_api.pass_ring(draft.id, "bob")
+        await expect(bob.locator("#inbox-count")).to_have_text("1")
+        await bob.click("#inbox summary")
+        await expect(_inbox(bob)).to_have_text([
+            "alice passed you the ring on ‘Our story’",
+            "alice added you to ‘Our story’ as contributor",
+        ])  # fmt: skip
+        await _shot(bob, "multiplex-inbox.png")
+        await _inbox(bob).first.click()  # opens the draft
+        await expect(bob.locator("#draft-title")).to_have_text("Our story")
+        await expect(_badge(bob)).to_have_attribute("data-status", "live")
+        await expect(bob.locator("#your-turn")).to_be_visible()
+        await _append(bob, "bob's line")
+        await expect(_segments(bob)).to_have_text(["bob's line"])
+
+    # a restart: the one socket comes back; the draft and the inbox resume without repeats
+    assert await asyncio.to_thread(server.stop) == 0
+    await expect(_badge(bob)).to_have_attribute("data-status", "offline")
+    await asyncio.to_thread(server.start)
+    async with RinglogClient(server.url, user_id="alice") as alice_api:
+        await expect(_badge(bob)).to_have_attribute("data-status", "live", timeout=30_000)
+        await bob.wait_for_function("window.ringlogHub.status === 'live'", timeout=30_000)
+        await alice_api.add_collaborator(draft.id, "carol", "viewer")  # not for bob's inbox
+        other = await alice_api.create_draft("Another one")
+        await alice_api.add_collaborator(other.id, "bob", "viewer")
+        await expect(bob.locator("#inbox-count")).to_have_text("1")
+        await bob.click("#inbox summary")
+        await expect(_inbox(bob)).to_have_text([
+            "alice added you to ‘Another one’ as viewer",
+            "alice passed you the ring on ‘Our story’",
+            "alice added you to ‘Our story’ as contributor",
+        ])  # fmt: skip
+        positions = await bob.locator("#inbox-items li").evaluate_all(
+            "lis => lis.map(li => li.dataset.position)"
+        )
+        assert len(positions) == len(set(positions)) == 3
+    await expect(_segments(bob)).to_have_text(["bob's line"])
+    ids = await bob.locator("#segments li").evaluate_all("lis => lis.map(li => li.dataset.segmentId)")
+    assert len(ids) == len(set(ids)) == 1
+    # one socket before the restart, and the hub's reconnects after it: never one per draft
+    assert all(re.search(r"/v1/ws\?", url) for url in sockets), sockets
