@@ -1,7 +1,7 @@
 // The demo page: sign in, list/create/open drafts, and a live draft view built on ringlog.js.
-// Every draft the page follows (the open draft, the drafts in the list) and the user's inbox
-// ride one WebSocket, /v1/ws (createSocketHub); each open draft is still a connectDraft, with
-// its resume, polling fallback and reconnect cadence.
+// The open draft and the user's inbox ride one WebSocket, /v1/ws (createSocketHub), however
+// many drafts the page opens in turn; the open draft is still a connectDraft, with its resume,
+// polling fallback and reconnect cadence.
 import { ApiError, connectDraft, createSocketHub } from "./ringlog.js";
 
 const $ = (id) => document.getElementById(id);
@@ -18,7 +18,6 @@ const BADGES = {
 let identity = loadIdentity();
 let current = null; // { draftId, handle, state, rowErrors: Map<user id, message>, presence }
 let hub = null; // the one /v1/ws socket of the signed-in user (createSocketHub)
-let watchers = []; // the drafts list's live rows: { draftId, close() }
 const titles = new Map(); // draft id → title, for the inbox's sentences
 let inbox = null; // { items: [{position, event}], seen, follow }
 const INBOX_MAX = 50;
@@ -131,10 +130,7 @@ function route() {
   if (identity && !identity.token && devAuth === false) return signedOut("dev sign-in is off");
   if (!identity) return show("signin-view");
   startHub();
-  if (wanted) {
-    unwatchList(); // a draft is followed by one connection at a time (the open draft's, here)
-    return openDraft(wanted);
-  }
+  if (wanted) return openDraft(wanted);
   show("home-view");
   return loadDrafts();
 }
@@ -154,7 +150,6 @@ async function loadDrafts() {
         a.dataset.draftId = row.id;
         const meta = document.createElement("small");
         meta.className = "muted meta";
-        meta.dataset.seq = String(row.seq);
         meta.textContent = `${row.seq} events · ${formatTime(row.updated_at)}`;
         li.append(a, meta);
         return li;
@@ -162,7 +157,6 @@ async function loadDrafts() {
     );
     showError($("list-error"), null);
     for (const row of data) titles.set(row.id, row.title);
-    watchList(data);
     $("no-drafts").hidden = data.length > 0;
     $("no-drafts").textContent = archived
       ? "No archived drafts."
@@ -470,63 +464,12 @@ function startHub() {
 }
 
 function stopHub() {
-  unwatchList();
   hub?.close();
   hub = null;
   inbox = null;
   $("inbox").hidden = true;
   $("inbox").open = false;
   $("inbox-items").replaceChildren();
-}
-
-// The drafts list follows each listed draft on the page's socket: its event count moves live.
-// A row's channel that drops is opened again (from the count it shows) within 5 s; no polling
-// for the list (Refresh reloads it).
-function watchList(rows) {
-  unwatchList();
-  if (!hub) return;
-  const query = new URLSearchParams(identity.token ? { access_token: identity.token } : { user_id: identity.userId });
-  for (const row of rows) {
-    const watcher = { draftId: row.id, seq: row.seq, socket: null, timer: null, closed: false, tries: 0 };
-    const open = () => {
-      if (watcher.closed || !hub) return;
-      const sock = new hub.WebSocket(
-        `${location.origin.replace(/^http/, "ws")}/v1/ws/drafts/${encodeURIComponent(row.id)}?since=${watcher.seq}&${query}`);
-      watcher.socket = sock;
-      sock.onmessage = (m) => {
-        const msg = JSON.parse(String(m.data));
-        if (msg.type === "connected") watcher.tries = 0;
-        if (typeof msg.type !== "string" || !msg.type.startsWith("collab.") || msg.seq !== watcher.seq + 1) return;
-        watcher.seq = msg.seq;
-        if (msg.type === "collab.draft_updated" && msg.data?.title) titles.set(row.id, msg.data.title);
-        const link = document.querySelector(`#draft-list a[data-draft-id="${CSS.escape(row.id)}"]`);
-        if (link && msg.data?.title) link.textContent = msg.data.title;
-        const meta = link?.parentElement?.querySelector(".meta");
-        if (meta) {
-          meta.dataset.seq = String(msg.seq);
-          meta.textContent = `${msg.seq} events · ${formatTime(msg.ts)}`;
-        }
-      };
-      sock.onclose = (e) => {
-        if (watcher.closed || watcher.socket !== sock) return;
-        if ([4403, 4404, 4400, 1008].includes(e.code)) return; // gone, or not ours: Refresh says more
-        // a seq missed while away is caught up from `since`; a hole (none expected) waits for Refresh
-        watcher.timer = setTimeout(open, Math.random() * Math.min(5000, 500 * 2 ** watcher.tries++));
-      };
-    };
-    watcher.close = () => {
-      watcher.closed = true;
-      clearTimeout(watcher.timer);
-      watcher.socket?.close(1000);
-    };
-    watchers.push(watcher);
-    open();
-  }
-}
-
-function unwatchList() {
-  for (const w of watchers) w.close();
-  watchers = [];
 }
 
 // "typing…": set on input, cleared after TYPING_IDLE_MS without input and when the segment is sent.
@@ -585,6 +528,16 @@ function addInboxItem(item) {
   inbox.items.length = Math.min(inbox.items.length, INBOX_MAX);
   if (!titles.has(e.draft_id)) void learnTitle(e.draft_id);
   renderInbox();
+  // the list shows what the feed changed (an invitation, a removal, a rename) without a Refresh
+  if (current === null && !$("home-view").hidden) scheduleListReload();
+}
+
+let listReload = null;
+function scheduleListReload() {
+  clearTimeout(listReload);
+  listReload = setTimeout(() => {
+    if (current === null && !$("home-view").hidden) void loadDrafts();
+  }, 300);
 }
 
 async function learnTitle(draftId) {
