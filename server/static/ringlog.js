@@ -1469,6 +1469,15 @@ function createSocketHub(options = {}) {
     }
   };
   doc?.addEventListener("visibilitychange", onVisible);
+  const network = options.network !== void 0 ? options.network : typeof globalThis.addEventListener === "function" ? globalThis : null;
+  const onOffline = () => {
+    const sock = ws;
+    if (!sock) return;
+    dropped(sock, 1006, "offline");
+    sock.close(1e3, "offline");
+  };
+  network?.addEventListener("offline", onOffline);
+  network?.addEventListener("online", onVisible);
   return {
     WebSocket: Channel,
     get status() {
@@ -1496,6 +1505,8 @@ function createSocketHub(options = {}) {
       if (timer) clearTimeout(timer);
       timer = null;
       doc?.removeEventListener("visibilitychange", onVisible);
+      network?.removeEventListener("offline", onOffline);
+      network?.removeEventListener("online", onVisible);
       for (const ch of [...channels.values()]) ch.readyState = 3;
       channels.clear();
       const sock = ws;

@@ -41,6 +41,12 @@ export interface SocketHubOptions extends Credentials {
   WebSocket?: SocketFactory;
   isVisible?: () => boolean;
   onStatus?: (status: HubStatus) => void;
+  /**
+   * Where the browser's `offline` / `online` events fire (default: the window; null: ignore
+   * them). On `offline` the shared socket is dropped at once (every channel resumes, as
+   * connectDraft does with its own socket); on `online` a waiting reconnect is tried at once.
+   */
+  network?: EventTarget | null;
 }
 
 /** The caller's feed as followed on a hub. */
@@ -295,6 +301,20 @@ export function createSocketHub(options: SocketHubOptions = {}): SocketHub {
   };
   doc?.addEventListener("visibilitychange", onVisible);
 
+  // the browser says the network is gone: the socket may still look open (no close frame can
+  // arrive), so drop it now rather than wait for a ping to time out
+  const network = options.network !== undefined
+    ? options.network
+    : typeof (globalThis as { addEventListener?: unknown }).addEventListener === "function" ? (globalThis as unknown as EventTarget) : null;
+  const onOffline = (): void => {
+    const sock = ws;
+    if (!sock) return;
+    dropped(sock, 1006, "offline");
+    sock.close(1000, "offline");
+  };
+  network?.addEventListener("offline", onOffline);
+  network?.addEventListener("online", onVisible);
+
   return {
     WebSocket: Channel as unknown as SocketFactory,
     get status() { return status; },
@@ -314,6 +334,8 @@ export function createSocketHub(options: SocketHubOptions = {}): SocketHub {
       if (timer) clearTimeout(timer);
       timer = null;
       doc?.removeEventListener("visibilitychange", onVisible);
+      network?.removeEventListener("offline", onOffline);
+      network?.removeEventListener("online", onVisible);
       for (const ch of [...channels.values()]) ch.readyState = 3;
       channels.clear();
       const sock = ws;

@@ -196,4 +196,22 @@ describe("createSocketHub: every draft over one /v1/ws", () => {
     back.deliver({ type: "me", position: 12, event });
     expect(positions).toEqual([7, 9, 12]);
   });
+
+  it("drops the shared socket when the browser goes offline and retries at once when it is back", async () => {
+    const network = new EventTarget();
+    hub = createSocketHub({ baseUrl: "http://ringlog.test", userId: "alice", WebSocket: FakeSocket, network });
+    hub.subscribeMe(() => undefined, 0);
+    const ch = new hub.WebSocket("ws://ringlog.test/v1/ws/drafts/draft_a?since=1");
+    let code = 0;
+    ch.onclose = (e) => { code = e.code; };
+    const sock = FakeSocket.last();
+    sock.deliver({ type: "connected", user_id: "alice", ts: "t" });
+    sock.deliver({ type: "subscribed", draft_id: "draft_a", head_seq: 1 });
+    network.dispatchEvent(new Event("offline"));
+    expect(code).toBe(1006); // connectDraft resumes: polls, then a new channel
+    expect(sock.readyState).toBe(3);
+    expect(hub.status).toBe("offline");
+    network.dispatchEvent(new Event("online")); // the feed's reconnect does not wait its backoff
+    expect(FakeSocket.instances.length).toBe(2);
+  });
 });
