@@ -258,6 +258,7 @@ function showStatus(status, detail) {
     why = detail.code === "token_expired" ? "Your token expired: sign out and paste a new one." : detail.message;
   }
   showError($("status-detail"), why);
+  if (status === "live") clearNetworkErrors();
   if (status === "revoked") {
     // access was taken away (close 4403): ringlog.js has stopped for good; so does the page
     $("live-controls").hidden = true;
@@ -409,10 +410,18 @@ function renderControls(state, status) {
   for (const id of ["invite-user", "invite-role", "invite-button"]) $(id).disabled = !canEdit || stopped;
 }
 
-function showError(box, text) {
+function showError(box, text, { network = false } = {}) {
   if (!box) return;
   box.textContent = text ?? "";
   box.hidden = !text;
+  // "the server cannot be reached" is cleared by itself once the page is live again
+  if (network && text) box.dataset.network = "true";
+  else delete box.dataset.network;
+}
+
+// Errors that say the server could not be reached, once it can be again (the badge is Live).
+function clearNetworkErrors() {
+  for (const box of document.querySelectorAll('.error[data-network="true"]')) showError(box, null);
 }
 
 // A mutation from a form; its error (the API's message) appears in the form's own .error box.
@@ -423,10 +432,12 @@ async function mutate(form, action) {
   buttons.forEach((b) => { b.disabled = true; });
   try {
     await action();
+    // the draft moved on: an earlier refusal shown under another form no longer applies
+    for (const other of document.querySelectorAll("#draft-view .error")) showError(other, null);
     return true;
   } catch (e) {
     if (e.status === 401) signedOut(e.message);
-    else showError(box, e.message);
+    else showError(box, e.message, { network: e.code === "network" });
     return false;
   } finally {
     if (current?.state) renderControls(current.state, $("badge").dataset.status);

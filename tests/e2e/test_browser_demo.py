@@ -193,6 +193,31 @@ async def test_errors_and_notices_appear_next_to_their_cause(browser: Browser, s
     assert await page.locator("#message").count() == 0  # no page-wide banner far from the cause
     await _shot(page, "demo-errors-in-place.png")
 
+    # a later success moves the draft on: the earlier refusals no longer apply and go away
+    await page.unroute(re.compile(r".*/segments$"))
+    await page.fill("#segment-content", "")
+    await _append(page, "this one arrives")
+    await expect(_segments(page)).to_have_text(["this one arrives"])
+    await expect(append_error).to_be_hidden()
+    await expect(pass_error).to_be_hidden()
+
+
+async def test_cannot_be_reached_goes_away_once_live_again(browser: Browser, server: ServerProcess) -> None:  # noqa: F811
+    """A write refused because the server is down says so under the append box, and the message
+    goes away by itself once the page is Live again (a fresh-user trial saw it stay)."""
+    page = await _signed_in(browser, server, "alice")
+    await _create_draft(page, "Comes and goes")
+    await expect(_badge(page)).to_have_attribute("data-status", "live")
+    assert await asyncio.to_thread(server.stop) == 0
+    await expect(_badge(page)).to_have_attribute("data-status", "offline")
+    await _append(page, "while down")
+    append_error = page.locator("#append-form .error")
+    await expect(append_error).to_contain_text("cannot be reached", timeout=30_000)
+    await expect(page.locator("#segment-content")).to_have_value("while down")  # kept to retry
+    await asyncio.to_thread(server.start)
+    await expect(_badge(page)).to_have_attribute("data-status", "live", timeout=30_000)
+    await expect(append_error).to_be_hidden()
+
 
 async def test_a_server_without_dev_auth_says_so(browser: Browser, tmp_path: Path) -> None:  # noqa: F811
     with ServerProcess(str(tmp_path / "jwt.db"), "--rate-limit", "0", log_path=tmp_path / "s.log") as server:
