@@ -12,7 +12,7 @@ Knows nothing of HTTP or of drafts' rules (a draft's events are one stream). Mod
 * :mod:`eventstore.sql`         what the SQL backends share; :mod:`eventstore.groupcommit` their writer
 * :mod:`eventstore.notifier`    wakes readers after a commit
 * :mod:`eventstore.verify`, :mod:`eventstore.copy`  whole-log checks and store-to-store copy
-* :mod:`eventstore.ownership`   the writer lock of an SQLite log (one owning process)
+* :mod:`eventstore.ownership`   the writer lock of a log (servers share it, tools own it)
 """
 
 from eventstore.errors import (

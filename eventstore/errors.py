@@ -6,7 +6,7 @@
     ├── UnrepresentableValue     a value no backend can store as given (NUL, lone surrogate,
     │                            integer beyond 64 bits, data that is not JSON); the caller's fault
     ├── StoreUnavailable         the storage cannot be reached or written (disk full, locked, read-only…)
-    ├── StoreLocked              another process owns this SQLite log for writing (a running server)
+    ├── StoreLocked              another process owns this log for writing (a running server, a tool)
     ├── LogCorrupted             the log, or records offered to it, break an invariant (found by
     │                            verify, on read, or when an import does not continue the log)
     └── CopyRefused              ``copy_records`` will not write into this target
@@ -67,7 +67,7 @@ class StoreUnavailable(StoreError):
 
 
 class StoreLocked(StoreError):
-    """Another process holds the writer lock of this SQLite log (see :mod:`eventstore.ownership`)."""
+    """Another process holds the writer lock of this log (see :mod:`eventstore.ownership`)."""
 
     def __init__(self, path: str, holder: str) -> None:
         super().__init__(f"{path!r} is in use by another ringlog process ({holder}); stop it first")

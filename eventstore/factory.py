@@ -85,7 +85,8 @@ def open_store(url: str, *, synchronous: str = "FULL", pool_size: int = 10, shar
     ``synchronous`` applies to SQLite (FULL, NORMAL or EXTRA; ValueError otherwise),
     ``pool_size`` to PostgreSQL (connections per process, at least 1). ``shared=True`` opens an
     SQLite file for serving beside other processes (commit discovery; what ``ringlog serve``
-    does); PostgreSQL is always shared, ``memory:`` never. Raises :class:`StoreUrlError` for a
+    does); PostgreSQL is always shared between servers, and ``shared=True`` makes it hold the
+    servers' shared owner lock (:mod:`eventstore.ownership`), ``memory:`` is never shared. Raises :class:`StoreUrlError` for a
     URL :func:`check_store_url` refuses.
     """
     check_store_url(url)
@@ -97,7 +98,7 @@ def open_store(url: str, *, synchronous: str = "FULL", pool_size: int = 10, shar
     if path is None:
         from eventstore.postgres import PostgresStore
 
-        return PostgresStore(url, pool_size=pool_size)
+        return PostgresStore(url, pool_size=pool_size, serving=shared)
     from eventstore.sqlite import SQLiteStore
 
     return SQLiteStore(path, synchronous=synchronous, shared=shared)

@@ -1,4 +1,4 @@
-"""Who may write an SQLite log: servers share it, the offline writing tools own it alone.
+"""Who may write a log: servers share it, the offline writing tools own it alone.
 
 Several ``ringlog serve`` processes (the workers of one ``--workers N`` server, or separate
 servers) may serve one SQLite file: SQLite serialises their appends (``BEGIN IMMEDIATE``), each
@@ -21,17 +21,39 @@ SQLite Database File", §2.5). The kernel releases the lock when the process end
 ``<real path>.lock`` for the refusal message. Read-only tools (replay, log, verify, copy *from*)
 do not take it. A flock belongs to the open file description, which ``fork`` shares: the workers
 of a supervisor keep the supervisor's shared lock even if the supervisor itself is killed.
+
+On PostgreSQL the same rule is a session advisory lock on :data:`OWNER_LOCK`: every serving
+:class:`~eventstore.postgres.PostgresStore` (``open_store(url, shared=True)``) holds it
+**shared** on its LISTEN connection for as long as it serves, and refuses to open while a tool
+holds it; a tool takes it **exclusive** (``pg_try_advisory_lock``) with :func:`acquire_tool_lock`
+on a connection of its own, kept for its whole run. PostgreSQL drops a session lock with its
+session, so a crashed holder leaves no stale lock either. The window: while a server's LISTEN
+connection is down (reconnect back-off, at most 5 s after a failure is noticed) it holds no
+share, so a tool started then is not refused; the server, reconnecting, finds the exclusive lock
+and logs an error each retry until the tool ends (docs/POSTGRES.md "Offline tools and running
+servers").
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
 from types import TracebackType
+from typing import Any
 
 from eventstore.errors import StoreLocked, StoreUnavailable
 from eventstore.factory import sqlite_path
+
+OWNER_LOCK = 0x72696E676F776E72
+"""PostgreSQL advisory lock key (``ringownr``): shared by serving stores, exclusive for tools."""
+
+TOOL_APPLICATION_NAME = "ringlog-tool"
+"""``application_name`` of a tool's lock connection (operators find it in pg_stat_activity)."""
+
+TOOL_CONNECT_TIMEOUT = 10.0
+"""Seconds a tool waits for its PostgreSQL lock connection before StoreUnavailable."""
 
 
 class WriterLock:
@@ -75,7 +97,8 @@ def acquire_writer_lock(url: str, *, shared: bool = False) -> WriterLock:
     ``shared=False`` (exclusive) is what the offline writing tools take.
 
     Returns a held :class:`WriterLock` for an SQLite path, and one that holds nothing for other
-    stores (PostgreSQL coordinates its writers itself; ``memory:`` has one by construction).
+    stores (a serving PostgreSQL store takes :data:`OWNER_LOCK` itself, and tools take it with
+    :func:`acquire_tool_lock`; ``memory:`` has one writer by construction).
     Raises :class:`StoreLocked` (naming the file and the owner's pid) if another process holds
     it, :class:`StoreUnavailable` if the sidecar file cannot be created. Blocking file I/O: call
     it before the event loop starts, or in a thread.
@@ -128,3 +151,68 @@ def _read_holder(sidecar: str) -> str:
     except OSError:
         text = ""
     return f"pid {text}" if text.isdigit() else "pid unknown"
+
+
+class ToolLock:
+    """The exclusive writer lock an offline writing tool holds for its whole run.
+
+    Wraps the SQLite :class:`WriterLock`, or the PostgreSQL connection that holds
+    :data:`OWNER_LOCK` exclusively; :meth:`release` gives it back (idempotent).
+    """
+
+    def __init__(self, file_lock: WriterLock | None, connection: Any = None) -> None:
+        self._file_lock = file_lock
+        self._connection = connection
+
+    async def release(self) -> None:
+        """Give the lock back; call it only after this process closed the store."""
+        file_lock, self._file_lock = self._file_lock, None
+        connection, self._connection = self._connection, None
+        if file_lock is not None:
+            await asyncio.to_thread(file_lock.release)
+        if connection is not None:
+            try:
+                await connection.close(timeout=2)
+            except Exception:  # the session, and so its lock, ends either way
+                connection.terminate()
+
+
+async def acquire_tool_lock(url: str) -> ToolLock:
+    """Take the log's writer lock exclusively for an offline writing tool, without waiting.
+
+    SQLite: :func:`acquire_writer_lock` (exclusive). PostgreSQL: ``pg_try_advisory_lock`` on
+    :data:`OWNER_LOCK` on a new connection, held until :meth:`ToolLock.release` (or the process
+    ends). Raises :class:`StoreLocked` while a server holds it (or another tool does),
+    :class:`StoreUnavailable` if the file or database cannot be reached.
+    """
+    if sqlite_path(url) is not None or url == "memory:":
+        return ToolLock(await asyncio.to_thread(acquire_writer_lock, url))
+    import asyncpg
+
+    try:
+        connection = await asyncpg.connect(
+            url, timeout=TOOL_CONNECT_TIMEOUT, server_settings={"application_name": TOOL_APPLICATION_NAME}
+        )
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        raise StoreUnavailable(f"cannot connect to {redact_url(url)}: {e}") from e
+    try:
+        got = await connection.fetchval(
+            "SELECT pg_try_advisory_lock($1)", OWNER_LOCK, timeout=TOOL_CONNECT_TIMEOUT
+        )
+    except BaseException as e:
+        connection.terminate()
+        if isinstance(e, (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)):
+            raise StoreUnavailable(f"cannot lock {redact_url(url)}: {e}") from e
+        raise
+    if not got:
+        await ToolLock(None, connection).release()
+        raise StoreLocked(redact_url(url), "a running server, or an exclusive tool")
+    return ToolLock(None, connection)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any user and password replaced by ``***`` (for messages and logs)."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

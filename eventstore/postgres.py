@@ -72,6 +72,7 @@ from eventstore.errors import (
     IdempotencyKeyReused,
     LogCorrupted,
     StoreError,
+    StoreLocked,
     StoreUnavailable,
     UnrepresentableValue,
 )
@@ -90,6 +91,7 @@ from eventstore.events import (
 )
 from eventstore.groupcommit import GroupCommitter, PendingAppend
 from eventstore.notifier import Notifier
+from eventstore.ownership import OWNER_LOCK, redact_url
 from eventstore.peerbus import PeerBus
 from eventstore.pg_peerbus import BUS_CHANNEL, BUS_NOTIFY, NotifyOutbox, frame_listener
 from eventstore.pg_schema import FEED_SCHEMA, SCHEMA, SCHEMA_LOCK, SCHEMA_VERSION
@@ -287,6 +289,10 @@ def _mapped_errors(action: str) -> contextlib.AbstractContextManager[None]:
     return mapped_errors(_store_error, action)
 
 
+class _OwnerRefused(Exception):
+    """An offline writing tool holds the owner lock: drop this LISTEN connection."""
+
+
 class PostgresStore:
     """The Store on a PostgreSQL database, safe to share between several servers.
 
@@ -305,6 +311,7 @@ class PostgresStore:
         connect_timeout: float = 10.0,
         command_timeout: float = 30.0,
         listen: bool = True,
+        serving: bool = False,
     ) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
@@ -314,6 +321,10 @@ class PostgresStore:
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.listen = listen
+        self.serving = serving and listen
+        """Hold :data:`~eventstore.ownership.OWNER_LOCK` shared on the LISTEN connection, and
+        refuse to open while an offline writing tool holds it (what ``ringlog serve`` opens)."""
+        self._first_listen: asyncio.Future[StoreError | None] | None = None
         self.notifier = Notifier()
         self._pool: asyncpg.Pool | None = None
         self._committer = GroupCommitter(
@@ -386,10 +397,33 @@ class PostgresStore:
         loop = asyncio.get_running_loop()
         self._committer.start()
         if self.listen:
+            self._first_listen = loop.create_future()
             self.peer_bus.attach(self._bus_outbox.send)
             self._listener = loop.create_task(self._listen_loop(), name="ringlog-pg-listen")
         if self.poll_interval > 0:
             self._poller = loop.create_task(self._poll_loop(), name="ringlog-pg-poll")
+        if self.serving and self._first_listen is not None:
+            await self._await_owner_share()
+
+    async def _await_owner_share(self) -> None:
+        """Wait for the first LISTEN connection to take the shared owner lock.
+
+        Raises StoreLocked (after closing) while an offline writing tool holds it exclusively,
+        StoreUnavailable if no LISTEN connection is made within ``connect_timeout`` +
+        ``command_timeout`` seconds.
+        """
+        assert self._first_listen is not None
+        try:
+            refused = await asyncio.wait_for(
+                asyncio.shield(self._first_listen), self.connect_timeout + self.command_timeout
+            )
+        except TimeoutError:
+            refused = StoreUnavailable(
+                "the LISTEN connection (which holds the servers' shared lock) was not made"
+            )
+        if refused is not None:
+            await self.close()
+            raise refused
 
     async def _open_pool(self) -> None:
         self._pool = await asyncpg.create_pool(
@@ -659,14 +693,20 @@ class PostgresStore:
                 conn.add_termination_listener(lambda _c, ev=lost: ev.set())
                 await conn.add_listener(CHANNEL, self._on_notification)
                 await conn.add_listener(BUS_CHANNEL, frame_listener(self.peer_bus.receive))
+                if self.serving and not await self._take_owner_share(conn):
+                    raise _OwnerRefused  # the finally drops the connection; retried after the back-off
                 self._listen_conn = conn
                 await self._try_lead(conn)
                 self._listening.set()
+                if self._first_listen is not None and not self._first_listen.done():
+                    self._first_listen.set_result(None)
                 self.peer_bus.start()  # or, listening again, a hello: peers re-announce their state
                 backoff = 0.1
                 self._schedule_discovery()  # whatever was committed while we were not listening
                 await self._watch(conn, lost)
                 log.warning("LISTEN connection lost; reconnecting")
+            except _OwnerRefused:
+                pass  # logged (or reported to open) by _take_owner_share
             except (asyncpg.PostgresError, *CONNECTION_ERRORS) as e:
                 log.warning("LISTEN connection failed (%r); retrying in %.1fs", str(e), backoff)
             finally:
@@ -690,6 +730,30 @@ class PostgresStore:
                 await conn.execute("SELECT 1", timeout=max(interval, 5.0))
             else:
                 await self._try_lead(conn)  # the ping, and a try for a lead a dead node freed
+
+    async def _take_owner_share(self, conn: asyncpg.Connection) -> bool:
+        """Take :data:`~eventstore.ownership.OWNER_LOCK` shared on ``conn``; False if a tool holds it.
+
+        At the first connect a refusal ends the listener and :meth:`open` raises StoreLocked (the
+        server does not start). After a reconnect the node was already serving: it logs an error
+        and retries after the back-off until the tool ends (docs/POSTGRES.md "Offline tools and
+        running servers").
+        """
+        timeout = max(self.poll_interval, 5.0)
+        if await conn.fetchval("SELECT pg_try_advisory_lock_shared($1)", OWNER_LOCK, timeout=timeout):
+            return True
+        first = self._first_listen
+        if first is not None and not first.done():
+            first.set_result(
+                StoreLocked(redact_url(self.url), "an offline writing tool such as rebuild or copy")
+            )
+            self._closing = True  # open() closes the store: no retry
+        else:
+            log.error(
+                "an offline writing tool (rebuild, copy --to) holds the database exclusively while "
+                "this server runs; not listening until it ends"
+            )
+        return False
 
     async def _try_lead(self, conn: asyncpg.Connection) -> None:
         """Take the snapshot lead if no other node's LISTEN session holds it."""

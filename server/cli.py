@@ -23,7 +23,7 @@ import orjson
 
 from eventstore import StoreError, open_store
 from eventstore.factory import StoreUrlError, check_store_url, sqlite_path
-from eventstore.ownership import WriterLock, acquire_writer_lock
+from eventstore.ownership import ToolLock, acquire_tool_lock
 from eventstore.store import Store
 from eventstore.verify import verify_log
 from projections.fold import FoldError, fold_summary
@@ -184,14 +184,14 @@ async def _run_tool(args: argparse.Namespace) -> int:
         # opening would create an empty log, and 'verify' would then call it sound
         print(f"ringlog: no SQLite database at {path}", file=sys.stderr)
         return 2
-    # Writing tools take the writer lock a running server holds (read-only ones need not):
-    # StoreLocked names the file and the server's pid, and main() prints it on one line.
-    lock = await asyncio.to_thread(acquire_writer_lock, args.db) if args.command in WRITING_TOOLS else None
+    # Writing tools take the writer lock a running server holds (read-only ones need not), on
+    # SQLite and PostgreSQL alike: StoreLocked names the store, and main() prints it on one line.
+    lock: ToolLock | None = await acquire_tool_lock(args.db) if args.command in WRITING_TOOLS else None
     try:
         return await _run_on_store(args)
     finally:
         if lock is not None:
-            await asyncio.to_thread(WriterLock.release, lock)
+            await lock.release()
 
 
 WRITING_TOOLS = frozenset({"rebuild"})

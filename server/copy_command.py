@@ -18,7 +18,7 @@ from typing import TextIO
 from eventstore.copy import copy_records, resume_position
 from eventstore.errors import CopyRefused, StoreError, StoreLocked
 from eventstore.factory import open_store, same_store, sqlite_path
-from eventstore.ownership import WriterLock, acquire_writer_lock
+from eventstore.ownership import acquire_tool_lock
 from eventstore.store import BulkImporter, Store
 from eventstore.verify import verify_log
 from projections.runner import rebuild
@@ -53,7 +53,7 @@ async def copy_log(
         out.write(f"ringlog copy: no SQLite database at {source_path!r}\n")
         return EXIT_REFUSED
     try:
-        lock = await asyncio.to_thread(acquire_writer_lock, target_url)
+        lock = await acquire_tool_lock(target_url)
     except StoreLocked as e:
         out.write(f"ringlog copy: target {e}\n")
         return EXIT_REFUSED
@@ -63,7 +63,7 @@ async def copy_log(
     try:
         return await _copy(source_url, target_url, force, progress, out)
     finally:
-        await asyncio.to_thread(WriterLock.release, lock)
+        await lock.release()
 
 
 async def _copy(

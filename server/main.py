@@ -55,7 +55,8 @@ def serve(settings: Settings) -> int:
 
     Refuses to start (one log line naming the file, status 2) while an offline writing tool
     (``rebuild``, ``copy --to``) owns the SQLite log (:mod:`eventstore.ownership`); servers share
-    the lock, held until the process ends. With ``settings.workers`` other than 1 this process
+    the lock, held until the process ends. On PostgreSQL the serving store takes the shared lock
+    itself when it opens (its LISTEN connection), and refuses the same way. With ``settings.workers`` other than 1 this process
     becomes the supervisor of that many workers (:mod:`server.supervisor`).
     """
     configure_logging(settings)
