@@ -684,6 +684,9 @@ function connectDraft(draftId, options = {}) {
     saveTimer = null;
     if (userId && state && outbox.saveState) void outbox.saveState(userId, draftId, state).catch(() => void 0);
   }
+  function flushSave() {
+    if (saveTimer !== null) saveNow();
+  }
   const writerRest = new RestClient({ baseUrl, token: options.token, userId: options.userId, fetch: options.fetch, retries: 2 });
   const writer = userId ? new OptimisticWriter({
     rest: writerRest,
@@ -691,6 +694,7 @@ function connectDraft(draftId, options = {}) {
     userId,
     outbox,
     onChange: () => {
+      flushSave();
       options.onPending?.(writer.pending);
       emitView();
     },
@@ -738,7 +742,7 @@ function connectDraft(draftId, options = {}) {
     return stop(e.code, e.message);
   }
   function shutdown() {
-    if (saveTimer !== null) saveNow();
+    flushSave();
     closed = true;
     writer?.close();
     lifetime.abort();
@@ -979,13 +983,15 @@ function connectDraft(draftId, options = {}) {
   }
   const doc = globalThis.document;
   const onVisible = () => {
-    if (isVisible() && reconnectTimer !== null) serverBack();
+    if (!isVisible()) flushSave();
+    else if (reconnectTimer !== null) serverBack();
   };
   doc?.addEventListener("visibilitychange", onVisible);
   lifetime.signal.addEventListener("abort", () => doc?.removeEventListener("visibilitychange", onVisible), { once: true });
   const network = options.network !== void 0 ? options.network : typeof globalThis.addEventListener === "function" ? globalThis : null;
   const onOffline = () => {
     if (closed || !orderer) return;
+    flushSave();
     setStatus(OFFLINE, { code: "offline", message: "the browser is offline" });
     const sock = ws;
     if (!sock) return;

@@ -167,7 +167,12 @@ export function connectDraft(draftId: string, options: ConnectOptions = {}): Dra
 
   const outbox: Outbox = options.outbox ?? new MemoryOutbox();
   let saveTimer: ReturnType<typeof setTimeout> | null = null;
-  /** Keep the confirmed state for a reload while offline (at most once a second). */
+  /**
+   * Keep the confirmed state for a reload while offline (at most once a second). A page that
+   * unloads never calls close(), so a save still waiting on its timer would be lost: it is written
+   * at once when a write is queued (the write must find the state it follows after a reload), when
+   * the browser goes offline and when the page is hidden (a reload or a tab switch may follow).
+   */
   function scheduleSave(): void {
     if (!userId || !outbox.saveState || saveTimer !== null || closed) return;
     saveTimer = setTimeout(saveNow, STATE_SAVE_MS);
@@ -178,6 +183,11 @@ export function connectDraft(draftId: string, options: ConnectOptions = {}): Dra
     if (userId && state && outbox.saveState) void outbox.saveState(userId, draftId, state).catch(() => undefined);
   }
 
+  /** Write a save still waiting on its timer now (see scheduleSave). */
+  function flushSave(): void {
+    if (saveTimer !== null) saveNow();
+  }
+
   const writerRest = new RestClient({ baseUrl, token: options.token, userId: options.userId, fetch: options.fetch, retries: 2 });
   const writer = userId
     ? new OptimisticWriter({
@@ -185,7 +195,7 @@ export function connectDraft(draftId: string, options: ConnectOptions = {}): Dra
         draftId,
         userId,
         outbox,
-        onChange: () => { options.onPending?.(writer!.pending); emitView(); },
+        onChange: () => { flushSave(); options.onPending?.(writer!.pending); emitView(); },
         onConflict: (c) => options.onConflict?.(c),
         online: () => status !== OFFLINE && status !== STOPPED && status !== REVOKED,
       })
@@ -241,7 +251,7 @@ export function connectDraft(draftId: string, options: ConnectOptions = {}): Dra
   }
 
   function shutdown(): void {
-    if (saveTimer !== null) saveNow();
+    flushSave();
     closed = true;
     writer?.close();
     lifetime.abort();
@@ -499,7 +509,8 @@ export function connectDraft(draftId: string, options: ConnectOptions = {}): Dra
   // a page that becomes visible again retries a socket waiting out a hidden-page backoff at once
   const doc = (globalThis as { document?: Document }).document;
   const onVisible = (): void => {
-    if (isVisible() && reconnectTimer !== null) serverBack();
+    if (!isVisible()) flushSave();
+    else if (reconnectTimer !== null) serverBack();
   };
   doc?.addEventListener("visibilitychange", onVisible);
   lifetime.signal.addEventListener("abort", () => doc?.removeEventListener("visibilitychange", onVisible), { once: true });
@@ -511,6 +522,7 @@ export function connectDraft(draftId: string, options: ConnectOptions = {}): Dra
     : typeof (globalThis as { addEventListener?: unknown }).addEventListener === "function" ? (globalThis as unknown as EventTarget) : null;
   const onOffline = (): void => {
     if (closed || !orderer) return;
+    flushSave();
     setStatus(OFFLINE, { code: "offline", message: "the browser is offline" });
     const sock = ws;
     if (!sock) return;

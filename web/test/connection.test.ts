@@ -360,6 +360,34 @@ describe("connectDraft: offline outbox", () => {
     expect(second.conn.state!.seq).toBe(4);
   });
 
+  it("keeps the state a queued write follows without waiting for close() (a real reload never calls it)", async () => {
+    const idb = new IDBFactory();
+    const server = new FakeServer();
+    const network = new EventTarget();
+    const first = connect(server, { outbox: new IndexedDbOutbox("outbox", idb), network });
+    const sock = await live(server, first.conn);
+    sock.deliver(server.appendSegment("alice", "seen")); // a save of seq 2 now waits on its 1 s timer
+    await until(() => first.conn.lastSeq === 2);
+    const reader = new IndexedDbOutbox("outbox", idb);
+    server.down = true; // nothing reaches the server from here on
+    FakeSocket.onCreate = (s) => { if (server.down) s.drop(1006); };
+    network.dispatchEvent(new Event("offline")); // the browser goes offline: written at once
+    await until(() => first.conn.status === "offline");
+    void first.conn.append("queued"); // and the write follows that state
+    await settle(20); // the outbox's writes land (the 1 s save timer has not fired)
+    // the page unloads now, so no close(): the state is already there, the write's seq 2
+    const kept = await reader.loadState("alice", server.draftId);
+    expect(kept?.seq).toBe(2);
+    expect(kept?.segments.map((s) => s.content)).toEqual(["seen"]);
+    expect((await reader.load("alice", server.draftId)).map((op) => op.kind === "append" && op.content)).toEqual(["queued"]);
+    first.conn.close();
+
+    // the reloaded page finds the server still away: it shows what was kept
+    const second = connect(server, { outbox: new IndexedDbOutbox("outbox", idb), network: null });
+    await until(() => second.conn.view !== null && second.conn.pending.length === 1, 8000);
+    expect(second.conn.view!.segments.map((s) => [s.content, !!s.pending])).toEqual([["seen", false], ["queued", true]]);
+  });
+
   it("rolls back a replayed operation that lost while offline", async () => {
     const outbox = new MemoryOutbox();
     const server = new FakeServer();
