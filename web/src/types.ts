@@ -147,6 +147,11 @@ export type ErrorCode =
   | "draft_archived"
   | (string & {});
 
+/** Codes the client itself gives (never sent by the server): `not_loaded` (a write before the
+ * draft's first state), `earlier_undone` (undone because an earlier queued write was), `network`
+ * (the server could not be reached). */
+export type ClientErrorCode = "not_loaded" | "earlier_undone" | "network";
+
 export interface ErrorBody {
   error: { code: ErrorCode; message: string; details?: unknown };
 }

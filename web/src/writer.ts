@@ -13,7 +13,7 @@
  */
 import { ApiError, backoffDelay, type RestClient } from "./api.js";
 import type { Outbox, PendingOp } from "./outbox.js";
-import type { DraftEvent, DraftState, Segment } from "./types.js";
+import type { ClientErrorCode, DraftEvent, DraftState, ErrorCode, Segment } from "./types.js";
 
 /** A segment of the view: confirmed, or pending (`pending: true`, id < 0, `key` = its op's key). */
 export type ViewSegment = Segment & { pending?: boolean; key?: string };
@@ -25,8 +25,8 @@ export interface Conflict {
   op: PendingOp;
   /** For people: "bob appended first", "you no longer hold the ring", … */
   reason: string;
-  /** The contract's code (precondition_failed, not_ring_holder, forbidden, …, or "earlier_undone"). */
-  code: string;
+  /** The contract's code (precondition_failed, not_ring_holder, forbidden, …) or the client's own. */
+  code: ErrorCode | ClientErrorCode;
   status: number;
   /** Who won the race, when known. */
   by: string | null;

@@ -112,6 +112,12 @@ function DraftPage({ signIn, onSignOut }: { signIn: SignIn; onSignOut: () => voi
     return (
       <main>
         <Badge status={status} /> <p>Loading draft {signIn.draftId}…</p>
+        {status === "offline" && (
+          <p id="load-hint" className="hint">
+            No answer from {signIn.api} yet: is the server running, and does it allow this page's origin
+            ({window.location.origin}) with <code>--allowed-origins</code>?
+          </p>
+        )}
       </main>
     );
   }
@@ -123,7 +129,10 @@ function DraftPage({ signIn, onSignOut }: { signIn: SignIn; onSignOut: () => voi
 
   const append = async (e: FormEvent) => {
     e.preventDefault();
-    if (!content.trim()) return;
+    if (!content) {
+      setError("Write something first.");
+      return;
+    }
     setError(null);
     const text = content;
     setContent("");
@@ -181,7 +190,7 @@ function DraftPage({ signIn, onSignOut }: { signIn: SignIn; onSignOut: () => voi
         <h2>The ring</h2>
         <p>Held by <b id="holder">{holder}</b></p>
         <form id="append-form" onSubmit={append}>
-          <textarea id="append-content" value={content} disabled={!canAppend} onChange={(e) => setContent(e.target.value)}
+          <textarea id="append-content" value={content} disabled={!canAppend} maxLength={10000} onChange={(e) => setContent(e.target.value)}
             placeholder={canAppend ? "Write the next segment" : `${holder} holds the ring`} />
           <button id="append-button" type="submit" disabled={!canAppend}>Append</button>
         </form>
