@@ -7,13 +7,21 @@ the user's state is the JSON object set last by any of their sockets (at most
 
 **Sources.** An entry exists while it has a *source*: this node (the sockets attached here, by
 socket key) or a remote node that announced the user (:meth:`PresenceRegistry.apply_remote`).
-Sources decide presence and ``since`` (the earliest ``since`` of the sources) only. **The state
-only moves forward:** the entry keeps the newest state it ever heard while present, ordered by
-``(state_ts, state bytes)`` (the bytes break a tie the same way on every node), whichever sources
-later go; a fresh join's ``{}`` has ``state_ts`` 0 and so loses to any set state, and a stale
-announcement (an older ``state_ts``) never moves the state back. The newest state is forgotten
-only when the entry goes (its last source left). Every node that heard the newest state shows
-it, and this node's announcements carry it (for peers that start later or missed it).
+Each source carries its own latest announced state and when it was set (``state_ts``), and its
+``since``; the entry shows the state of the source with the largest ``(state_ts, state bytes)``
+among the sources present now (the bytes break a tie the same way on every node), and the
+earliest ``since``. A peer's announcement *replaces* that peer's source (a stale one — an older
+incarnation of the source, by ``since``, or an older ``state_ts`` of the same one — is ignored),
+so a node that restarted with a new node id, or rejoined after its ``leave`` was lost, is shown
+as what it announces now. **This node's source always carries the newest state heard:** the
+user's first socket here takes the entry's newest state, and when a peer announces a newer
+state while the user is present here, this node's source adopts it and publishes that as a
+local change — so every node's copy of this node's source carries it, and the state stays when
+the sockets that set it go while the user is present elsewhere. An adoption heard back adopts
+nothing (equal ``(state_ts, state)`` is not newer): no message storm. When this node's source
+leaves, its copies of peers' sources older than its state take that state (the peers adopt it
+when they hear it; their next message replaces the copy whatever its ``state_ts``), so a close
+right after a set does not fall back to an older state while the adoption is on its way.
 
 **Observers** see the merged entry change, only on real changes: ``join`` when a user's first
 source appears (a second socket, or a second node, is not a join), ``update`` when the merged
@@ -24,17 +32,18 @@ node announces it any more).
 
 * ``on_local_change(change)`` — a hook called with a :class:`LocalChange` each time *this node's*
   source of an entry changes: the first socket of a user attaches (the entry's newest state, or
-  ``{}`` with ``state_ts`` 0), a socket sets a state, the last socket detaches (``state`` None). A
+  ``{}`` with ``state_ts`` 0), a socket sets a state, the source adopts a peer's newer state,
+  the last socket detaches (``state`` None). A
   replicator broadcasts it; peers apply it with ``apply_remote(this node's id, …)``.
-* :meth:`PresenceRegistry.local_entries` — this node's live sources with the newest state, for periodic
+* :meth:`PresenceRegistry.local_entries` — this node's live sources with their states, for periodic
   re-announcement (a peer that missed a message, or started later, catches up; applying an
   announcement that changes nothing notifies nobody).
 * :meth:`PresenceRegistry.apply_remote` — a peer's source appeared, changed or (state None) left.
 * :meth:`PresenceRegistry.drop_node` — a peer is gone (its heartbeats stopped): its users leave
   unless they are present through another node.
 
-**Memory.** Per entry: the user id, the newest state as its JSON bytes (at most 512) and its
-``state_ts``, a ``since`` per source; the socket keys of this node. :meth:`PresenceRegistry.stats`
+**Memory.** Per entry: the user id; per source its state as JSON bytes (at most 512),
+``state_ts`` and ``since``; the socket keys of this node. :meth:`PresenceRegistry.stats`
 reports entries, sources and state bytes; docs/ARCHITECTURE.md gives the measured bytes per entry.
 """
 
@@ -141,26 +150,46 @@ class LocalChange:
     state_ts: float
 
 
+@dataclass(slots=True)
+class _Source:
+    """One node's source of an entry: its latest announced state (JSON bytes), when that state
+    was set (``state_ts``) and when the source appeared (``since``, which also tells one
+    incarnation of a node's source from the next: a rejoin after a lost ``leave`` is newer)."""
+
+    state_json: bytes
+    since: float
+    state_ts: float
+    # a peer's copy this node moved forward itself when its own source left (see detach): the
+    # peer's next message replaces it whatever its state_ts
+    predicted: bool = False
+
+    def key(self) -> tuple[float, bytes]:
+        """The order of states: the larger ``(state_ts, state bytes)`` is the newer, the same on
+        every node (the bytes break a tie)."""
+        return self.state_ts, self.state_json
+
+
 class _Entry:
-    __slots__ = ("sockets", "sources", "state_json", "state_ts")
+    __slots__ = ("sockets", "sources")
 
     def __init__(self) -> None:
-        self.sources: dict[str, float] = {}  # node id -> since (this node's id included)
+        self.sources: dict[str, _Source] = {}  # node id -> source (this node's id included)
         self.sockets: set[Hashable] = set()  # this node's attachments
-        # the newest state heard while the entry is present, and when it was set
-        self.state_json = EMPTY_STATE
-        self.state_ts = 0.0
 
-    def newer(self, state_json: bytes, state_ts: float) -> bool:
-        """Whether ``state_json`` set at ``state_ts`` is newer than the entry's state: the larger
-        ``(state_ts, state bytes)``, the same order on every node."""
-        return (state_ts, state_json) > (self.state_ts, self.state_json)
+    def newest(self) -> _Source | None:
+        """The source with the newest state (largest ``(state_ts, state bytes)``), or None."""
+        best: _Source | None = None
+        for source in self.sources.values():
+            if best is None or source.key() > best.key():
+                best = source
+        return best
 
     def winner(self) -> tuple[bytes, float] | None:
         """(state, since) of the merged entry, or None when no source is left."""
-        if not self.sources:
+        best = self.newest()
+        if best is None:
             return None
-        return self.state_json, min(self.sources.values())
+        return best.state_json, min(source.since for source in self.sources.values())
 
 
 Observer = Callable[[PresenceEvent], None]
@@ -182,6 +211,7 @@ class PresenceRegistry:
         self.on_local_change: LocalChangeHook | None = None
         """The replication hook (module docstring); errors it raises are logged, not raised."""
         self._state_bytes = 0
+        self._last_since = -math.inf
 
     # -- observers -----------------------------------------------------------------------------
 
@@ -199,9 +229,9 @@ class PresenceRegistry:
     def attach(self, draft_id: str, user_id: str, socket_key: Hashable) -> None:
         """A socket of ``user_id`` subscribed to ``draft_id`` (idempotent per ``socket_key``).
 
-        The user's first socket here creates this node's source (published with the user's
-        newest state, ``{}`` if none was set), which may be a ``join``; further sockets change
-        nothing visible.
+        The user's first socket here creates this node's source with the entry's newest state
+        (``{}`` at ``state_ts`` 0 if the user is present nowhere else) and publishes it, which may
+        be a ``join``; further sockets change nothing visible.
         """
         entry = self._entry(draft_id, user_id, create=True)
         assert entry is not None
@@ -211,10 +241,15 @@ class PresenceRegistry:
         if self.node_id in entry.sources:
             return
         now = self.clock()
+        # strictly increasing per node: a rejoin after a lost leave is a newer incarnation
+        since = now if now > self._last_since else math.nextafter(self._last_since, math.inf)
+        self._last_since = since
         before = entry.winner()
-        # present through another node already: this node's source announces the user's newest
+        # present through another node already: this node's source carries the user's newest
         # state (and when it was set), so that it outlives the other node's sockets
-        entry.sources[self.node_id] = now
+        newest = entry.newest()
+        state, state_ts = (newest.state_json, newest.state_ts) if newest is not None else (EMPTY_STATE, 0.0)
+        self._put_source(entry, self.node_id, _Source(state, since, state_ts))
         self._local_changed(draft_id, user_id, entry)
         self._notify(draft_id, user_id, before, entry.winner(), now)
 
@@ -232,9 +267,10 @@ class PresenceRegistry:
             raise KeyError(f"socket {socket_key!r} is not attached to {draft_id!r} for {user_id!r}")
         before = entry.winner()
         now = self.clock()
+        mine = entry.sources[self.node_id]  # the newest already (attach and _adopt keep it so)
         # set last, so the newest: a peer's clock ahead of ours must not make it older
-        state_ts = now if now > entry.state_ts else math.nextafter(entry.state_ts, math.inf)
-        self._set_newest(entry, raw, state_ts)
+        state_ts = now if now > mine.state_ts else math.nextafter(mine.state_ts, math.inf)
+        self._put_source(entry, self.node_id, _Source(raw, mine.since, state_ts))
         self._local_changed(draft_id, user_id, entry)
         self._notify(draft_id, user_id, before, entry.winner(), now)
         return before is None or before[0] != raw
@@ -243,7 +279,9 @@ class PresenceRegistry:
         """A socket's subscription ended (unsubscribe, close, revocation); idempotent.
 
         The user's last socket here removes this node's source: a ``leave`` unless another node
-        still announces the user.
+        still announces the user. The copies of the other nodes' sources that are older than
+        this node's state take it (they adopt it when they hear it; their next message replaces
+        the copy), so the state does not fall back while those adoptions are on their way.
         """
         entry = self._entry(draft_id, user_id, create=False)
         if entry is None or socket_key not in entry.sockets:
@@ -253,22 +291,33 @@ class PresenceRegistry:
             return
         now = self.clock()
         before = entry.winner()
+        mine = entry.sources.get(self.node_id)
+        if mine is not None:
+            # every peer present for the user adopts this node's state when it hears it; until
+            # its next message, its copy here shows what it will announce, so the state does
+            # not fall back to an older one while that adoption is on its way (a close right
+            # after a set); the peer's next message replaces the copy, adopted or not
+            for node_id, source in list(entry.sources.items()):
+                if node_id != self.node_id and source.key() < mine.key():
+                    self._put_source(
+                        entry, node_id, _Source(mine.state_json, source.since, mine.state_ts, predicted=True)
+                    )
         mine = self._drop_source(draft_id, user_id, entry, self.node_id)
         if mine is not None:
-            self._local_changed(draft_id, user_id, None, since=mine, ts=now)
+            self._local_changed(draft_id, user_id, None, since=mine.since, ts=now)
         self._notify(draft_id, user_id, before, entry.winner(), now)
 
     # -- replication ---------------------------------------------------------------------------
 
     def local_entries(self) -> list[LocalChange]:
-        """This node's sources, for periodic re-announcement to peers: each with the entry's
-        newest state (and its ``state_ts``), so a peer that missed it or started later learns it."""
+        """This node's sources, for periodic re-announcement to peers: each with its state (the
+        user's newest this node heard, see the module docstring) and that state's ``state_ts``."""
         out: list[LocalChange] = []
         for draft_id, users in self._drafts.items():
             for user_id, entry in users.items():
                 mine = entry.sources.get(self.node_id)
                 if mine is not None:
-                    out.append(LocalChange(draft_id, user_id, entry.state_json, mine, entry.state_ts))
+                    out.append(LocalChange(draft_id, user_id, mine.state_json, mine.since, mine.state_ts))
         return out
 
     def apply_remote(
@@ -281,19 +330,27 @@ class PresenceRegistry:
         state_ts: float,
     ) -> None:
         """A peer's source of ``(draft_id, user_id)`` is now ``state`` (a JSON object, or its
-        JSON bytes), or is gone (None). The entry takes the state only if it is newer than the
-        entry's (``(state_ts, state bytes)`` larger): a stale or reordered announcement never
-        moves the state back. Idempotent: applying the same announcement twice tells
-        observers nothing the second time. A state that breaks the rules of :func:`encode_state`
-        raises :class:`InvalidPresenceState` and changes nothing; ``node_id`` equal to this
-        node's is ignored (our own broadcast coming back).
+        JSON bytes), or is gone (None; ``since`` then names the source that left).
+
+        The announcement replaces the peer's source, unless it is stale: one of an older
+        incarnation of that source (a smaller ``since``), or of the same one with an older
+        ``state_ts`` (a reordered or late message) than one heard from the peer (a copy
+        :meth:`detach` moved forward is replaced whatever the ``state_ts``); a leave of an older incarnation is ignored
+        too (``since`` ``math.inf`` removes whatever the peer announced). When the user is
+        present here and the peer's state is newer than this node's source's, this node's
+        source adopts it and publishes that (``on_local_change``), so every node's copy of this
+        node's source carries the newest state. Idempotent: applying the same announcement
+        twice tells observers nothing the second time. A state that breaks the rules of
+        :func:`encode_state` raises :class:`InvalidPresenceState` and changes nothing;
+        ``node_id`` equal to this node's is ignored (our own broadcast coming back).
         """
         if node_id == self.node_id:
             return
         now = self.clock()
         if state is None:
             entry = self._entry(draft_id, user_id, create=False)
-            if entry is None or node_id not in entry.sources:
+            current = entry.sources.get(node_id) if entry is not None else None
+            if entry is None or current is None or since < current.since:
                 return
             before = entry.winner()
             self._drop_source(draft_id, user_id, entry, node_id)
@@ -302,10 +359,20 @@ class PresenceRegistry:
         raw = _checked_json(state)
         entry = self._entry(draft_id, user_id, create=True)
         assert entry is not None
+        current = entry.sources.get(node_id)
+        if current is not None and (
+            since < current.since
+            or (since == current.since and not current.predicted and state_ts < current.state_ts)
+        ):
+            return  # stale: a newer message of this source arrived first
         before = entry.winner()
-        entry.sources[node_id] = since
-        if entry.newer(raw, state_ts):
-            self._set_newest(entry, raw, state_ts)
+        heard = _Source(raw, since, state_ts)
+        self._put_source(entry, node_id, heard)
+        mine = entry.sources.get(self.node_id)
+        if mine is not None and heard.key() > mine.key():
+            # equal (state_ts, state) is not newer: an adoption heard back adopts nothing
+            self._put_source(entry, self.node_id, _Source(raw, mine.since, state_ts))
+            self._local_changed(draft_id, user_id, entry)
         self._notify(draft_id, user_id, before, entry.winner(), now)
 
     def remote_keys(self, node_id: str) -> set[tuple[str, str]]:
@@ -352,12 +419,12 @@ class PresenceRegistry:
 
     def stats(self) -> dict[str, int]:
         """``entries`` (present (draft, user) pairs), ``sources`` (node records behind them),
-        ``sockets`` (this node's attachments) and ``state_bytes`` (JSON bytes of all entries'
-        states, one per entry) — the figures the ``/metrics`` presence gauges report."""
+        ``sockets`` (this node's attachments) and ``state_bytes`` (JSON bytes of all sources'
+        states) — the figures the ``/metrics`` presence gauges report."""
         entries = sources = sockets = 0
         for users in self._drafts.values():
-            entries += len(users)
             for entry in users.values():
+                entries += bool(entry.sources)
                 sources += len(entry.sources)
                 sockets += len(entry.sockets)
         return {"entries": entries, "sources": sources, "sockets": sockets, "state_bytes": self._state_bytes}
@@ -373,21 +440,20 @@ class PresenceRegistry:
         entry = users.get(user_id)
         if entry is None and create:
             entry = users[user_id] = _Entry()
-            self._state_bytes += len(entry.state_json)
         return entry
 
-    def _set_newest(self, entry: _Entry, state_json: bytes, state_ts: float) -> None:
-        self._state_bytes += len(state_json) - len(entry.state_json)
-        entry.state_json, entry.state_ts = state_json, state_ts
+    def _put_source(self, entry: _Entry, node_id: str, source: _Source) -> None:
+        old = entry.sources.get(node_id)
+        self._state_bytes += len(source.state_json) - (len(old.state_json) if old is not None else 0)
+        entry.sources[node_id] = source
 
-    def _drop_source(self, draft_id: str, user_id: str, entry: _Entry, node_id: str) -> float | None:
-        """Remove ``node_id``'s source; returns its ``since`` (None if it had none). The entry
-        (and its newest state) goes with its last source."""
+    def _drop_source(self, draft_id: str, user_id: str, entry: _Entry, node_id: str) -> _Source | None:
+        """Remove ``node_id``'s source and return it (None if it had none); the entry goes with
+        its last source and socket."""
         source = entry.sources.pop(node_id, None)
-        if not entry.sources:  # not present any more: the newest state is forgotten
-            self._set_newest(entry, EMPTY_STATE, 0.0)
+        if source is not None:
+            self._state_bytes -= len(source.state_json)
         if not entry.sources and not entry.sockets:
-            self._state_bytes -= len(entry.state_json)
             users = self._drafts[draft_id]
             del users[user_id]
             if not users:
@@ -409,9 +475,8 @@ class PresenceRegistry:
         if entry is None:
             change = LocalChange(draft_id, user_id, None, since, ts)
         else:
-            change = LocalChange(
-                draft_id, user_id, entry.state_json, entry.sources[self.node_id], entry.state_ts
-            )
+            mine = entry.sources[self.node_id]
+            change = LocalChange(draft_id, user_id, mine.state_json, mine.since, mine.state_ts)
         try:
             hook(change)
         except Exception:  # a replicator's failure must not undo or block a local change

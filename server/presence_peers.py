@@ -10,7 +10,9 @@ The four wirings :mod:`eventstore.peerbus` asks for, around :class:`server.prese
   (``{"k": "a", "s": round, "i": part, "n": parts, "e": [entries]}``); a receiver that got every
   part of one round removes that process's sources the round did not name (so a lost ``leave``
   is repaired too), counting the changes that arrived between the parts;
-* the bus's handler applies a peer's entries with ``apply_remote(node_id, …)``;
+* the bus's handler applies a peer's entries with ``apply_remote(node_id, …)``: each replaces
+  that peer's source (the bus keeps one sender's messages in order; a stale one is ignored), and
+  an adoption of a newer state comes back through the local-change hook as a change to publish;
 * ``on_node_expired`` calls ``drop_node``: a dead or departed process's users leave unless they
   are present through another one.
 
@@ -23,6 +25,7 @@ bus (docs/RELIABILITY.md "Bad input, by kind"). The registry's node id is the bu
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import orjson
@@ -137,7 +140,7 @@ class PresenceReplicator:
         if len(round_.seen) >= round_.parts:
             del self._rounds[node_id]
             for draft_id, user_id in self.registry.remote_keys(node_id) - round_.keys:
-                self.registry.apply_remote(node_id, draft_id, user_id, None, 0.0, 0.0)
+                self.registry.apply_remote(node_id, draft_id, user_id, None, math.inf, math.inf)
 
     def drop_node(self, node_id: str) -> None:
         """A peer is gone (silent for the bus's expiry, or said goodbye): its users leave."""

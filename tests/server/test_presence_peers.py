@@ -44,15 +44,20 @@ op = st.one_of(
     st.tuples(st.just("lose"), st.none(), st.none(), st.none()),
     st.tuples(st.just("tick"), st.integers(0, 2), st.none(), st.none()),
     st.tuples(st.just("kill"), st.integers(0, 2), st.none(), st.none()),
+    # SIGKILL and the supervisor's new worker (a new node id) that the clients reconnect to
+    st.tuples(st.just("restart"), st.integers(0, 2), st.none(), st.none()),
+    # the user's last socket goes, its leave is lost, and the user rejoins the same process
+    st.tuples(st.just("lost-leave"), st.integers(0, 2), st.sampled_from(USERS), st.integers(0, 1)),
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(ops=st.lists(op, max_size=50))
 def test_every_live_process_agrees_after_the_network_settles(ops: list[tuple[Any, ...]]) -> None:
     clock = Clock()
     net = Network(clock)
     procs = [Process(net, f"p{i}", clock) for i in range(3)]
+    restarts = 0
     for name, index, user, arg in ops:
         proc = procs[index] if index is not None else None
         if proc is not None and not proc.alive:
@@ -76,15 +81,32 @@ def test_every_live_process_agrees_after_the_network_settles(ops: list[tuple[Any
         elif name == "kill" and proc:
             proc.alive = False  # no goodbye; its frames in flight still arrive
             net.buses.remove(proc.bus)
+        elif name == "restart" and proc:
+            proc.alive = False
+            net.buses.remove(proc.bus)
+            restarts += 1
+            new = procs[index] = Process(net, f"p{index}r{restarts}", clock)
+            for u, socks in proc.sockets.items():  # each client reconnects: a fresh join, {}
+                for sock in socks:
+                    new.registry.attach(DRAFT, u, sock)
+                new.sockets[u] = set(socks)
+        elif name == "lost-leave" and proc:
+            for sock in proc.sockets.pop(user, set()):
+                proc.registry.detach(DRAFT, user, sock)
+            net.in_flight.clear()  # the leave (and whatever else was in flight) is lost
+            clock.now += 0.01
+            proc.registry.attach(DRAFT, user, arg)  # ... and the user is back at once
+            proc.sockets[user] = {arg}
     net.deliver()
-    clock.now += 10.0
-    for proc in procs:
-        if proc.alive:
-            proc.bus.tick()
-    net.deliver()
-    for proc in procs:
-        if proc.alive:
-            proc.bus.expire()
+    # heartbeats until the dead expired (3 s), the live ones hearing each other all along (a
+    # jump past the expiry would expire everyone and hide a disagreement); after the last
+    # expiry, one more announcement round
+    for _ in range(5):
+        clock.now += 1.0
+        for proc in procs:
+            if proc.alive:
+                proc.bus.tick()
+        net.deliver()  # raises if the adoptions do not settle (a message storm)
     live = [p for p in procs if p.alive]
     present = {u for p in live for u, socks in p.sockets.items() if socks}
     views = [p.members() for p in live]
@@ -209,3 +231,35 @@ def test_the_newest_state_is_shown_everywhere_whichever_sockets_close(network: s
         assert updates[-1] == b'{"v":2}', updates
         assert b'{"v":1}' not in updates[updates.index(b'{"v":2}') :]
         assert proc.events[-1].kind == "leave"
+
+
+@pytest.mark.parametrize("how", ["restarted with a new node id", "leave lost, rejoined at once"])
+def test_a_rejoined_user_is_shown_alike_everywhere_after_one_announcement_round(how: str) -> None:
+    """bob set v2 through A only; then A is SIGKILLed and the supervisor's new worker (a new
+    node id) gets bob's reconnecting socket — or A's leave of bob is lost and bob rejoins A at
+    once. Either way A now announces bob's fresh ``{}``: its announcement replaces A's old source
+    on the other processes, and after one announcement round every process shows ``{}``."""
+    clock = Clock()
+    net = Network(clock)
+    a, c = Process(net, "pa", clock), Process(net, "pc", clock)
+    a.registry.attach(DRAFT, "bob", 1)
+    clock.now += 0.01
+    a.registry.set_state(DRAFT, "bob", 1, {"v": 2})
+    net.deliver()
+    assert c.members() == {"bob": {"v": 2}}
+    clock.now += 0.01
+    if how == "restarted with a new node id":
+        net.buses.remove(a.bus)  # no goodbye
+        a = Process(net, "pa2", clock)
+    else:
+        a.registry.detach(DRAFT, "bob", 1)
+        net.in_flight.clear()  # the leave is lost
+        clock.now += 0.01
+    a.registry.attach(DRAFT, "bob", 2)
+    net.deliver()
+    for _ in range(4):  # until the killed process expired (3 s), then one more round
+        clock.now += 1.0
+        a.bus.tick()
+        c.bus.tick()
+        net.deliver()
+    assert a.members() == c.members() == {"bob": {}}

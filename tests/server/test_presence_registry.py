@@ -43,35 +43,34 @@ class Clock:
 
 @dataclass
 class Model:
-    """The rules written as plainly as possible: sources (node -> since) per (draft, user) decide
-    presence and ``since``; the state is the newest ``(state_ts, bytes)`` heard while present."""
+    """The rules written as plainly as possible: each source (node -> (since, state_ts, state))
+    per (draft, user) is replaced by its node's announcements (stale ones ignored); presence is
+    "has a source", ``since`` the earliest, the state the newest ``(state_ts, bytes)`` of the
+    sources present now; this node's source adopts a newer state it hears, and when it leaves,
+    the older copies of peers' sources take its state until their peers' next message."""
 
     sockets: dict[tuple[str, str], set[int]] = field(default_factory=dict)
-    # (draft, user) -> node -> since
-    sources: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
-    # (draft, user) -> (state_ts, state bytes), the newest heard while present
-    newest: dict[tuple[str, str], tuple[float, bytes]] = field(default_factory=dict)
+    # (draft, user) -> node -> (since, state_ts, state bytes)
+    sources: dict[tuple[str, str], dict[str, tuple[float, float, bytes]]] = field(default_factory=dict)
+    # ((draft, user), node): a peer's copy this node moved forward when its own source left
+    predicted: set[tuple[tuple[str, str], str]] = field(default_factory=set)
 
     def members(self, draft: str) -> dict[str, tuple[bytes, float]]:
         out = {}
         for (d, user), by_node in self.sources.items():
             if d != draft or not by_node:
                 continue
-            out[user] = (self.state((d, user))[1], min(by_node.values()))
+            out[user] = (self.state((d, user))[1], min(s[0] for s in by_node.values()))
         return out
 
     def state(self, key: tuple[str, str]) -> tuple[float, bytes]:
-        """(state_ts, state) of the user: the newest heard; (0, {}) without any."""
-        return self.newest.get(key, (0.0, b"{}"))
-
-    def hear(self, key: tuple[str, str], state_ts: float, raw: bytes) -> None:
-        if (state_ts, raw) > self.state(key):
-            self.newest[key] = (state_ts, raw)
+        """(state_ts, state) of the user: the newest of the sources present; (0, {}) without."""
+        return max(((s[1], s[2]) for s in self.sources.get(key, {}).values()), default=(0.0, b"{}"))
 
     def forget_absent(self) -> None:
         for key in [k for k, by_node in self.sources.items() if not by_node]:
             del self.sources[key]
-            self.newest.pop(key, None)
+            self.predicted = {p for p in self.predicted if p[0] != key}
 
 
 @dataclass
@@ -125,7 +124,7 @@ ops = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.lists(ops, max_size=60))
 def test_registry_matches_the_model(program: list[tuple[Any, ...]]) -> None:
     clock = Clock()
@@ -147,13 +146,15 @@ def test_registry_matches_the_model(program: list[tuple[Any, ...]]) -> None:
     for op in program:
         kind = op[0]
         events_before = len(seen.events)
-        newest_before = dict(model.newest)
+        published_before = dict(published)
+        adopted: set[tuple[str, str]] = set()
         if kind == "attach":
             _, d, u, s = op
             registry.attach(d, u, s)
             socks = model.sockets.setdefault((d, u), set())
             if not socks:  # present elsewhere or not: this node's source carries the newest state
-                model.sources.setdefault((d, u), {})[ME] = clock.now
+                state_ts, raw = model.state((d, u))
+                model.sources.setdefault((d, u), {})[ME] = (clock.now, state_ts, raw)
             socks.add(s)
         elif kind == "detach":
             _, d, u, s = op
@@ -162,7 +163,12 @@ def test_registry_matches_the_model(program: list[tuple[Any, ...]]) -> None:
             if s in socks:
                 socks.discard(s)
                 if not socks:
-                    del model.sources[(d, u)][ME]
+                    by_node = model.sources[(d, u)]
+                    mine = by_node.pop(ME)
+                    for node, src in by_node.items():  # they adopt mine when they hear it
+                        if src[1:] < mine[1:]:
+                            by_node[node] = (src[0], mine[1], mine[2])
+                            model.predicted.add(((d, u), node))
         elif kind == "set":
             _, d, u, s, state = op
             if s not in model.sockets.get((d, u), set()):
@@ -175,28 +181,44 @@ def test_registry_matches_the_model(program: list[tuple[Any, ...]]) -> None:
             assert changed == (raw != before_raw)
             # set last, so the newest, even against a peer's clock that is ahead of ours
             state_ts = clock.now if clock.now > before_ts else math.nextafter(before_ts, math.inf)
-            model.newest[(d, u)] = (state_ts, raw)
+            model.sources[(d, u)][ME] = (model.sources[(d, u)][ME][0], state_ts, raw)
         elif kind == "remote":
             _, node, d, u, state, since, ts = op
             registry.apply_remote(node, d, u, state, since, ts)
+            by_node = model.sources.setdefault((d, u), {})
+            current = by_node.get(node)
             if state is None:
-                model.sources.get((d, u), {}).pop(node, None)
-            else:
-                model.sources.setdefault((d, u), {})[node] = since
-                model.hear((d, u), ts, orjson.dumps(state))
+                if current is not None and since >= current[0]:
+                    del by_node[node]
+                    model.predicted.discard(((d, u), node))
+            elif (
+                current is None
+                or since > current[0]
+                or (since == current[0] and (((d, u), node) in model.predicted or ts >= current[1]))
+            ):  # else stale: ignored
+                raw = orjson.dumps(state)
+                by_node[node] = (since, ts, raw)
+                model.predicted.discard(((d, u), node))
+                mine = by_node.get(ME)
+                if mine is not None and (ts, raw) > mine[1:]:  # adopted and published
+                    by_node[ME] = (mine[0], ts, raw)
+                    adopted.add((d, u))
         else:
             _, node = op
             registry.drop_node(node)
             for by_node in model.sources.values():
                 by_node.pop(node, None)
+            model.predicted = {p for p in model.predicted if p[1] != node}
         model.forget_absent()
         assert not seen.errors, seen.errors
-        # never an update to an older state: each update is to a state newer than the one before
+        # each update tells the entry's state now
         for event in seen.events[events_before:]:
-            key = (event.draft_id, event.user_id)
             if event.kind == "update":
-                assert model.newest[key][1] == event.state_json, (op, event)
-                assert model.newest[key] > newest_before.get(key, (0.0, b"{}")), (op, event)
+                assert model.state((event.draft_id, event.user_id))[1] == event.state_json, (op, event)
+        # an adoption is published at once (and nothing else is published on a remote op)
+        if kind == "remote":
+            changed = {k for k in published if published_before.get(k) != published[k]}
+            assert changed == adopted, (op, changed, adopted)
         for d in DRAFTS:
             expected = model.members(d)
             got = {m.user_id: (m.state_json, m.since) for m in registry.members(d)}
@@ -205,20 +227,22 @@ def test_registry_matches_the_model(program: list[tuple[Any, ...]]) -> None:
             assert {u: s for (dd, u), s in seen.present.items() if dd == d} == {
                 u: v[0] for u, v in expected.items()
             }
-        # published at once: each local join, state set and leave; announced: this node's
-        # sources, each with the user's newest state (a peer that starts later learns it)
+        # published at once: each local join, state set, adoption and leave; announced: this
+        # node's sources, each with the user's newest state (a peer that starts later learns it)
         assert {(c.draft_id, c.user_id) for c in registry.local_entries()} == set(published)
         assert {
             (c.draft_id, c.user_id): (c.state_json, c.since, c.state_ts) for c in registry.local_entries()
         } == {
-            key: (model.state(key)[1], by_node[ME], model.state(key)[0])
+            key: (model.state(key)[1], by_node[ME][0], model.state(key)[0])
             for key, by_node in model.sources.items()
             if ME in by_node
         }
         stats = registry.stats()
         assert stats["entries"] == sum(len(model.members(d)) for d in DRAFTS)
         assert stats["sources"] == sum(len(by_node) for by_node in model.sources.values())
-        assert stats["state_bytes"] == sum(len(model.state(key)[1]) for key in model.sources)
+        assert stats["state_bytes"] == sum(
+            len(s[2]) for by_node in model.sources.values() for s in by_node.values()
+        )
 
 
 def test_second_socket_is_not_a_join_and_leave_comes_with_the_last() -> None:
@@ -305,8 +329,10 @@ def _relay(changes: list[LocalChange], sender: str, to: PresenceRegistry) -> Non
 def test_the_newest_state_stays_whichever_sockets_close(stale_announcement: bool) -> None:
     """A fresh-user trial: bob has socket b1 on A and b2 on B; b1 sets v1, then b2 sets v2; b2
     closes. A showed v2 but B showed v1 (its copy of A's source still held v1), and on revocation
-    alice on A got an ``update`` back to v1 before the ``leave``. The state only moves forward:
-    every node shows v2, and no ``update`` to an older state is ever sent."""
+    alice on A got an ``update`` back to v1 before the ``leave``. A's source adopts v2 when it
+    hears it and publishes that, so B's copy of A's source carries v2 (a late announcement of
+    A's older v1 is stale and ignored): every node shows v2, and no ``update`` to an older state
+    is sent."""
     clock = Clock()
     a, b = PresenceRegistry("node-a", clock=clock), PresenceRegistry("node-b", clock=clock)
     from_a: list[LocalChange] = []
@@ -324,6 +350,8 @@ def test_the_newest_state_stays_whichever_sockets_close(stale_announcement: bool
     _relay(from_a, "node-a", b)
     b.set_state("d", "bob", "b2", {"v": 2})
     _relay(from_b, "node-b", a)
+    assert [c.state_json for c in from_a] == [b'{"v":2}']  # A's source adopted v2: published
+    _relay(from_a, "node-a", b)
     b.detach("d", "bob", "b2")  # b2 closes
     _relay(from_b, "node-b", a)
     if stale_announcement:
@@ -345,6 +373,44 @@ def test_the_newest_state_stays_whichever_sockets_close(stale_announcement: bool
         updates = [state for kind, state in events[name] if kind == "update"]
         assert updates[-1] == b'{"v":2}' and b'{"v":1}' not in updates[updates.index(b'{"v":2}') :]
         assert events[name][-1] == ("leave", None)
+
+
+@pytest.mark.parametrize("adoption", ["arrives", "is lost"])
+def test_a_close_right_after_a_set_does_not_fall_back_while_the_adoption_is_on_its_way(
+    adoption: str,
+) -> None:
+    """bob's b1 on A set v1; b2 on B sets v2 and closes before A's adoption of v2 came back: B
+    must not show v1 (its copy of A's source) in between. B's copy of A's source takes v2 when
+    B's source leaves; A's next message replaces it — the adoption (v2), or, if B's v2 never
+    reached A, A's announcement (v1, what A shows too)."""
+    clock = Clock()
+    a, b = PresenceRegistry("node-a", clock=clock), PresenceRegistry("node-b", clock=clock)
+    from_a: list[LocalChange] = []
+    from_b: list[LocalChange] = []
+    a.on_local_change, b.on_local_change = from_a.append, from_b.append
+    events: list[tuple[str, bytes | None]] = []
+    b.add_observer(lambda e: events.append((e.kind, e.state_json)))
+    a.attach("d", "bob", "b1")
+    a.set_state("d", "bob", "b1", {"v": 1})
+    _relay(from_a, "node-a", b)
+    b.attach("d", "bob", "b2")
+    _relay(from_b, "node-b", a)
+    b.set_state("d", "bob", "b2", {"v": 2})
+    if adoption == "is lost":
+        from_b.clear()
+    _relay(from_b, "node-b", a)  # A adopts v2 (its publish still on its way to B)
+    b.detach("d", "bob", "b2")  # b2 closes
+    assert b.members("d")[0].state == {"v": 2}
+    _relay(from_b, "node-b", a)
+    from_a.extend(a.local_entries())  # then A's announcement
+    _relay(from_a, "node-a", b)
+    expected = {"v": 2} if adoption == "arrives" else {"v": 1}
+    assert a.members("d")[0].state == b.members("d")[0].state == expected
+    updates = [state for kind, state in events if kind == "update"]
+    if adoption == "arrives":  # never back to v1
+        assert updates == [b'{"v":1}', b'{"v":2}'], events
+    else:  # v2 was lost on its way: v1 is what every node shows (and was set last, as A knows)
+        assert updates == [b'{"v":1}', b'{"v":2}', b'{"v":1}'], events
 
 
 @pytest.mark.parametrize(
