@@ -247,18 +247,54 @@ class SQLiteStore:
             self._cursor.schedule()
 
     def _open_writer(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        """Open the writer connection and create the schema (writer thread).
+
+        On a shared file the schema is set up in the writers' turn (:func:`_take_turn`), so it
+        never races another process's group commit or schema set-up, and a set-up that SQLite
+        still answers "locked" or "busy" (switching a fresh file to WAL, a schema change seen
+        mid-statement: cases its busy handler does not wait for) is tried again until
+        :data:`BUSY_TIMEOUT_MS` has passed. Two workers of ``--workers 2`` starting on a fresh
+        file, or a worker restarted while the others append, hit this (``sqlite3.OperationalError``
+        at start, the worker exiting).
+        """
+        if self._shared:
+            self._turn_fd = os.open(
+                os.path.realpath(self.path) + ".writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        pause = 0.01
+        while True:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                if self._turn_fd is not None:
+                    _take_turn(self._turn_fd)
+                try:
+                    self._set_up(conn)
+                finally:
+                    if self._turn_fd is not None:
+                        fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
+            except sqlite3.OperationalError as e:
+                conn.close()
+                text = str(e).lower()
+                if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                    raise
+                log.info("SQLite open of %r: %s; trying again", self.path, e)
+                time.sleep(pause)
+                pause = min(pause * 2, 0.2)
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            self._wconn = conn
+            return
+
+    def _set_up(self, conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             log.warning("SQLite refused WAL mode (got %s); reads may wait for writes", mode)
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         conn.executescript(SCHEMA)
-        self._wconn = conn
-        if self._shared:
-            self._turn_fd = os.open(
-                os.path.realpath(self.path) + ".writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
-            )
 
     async def close(self) -> None:
         """Refuse new appends, finish those queued, then close connections."""

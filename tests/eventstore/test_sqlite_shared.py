@@ -9,6 +9,8 @@ idempotency and expected-seq checks see the others' appends.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -104,3 +106,27 @@ async def test_a_commit_reaches_another_store_without_the_periodic_check(tmp_pat
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_store_sets_up_its_schema_in_the_writers_turn(tmp_path: Path) -> None:
+    """A process opening the file while another holds the writers' turn (mid group commit, or
+    setting up the schema itself) waits for the turn instead of failing "database is locked"
+    (seen as a worker of ``--workers 2`` exiting at start, or when restarted under load)."""
+    path = tmp_path / "log.db"
+    (first,) = await _open(path, 1)
+    await first.append("d1", [created("alice")], expected_seq=0)
+    turn = os.open(str(path) + ".writer", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(turn, fcntl.LOCK_EX)  # another process's commit in progress
+    second = SQLiteStore(path, synchronous="NORMAL", shared=True, poll_interval=5.0)
+    opening = asyncio.ensure_future(second.open())
+    try:
+        await asyncio.sleep(0.3)  # the state being checked: still waiting, not failed
+        assert not opening.done(), opening
+        fcntl.flock(turn, fcntl.LOCK_UN)
+        await asyncio.wait_for(opening, WAIT)
+        result = await second.append("d1", [segment("alice", "after")], expected_seq=1)
+        assert result.records[-1].seq == 2
+    finally:
+        os.close(turn)
+        await second.close()
+        await first.close()
