@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import struct
@@ -81,6 +82,10 @@ MAX_EXPIRY = 30.0
 
 BAD_FRAME_LOG_INTERVAL = 10.0
 """Seconds between two log lines about dropped frames (a flood of garbage is one line)."""
+
+HELLO_MIN_INTERVAL = 1.0
+"""Seconds between two hellos sent because an unknown process was heard (a starting process
+hears every peer at once: one hello covers them all)."""
 
 _HEADER = struct.Struct(">cI")
 
@@ -180,6 +185,7 @@ class PeerBus:
         self._announcers: list[Callable[[], None]] = []
         self._expired_callbacks: list[Callable[[str], None]] = []
         self._last_seen: dict[str, float] = {}
+        self._last_hello = -math.inf
         self._number = 0
         self._task: asyncio.Task[None] | None = None
         self._announce_handle: asyncio.Handle | None = None
@@ -249,6 +255,7 @@ class PeerBus:
 
     def hello(self) -> None:
         """Ask every process to announce its state now (the transport is up, or up again)."""
+        self._last_hello = self.clock()
         self._emit(KIND_HELLO)
 
     # -- receiving --------------------------------------------------------------------------
@@ -270,6 +277,10 @@ class PeerBus:
         self._last_seen[node_id] = self.clock()
         if not known or kind == KIND_HELLO:
             self._schedule_announce()
+        if not known and kind != KIND_HELLO and self.clock() - self._last_hello >= HELLO_MIN_INTERVAL:
+            # a process we did not know: new, or back after we expired it (a stalled event loop),
+            # and then its state was dropped here: ask it to announce now, not at its next beat
+            self.hello()
         if kind == KIND_DATA:
             for handler in self._handlers.get(topic, ()):
                 try:

@@ -193,3 +193,27 @@ def test_a_local_bus_publishes_to_nobody() -> None:
     assert not bus.has_transport
     bus.publish("t", b"x")  # no transport: nothing happens, nothing raises
     assert bus.live_nodes() == []
+
+
+def test_a_node_heard_again_after_it_expired_is_asked_to_announce_at_once() -> None:
+    """A process whose event loop stalled past the expiry is dropped by its peers (its users
+    leave); when it is heard again its peers ask it to announce at once, so its state is back
+    within a round trip instead of at its next heartbeat (a review finding)."""
+    clock = Clock()
+    net = Network(clock)
+    a, b = net.join("a"), net.join("b")
+    announced: list[str] = []
+    b.on_announce(lambda: announced.append("b"))
+    a.tick()
+    b.tick()
+    net.deliver()
+    announced.clear()
+    clock.now += 4.0  # b stalls: silent past a's expiry of 3 s
+    a.expire()
+    assert a.live_nodes() == []
+    b.publish("t", b"anything")  # b's loop runs again: its first frame reaches a
+    net.deliver()
+    assert a.live_nodes() == ["b"]
+    assert announced == ["b"]  # b announced at once, asked by a's hello
+    net.deliver()
+    assert announced == ["b"]  # and once: no hello storm
