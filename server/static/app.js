@@ -106,16 +106,33 @@ function show(view) {
 // The server refused our credentials (401): forget them and say why on the sign-in page.
 function signedOut(why) {
   const dev = identity && !identity.token;
-  if (dev) devAuth = false; // a dev id refused: this server runs without --dev-auth
   sessionStorage.removeItem(STORAGE_KEY);
   identity = null;
-  if (current) {
-    current.handle?.close();
-    current = null;
-  }
+  leaveDraft();
   stopHub();
   show("signin-view");
-  if (!dev) showError($("token-form").querySelector(".error"), `Your token was refused: ${why}`);
+  if (!dev) {
+    showError($("token-form").querySelector(".error"), `Your token was refused: ${why}`);
+    return;
+  }
+  // a dev id refused: either this id (the server still documents dev sign-in: say why, keep the
+  // form open) or dev sign-in itself is off (restarted without --dev-auth): ask the server which
+  void learnAuthMode().then(() => {
+    if (devAuth === true) showError($("dev-error"), `That user id was refused: ${why}`);
+    else devAuth = false;
+    if (!identity) show("signin-view"); // the notice and the form's state, as the server says now
+  });
+}
+
+// Leave the open draft: a "typing…" this page set is cleared first (the user may stay present
+// through another tab, whose state would otherwise keep saying so), then its stream ends.
+function leaveDraft() {
+  if (!current) return;
+  const session = current;
+  current = null;
+  clearTimeout(session.typingTimer);
+  if (session.typing) session.handle?.setPresence({ typing: false });
+  session.handle?.close();
 }
 
 // -- routing -----------------------------------------------------------------------------
@@ -123,10 +140,7 @@ function signedOut(why) {
 function route() {
   const match = window.location.hash.match(/^#\/drafts\/([^/]+)$/);
   const wanted = match ? decodeURIComponent(match[1]) : null;
-  if (current && current.draftId !== wanted) {
-    current.handle.close();
-    current = null;
-  }
+  if (current && current.draftId !== wanted) leaveDraft();
   if (identity && !identity.token && devAuth === false) return signedOut("dev sign-in is off");
   if (!identity) return show("signin-view");
   startHub();
@@ -637,8 +651,14 @@ function signIn(next) {
   route();
 }
 
+// a tab closed or navigated away: clear its "typing…" while its socket can still say so
+window.addEventListener("pagehide", () => {
+  if (current?.typing) current.handle?.setPresence({ typing: false });
+});
+
 $("dev-form").addEventListener("submit", (e) => {
   e.preventDefault();
+  showError($("dev-error"), null);
   signIn({ userId: $("dev-user").value.trim() });
 });
 
@@ -654,10 +674,7 @@ $("token-form").addEventListener("submit", (e) => {
 $("sign-out").addEventListener("click", () => {
   sessionStorage.removeItem(STORAGE_KEY);
   identity = null;
-  if (current) {
-    current.handle.close();
-    current = null;
-  }
+  leaveDraft();
   stopHub();
   window.location.hash = "#/";
   route();

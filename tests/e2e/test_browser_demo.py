@@ -397,3 +397,23 @@ async def test_a_page_that_becomes_visible_retries_the_socket_at_once(
         assert waited_ms is not None, "no socket attempt within 10 s of the page becoming visible"
         print(f"\nsocket retried {waited_ms:.0f} ms after the page became visible")
         assert waited_ms < 1000
+
+
+async def test_a_refused_dev_id_says_why_and_keeps_dev_sign_in_open(
+    browser: Browser,  # noqa: F811
+    server: ServerProcess,
+) -> None:
+    """On a server with dev auth, an id the server refuses (a space in it) is that id's fault:
+    the page says why under the dev form and lets the user try another (a fresh-user trial saw
+    "Dev sign-in is off" and a locked form, until a reload)."""
+    page = await (await browser.new_context()).new_page()
+    await page.goto(server.url + "/")
+    await page.fill("#dev-user", "bad id")
+    await page.click("#dev-form button")
+    await expect(page.locator("#dev-error")).to_contain_text("That user id was refused")
+    await expect(page.locator("#dev-off")).to_be_hidden()
+    await expect(page.locator("#dev-user")).to_be_enabled()
+    await page.fill("#dev-user", "alice")
+    await page.click("#dev-form button")
+    await expect(page.locator("#home-view")).to_be_visible()
+    await expect(page.locator("#dev-error")).to_be_hidden()

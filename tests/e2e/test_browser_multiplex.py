@@ -8,6 +8,7 @@ import asyncio
 import re
 from typing import Any
 
+import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, expect
 
@@ -176,3 +177,40 @@ async def test_inbox_names_passes_and_invites_and_survives_a_restart(
     assert len(ids) == len(set(ids)) == 1
     # one socket before the restart, and the hub's reconnects after it: never one per draft
     assert all(re.search(r"/v1/ws\?", url) for url in sockets), sockets
+
+
+@pytest.mark.parametrize("leave_by", ["back to the list", "closing the tab"])
+async def test_typing_ends_when_the_tab_that_typed_leaves(
+    browser: Browser,  # noqa: F811
+    server: ServerProcess,
+    leave_by: str,
+) -> None:
+    """alice has the draft open in two tabs and types in one, then leaves with it within the
+    idle time: she stays present through the other tab, and her "typing…" must end (a fresh-user
+    trial saw it stay for good: the state set last by any of her sockets said so)."""
+    async with RinglogClient(server.url, user_id="alice") as alice_api:
+        draft = await alice_api.create_draft("Two tabs")
+        await alice_api.add_collaborator(draft.id, "bob", "contributor")
+    tabs = []
+    for _ in range(2):
+        tab = await _signed_in(browser, server, "alice")
+        await tab.goto(f"{server.url}/#/drafts/{draft.id}")
+        await expect(_badge(tab)).to_have_attribute("data-status", "live")
+        tabs.append(tab)
+    bob = await _signed_in(browser, server, "bob")
+    await bob.goto(f"{server.url}/#/drafts/{draft.id}")
+    await expect(_present(bob, "alice").locator(".name")).to_have_text("alice")
+
+    await tabs[1].locator("#segment-content").press_sequentially("abc")
+    await expect(_present(bob, "alice").locator(".typing")).to_have_count(1)
+    if leave_by == "back to the list":
+        await tabs[1].click("a.back")
+    else:
+        await tabs[1].close(run_before_unload=True)
+    await expect(_present(bob, "alice").locator(".typing")).to_have_count(0, timeout=10_000)
+    await expect(_present(bob, "alice")).to_have_count(1)  # still here, through the first tab
+    async with aiohttp.ClientSession() as http:
+        url = f"{server.url}/v1/collab/drafts/{draft.id}/presence"
+        async with http.get(url, headers={"X-User-Id": "bob"}) as r:
+            members = {m["user_id"]: m["state"] for m in (await r.json())["data"]}
+    assert members["alice"].get("typing") is not True, members
