@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -43,6 +42,7 @@ import orjson
 
 from eventstore.events import Record
 from eventstore.store import BodyReader, Store
+from projections.advancing import advance_when_asked
 from projections.feed import Envelope, FeedFolder, FoldError, summary_before
 from projections.state import DraftState, DraftSummary
 
@@ -61,10 +61,6 @@ STOP_SAVE_SECONDS = 2.0
 READ_YOUR_WRITES_SECONDS = 2.0
 """How long a feed read or subscription waits for the index to cover this process's latest
 commit (:meth:`FeedProjector.caught_up`) before answering with what is indexed."""
-
-ADVANCE_RETRY_FIRST = 0.05
-ADVANCE_RETRY_MAX = 5.0
-"""Seconds: pauses of the advance task after a failure grow from FIRST to MAX (jittered)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,25 +178,17 @@ class FeedProjector:
         return None
 
     async def _advance_loop(self) -> None:
-        pause = ADVANCE_RETRY_FIRST
-        while True:
-            await self._wanted.wait()
-            try:
-                await self.advance(published_only=True)
-            except Exception:
-                self.advance_failures += 1
-                delay = pause * random.uniform(0.5, 1.0)
-                log.warning(
-                    "feed index could not advance from position %d; retrying in %.2f s",
-                    self._position,
-                    delay,
-                    exc_info=True,
-                )
-                self._wanted.set()
-                await asyncio.sleep(delay)
-                pause = min(pause * 2, ADVANCE_RETRY_MAX)
-            else:
-                pause = ADVANCE_RETRY_FIRST
+        """Advance whenever asked; a failure is logged and retried after a growing pause."""
+        await advance_when_asked(
+            self._wanted,
+            lambda: self.advance(published_only=True),
+            what="feed index",
+            position=lambda: self._position,
+            failed=self._advance_failed,
+        )
+
+    def _advance_failed(self) -> None:
+        self.advance_failures += 1
 
     # -- advancing --------------------------------------------------------------------------
 

@@ -32,7 +32,6 @@ import contextlib
 import gc
 import itertools
 import logging
-import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import replace
@@ -42,6 +41,7 @@ import orjson
 
 from eventstore.events import Record, Snapshot
 from eventstore.store import BodyReader, SnapshotLeadership, Store, StreamBodyReader
+from projections.advancing import ADVANCE_RETRY_FIRST, ADVANCE_RETRY_MAX, advance_when_asked
 from projections.event_types import SUMMARY_TYPES
 from projections.feed import Envelope
 from projections.feed_index import rebuild_feed
@@ -58,10 +58,6 @@ FOLD_CHUNK = 500
 
 PAST_FOLDS = 1
 """Cold past-state folds run at once per process; more wait their turn (none is refused)."""
-
-ADVANCE_RETRY_FIRST = 0.05
-ADVANCE_RETRY_MAX = 5.0
-"""Seconds: pauses of the advance task after a failed read grow from FIRST to MAX (jittered)."""
 
 STOP_FLUSH_SECONDS = 5.0
 """How long :meth:`DraftProjector.stop` keeps retrying to save the last snapshots."""
@@ -208,25 +204,16 @@ class DraftProjector:
 
     async def _advance_loop(self) -> None:
         """Advance whenever asked; a failure is logged and retried after a growing pause."""
-        pause = ADVANCE_RETRY_FIRST
-        while True:
-            await self._advance_wanted.wait()
-            try:
-                await self.advance()
-            except Exception:
-                self.advance_failures += 1
-                delay = pause * random.uniform(0.5, 1.0)
-                log.warning(
-                    "projector could not advance from position %d; retrying in %.2f s",
-                    self._position,
-                    delay,
-                    exc_info=True,
-                )
-                self._advance_wanted.set()
-                await asyncio.sleep(delay)
-                pause = min(pause * 2, ADVANCE_RETRY_MAX)
-            else:
-                pause = ADVANCE_RETRY_FIRST
+        await advance_when_asked(
+            self._advance_wanted,
+            self.advance,
+            what="projector",
+            position=lambda: self._position,
+            failed=self._advance_failed,
+        )
+
+    def _advance_failed(self) -> None:
+        self.advance_failures += 1
 
     # -- reading ----------------------------------------------------------------------------
 
