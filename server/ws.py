@@ -69,13 +69,7 @@ async def draft_socket(request: web.Request) -> web.StreamResponse:
     """Admit the socket (or refuse it with the mapped close code), then stream the draft's events."""
     st: AppState = request.app[AppState.KEY]
     admit_upgrade(request, st)  # ApiError here is an HTTP response (error middleware)
-    ws = web.WebSocketResponse(
-        heartbeat=st.settings.ws_ping_interval,
-        compress=False,  # the fan-out writes one pre-framed copy of each event to every socket
-        max_msg_size=WS_MAX_MSG_SIZE,
-        timeout=CLOSE_TIMEOUT,
-        autoclose=False,  # a peer's Close is answered by the stream, after it stops delivering
-    )
+    ws = socket_response(st)
     await ws.prepare(request)
     try:
         admission = await admit(request, st)
@@ -84,6 +78,26 @@ async def draft_socket(request: web.Request) -> web.StreamResponse:
         return ws
     await stream_events(request, ws, st, admission)
     return ws
+
+
+def socket_response(st: AppState) -> web.WebSocketResponse:
+    """The response both sockets upgrade with (``/v1/ws/drafts/{id}`` and ``/v1/ws``)."""
+    return web.WebSocketResponse(
+        heartbeat=st.settings.ws_ping_interval,
+        compress=False,  # the fan-out writes one pre-framed copy of each event to every socket
+        max_msg_size=WS_MAX_MSG_SIZE,
+        timeout=CLOSE_TIMEOUT,
+        autoclose=False,  # a peer's Close is answered by the socket's handler, after it stops delivering
+    )
+
+
+def check_socket_cap(st: AppState, user_id: str) -> None:
+    """Refuse a socket over ``--max-sockets-per-user`` (429 ``too_many_sockets``): this process's
+    sockets and the other processes' last reports (:mod:`server.peerlimits`), one dictionary
+    look-up each, whatever the number of processes."""
+    cap = st.settings.max_sockets_per_user
+    if cap and st.peer_limits.sockets.total(user_id) >= cap:
+        raise ApiError(429, "too_many_sockets", f"at most {cap} sockets per user")
 
 
 def admit_upgrade(request: web.Request, st: AppState) -> None:
@@ -113,11 +127,7 @@ async def admit(request: web.Request, st: AppState) -> Admission:
     raw_since = request.query.get("since")
     since = None if raw_since is None else _parse_since(raw_since)
     draft = await admit_draft(st, user_id, request.match_info["draft_id"], since)
-    cap = st.settings.max_sockets_per_user
-    # this process's sockets and the other processes' last reports (server.peerlimits): one
-    # dictionary look-up each, whatever the number of processes
-    if cap and st.peer_limits.sockets.total(user_id) >= cap:
-        raise ApiError(429, "too_many_sockets", f"at most {cap} sockets per user")
+    check_socket_cap(st, user_id)
     return Admission(draft.draft_id, user_id, draft.since, draft.head_seq, identity.expires_at, draft.access)
 
 

@@ -48,9 +48,9 @@ from server.subscriber import (
     Subscriber,
     TransportSink,
 )
-from server.ws import WS_MAX_MSG_SIZE, admit_draft, admit_upgrade, refuse
+from server.ws import admit_draft, admit_upgrade, check_socket_cap, refuse, socket_response
 from server.ws_registry import SocketTasks
-from server.ws_stream import CLOSE_TIMEOUT, Closer, FloodGate, expire
+from server.ws_stream import Closer, FloodGate, expire
 
 if TYPE_CHECKING:
     from server.mux_hooks import MessageHandler
@@ -63,20 +63,11 @@ async def multi_socket(request: web.Request) -> web.StreamResponse:
     its subscriptions until it closes."""
     st: AppState = request.app[AppState.KEY]
     admit_upgrade(request, st)  # ApiError here is an HTTP response (error middleware)
-    ws = web.WebSocketResponse(
-        heartbeat=st.settings.ws_ping_interval,
-        compress=False,  # the fan-out writes one pre-framed copy of each event to every socket
-        max_msg_size=WS_MAX_MSG_SIZE,
-        timeout=CLOSE_TIMEOUT,
-        autoclose=False,  # a peer's Close is answered by the session, after it stops delivering
-    )
+    ws = socket_response(st)
     await ws.prepare(request)
     try:
         identity = await st.auth.identify(request.headers, request.query, websocket=True)
-        cap = st.settings.max_sockets_per_user
-        # this process's sockets and the other processes' last reports (server.peerlimits)
-        if cap and st.peer_limits.sockets.total(identity.user_id) >= cap:
-            raise ApiError(429, "too_many_sockets", f"at most {cap} sockets per user")
+        check_socket_cap(st, identity.user_id)  # counts once, whatever it subscribes to
     except Exception as exc:
         await refuse(ws, exc)
         return ws
