@@ -42,7 +42,7 @@ import orjson
 
 from eventstore.events import Record
 from eventstore.store import BodyReader, Store
-from projections.advancing import advance_when_asked
+from projections.advancing import OwnedTasks, advance_when_asked
 from projections.feed import Envelope, FeedFolder, FoldError, summary_before
 from projections.state import DraftState, DraftSummary
 
@@ -93,7 +93,7 @@ class FeedProjector:
         self._must_read = True  # read the log until it is empty once (start, after a failure)
         self._lock = asyncio.Lock()
         self._wanted = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = OwnedTasks("feed")
         self._listeners: dict[str, set[FeedListener]] = {}
         self._progress: list[tuple[int, asyncio.Future[None]]] = []
         self.advance_failures = 0
@@ -114,30 +114,17 @@ class FeedProjector:
         self._seen = max(self._seen, self._position, await self.store.last_position())
         self.store.notifier.add_global_listener(self._on_commit)
         self._wanted.set()
-        task = asyncio.get_running_loop().create_task(self._advance_loop(), name="ringlog-feed-advance")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("feed task %s stopped", task.get_name(), exc_info=task.exception())
+        self._tasks.spawn(self._advance_loop(), "ringlog-feed-advance")
 
     @property
     def tasks(self) -> frozenset[asyncio.Task[None]]:
         """The projector's running background tasks."""
-        return frozenset(self._tasks)
+        return self._tasks.running
 
     async def stop(self) -> None:
         """Stop following commits; wake every waiter (they answer with what is indexed)."""
         self.store.notifier.remove_global_listener(self._on_commit)
-        tasks = tuple(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await self._tasks.cancel_all()
         if self._position > self._stored:  # a range without entries: store how far it goes
             try:
                 await asyncio.wait_for(

@@ -33,15 +33,14 @@ import gc
 import itertools
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any
 
 import orjson
 
 from eventstore.events import Record, Snapshot
 from eventstore.store import BodyReader, SnapshotLeadership, Store, StreamBodyReader
-from projections.advancing import ADVANCE_RETRY_FIRST, ADVANCE_RETRY_MAX, advance_when_asked
+from projections.advancing import ADVANCE_RETRY_FIRST, ADVANCE_RETRY_MAX, OwnedTasks, advance_when_asked
 from projections.event_types import SUMMARY_TYPES
 from projections.feed import Envelope
 from projections.feed_index import rebuild_feed
@@ -105,7 +104,7 @@ class DraftProjector:
         """Past states kept for :meth:`state_at` (bounded LRU)."""
         self._past_folds = asyncio.Semaphore(past_folds)
         self._advance_wanted = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = OwnedTasks("projector")
         self.advance_failures = 0
         """Failed background advances since start (each one logged, then retried)."""
 
@@ -133,25 +132,14 @@ class DraftProjector:
         except BaseException:
             self.store.notifier.remove_global_listener(self._on_commit)
             raise
-        self._spawn(self._advance_loop(), "ringlog-projector-advance")
+        self._tasks.spawn(self._advance_loop(), "ringlog-projector-advance")
         if self.flush_interval > 0:
-            self._spawn(self._flush_loop(), "ringlog-snapshots")
-
-    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(work, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # the loops catch every Exception; this is a bug, and it must not pass unseen
-            log.error("projector task %s stopped", task.get_name(), exc_info=task.exception())
+            self._tasks.spawn(self._flush_loop(), "ringlog-snapshots")
 
     @property
     def tasks(self) -> frozenset[asyncio.Task[None]]:
         """The projector's running background tasks (advance, snapshots)."""
-        return frozenset(self._tasks)
+        return self._tasks.running
 
     async def stop(self) -> None:
         """Stop the background tasks, advance one last time and save the last snapshots.
@@ -160,13 +148,7 @@ class DraftProjector:
         so what cannot be saved within ``stop_flush_seconds`` is logged and rebuilt from the
         log at the next start.
         """
-        tasks = tuple(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await self._tasks.cancel_all()
         try:
             await asyncio.wait_for(self.advance(), self.stop_flush_seconds)
         except Exception:
