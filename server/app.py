@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import AsyncIterator
 from importlib import resources
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from eventstore.factory import open_store
 from eventstore.store import Store
@@ -17,12 +15,11 @@ from projections.feed_index import FeedProjector
 from projections.runner import DraftProjector
 from server import routes as rest
 from server.auth import Authenticator
-from server.errors import error_middleware
 from server.feed_mux import install as install_feed
+from server.front import front_middleware
 from server.hub import Hub
 from server.metrics import Metrics
 from server.openapi import openapi_document
-from server.origins import origin_allowed
 from server.peerlimits import PeerLimits
 from server.presence import PresenceRegistry
 from server.presence_mux import register_presence
@@ -30,7 +27,6 @@ from server.presence_peers import PresenceReplicator
 from server.presence_wire import PresenceFanout
 from server.protocol_log import install_protocol_refusal_filter
 from server.ratelimit import RateLimiter
-from server.request_text import text_guard
 from server.service import DraftService
 from server.settings import MAX_BODY_BYTES, Settings
 from server.state import AppState
@@ -40,65 +36,13 @@ from server.ws_registry import SocketRegistry
 
 log = logging.getLogger(__name__)
 
+SOCKET_HANDLERS = frozenset((draft_socket, multi_socket))
+"""The WebSocket routes' handlers: the front middleware hands them to aiohttp unwrapped."""
+
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
     "connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'"
 )
-CORS_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
-CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key, If-Match, If-None-Match, X-User-Id"
-CORS_EXPOSE = "ETag, Retry-After, Location, Idempotent-Replayed"
-
-
-def _cors_middleware(settings: Settings) -> web.middleware:  # type: ignore[valid-type]
-    allowed = settings.allowed_origins
-
-    @web.middleware
-    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        ok = origin_allowed(allowed, origin, request.host)  # the WebSocket upgrade asks the same function
-        if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
-            if not ok:
-                return web.Response(status=403, text="origin not allowed")
-            return web.Response(
-                status=204,
-                headers={
-                    "Access-Control-Allow-Origin": origin or "",
-                    "Access-Control-Allow-Methods": CORS_METHODS,
-                    "Access-Control-Allow-Headers": CORS_HEADERS,
-                    "Access-Control-Max-Age": "600",
-                    "Vary": "Origin",
-                },
-            )
-        response = await handler(request)
-        if ok and not response.prepared:
-            response.headers["Access-Control-Allow-Origin"] = origin or ""
-            response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE
-            response.headers["Vary"] = "Origin"
-        return response
-
-    return cors
-
-
-@web.middleware
-async def _timing(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as e:
-        status = e.status
-        raise
-    finally:
-        route = request.match_info.route.resource
-        name = route.canonical if route is not None else "unmatched"
-        if name != "/v1/ws" and not name.startswith("/v1/ws/"):  # sockets are not requests
-            st = request.app[AppState.KEY]
-            metrics = st.metrics
-            metrics.child(metrics.request_latency, request.method, name, str(status)).observe(
-                time.perf_counter() - started
-            )
 
 
 async def _index(request: web.Request) -> web.StreamResponse:
@@ -171,7 +115,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     register_presence(state.mux, state.presence, settings.presence_rate, metrics)
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[text_guard, _cors_middleware(settings), _timing, error_middleware],
+        middlewares=[front_middleware(settings.allowed_origins, metrics, SOCKET_HANDLERS)],
     )
     app[AppState.KEY] = state
     app.add_routes(rest.routes)

@@ -3,7 +3,7 @@
 Handlers and the service raise; they never build error responses themselves. The service
 raises domain errors (:mod:`projections.errors`), the store raises store errors
 (:mod:`eventstore.errors`); :data:`ERROR_TABLE` below is the only place that gives them an HTTP
-status, and :func:`to_api_error` the only function that reads it (the error middleware for
+status, and :func:`to_api_error` the only function that reads it (:func:`exception_answer` for
 REST, the WebSocket handler for its refusals). The classes the table knows::
 
     ApiError(status, code)               as given: HTTP-level refusals of a handler (400 invalid_json,
@@ -173,23 +173,41 @@ def to_api_error(exc: BaseException) -> ApiError | None:
     return ApiError(answer.status, code, message, details, headers)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every exception into the contract's JSON error body."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
+def exception_answer(request: web.Request, exc: Exception) -> web.Response | None:
+    """The contract's JSON error response for an exception a handler raised; None for an
+    aiohttp ``HTTPException`` below 400 (a redirect), which the caller lets through.
+
+    aiohttp's HTTP exceptions keep their status (:data:`HTTP_CODES`), ours and the domain's and
+    the store's are read from :data:`ERROR_TABLE` (:func:`to_api_error`), anything else is 500
+    ``internal_error``, logged with its stack trace (never in the body). 503s are logged as
+    warnings.
+    """
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            return None
         code = HTTP_CODES.get(exc.status, "http_error")
         message = exc.reason if exc.status != 413 else "request body is larger than 64 KiB"
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return error_response(exc.status, code, message, headers=headers)
+    api = to_api_error(exc)
+    if api is None:
+        log.error("unhandled error on %s %r", request.method, request.path, exc_info=exc)
+        return error_response(500, "internal_error", "internal error")
+    if api.status == 503:
+        log.warning("%s %r: %r", request.method, request.path, exc)
+    return error_response(api.status, api.code, api.message, api.details, api.headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every exception into the contract's JSON error body (:func:`exception_answer`).
+
+    The app itself runs this mapping inside its one middleware (:mod:`server.front`); this
+    middleware is the same mapping on its own, for an application that needs only it."""
+    try:
+        return await handler(request)
     except Exception as exc:
-        api = to_api_error(exc)
-        if api is None:
-            log.exception("unhandled error on %s %r", request.method, request.path)
-            return error_response(500, "internal_error", "internal error")
-        if api.status == 503:
-            log.warning("%s %r: %r", request.method, request.path, exc)
-        return error_response(api.status, api.code, api.message, api.details, api.headers)
+        answer = exception_answer(request, exc)
+        if answer is None:
+            raise
+        return answer

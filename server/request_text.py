@@ -11,8 +11,8 @@ byte that is not part of valid UTF-8 arrives as a lone surrogate U+DC80–U+DCFF
 UTF-8 with U+FFFD, so the original bytes are visible only in the raw query string. Raw non-ASCII
 bytes in the request line never get this far: aiohttp's parser answers 400 itself.
 
-:func:`text_guard` (the app's first middleware) checks every header and query parameter the
-server reads and answers — in the contract's JSON error body, before authentication, before a
+:func:`refusal` (asked first by the app's one middleware, :mod:`server.front`) checks every
+header and query parameter the server reads and answers — in the contract's JSON error body, before authentication, before a
 WebSocket upgrade — 401 ``unauthorized`` when the bad bytes are in a credential (Authorization,
 X-User-Id, ``access_token``, ``user_id``), else 400 ``invalid_parameter``. Headers and
 parameters the server never reads are left alone (RFC 9110 §5.5: a recipient treats obs-text
@@ -24,7 +24,6 @@ from __future__ import annotations
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from multidict import CIMultiDictProxy
 
 from server.errors import error_response
@@ -161,12 +160,3 @@ def refusal(request: web.Request) -> web.Response | None:
         return None
     name, credential, problem = found
     return _refuse(name, kind, problem, credential)
-
-
-@web.middleware
-async def text_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """First middleware: refuse unusable request text before anything else happens."""
-    answer = refusal(request)
-    if answer is not None:
-        return answer
-    return await handler(request)

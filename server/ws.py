@@ -1,8 +1,8 @@
 """``/v1/ws/drafts/{id}?since=N``: the read-only event stream (API.md, "WebSocket").
 
 The handler has two phases. **Admission** (this module) decides whether the socket may stream:
-the server-wide switches and the Origin before the upgrade (refused as HTTP errors by the error
-middleware), then, on the upgraded socket, authentication, draft access, ``since`` and the
+the server-wide switches and the Origin before the upgrade (refused as HTTP errors, see
+:func:`upgrade`), then, on the upgraded socket, authentication, draft access, ``since`` and the
 per-user socket cap. Every refusal is an exception mapped by :func:`server.errors.to_api_error`,
 the same mapping as REST, and then by one table from the error's code to a close code
 (:data:`CLOSE_CODE_OF`). **Streaming** (:mod:`server.ws_stream`) runs the admitted socket:
@@ -22,6 +22,7 @@ from aiohttp import WSMsgType, web
 from projections.access import ViewAccess
 from projections.errors import Forbidden, NotFound
 from server.errors import ApiError, to_api_error
+from server.front import answer_failure
 from server.origins import origin_allowed
 from server.params import MAX_SEQ, ParameterError, parse_int
 from server.service import is_draft_id
@@ -68,15 +69,19 @@ CLOSE_CODE_OF: dict[str, int] = {
 async def draft_socket(request: web.Request) -> web.StreamResponse:
     """Admit the socket (or refuse it with the mapped close code), then stream the draft's events."""
     st: AppState = request.app[AppState.KEY]
-    admit_upgrade(request, st)  # ApiError here is an HTTP response (error middleware)
     ws = socket_response(st)
-    await ws.prepare(request)
+    refused = await upgrade(request, st, ws)
+    if refused is not None:
+        return refused
     try:
         admission = await admit(request, st)
     except Exception as exc:
         await refuse(ws, exc)
         return ws
-    await stream_events(request, ws, st, admission)
+    try:
+        await stream_events(request, ws, st, admission)
+    except Exception as exc:  # a bug: logged and answered as the front middleware answers any handler's
+        return answer_failure(request, exc, st.settings.allowed_origins)
     return ws
 
 
@@ -89,6 +94,23 @@ def socket_response(st: AppState) -> web.WebSocketResponse:
         timeout=CLOSE_TIMEOUT,
         autoclose=False,  # a peer's Close is answered by the socket's handler, after it stops delivering
     )
+
+
+async def upgrade(request: web.Request, st: AppState, ws: web.WebSocketResponse) -> web.StreamResponse | None:
+    """The checks before the upgrade (:func:`admit_upgrade`) and the handshake; None once ``ws``
+    is upgraded, else the HTTP answer to return instead (never a 101 then).
+
+    The socket routes are not wrapped by the front middleware (:mod:`server.front`: no frame of
+    it lives as long as a socket), so their refusals before the upgrade — ours (403, 503) and
+    aiohttp's handshake errors (400, 405) — are answered here, as that middleware answers any
+    handler's: the contract's JSON error body, with CORS headers for an allowed origin.
+    """
+    try:
+        admit_upgrade(request, st)
+        await ws.prepare(request)
+    except Exception as exc:
+        return answer_failure(request, exc, st.settings.allowed_origins)
+    return None
 
 
 def check_socket_cap(st: AppState, user_id: str) -> None:

@@ -38,6 +38,7 @@ from aiohttp import WSMsgType, web
 from eventstore.events import utc_now_iso
 from server.errors import ApiError, to_api_error
 from server.frames import text_frame
+from server.front import answer_failure
 from server.mux_messages import BadMessage, draft_id_of, parse_message, parse_subscribe
 from server.state import AppState
 from server.subscriber import (
@@ -48,7 +49,7 @@ from server.subscriber import (
     Subscriber,
     TransportSink,
 )
-from server.ws import admit_draft, admit_upgrade, check_socket_cap, refuse, socket_response
+from server.ws import admit_draft, check_socket_cap, refuse, socket_response, upgrade
 from server.ws_registry import SocketTasks
 from server.ws_stream import Closer, FloodGate, expire
 
@@ -62,9 +63,10 @@ async def multi_socket(request: web.Request) -> web.StreamResponse:
     """``GET /v1/ws``: admit the socket (or refuse it as the per-draft socket does), then serve
     its subscriptions until it closes."""
     st: AppState = request.app[AppState.KEY]
-    admit_upgrade(request, st)  # ApiError here is an HTTP response (error middleware)
     ws = socket_response(st)
-    await ws.prepare(request)
+    refused = await upgrade(request, st, ws)
+    if refused is not None:
+        return refused
     try:
         identity = await st.auth.identify(request.headers, request.query, websocket=True)
         check_socket_cap(st, identity.user_id)  # counts once, whatever it subscribes to
@@ -75,7 +77,10 @@ async def multi_socket(request: web.Request) -> web.StreamResponse:
     assert transport is not None  # prepared: the upgraded connection
     sink = TransportSink(transport, ws)
     session = MuxSession(st, ws, sink, Closer(ws, transport, sink), identity.user_id)
-    await session.run(identity.expires_at)
+    try:
+        await session.run(identity.expires_at)
+    except Exception as exc:  # a bug: logged and answered as the front middleware answers any handler's
+        return answer_failure(request, exc, st.settings.allowed_origins)
     return ws
 
 

@@ -1,0 +1,53 @@
+"""The one middleware (server/front.py): what the four it replaced did, on the paths only it has.
+
+The socket routes are not wrapped by it (their handler answers its own refusals before the
+upgrade), so those refusals are checked here to be the contract's JSON body with CORS headers,
+as a REST refusal is; REST requests are timed and socket connections are not.
+"""
+
+from __future__ import annotations
+
+import re
+
+from tests.hardening.kit import app_client
+
+ALLOWED = "https://app.example"
+
+
+async def test_a_handshake_error_before_the_upgrade_is_the_json_body_with_cors() -> None:
+    async with app_client(allowed_origins=(ALLOWED,)) as client:
+        # a plain GET (no Upgrade header): aiohttp's handshake refuses it, 400
+        r = await client.get("/v1/ws/drafts/draft_0123456789abcdef0123", headers={"Origin": ALLOWED})
+        assert r.status == 400
+        assert (await r.json())["error"]["code"] == "bad_request"
+        assert r.headers["Access-Control-Allow-Origin"] == ALLOWED
+        assert r.headers["Vary"] == "Origin"
+        r = await client.get("/v1/ws", headers={"Origin": "https://other.example"})
+        assert r.status == 403  # our Origin check, before the handshake
+        assert (await r.json())["error"]["code"] == "forbidden"
+        assert "Access-Control-Allow-Origin" not in r.headers
+
+
+async def test_switched_off_sockets_are_refused_with_retry_body() -> None:
+    async with app_client(ws_enabled=False) as client:
+        for path in ("/v1/ws/drafts/draft_0123456789abcdef0123", "/v1/ws"):
+            r = await client.get(path)
+            assert r.status == 503, path
+            assert (await r.json())["error"]["code"] == "unavailable"
+
+
+async def test_requests_are_timed_and_sockets_are_not() -> None:
+    async with app_client() as client:
+        r = await client.get("/v1/collab/drafts", headers={"X-User-Id": "alice"})
+        assert r.status == 200
+        r = await client.get("/v1/collab/drafts/draft_0123456789abcdef0123", headers={"X-User-Id": "alice"})
+        assert r.status == 404
+        async with client.ws_connect("/v1/ws?user_id=alice") as ws:
+            await ws.close()
+        r = await client.get("/v1/ws")  # refused before the upgrade: not timed either
+        assert r.status == 400
+        text = await (await client.get("/metrics")).text()
+    count = r'^ringlog_http_request_duration_seconds_count\{{method="GET",route="{}",status="{}"\}} 1\.0$'
+    assert re.search(count.format("/v1/collab/drafts", 200), text, re.M)
+    assert re.search(count.format("/v1/collab/drafts/{draft_id}", 404), text, re.M)
+    assert 'route="/v1/ws' not in text
