@@ -1,6 +1,7 @@
 """The one middleware (server/front.py): what the four it replaced did, on the paths only it has.
 
-The socket routes are not wrapped by it (their handler answers its own refusals before the
+The text guard's one pass over the headers is checked against the exact checks it stands in
+for. The socket routes are not wrapped by it (their handler answers its own refusals before the
 upgrade), so those refusals are checked here to be the contract's JSON body with CORS headers,
 as a REST refusal is; REST requests are timed and socket connections are not.
 """
@@ -9,6 +10,17 @@ from __future__ import annotations
 
 import re
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from server.request_text import (
+    ASCII_HEADERS,
+    READ_HEADERS,
+    _headers_plainly_fine,
+    bad_header,
+    repeated_header,
+)
 from tests.hardening.kit import app_client
 
 ALLOWED = "https://app.example"
@@ -51,3 +63,23 @@ async def test_requests_are_timed_and_sockets_are_not() -> None:
     assert re.search(count.format("/v1/collab/drafts", 200), text, re.M)
     assert re.search(count.format("/v1/collab/drafts/{draft_id}", 404), text, re.M)
     assert 'route="/v1/ws' not in text
+
+
+HEADER_NAMES = st.sampled_from(
+    [*READ_HEADERS, *ASCII_HEADERS, "x-user-id", "IF-MATCH", "Accept", "User-Agent", "X-Other"]
+)
+HEADER_VALUES = st.one_of(
+    st.text(alphabet=st.characters(codec="ascii"), max_size=8),
+    st.text(max_size=8),  # non-ASCII, valid text
+    st.binary(max_size=8).map(lambda b: b.decode("utf-8", "surrogateescape")),  # as aiohttp decodes
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(HEADER_NAMES, HEADER_VALUES), max_size=8))
+def test_the_one_pass_over_the_headers_never_lets_through_what_the_exact_checks_refuse(
+    pairs: list[tuple[str, str]],
+) -> None:
+    headers = CIMultiDictProxy(CIMultiDict(pairs))
+    if _headers_plainly_fine(headers):
+        assert repeated_header(headers) is None and bad_header(headers) is None
