@@ -51,7 +51,7 @@ from server.subscriber import (
 )
 from server.ws import admit_draft, check_socket_cap, refuse, socket_response, upgrade
 from server.ws_registry import SocketTasks
-from server.ws_stream import Closer, FloodGate, expire
+from server.ws_stream import SOCKET_ENDED, Closer, FloodGate, expire
 
 if TYPE_CHECKING:
     from server.mux_hooks import MessageHandler
@@ -163,7 +163,10 @@ class MuxSession:
 
     async def _read_loop(self) -> None:
         flood = FloodGate(self.st.settings.ws_flood_limit)
-        async for msg in self.ws:
+        while True:
+            msg = await self.ws.receive()  # not ``async for``: see server.ws_stream._read_loop
+            if msg.type in SOCKET_ENDED:
+                return
             if flood.exceeded():
                 flood.close(self.closer)
                 return

@@ -89,6 +89,11 @@ __all__ = [
 ]
 
 
+SOCKET_ENDED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
+"""What ``receive`` returns once the peer closed or the socket is closing: where ``async for``
+over a socket stops."""
+
+
 def _message(kind: str, **fields: Any) -> bytes:
     return orjson.dumps({"type": kind, **fields})
 
@@ -327,7 +332,10 @@ async def _read_loop(
     """Answer pings, take presence updates (API.md v2), refuse anything else (``bad_message``),
     close floods (1008). The log is read-only from here: nothing a client sends is appended."""
     flood = FloodGate(flood_limit)
-    async for msg in ws:
+    while True:
+        msg = await ws.receive()  # not ``async for``: its __anext__ frame would live as long as the socket
+        if msg.type in SOCKET_ENDED:
+            return
         if flood.exceeded():
             flood.close(closer)
             return
