@@ -258,13 +258,7 @@ def mutation(
 ) -> Mutation[M]:
     """Declare a mutation and register its handler on :data:`routes`."""
     declared = Mutation(method, path, endpoint, body, command, reply, summary)
-
-    async def handler(request: web.Request) -> web.Response:
-        return await declared.handle(request)
-
-    handler.__name__ = handler.__qualname__ = endpoint.replace("-", "_")
-    handler.__doc__ = summary
-    routes.route(method, path)(handler)
+    routes.route(method, path)(declared.handle)  # the bound method itself: no wrapper frame per request
     return declared
 
 
