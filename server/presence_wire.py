@@ -146,6 +146,7 @@ class PresenceInput:
         "_limiter",
         "_on_coalesced",
         "_pending",
+        "_rate",
         "_timer",
         "draft_id",
         "registry",
@@ -167,7 +168,8 @@ class PresenceInput:
         self.draft_id = draft_id
         self.user_id = user_id
         self.socket_key = socket_key
-        self._limiter = RateLimiter(rate, 2 * rate)
+        self._rate = rate
+        self._limiter: RateLimiter | None = None  # made by the first update: most sockets send none
         self._pending: dict[str, Any] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._on_coalesced = on_coalesced
@@ -198,13 +200,20 @@ class PresenceInput:
             if self._on_coalesced is not None:
                 self._on_coalesced()
             return None
-        wait = self._limiter.allow("")
+        wait = self._allow()
         if wait <= 0:
             self._apply(state)
         else:
             self._pending = state
             self._timer = asyncio.get_running_loop().call_later(wait, self._flush)
         return None
+
+    def _allow(self) -> float:
+        """Take a token of this socket's bucket (:meth:`RateLimiter.allow`): 0, or the wait."""
+        limiter = self._limiter
+        if limiter is None:  # a bucket starts full when first asked, so making it now changes nothing
+            limiter = self._limiter = RateLimiter(self._rate, 2 * self._rate)
+        return limiter.allow("")
 
     def close(self) -> None:
         """Stop: cancel the pending update's timer, if any."""
@@ -219,7 +228,7 @@ class PresenceInput:
         state, self._pending = self._pending, None
         if state is None or self._closed:
             return
-        wait = self._limiter.allow("")
+        wait = self._allow()
         if wait > 0:  # the clock's granularity: try again when the token is surely there
             self._pending = state
             self._timer = asyncio.get_running_loop().call_later(wait, self._flush)
