@@ -140,7 +140,14 @@ class MuxSession:
             self.send({"type": "connected", "user_id": self.user_id, "ts": utc_now_iso()})
             if expires_at is not None:
                 self.tasks.spawn(expire(self.closer, expires_at))
-            await self.closer.read_until_close(self._read_loop())
+            if self.closer.start_reading():  # see Closer.start_reading
+                try:
+                    await self._read_loop()
+                except asyncio.CancelledError:
+                    if not self.closer.absorbs_cancel():
+                        raise
+                finally:
+                    self.closer.stop_reading()
         except (ConnectionError, RuntimeError):
             pass
         finally:

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -108,40 +107,15 @@ async def stream_events(
     closer = Closer(ws, transport, sink)
     tasks = SocketTasks(st.sockets)
     user_id = admission.user_id
-    socket_key = ws  # one attachment per socket (server.presence)
-    attached = False
     presence = PresenceInput(
         st.presence,
         admission.draft_id,
         user_id,
-        socket_key,
+        ws,  # the socket is its own key: one attachment per socket (server.presence)
         rate=st.settings.presence_rate,
         on_coalesced=st.metrics.presence_coalesced.inc,
     )
-
-    def end_presence() -> None:
-        nonlocal attached
-        presence.close()
-        if attached:
-            attached = False
-            st.presence.detach(admission.draft_id, user_id, socket_key)
-
-    def request_close(code: int, reason: bytes) -> None:
-        error = None
-        if code == CLOSE_TRY_AGAIN_LATER:
-            st.metrics.slow_closes.inc()
-        elif code == CLOSE_ACCESS_REVOKED:
-            # presence ends with the revocation (API.md v2), before our close handshake; from
-            # the next loop turn, so that every other socket has the removal event first
-            presence.close()
-            asyncio.get_running_loop().call_soon(end_presence)
-            error = _message(
-                "error",
-                code="access_revoked",
-                draft_id=admission.draft_id,
-                message="you no longer have access to this draft; do not reconnect",
-            )
-        closer.request(code, reason, error)
+    ends = _SocketEnds(st, admission.draft_id, user_id, ws, closer, presence)
 
     st.sockets.add(user_id, ws, closer.close)
     st.metrics.open_sockets.inc()
@@ -160,22 +134,29 @@ async def stream_events(
         if closer.code is None:
             # presence (API.md v2): attach, presence_sync, subscribe, with no await between, so
             # the sync precedes every presence message and every event (server.presence_wire)
-            st.presence.attach(admission.draft_id, user_id, socket_key)
-            attached = True
+            st.presence.attach(admission.draft_id, user_id, ws)
+            ends.attached = True
             sink.write(sync_frame(st.presence, admission.draft_id))
             sub = st.hub.subscribe(
                 admission.draft_id,
                 sink,
                 admission.since,
                 spawn=tasks.spawn,
-                request_close=request_close,
+                request_close=ends.request_close,
                 access=admission.access,
             )
         if admission.expires_at is not None:
             # the same rule as REST: a token is good until exp + leeway (API.md "Authentication"),
             # the moment server.auth.token_valid_until computed for this identity
             tasks.spawn(expire(closer, admission.expires_at))
-        await closer.read_until_close(_read_loop(ws, closer, st.settings.ws_flood_limit, presence))
+        if closer.start_reading():
+            try:
+                await _read_loop(ws, closer, st.settings.ws_flood_limit, presence)
+            except asyncio.CancelledError:
+                if not closer.absorbs_cancel():
+                    raise
+            finally:
+                closer.stop_reading()
     except (ConnectionError, RuntimeError):
         pass
     finally:
@@ -183,7 +164,7 @@ async def stream_events(
         sink.start_closing()
         if sub is not None:
             st.hub.unsubscribe(sub)
-        end_presence()  # the others hear the leave now, not after our close handshake
+        ends.end_presence()  # the others hear the leave now, not after our close handshake
         tasks.cancel_all()
         try:
             await closer.send_close()
@@ -191,6 +172,58 @@ async def stream_events(
             st.sockets.remove(user_id, ws)
             st.metrics.open_sockets.dec()
             closer.finish()
+
+
+class _SocketEnds:
+    """How an admitted per-draft socket's presence ends, and the close its subscriber requests
+    (``request_close``, given to the hub): methods of one small object rather than closures of
+    :func:`stream_events`, whose cells would live as long as the socket."""
+
+    __slots__ = ("attached", "closer", "draft_id", "presence", "st", "user_id", "ws")
+
+    def __init__(
+        self,
+        st: AppState,
+        draft_id: str,
+        user_id: str,
+        ws: web.WebSocketResponse,
+        closer: Closer,
+        presence: PresenceInput,
+    ) -> None:
+        self.st = st
+        self.draft_id = draft_id
+        self.user_id = user_id
+        self.ws = ws
+        self.closer = closer
+        self.presence = presence
+        self.attached = False
+        """Whether the socket is attached in the presence registry (until :meth:`end_presence`)."""
+
+    def end_presence(self) -> None:
+        """Stop taking presence updates and detach the socket (the others hear its leave)."""
+        self.presence.close()
+        if self.attached:
+            self.attached = False
+            self.st.presence.detach(self.draft_id, self.user_id, self.ws)
+
+    def request_close(self, code: int, reason: bytes) -> None:
+        """The subscriber's close request: counted when slow (1013); at a revocation, presence
+        ends and the ``access_revoked`` error precedes the Close frame."""
+        error = None
+        if code == CLOSE_TRY_AGAIN_LATER:
+            self.st.metrics.slow_closes.inc()
+        elif code == CLOSE_ACCESS_REVOKED:
+            # presence ends with the revocation (API.md v2), before our close handshake; from
+            # the next loop turn, so that every other socket has the removal event first
+            self.presence.close()
+            asyncio.get_running_loop().call_soon(self.end_presence)
+            error = _message(
+                "error",
+                code="access_revoked",
+                draft_id=self.draft_id,
+                message="you no longer have access to this draft; do not reconnect",
+            )
+        self.closer.request(code, reason, error)
 
 
 class Closer:
@@ -247,24 +280,36 @@ class Closer:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def read_until_close(self, read_loop: Coroutine[Any, Any, None]) -> None:
-        """Run the read loop until the peer closes or goes, or a close is requested."""
-        task = asyncio.current_task()
-        assert task is not None
+    def start_reading(self) -> bool:
+        """Before the handler's read loop: False when a close is already requested (then do not
+        read), else True, and from now on a close request interrupts the read.
+
+        The handler runs the loop itself, not through a coroutine of ours (one frame less alive
+        per idle socket)::
+
+            if closer.start_reading():
+                try:
+                    await read_loop
+                except asyncio.CancelledError:
+                    if not closer.absorbs_cancel():
+                        raise
+                finally:
+                    closer.stop_reading()
+        """
         if self.code is not None:
-            read_loop.close()
-            return
-        self._reading = task
-        try:
-            await read_loop
-        except asyncio.CancelledError:
-            # our own request's cancel is absorbed; any other cancellation goes on
-            if self.code is None or task.uncancel() > 0:
-                raise
-        except (ConnectionError, RuntimeError):
-            pass
-        finally:
-            self._reading = None
+            return False
+        self._reading = asyncio.current_task()
+        return True
+
+    def absorbs_cancel(self) -> bool:
+        """Whether the read's cancellation was our own close request's (absorbed: the handler
+        goes on to close) rather than anyone else's (which must go on)."""
+        task = self._reading
+        return self.code is not None and task is not None and task.uncancel() == 0
+
+    def stop_reading(self) -> None:
+        """The read loop is over: a close request no longer interrupts the handler."""
+        self._reading = None
 
     async def send_close(self) -> None:
         """Send the ``error`` message (if any) and the Close frame, and wait for the peer's reply.
