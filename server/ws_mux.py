@@ -171,7 +171,9 @@ class MuxSession:
     async def _read_loop(self) -> None:
         flood = FloodGate(self.st.settings.ws_flood_limit)
         while True:
-            msg = await self.ws.receive()  # not ``async for``: see server.ws_stream._read_loop
+            msg = (
+                await self.ws.receive()
+            )  # not ``async for``: its __anext__ frame would live as long as the socket
             if msg.type in SOCKET_ENDED:
                 return
             if flood.exceeded():

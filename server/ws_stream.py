@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
 from eventstore.events import utc_now_iso
 from projections.access import ViewAccess
@@ -151,7 +151,15 @@ async def stream_events(
             tasks.spawn(expire(closer, admission.expires_at))
         if closer.start_reading():
             try:
-                await _read_loop(ws, closer, st.settings.ws_flood_limit, presence)
+                # the read loop, here rather than in a coroutine of its own: one frame less per
+                # idle socket; _answer decides what each message gets
+                flood = FloodGate(st.settings.ws_flood_limit)
+                while True:
+                    stop, reply = _answer(await ws.receive(), flood, closer, presence)
+                    if reply is not None:
+                        await ws.send_frame(reply, WSMsgType.TEXT)
+                    if stop:
+                        break
             except asyncio.CancelledError:
                 if not closer.absorbs_cancel():
                     raise
@@ -371,46 +379,36 @@ async def expire(closer: Closer, deadline: float) -> None:
     )
 
 
-async def _read_loop(
-    ws: web.WebSocketResponse, closer: Closer, flood_limit: int, presence: PresenceInput
-) -> None:
-    """Answer pings, take presence updates (API.md v2), refuse anything else (``bad_message``),
-    close floods (1008). The log is read-only from here: nothing a client sends is appended."""
-    flood = FloodGate(flood_limit)
-    while True:
-        msg = await ws.receive()  # not ``async for``: its __anext__ frame would live as long as the socket
-        if msg.type in SOCKET_ENDED:
-            return
-        if flood.exceeded():
-            flood.close(closer)
-            return
-        if msg.type == WSMsgType.TEXT:
-            try:
-                parsed = orjson.loads(msg.data)
-            except orjson.JSONDecodeError:
-                parsed = None
-            kind = parsed.get("type") if isinstance(parsed, dict) else None
-            if kind == "ping":
-                await ws.send_frame(_message("pong", ts=utc_now_iso()), WSMsgType.TEXT)
-                continue
-            if kind == "presence":
-                assert isinstance(parsed, dict)
-                refusal = presence.receive(parsed)
-                if refusal is not None:
-                    await ws.send_frame(refusal, WSMsgType.TEXT)
-                continue
-            await ws.send_frame(
-                _message(
-                    "error",
-                    code="bad_message",
-                    message='send only {"type": "ping"} or {"type": "presence", "state": {…}}',
-                ),
-                WSMsgType.TEXT,
-            )
-        elif msg.type == WSMsgType.BINARY:
-            await ws.send_frame(
-                _message("error", code="bad_message", message="binary frames are not accepted"),
-                WSMsgType.TEXT,
-            )
-        elif msg.type == WSMsgType.ERROR:
-            return
+def _answer(
+    msg: WSMessage, flood: FloodGate, closer: Closer, presence: PresenceInput
+) -> tuple[bool, bytes | None]:
+    """One client message on the per-draft socket: (stop reading?, the message to send back).
+
+    Answers pings, takes presence updates (API.md v2), refuses anything else (``bad_message``),
+    closes floods (1008). The log is read-only from here: nothing a client sends is appended.
+    The handler's read loop (:func:`stream_events`) receives and sends; this decides.
+    """
+    if msg.type in SOCKET_ENDED:
+        return True, None
+    if flood.exceeded():
+        flood.close(closer)
+        return True, None
+    if msg.type == WSMsgType.TEXT:
+        try:
+            parsed = orjson.loads(msg.data)
+        except orjson.JSONDecodeError:
+            parsed = None
+        kind = parsed.get("type") if isinstance(parsed, dict) else None
+        if kind == "ping":
+            return False, _message("pong", ts=utc_now_iso())
+        if kind == "presence":
+            assert isinstance(parsed, dict)
+            return False, presence.receive(parsed)
+        return False, _message(
+            "error",
+            code="bad_message",
+            message='send only {"type": "ping"} or {"type": "presence", "state": {…}}',
+        )
+    if msg.type == WSMsgType.BINARY:
+        return False, _message("error", code="bad_message", message="binary frames are not accepted")
+    return msg.type == WSMsgType.ERROR, None
