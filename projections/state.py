@@ -17,6 +17,7 @@ position always ``record.position`` / ``log_position``, never one for the other.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -109,41 +110,52 @@ class DraftState:
 
     def to_json(self) -> bytes:
         """Canonical JSON (sorted keys): equal states give equal bytes."""
-        # orjson writes dataclass fields in declaration order even with OPT_SORT_KEYS, so the
-        # state is spelled out as dicts, which it sorts; this is also ~3x faster than a
-        # ``default`` callback per segment (rebuilds serialise every draft)
+        # every dict below is written in sorted key order, so no sort option is needed (orjson
+        # keeps insertion order): a third less time for a long draft than sorting them (issue 16).
+        # orjson would write dataclass fields in declaration order, and it is slower on them
+        # than on dicts, so the state is spelled out as dicts
+        return orjson.dumps(self._head() | {"segments": _segment_dicts(self.segments)} | self._tail())
+
+    def json_pieces(self, segments_per_piece: int) -> Iterator[bytes]:
+        """:meth:`to_json`'s bytes in pieces, joined exactly ``to_json()``; no piece encodes more
+        than ``segments_per_piece`` (≥ 1) segments.
+
+        For a caller on the event loop: encoding a 100,000-segment draft is ~50 ms of CPU held in
+        one call (more with the collector), which stalls every socket; between two pieces it can
+        yield. Each piece's segment dicts are freed before the next one is built.
+        """
+        if segments_per_piece < 1:
+            raise ValueError("segments_per_piece must be >= 1")
+        head = orjson.dumps(self._head())
+        yield head[:-1] + b',"segments":['
+        segments = self.segments
+        for start in range(0, len(segments), segments_per_piece):
+            if start:
+                yield b","
+            yield orjson.dumps(_segment_dicts(segments[start : start + segments_per_piece]))[1:-1]
+        yield b"]," + orjson.dumps(self._tail())[1:]
+
+    def _head(self) -> dict[str, Any]:
+        """The fields sorted before ``segments``, as JSON-ready dicts in sorted key order."""
         ring = self.ring_state
-        return orjson.dumps(
-            {
-                "id": self.id,
-                "title": self.title,
-                "description": self.description,
-                "creator_id": self.creator_id,
-                "collaborators": [
-                    {"user_id": c.user_id, "role": c.role, "joined_at": c.joined_at}
-                    for c in self.collaborators
-                ],
-                "segments": [
-                    {
-                        "id": s.id,
-                        "author_user_id": s.author_user_id,
-                        "content": s.content,
-                        "position": s.position,
-                        "created_at": s.created_at,
-                    }
-                    for s in self.segments
-                ],
-                "ring_state": {
-                    "current_holder_id": ring.current_holder_id,
-                    "holders_history": ring.holders_history,
-                },
-                "seq": self.seq,
-                "created_at": self.created_at,
-                "updated_at": self.updated_at,
-                "archived": self.archived,
+        return {
+            "archived": self.archived,
+            "collaborators": [
+                {"joined_at": c.joined_at, "role": c.role, "user_id": c.user_id} for c in self.collaborators
+            ],
+            "created_at": self.created_at,
+            "creator_id": self.creator_id,
+            "description": self.description,
+            "id": self.id,
+            "ring_state": {
+                "current_holder_id": ring.current_holder_id,
+                "holders_history": ring.holders_history,
             },
-            option=orjson.OPT_SORT_KEYS,
-        )
+        }
+
+    def _tail(self) -> dict[str, Any]:
+        """The fields sorted after ``segments``."""
+        return {"seq": self.seq, "title": self.title, "updated_at": self.updated_at}
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> DraftState:
@@ -185,3 +197,17 @@ class DraftSummary:
         """The list row served to clients (API.md's four fields; which list a row is in says
         whether it is archived: ``?archived=true``)."""
         return {"id": self.id, "title": self.title, "seq": self.seq, "updated_at": self.updated_at}
+
+
+def _segment_dicts(segments: tuple[Segment, ...]) -> list[dict[str, Any]]:
+    """Segments as JSON-ready dicts, keys in sorted order (see :meth:`DraftState.to_json`)."""
+    return [
+        {
+            "author_user_id": s.author_user_id,
+            "content": s.content,
+            "created_at": s.created_at,
+            "id": s.id,
+            "position": s.position,
+        }
+        for s in segments
+    ]

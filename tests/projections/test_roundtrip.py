@@ -150,3 +150,15 @@ def test_draft_state_round_trips_through_json(state: DraftState) -> None:
         "created_at",
         "updated_at",
     }
+
+
+long_states = st.builds(dataclasses.replace, states, segments=st.lists(segments, max_size=12).map(tuple))
+
+
+@settings(max_examples=200)
+@given(long_states, st.integers(min_value=1, max_value=14))
+def test_draft_state_json_in_pieces_joins_to_the_same_bytes(state: DraftState, per_piece: int) -> None:
+    pieces = list(state.json_pieces(per_piece))
+    assert b"".join(pieces) == state.to_json() == canonical_json(dataclasses.asdict(state))
+    # head, the segments (a comma between two pieces of them), tail
+    assert len(pieces) == 2 + max(0, 2 * -(-len(state.segments) // per_piece) - 1)

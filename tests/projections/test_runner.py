@@ -10,7 +10,7 @@ import pytest
 from eventstore import Record, Store
 from eventstore.memory import MemoryStore
 from projections import AppendSegment, CreateDraft, UpdateDraft
-from projections.runner import DraftProjector, rebuild
+from projections.runner import DraftProjector, rebuild, snapshot_json
 from tests.projections.drafting import clock, execute, folded, populate
 
 
@@ -151,3 +151,27 @@ async def test_a_read_while_the_projector_advances_still_sees_the_last_append() 
     finally:
         store.gate.set()
         await projector.stop()
+
+
+async def test_a_long_snapshot_is_encoded_in_pieces_that_let_other_tasks_run(store: Store) -> None:
+    ids = await populate(store, drafts=1, steps=60)
+    state = await folded(store, ids[0])
+    assert state is not None and len(state.segments) > 10
+    turns = 0
+
+    async def other_task() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other_task())
+    await asyncio.sleep(0)
+    try:
+        before = turns
+        raw = await snapshot_json(state, segments_per_piece=3)
+        assert turns - before >= len(state.segments) // 3  # a turn of the loop between two pieces
+    finally:
+        task.cancel()
+    assert raw == state.to_json()
+    assert await snapshot_json(state, segments_per_piece=len(state.segments)) == raw
