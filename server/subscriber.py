@@ -464,10 +464,11 @@ class Subscriber:
                 if full:
                     prefetch = asyncio.ensure_future(read(stream_id, seam.position, CATCH_UP_PAGE))
                 if fresh:
-                    cut = self._revocation_in_page(fresh)
+                    data = text_frames(fresh)
+                    cut = self._revocation_in_page(fresh, data)
                     if cut is not None:
-                        fresh = [pair for pair in fresh if pair[0] <= cut]
-                    await self._write_waiting(text_frames(fresh))
+                        data = text_frames([pair for pair in fresh if pair[0] <= cut])
+                    await self._write_waiting(data)
                     if cut is not None:
                         self._revoke(cut)
                         return
@@ -500,10 +501,15 @@ class Subscriber:
                 prefetch.cancel()
             self._catching_up = None  # a finished task is not kept (issue 16)
 
-    def _revocation_in_page(self, page: Sequence[tuple[int, bytes]]) -> int | None:
-        """Fold the removals of a catch-up page; the seq that revokes, if any."""
+    def _revocation_in_page(self, page: Sequence[tuple[int, bytes]], frames: bytes) -> int | None:
+        """Fold the removals of a catch-up page; the seq that revokes, if any.
+
+        ``frames``: the page's frames joined. One search of them rules out a page without a
+        removal (almost every page) at once; a search per body was ~15 % of the server's CPU
+        in a catch-up (issue 16). A match across two frames only costs the search per body.
+        """
         access = self._access
-        if access is None:
+        if access is None or REMOVAL_MARKER not in frames:
             return None
         for seq, body in page:
             if REMOVAL_MARKER in body and access.observe_body(seq, body):
