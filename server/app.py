@@ -98,6 +98,7 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
             max_backlog_bytes=settings.ws_queue_bytes,
             max_backlog_events=settings.ws_queue_size,
             observe_lag=metrics.fanout_lag.observe,
+            page_cache_bytes=settings.catch_up_cache_bytes,
         ),
         auth=Authenticator(settings),
         limiter=limiter,

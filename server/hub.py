@@ -18,7 +18,8 @@ from eventstore.notifier import Notifier
 from eventstore.store import Store, StreamBodyReader
 from projections.access import ViewAccess
 from server.frames import batches_of
-from server.subscriber import BacklogBudget, ReadPage, RequestClose, Sink, Spawn, Subscriber
+from server.pages import FramedPages
+from server.subscriber import CATCH_UP_PAGE, BacklogBudget, ReadPage, RequestClose, Sink, Spawn, Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,9 @@ class Hub:
     """Per-stream sets of subscribers, fed by the store's notifier.
 
     ``max_backlog_bytes`` / ``max_backlog_events`` bound each subscriber (``--ws-queue-bytes``,
-    ``--ws-queue-size``); ``observe_lag(seconds)`` receives each delivery's commit→write lag.
+    ``--ws-queue-size``); ``observe_lag(seconds)`` receives each delivery's commit→write lag;
+    ``page_cache_bytes`` bounds the framed catch-up pages kept for sockets that replay the same
+    history (:class:`~server.pages.FramedPages`; 0: none kept).
     """
 
     def __init__(
@@ -37,8 +40,12 @@ class Hub:
         max_backlog_bytes: int,
         max_backlog_events: int,
         observe_lag: Callable[[float], None] | None = None,
+        page_cache_bytes: int = 0,
     ) -> None:
         self.store = store
+        self.pages = FramedPages(page_cache_bytes, CATCH_UP_PAGE) if page_cache_bytes > 0 else None
+        """Full catch-up pages framed once and shared by every subscriber here (``--catch-up-cache-bytes``;
+        None when 0)."""
         self.notifier: Notifier = store.notifier
         self.max_backlog_bytes = max_backlog_bytes
         self.max_backlog_events = max_backlog_events
@@ -104,6 +111,7 @@ class Hub:
             access=access,
             budget=budget,
             went_live=self._went_live,
+            pages=self.pages,
         )
         subs = self._streams.get(stream_id)
         if subs is None:

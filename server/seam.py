@@ -11,7 +11,7 @@ centrifugal/centrifuge (``internal/recovery``: merge history with the publicatio
 meanwhile, drop what was already sent, detect a gap).
 
 The guarantee (API.md "WebSocket" item 3, "no gap and no repeat"): the bytes handed out by
-:meth:`on_page`, :meth:`go_live` and :meth:`on_live`, in call order, are the frames of seqs
+:meth:`on_page` (or for :meth:`on_run`), :meth:`go_live` and :meth:`on_live`, in call order, are the frames of seqs
 ``since + 1 … N`` exactly once each, in order. ``tests/server/test_seam.py`` checks it for
 arbitrary interleavings of live batches and catch-up pages.
 """
@@ -112,6 +112,16 @@ class CatchUpSeam:
                 raise LogGap(f"log page {first}..{last} ({len(fresh)} events) does not follow seq {position}")
             self.position = last
         return fresh
+
+    def on_run(self, first_seq: int, last_seq: int) -> None:
+        """Events ``first_seq … last_seq``, whose frames the caller already has (a kept page,
+        :class:`server.pages.FramedPages`), are handed out: the position moves to ``last_seq``.
+
+        They must continue the position, else :class:`LogGap` (nothing moves).
+        """
+        if first_seq != self.position + 1 or last_seq < first_seq:
+            raise LogGap(f"kept page {first_seq}..{last_seq} does not follow seq {self.position}")
+        self.position = last_seq
 
     def go_live(self) -> bytes | Literal[Resync.NEEDED]:
         """The log has no more after :attr:`position`: merge the buffer and switch to live.

@@ -260,6 +260,12 @@ class Settings:
         "bytes of frames a slow socket may fall behind before it is closed with 1013 (also bounds the "
         "live events held while a socket catches up)",
     )
+    catch_up_cache_bytes: int = _setting(
+        64 * 1024 * 1024,
+        _int_rule(0, 2**40, "; 0 = off"),
+        "bytes of framed catch-up pages (1,000 events each) kept for sockets that replay the same "
+        "history; 0 = off",
+    )
     ws_enabled: bool = _setting(True, BOOL, "accept WebSocket upgrades (--no-ws-enabled: 503, clients poll)")
     drain_timeout: float = _setting(
         10.0,

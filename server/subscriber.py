@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from projections.access import REMOVAL_MARKER, ViewAccess
 from server.frames import Batch, text_frames
+from server.pages import FramedPages, KeptPage
 from server.seam import RESYNC, CatchUpSeam, LogGap
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,8 @@ class Subscriber:
     that :class:`BacklogBudget`, shared with the socket's other subscribers (``/v1/ws``); without
     it the subscriber has a budget of its own. ``observe_lag(seconds)`` receives
     the commit→write lag. ``spawn`` runs the writer and catch-up tasks, owned by the socket.
+    ``pages``: framed catch-up pages shared by the hub's subscribers (:class:`FramedPages`): a
+    catch-up writes the kept ones as they are and keeps the full pages it reads and frames.
     """
 
     __slots__ = (
@@ -242,6 +245,7 @@ class Subscriber:
         "_budget",
         "_catching_up",
         "_observe_lag",
+        "_pages",
         "_read_page",
         "_request_close",
         "_spawn",
@@ -271,8 +275,10 @@ class Subscriber:
         access: ViewAccess | None = None,
         budget: BacklogBudget | None = None,
         went_live: Callable[[str, int], None] | None = None,
+        pages: FramedPages | None = None,
     ) -> None:
         self.stream_id = stream_id
+        self._pages = pages
         self._access = access
         self.revoked_at: int | None = None
         """The seq of the event that took the user's view access away (delivery ends there)."""
@@ -452,19 +458,32 @@ class Subscriber:
         seam = self.seam
         read = self._read_page
         stream_id = self.stream_id
+        pages = self._pages
         prefetch: asyncio.Future[list[tuple[int, bytes]]] | None = None
         try:
             while not self.closing and self.revoked_at is None:
+                kept = self._kept_page(seam.position)
+                if kept is not None:
+                    if prefetch is not None:  # kept by another socket since this read began
+                        prefetch.cancel()
+                        prefetch = None
+                    seam.on_run(seam.position + 1, kept.last_seq)
+                    await self._write_waiting(kept.frames)
+                    continue
+                # up to the next multiple of the page size: later pages are aligned, so kept ones fit
+                limit = CATCH_UP_PAGE - seam.position % CATCH_UP_PAGE
                 if prefetch is None:
-                    page = await read(stream_id, seam.position, CATCH_UP_PAGE)
+                    page = await read(stream_id, seam.position, limit)
                 else:
                     page, prefetch = await prefetch, None
-                full = len(page) == CATCH_UP_PAGE
+                full = len(page) == limit
                 fresh = seam.on_page(page)
-                if full:
+                if full and self._kept_page(seam.position) is None:
                     prefetch = asyncio.ensure_future(read(stream_id, seam.position, CATCH_UP_PAGE))
                 if fresh:
                     data = text_frames(fresh)
+                    if pages is not None and full and fresh is page:
+                        pages.put(stream_id, page[0][0], page[-1][0], data)
                     cut = self._revocation_in_page(fresh, data)
                     if cut is not None:
                         data = text_frames([pair for pair in fresh if pair[0] <= cut])
@@ -500,6 +519,20 @@ class Subscriber:
             if prefetch is not None:
                 prefetch.cancel()
             self._catching_up = None  # a finished task is not kept (issue 16)
+
+    def _kept_page(self, position: int) -> KeptPage | None:
+        """The kept page that continues ``position`` and may be written as it is, or None.
+
+        A page holding a removal is not used by a subscriber that folds removals (it is read
+        from the log and searched body by body instead), so revocation cuts exactly where it would.
+        """
+        pages = self._pages
+        if pages is None:
+            return None
+        kept = pages.get(self.stream_id, position)
+        if kept is not None and kept.has_removal and self._access is not None:
+            return None
+        return kept
 
     def _revocation_in_page(self, page: Sequence[tuple[int, bytes]], frames: bytes) -> int | None:
         """Fold the removals of a catch-up page; the seq that revokes, if any.

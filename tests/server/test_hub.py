@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from eventstore.memory import MemoryStore
-from server.frames import batches_of, text_frame
+from server.frames import batches_of, text_frame, text_frames
 from server.hub import Hub
 from server.subscriber import CATCH_UP_PAGE, HIGH_WATER, Subscriber
 from tests.server.fakes import FakeSink, TaskOwner, append, decode_frames
@@ -292,3 +292,59 @@ async def test_the_live_head_is_forgotten_with_the_last_subscriber(
     assert owner.spawned == 2
     await owner.idle()
     assert sink.seqs() == list(range(head + 1, later + 1))
+
+
+class CountingStore(MemoryStore):
+    """A real in-memory store that counts the catch-up pages read from it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pages_read = 0
+
+    async def read_stream_bodies(self, stream_id: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        self.pages_read += 1
+        return await super().read_stream_bodies(stream_id, after_seq, limit)
+
+
+@pytest.mark.parametrize("cache_pages", [1, 2, 10])
+async def test_kept_pages_give_every_later_catch_up_exactly_its_events(
+    owner: TaskOwner, cache_pages: int
+) -> None:
+    """Framed pages kept by one catch-up serve the next ones (any since, any cache bound) with
+    no gap and no repeat, and spare them reading those pages again."""
+    store = CountingStore()
+    await store.open()
+    head = await append(store, DRAFT, CATCH_UP_PAGE * 3 + 17, size=30)
+    # the largest page of this stream (its seqs have the most digits)
+    page_bytes = len(text_frames(await store.read_stream_bodies(DRAFT, CATCH_UP_PAGE * 2, CATCH_UP_PAGE)))
+    hub = Hub(
+        store, max_backlog_bytes=1 << 20, max_backlog_events=10_000, page_cache_bytes=cache_pages * page_bytes
+    )
+    assert hub.pages is not None
+    first = FakeSink()
+    subscribe(hub, owner, first, 0)
+    await owner.idle()
+    assert first.seqs() == list(range(1, head + 1))
+    cold = store.pages_read
+    assert len(hub.pages) >= 1
+    for since in (0, CATCH_UP_PAGE, 37, CATCH_UP_PAGE * 2 - 1, head - 5, head):
+        store.pages_read = 0
+        sink = FakeSink()
+        subscribe(hub, owner, sink, since)
+        head = await append(store, DRAFT, 2)  # live commits while it catches up
+        await owner.idle()
+        assert sink.seqs() == list(range(since + 1, head + 1)), since
+        if since == 0 and cache_pages == 10:
+            assert store.pages_read < cold  # the full pages came from memory
+    assert hub.pages.bytes <= cache_pages * page_bytes
+    await store.close()
+
+
+async def test_no_page_is_kept_without_a_cache(store: MemoryStore, owner: TaskOwner) -> None:
+    head = await append(store, DRAFT, CATCH_UP_PAGE + 1)
+    hub = make_hub(store)
+    assert hub.pages is None
+    sink = FakeSink()
+    subscribe(hub, owner, sink, 0)
+    await owner.idle()
+    assert sink.seqs() == list(range(1, head + 1))

@@ -26,7 +26,7 @@ from projections.decide import (
 from projections.fold import fold_all
 from projections.state import DraftState
 from server.hub import Hub
-from server.subscriber import CLOSE_ACCESS_REVOKED, Subscriber
+from server.subscriber import CATCH_UP_PAGE, CLOSE_ACCESS_REVOKED, Subscriber
 from tests.server.fakes import FakeSink, decode_frames
 
 DRAFT = "draft_" + "a" * 20
@@ -216,3 +216,36 @@ async def test_a_slow_socket_gets_its_backlog_then_the_removal_then_4403(store: 
     assert [s for s, _ in types(sink)] == list(range(head + 1, head + 42))
     assert types(sink)[-1][1] == "collab.collaborator_removed"
     assert owner.closes == [(CLOSE_ACCESS_REVOKED, b"access_revoked")]
+
+
+async def test_a_kept_page_holding_a_removal_is_read_again_by_a_socket_that_folds_removals(
+    store: MemoryStore,
+) -> None:
+    """Pages kept by one socket's catch-up (server.pages) serve a removed user's catch-up up to
+    the page with the removal, which is read from the log: delivery still ends at the removal."""
+    log = await team(store, segments=CATCH_UP_PAGE + 200)
+    admitted = log.state
+    assert admitted is not None
+    await log.run(RemoveCollaborator("alice", "bob"))
+    for i in range(CATCH_UP_PAGE):
+        await log.run(AppendSegment("alice", f"after {i}"))
+    hub = Hub(store, max_backlog_bytes=1 << 20, max_backlog_events=10_000, page_cache_bytes=64 << 20)
+    alice, alice_owner = FakeSink(), Owner()
+    watch(hub, alice_owner, alice, log, "alice", 0)
+    await alice_owner.idle()
+    removal = next(seq for seq, kind in types(alice) if kind == "collab.collaborator_removed")
+    assert hub.pages is not None and len(hub.pages) == 2  # seqs 1-1000 and 1001-2000
+    kept = hub.pages.get(DRAFT, CATCH_UP_PAGE)
+    assert kept is not None and kept.has_removal and CATCH_UP_PAGE < removal <= kept.last_seq
+    bob, bob_owner = FakeSink(), Owner()
+    hub.subscribe(
+        DRAFT,
+        bob,
+        0,
+        spawn=bob_owner.spawn,
+        request_close=bob_owner.request_close,
+        access=ViewAccess(admitted, "bob"),
+    )
+    await asyncio.wait_for(bob_owner.closed.wait(), 5.0)
+    assert [s for s, _ in types(bob)] == list(range(1, removal + 1))
+    assert bob_owner.closes == [(4403, b"access_revoked")]

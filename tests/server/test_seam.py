@@ -258,3 +258,13 @@ def test_a_late_batch_already_read_from_the_log_changes_nothing() -> None:
     assert seam.position == 3
     assert seqs_of(seam.on_live(batch(3, 4))) == [4]  # overlapping: only what is new
     assert seqs_of(seam.on_live(batch(5, 5))) == [5]
+
+
+def test_a_kept_run_moves_the_position_only_if_it_follows() -> None:
+    seam = CatchUpSeam(10, 1 << 20)
+    seam.on_run(11, 20)
+    assert seam.position == 20
+    for first, last in ((20, 30), (22, 30), (21, 20)):
+        with pytest.raises(LogGap):
+            seam.on_run(first, last)
+        assert seam.position == 20
