@@ -11,6 +11,8 @@ Every kind prints ``listening on http://HOST:PORT`` when ready and serves:
 * ``GET /dump?n=N`` (``raw`` only) — a WebSocket that receives N preframed events at once,
   1,000 frames per write (the client's own ceiling for catch-up; the frames are built on the
   first request for N and reused, so a warm-up request keeps their building out of the timing).
+  The events are byte for byte the shape ringlog stores for ``bench.py``'s catch-up log
+  (:func:`dump_event`: sorted keys, the same draft id), so the client's work per event is the same.
 
 How each kind broadcasts:
 
@@ -62,6 +64,22 @@ def envelope(seq: int, content: str) -> dict[str, Any]:
     }
 
 
+DUMP_DRAFT = "draft_" + "ca7c" * 5
+"""The draft id ``bench.py``'s catch-up log uses (ringlog's id form: the same length)."""
+
+
+def dump_event(seq: int) -> bytes:
+    """One event of the catch-up dump: the bytes ringlog stores for the catch-up benchmark's
+    ``collab.segment_added`` events (``bench.py`` ``build_draft_log``): canonical JSON with sorted
+    keys, the same draft id, sizes and fields, so that the client does the same work for each
+    (its search for ``"seq":`` scans up to where the key is: near the end of a sorted envelope)."""
+    event = envelope(seq, "x" * 100)
+    event["draft_id"] = DUMP_DRAFT
+    event["ts"] = event["data"]["segment"]["created_at"] = "2025-12-23T20:30:45.123Z"
+    event["data"]["segment"]["position"] = seq - 1
+    return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+
+
 async def _content(request: web.Request) -> str:
     body = orjson.loads(await request.read())
     return str(body.get("content", ""))
@@ -102,10 +120,7 @@ def raw_app() -> web.Application:
         if n not in pages:
             pages.clear()
             pages[n] = [
-                b"".join(
-                    text_frame(orjson.dumps(envelope(s, "x" * 100)))  # ~ringlog event size
-                    for s in range(start, min(n, start + 999) + 1)
-                )
+                b"".join(text_frame(dump_event(s)) for s in range(start, min(n, start + 999) + 1))
                 for start in range(1, n + 1, 1000)
             ]
         return pages[n]
