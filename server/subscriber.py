@@ -409,7 +409,8 @@ class Subscriber:
         sink = self.sink
         backlog = self._backlog
         budget = self._budget
-        assert backlog is not None and budget is not None  # made before this task is spawned
+        if backlog is None or budget is None:
+            return  # closed (backlog dropped) before this task first ran
         try:
             while backlog and not self.closing:
                 await self._wait_below_high_water()

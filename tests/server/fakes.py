@@ -23,11 +23,17 @@ class TaskOwner:
         self.tasks: set[asyncio.Task[None]] = set()
         self.spawned = 0
         self.closes: list[tuple[int, bytes]] = []
+        self.failures: list[BaseException] = []
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.failures.append(task.exception())  # type: ignore[arg-type]
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._done)
         self.spawned += 1
         return task
 

@@ -231,6 +231,8 @@ async def test_presence_frames_ride_the_backlog_in_order_and_count_against_its_b
         hub.offer_message(DRAFT, frame)
     assert owner.closes and owner.closes[0][0] == 1013 and not fast.closing
     assert hub.offer_message("draft_nobody", frame) == 0
+    await owner.idle()
+    assert owner.failures == []  # the backlog writer spawned just before the close ends quietly
 
 
 async def test_a_subscriber_at_the_live_head_goes_live_without_reading_the_log(
