@@ -155,7 +155,7 @@ def error_response(
 def to_api_error(exc: BaseException) -> ApiError | None:
     """The contract error for ``exc`` (an ApiError, a domain or a store error); None if not ours.
 
-    The one reading of :data:`ERROR_TABLE`: REST answers with it through :func:`error_middleware`,
+    The one reading of :data:`ERROR_TABLE`: REST answers with it through :func:`exception_answer` (called by `server.front`),
     the WebSocket refuses with the same status/code/message.
     """
     if isinstance(exc, ApiError):
