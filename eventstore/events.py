@@ -9,13 +9,15 @@ log layer speaks of streams and knows nothing of drafts' rules.
 
 A stored :class:`Record` keeps the event's canonical JSON bytes (``body``): they are what the
 hash chain covers and what every channel sends, so an event is serialised once, before it is
-queued for the writer (:func:`encode_bodies`), and only an event whose data holds its own
-position (``position_path``) is encoded again once the writer has assigned it.
+queued for the writer (:func:`encode_bodies`); an event whose data holds its own position
+(``position_path``) gets that position written into its bytes once the writer has assigned it
+(:func:`fill_position`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -67,9 +69,15 @@ def chain_hash(prev_hash: bytes, position: int, body: bytes) -> bytes:
     """One link of a stream's hash chain: ``sha256(prev_hash ‖ position as 8 bytes big-endian ‖ body)``.
 
     The global position is covered too, so moving events around the log (even between streams,
-    whose chains are separate) breaks a link.
+    whose chains are separate) breaks a link. Raises ``struct.error`` for a position outside
+    0 … 2⁶⁴ − 1 (no stored position is).
     """
-    return hashlib.sha256(prev_hash + position.to_bytes(8, "big") + body).digest()
+    return _sha256(prev_hash + _position_bytes(position) + body).digest()
+
+
+_sha256 = hashlib.sha256
+_position_bytes = struct.Struct(">Q").pack
+"""8 bytes big-endian, as ``int.to_bytes(8, "big")`` but about half its cost (no keyword parsing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +111,19 @@ class NewEvent:
 
 
 def _with_value_at(data: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
-    head, *rest = path
+    """A copy of ``data`` with ``value`` at ``path``, copying only the objects along the path.
+
+    A missing or empty object on the path becomes a new one; a non-object there raises
+    TypeError or ValueError (``dict()`` of it). Iterative: no list or tuple per level, since every
+    container allocated here is one more for the cyclic collector, once or twice per append.
+    """
     copy = dict(data)
-    copy[head] = _with_value_at(copy.get(head) or {}, tuple(rest), value) if rest else value
+    node = copy
+    for key in path[:-1]:
+        child = dict(node.get(key) or {})
+        node[key] = child
+        node = child
+    node[path[-1]] = value
     return copy
 
 
@@ -130,7 +148,7 @@ class IdempotencyRecord:
     """The seq of the first event that the original append wrote."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Record:
     """One event as stored: envelope bytes plus its place in the log and its chain hash.
 
@@ -145,6 +163,29 @@ class Record:
     hash: bytes
     idempotency: IdempotencyClaim | None = field(default=None, compare=False)
 
+    def __init__(
+        self,
+        position: int,
+        stream_id: str,
+        seq: int,
+        type: str,
+        body: bytes,
+        hash: bytes,
+        idempotency: IdempotencyClaim | None = None,
+    ) -> None:
+        """The generated frozen ``__init__``, written out with the slots' own setters.
+
+        A frozen dataclass sets each field through ``object.__setattr__``: 1.25 µs for these
+        seven, 0.45 µs this way, and one record is built per event appended or read.
+        """
+        _set_position(self, position)
+        _set_stream_id(self, stream_id)
+        _set_seq(self, seq)
+        _set_type(self, type)
+        _set_body(self, body)
+        _set_hash(self, hash)
+        _set_idempotency(self, idempotency)
+
     def event(self) -> Event:
         """Decode the envelope."""
         return Event.from_body(self.body)
@@ -153,6 +194,20 @@ class Record:
         """Decode the envelope as a plain dict."""
         result: dict[str, Any] = orjson.loads(self.body)
         return result
+
+
+(
+    _set_position,
+    _set_stream_id,
+    _set_seq,
+    _set_type,
+    _set_body,
+    _set_hash,
+    _set_idempotency,
+) = (
+    vars(Record)[name].__set__
+    for name in ("position", "stream_id", "seq", "type", "body", "hash", "idempotency")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,25 +235,56 @@ def check_claim(claim: IdempotencyClaim | None) -> None:
         check_text("idempotency fingerprint", claim.fingerprint)
 
 
+POSITION_PLACEHOLDER = -(2**63) + 1
+"""The position an event whose data holds its position (``position_path``) is encoded with before
+the writer assigns the real one. Its decimal text is 20 bytes no position can take (positions are
+positive); when it occurs exactly once in the body, that occurrence is the position, so the writer
+puts the position in with one byte replacement instead of encoding the event again
+(:func:`fill_position`)."""
+
+_PLACEHOLDER_TEXT = str(POSITION_PLACEHOLDER).encode()
+
+
 def encode_bodies(stream_id: str, events: Sequence[NewEvent], expected_seq: int) -> tuple[bytes, ...]:
     """Check and serialise an append before it is queued for the shared writer.
 
     Returns each event's canonical body for seqs ``expected_seq + 1, …`` (the only seqs the
-    append can get; an event with a ``position_path`` is encoded with position 0 here, which
-    proves its data encodable, and again by the writer with its real position). Raises
-    :class:`UnrepresentableValue` for a stream id or type no backend can store, or data that is
-    not JSON (non-string keys, lone surrogates, integers beyond 64 bits, other objects): one
-    caller's bad value fails that caller alone, never the group it would have joined.
+    append can get; an event with a ``position_path`` is encoded with
+    :data:`POSITION_PLACEHOLDER` as its position here, which proves its data encodable, and
+    completed by the writer with :func:`fill_position`). Raises :class:`UnrepresentableValue`
+    for a stream id or type no backend can store, or data that is not JSON (non-string keys,
+    lone surrogates, integers beyond 64 bits, other objects): one caller's bad value fails that
+    caller alone, never the group it would have joined.
     """
     check_text("stream id", stream_id)
     bodies: list[bytes] = []
-    for offset, new in enumerate(events, start=1):
+    seq = expected_seq
+    for new in events:
+        seq += 1
         check_text("event type", new.type)
         try:
-            bodies.append(canonical_json(new.materialise(stream_id, expected_seq + offset, 0)))
+            bodies.append(canonical_json(new.materialise(stream_id, seq, POSITION_PLACEHOLDER)))
         except (TypeError, ValueError) as e:  # orjson.JSONEncodeError is a TypeError
             raise UnrepresentableValue("event data", str(e)) from e
     return tuple(bodies)
+
+
+def fill_position(new: NewEvent, stream_id: str, seq: int, position: int, body: bytes) -> bytes:
+    """The canonical body of ``new`` at ``seq`` and ``position``, from its :func:`encode_bodies` body.
+
+    Canonical JSON orders keys by name only and writes an integer as its decimal text, so the
+    body with the real position is the placeholder body with the placeholder's text replaced,
+    provided that text occurs once (the data itself may hold it: then the event is encoded
+    again). Byte-identical to ``canonical_json(new.materialise(stream_id, seq, position))``.
+    Raises :class:`UnrepresentableValue` if the data (changed since it was encoded) no longer
+    encodes.
+    """
+    if body.count(_PLACEHOLDER_TEXT) == 1:
+        return body.replace(_PLACEHOLDER_TEXT, b"%d" % position)
+    try:
+        return canonical_json(new.materialise(stream_id, seq, position))
+    except (TypeError, ValueError) as e:  # data changed since encode_bodies checked it
+        raise UnrepresentableValue("event data", str(e)) from e
 
 
 def build_records(
@@ -212,32 +298,26 @@ def build_records(
 ) -> list[Record]:
     """Give pending events their seqs, positions, bodies and chain hashes (shared by backends).
 
-    ``bodies``, when given, are :func:`encode_bodies` of the same events after ``head_seq``;
-    they are reused as they are for events whose data does not hold their position.
+    ``bodies``, when given, are :func:`encode_bodies` of the same events after ``head_seq``:
+    reused as they are, or completed with the position (:func:`fill_position`).
     Raises :class:`UnrepresentableValue` if an event's data cannot be encoded.
     """
     records: list[Record] = []
     for offset, new in enumerate(events, start=1):
         seq = head_seq + offset
         position = last_position + offset
-        if bodies is not None and not new.position_path:
+        if bodies is not None:
             body = bodies[offset - 1]
+            if new.position_path:
+                body = fill_position(new, stream_id, seq, position, body)
         else:
             try:
                 body = canonical_json(new.materialise(stream_id, seq, position))
-            except (TypeError, ValueError) as e:  # data changed since encode_bodies checked it
+            except (TypeError, ValueError) as e:
                 raise UnrepresentableValue("event data", str(e)) from e
-        prev_hash = chain_hash(prev_hash, position, body)
+        prev_hash = _sha256(prev_hash + _position_bytes(position) + body).digest()  # chain_hash, inlined
         records.append(
-            Record(
-                position=position,
-                stream_id=stream_id,
-                seq=seq,
-                type=new.type,
-                body=body,
-                hash=prev_hash,
-                idempotency=claim if offset == 1 else None,
-            )
+            Record(position, stream_id, seq, new.type, body, prev_hash, claim if offset == 1 else None)
         )
     return records
 
