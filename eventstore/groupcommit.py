@@ -134,13 +134,15 @@ class GroupCommitter:
         self.name = name
         self._queue: asyncio.Queue[PendingAppend] = asyncio.Queue(queue_size)
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._in_flight = 0
 
     def start(self) -> None:
         """Start the writer task."""
         self._closing = False
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name=self.name)
 
     @property
     def pending(self) -> int:
@@ -166,13 +168,20 @@ class GroupCommitter:
         cannot be stored; otherwise the outcome :func:`plan_group` decided, or the error of the
         transaction that failed for this append.
         """
-        if not self.running:
+        loop = self._loop
+        if loop is None or not self.running:
             raise StoreUnavailable("the store is closed")
         bodies = prepare_append(stream_id, events, expected_seq, claim)
-        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        # the loop the writer runs on, kept by start(): asyncio.get_running_loop() is a getpid()
+        # system call on CPython 3.11, one per append (docs/BENCHMARKS.md, "Issue 16: store appends")
+        future: asyncio.Future[AppendResult] = loop.create_future()
         self._in_flight += 1
         try:
-            await self._queue.put(PendingAppend(stream_id, events, expected_seq, claim, bodies, future))
+            item = PendingAppend(stream_id, events, expected_seq, claim, bodies, future)
+            if self._queue.full():
+                await self._queue.put(item)  # back-pressure: wait for room
+            else:
+                self._queue.put_nowait(item)  # no coroutine object for the common case
             return await future
         finally:
             self._in_flight -= 1

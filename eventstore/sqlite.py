@@ -32,7 +32,7 @@ import os
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -126,6 +126,11 @@ HEAD_CACHE_SIZE = 100_000
 """Streams whose head the writer remembers between groups at most."""
 
 _INSERT = f"INSERT INTO events ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+_INSERT_UNCLAIMED = "INSERT INTO events (position, draft_id, seq, type, body, hash) VALUES (?, ?, ?, ?, ?, ?)"
+"""A record without an idempotency claim: its three ``idem_*`` columns are left to their default
+(NULL) instead of bound, because the driver binds ``None`` (and ``bytes``) through its adapter
+lookup, ~0.3 µs each with the GIL held (docs/BENCHMARKS.md, "Issue 16: store appends")."""
 
 
 def _store_error(e: BaseException, action: str) -> StoreError | None:
@@ -332,15 +337,20 @@ class SQLiteStore:
 
     # -- writing ----------------------------------------------------------------------------
 
-    async def append(
+    def append(
         self,
         stream_id: str,
         events: Sequence[NewEvent],
         expected_seq: int,
         idempotency: IdempotencyClaim | None = None,
-    ) -> AppendResult:
-        """Check and serialise the append, queue it for the group-commit writer, await its outcome."""
-        return await self._committer.submit(stream_id, events, expected_seq, idempotency)
+    ) -> Coroutine[Any, Any, AppendResult]:
+        """Check and serialise the append, queue it for the group-commit writer, await its outcome.
+
+        Returns the group committer's coroutine itself (awaited like an ``async def``; nothing
+        runs before it is awaited): no coroutine object of its own per append, each one being a
+        container the cyclic collector counts while the append waits for its group.
+        """
+        return self._committer.submit(stream_id, events, expected_seq, idempotency)
 
     async def _run_job(self, run: Callable[[sqlite3.Connection], T], action: str) -> T:
         """Any other write (snapshots, imports): its own transaction in the writer's thread.
@@ -712,6 +722,26 @@ def _plan_and_insert(
     claimed = _claims_in_log(conn, [item.claim for item in group if item.claim is not None])
     records, touched = plan_group(group, head_of, claimed, last_position)
     if records:
-        conn.executemany(_INSERT, [record_row(r) for r in records])
+        _insert_records(conn, records)
         last_position = records[-1].position
     return records, touched, last_position
+
+
+def _insert_records(conn: sqlite3.Connection, records: list[Record]) -> None:
+    """Insert records in position order: runs of unclaimed ones with :data:`_INSERT_UNCLAIMED`,
+    the others with all nine columns (one ``executemany`` per run, so the trigger still sees
+    each position follow the previous one)."""
+    start = 0
+    while start < len(records):
+        claimed = records[start].idempotency is not None
+        end = start + 1
+        while end < len(records) and (records[end].idempotency is not None) == claimed:
+            end += 1
+        run = records[start:end] if start or end < len(records) else records
+        if claimed:
+            conn.executemany(_INSERT, [record_row(r) for r in run])
+        else:
+            conn.executemany(
+                _INSERT_UNCLAIMED, [(r.position, r.stream_id, r.seq, r.type, r.body, r.hash) for r in run]
+            )
+        start = end
