@@ -210,12 +210,20 @@ class Record:
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class AppendResult:
     """The outcome of an append: the records written, or the earlier append a retry matched."""
 
     records: tuple[Record, ...]
     replayed: IdempotencyRecord | None = None
+
+    def __init__(self, records: tuple[Record, ...], replayed: IdempotencyRecord | None = None) -> None:
+        """The generated frozen ``__init__`` written out with the slots' setters (see :class:`Record`)."""
+        _set_records(self, records)
+        _set_replayed(self, replayed)
+
+
+_set_records, _set_replayed = (vars(AppendResult)[name].__set__ for name in ("records", "replayed"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,11 +311,13 @@ def build_records(
     Raises :class:`UnrepresentableValue` if an event's data cannot be encoded.
     """
     records: list[Record] = []
-    for offset, new in enumerate(events, start=1):
-        seq = head_seq + offset
-        position = last_position + offset
+    seq = head_seq
+    position = last_position
+    for offset, new in enumerate(events):
+        seq += 1
+        position += 1
         if bodies is not None:
-            body = bodies[offset - 1]
+            body = bodies[offset]
             if new.position_path:
                 body = fill_position(new, stream_id, seq, position, body)
         else:
@@ -316,9 +326,7 @@ def build_records(
             except (TypeError, ValueError) as e:
                 raise UnrepresentableValue("event data", str(e)) from e
         prev_hash = _sha256(prev_hash + _position_bytes(position) + body).digest()  # chain_hash, inlined
-        records.append(
-            Record(position, stream_id, seq, new.type, body, prev_hash, claim if offset == 1 else None)
-        )
+        records.append(Record(position, stream_id, seq, new.type, body, prev_hash, None if offset else claim))
     return records
 
 

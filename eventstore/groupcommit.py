@@ -109,7 +109,7 @@ def plan_group(
                 claim.user_id, claim.key, claim.fingerprint, item.stream_id, records[0].seq
             )
         out.extend(records)
-        item.outcome = AppendResult(records=tuple(records))
+        item.outcome = AppendResult(tuple(records))
     return out, touched
 
 
