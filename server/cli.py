@@ -17,7 +17,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import orjson
 
@@ -39,6 +39,16 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        """``--flag=--`` gives the flag the value ``--``, checked by the flag's own type.
+
+        Python 3.11's argparse drops a ``--`` from an option's strings, so ``--port=--`` parsed
+        to ``[]`` instead of a usage error (found by tests/hardening/test_integers.py).
+        """
+        if action.option_strings and action.nargs is None and arg_strings == ["--"]:
+            return self._get_value(action, "--")
+        return super()._get_values(action, arg_strings)
 
 
 def store_url(raw: str) -> str:

@@ -400,3 +400,14 @@ def test_the_documented_pattern_and_the_parser_agree(raw: str) -> None:
         assert not matches or not math.isfinite(float(raw)) or float(raw) > 1e300, raw
     else:
         assert matches and value == float(raw), raw
+
+
+@pytest.mark.parametrize("case", INT_FLAGS, ids=lambda c: f"{' '.join(c[0])} {c[1]}")
+def test_a_double_dash_value_is_refused_not_dropped(case) -> None:
+    """Python 3.11's argparse drops ``--`` from ``--flag=--``; the flag then parsed to ``[]``."""
+    prefix, flag, _dest, low, high = case
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as e:
+        build_parser().parse_args([*prefix, f"{flag}=--"])
+    assert e.value.code == 2
+    assert f"argument {flag}: must be 1–19 ASCII digits, from {low} to {high}" in stderr.getvalue()
