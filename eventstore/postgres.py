@@ -832,6 +832,15 @@ class PostgresStore:
         )
         return [record_from_row(r) for r in rows]
 
+    async def read_bodies(self, after_position: int = 0, limit: int = 1000) -> list[tuple[int, bytes]]:
+        """``(position, body)`` after ``after_position``: what a rebuild needs, and no more."""
+        rows = await self._fetch(
+            "SELECT position, body FROM events WHERE position > $1 ORDER BY position LIMIT $2",
+            clamp_int64(after_position),
+            read_limit(limit),
+        )
+        return [(int(r[0]), bytes(r[1])) for r in rows]
+
     async def head(self, stream_id: str) -> int:
         """The stream's last seq."""
         if not is_storable_text(stream_id):

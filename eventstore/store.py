@@ -189,8 +189,8 @@ class BodyReader(Protocol):
     """Optional for a :class:`Store`: page through the whole log's bodies only (rebuilds).
 
     A rebuild needs each event's bytes in position order and nothing else; fetching just those
-    two columns roughly halves its cost on a long log. Stores without it are read through
-    :meth:`Store.read_all`.
+    two columns roughly halves its cost on a long log. Every backend here implements it; other
+    stores are read through :meth:`Store.read_all`.
     """
 
     async def read_bodies(self, after_position: int = 0, limit: int = 1000) -> list[tuple[int, bytes]]:

@@ -24,7 +24,7 @@ from eventstore import (
 )
 from eventstore.events import GENESIS_HASH, build_records, chain_hash
 from eventstore.memory import MemoryStore
-from eventstore.store import BulkImporter, StreamBodyReader
+from eventstore.store import BodyReader, BulkImporter, StreamBodyReader
 from eventstore.verify import verify_log
 from tests.eventstore.helpers import TS, append_retrying, created, segment, updated
 
@@ -94,6 +94,18 @@ async def test_read_stream_bodies_agrees_with_read(store: Store) -> None:
     assert await store.read_stream_bodies("draft_a", 10, 100) == []
     assert await store.read_stream_bodies("draft_a", 0, 0) == []
     assert await store.read_stream_bodies("draft_other", 0, 100) == []
+
+
+async def test_read_bodies_agrees_with_read_all(store: Store) -> None:
+    assert isinstance(store, BodyReader)  # every backend has the (position, body) read a rebuild uses
+    await store.append("draft_a", [created(), *[segment(position=i) for i in range(1, 6)]], 0)
+    await store.append("draft_b", [created("bob"), segment("bob")], 0)
+    everything = [(r.position, r.body) for r in await store.read_all(0, 100)]
+    assert len(everything) == 8
+    assert await store.read_bodies(0, 100) == everything
+    assert await store.read_bodies(3, 2) == everything[3:5]
+    assert await store.read_bodies(8, 100) == []
+    assert await store.read_bodies(0, 0) == []
 
 
 async def test_read_all_interleaves_drafts_in_position_order(store: Store) -> None:
