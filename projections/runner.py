@@ -35,6 +35,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
+from typing import Any
 
 import orjson
 
@@ -42,8 +43,7 @@ from eventstore.events import Record, Snapshot
 from eventstore.store import BodyReader, SnapshotLeadership, Store, StreamBodyReader
 from projections.advancing import ADVANCE_RETRY_FIRST, ADVANCE_RETRY_MAX, OwnedTasks, advance_when_asked
 from projections.event_types import SUMMARY_TYPES
-from projections.feed import Envelope
-from projections.feed_index import rebuild_feed
+from projections.feed import Envelope, FeedFolder
 from projections.fold import FoldError, LogFolder, fold_all, fold_summary
 from projections.past import PastStates
 from projections.state import DraftState, DraftSummary
@@ -515,24 +515,103 @@ async def snapshot_json(state: DraftState, segments_per_piece: int = SNAPSHOT_PI
 async def rebuild(store: Store, progress: Callable[[int, int], None] | None = None) -> int:
     """Recompute every draft's snapshot and the feed index from the log alone; returns the events folded.
 
-    The log is read page by page, the next page being fetched while this one is folded, and
-    each event is folded from its decoded bytes (no model per event). Dropping the old
-    snapshots overlaps the fold, and each batch of new ones is written while the next is
-    serialised: snapshots are derived data, so a rebuild that fails half-way leaves at worst
-    fewer of them, and a projector then folds from the log.
+    One pass over the log (:class:`LogRebuild`): each record is read once and decoded once,
+    then folded into its draft's state and into the feed index's summaries. The next page is
+    fetched while this one is folded; dropping the old snapshots and the old index overlaps
+    the first page; each page's index entries are written (one transaction, the checkpoint
+    moving with them) while the next page is folded; the snapshots are written last, in
+    batches, each batch while the next is serialised. ``progress(events folded, last position)``
+    is called after each page.
+
+    Both are derived data, so a rebuild that fails half-way leaves a consistent prefix: fewer
+    snapshots (a projector then folds from the log), and an index complete up to its stored
+    checkpoint (a server continues it from there). Raises the store's error, or
+    :class:`~projections.fold.FoldError` if an event does not fold (as the projector would).
     """
     total = await store.last_position()
     with _collector_paused():
-        reset = asyncio.ensure_future(store.reset_snapshots())
-        try:
-            folder = await _fold_whole_log(store, total, progress)
-        finally:
-            await reset
-        await _save_states(store, folder)
-        count = folder.count
+        folder = LogRebuild()
+        await _fold_and_index(store, folder, total, progress)
+        await _save_states(store, folder.states)
+        count = folder.states.count
         del folder  # freed while paused, so the collector never walks what the fold built
-    await rebuild_feed(store)  # the feed index is derived from the log too (API.md v2)
     return count
+
+
+class LogRebuild:
+    """What a rebuild folds the log into, in one pass: every draft's state and the feed index.
+
+    :meth:`add_page` takes ``(position, body)`` pages in position order, decodes each body once
+    and feeds the envelope to both :class:`~projections.fold.LogFolder` (:attr:`states`) and
+    :class:`~projections.feed.FeedFolder` (:attr:`feed`); the result is exactly what folding
+    the log through each of them separately gives (tests/projections/test_rebuild_properties.py).
+    """
+
+    def __init__(self) -> None:
+        self.states = LogFolder()
+        self.feed = FeedFolder()
+
+    def add_page(self, page: Sequence[tuple[int, bytes]]) -> list[tuple[str, int]]:
+        """Fold a page; returns its feed entries ``(user id, position)`` in position order.
+
+        Raises :class:`~projections.fold.FoldError` (or the ``KeyError`` of a malformed body)
+        when the state fold refuses an event, as ``LogFolder`` does; the feed part of an event
+        it accepted never refuses it (the same rules, ``fold_summary``), and if it ever did the
+        event would be indexed for nobody, as :func:`~projections.feed_index.rebuild_feed` does.
+        """
+        add, feed_add, loads = self.states.add_envelope, self.feed.add_envelope, orjson.loads
+        entries: list[tuple[str, int]] = []
+        for position, body in page:
+            envelope = loads(body)
+            add(envelope)
+            try:
+                users = feed_add(envelope)
+            except FoldError:
+                log.warning(
+                    "rebuild: %s seq %d does not fold; indexed for nobody",
+                    envelope["draft_id"],
+                    envelope["seq"],
+                )
+                continue
+            if users:
+                entries.extend((user_id, position) for user_id in users)
+        if page:
+            self.states.position = page[-1][0]
+        return entries
+
+
+async def _fold_and_index(
+    store: Store, folder: LogRebuild, total: int, progress: Callable[[int, int], None] | None
+) -> None:
+    """Read the whole log once into ``folder``, writing the feed index page by page."""
+    read = store.read_bodies if isinstance(store, BodyReader) else _bodies_of(store)
+    resets: asyncio.Future[Any] = asyncio.ensure_future(
+        asyncio.gather(store.reset_snapshots(), store.reset_feed())
+    )
+    writing: asyncio.Future[Any] = resets  # the index is written after the reset, one page at a time
+    pending: asyncio.Future[list[tuple[int, bytes]]] = asyncio.ensure_future(read(0, PAGE))
+    after = 0
+    try:
+        while True:
+            page = await pending
+            if not page:
+                break
+            upto = page[-1][0]
+            pending = asyncio.ensure_future(read(upto, PAGE))
+            entries = folder.add_page(page)
+            await writing
+            writing = asyncio.ensure_future(store.feed_index(entries, after, upto))
+            after = upto
+            if progress is not None:
+                progress(folder.states.count, total)
+        await writing
+    finally:
+        for task in (pending, writing, resets):
+            if not task.done():
+                if task is pending:
+                    task.cancel()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await task  # a write in flight is let finish (its thread runs it anyway)
 
 
 async def _save_states(store: Store, folder: LogFolder) -> None:
@@ -568,32 +647,6 @@ def _collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-async def _fold_whole_log(store: Store, total: int, progress: Callable[[int, int], None] | None) -> LogFolder:
-    folder = LogFolder()
-    add, loads = folder.add_envelope, orjson.loads
-    read = store.read_bodies if isinstance(store, BodyReader) else _bodies_of(store)
-    after = 0
-    pending: asyncio.Future[list[tuple[int, bytes]]] = asyncio.ensure_future(read(0, PAGE))
-    try:
-        while True:
-            page = await pending
-            if not page:
-                break
-            after = page[-1][0]
-            pending = asyncio.ensure_future(read(after, PAGE))
-            for _, body in page:
-                add(loads(body))
-            if progress is not None:
-                progress(folder.count, total)
-    finally:
-        if not pending.done():
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pending
-    folder.position = after
-    return folder
 
 
 def _bodies_of(store: Store) -> Callable[[int, int], Awaitable[list[tuple[int, bytes]]]]:
