@@ -65,8 +65,9 @@ SNAPSHOT_PIECE = 2000
 """Segments a snapshot encodes between two yields to the event loop (~1 ms, :func:`snapshot_json`)."""
 
 SNAPSHOT_BATCH = 1000
-SNAPSHOT_BATCH_BYTES = 2 << 20
-"""A rebuild writes snapshots in batches of at most this many drafts or (about) bytes."""
+SNAPSHOT_BATCH_BYTES = 16 << 20
+"""A rebuild writes snapshots in batches of at most this many drafts or (about) bytes: a batch
+is written as soon as the previous one is, with what was serialised meanwhile."""
 
 
 class DraftProjector:
@@ -516,12 +517,13 @@ async def rebuild(store: Store, progress: Callable[[int, int], None] | None = No
     """Recompute every draft's snapshot and the feed index from the log alone; returns the events folded.
 
     One pass over the log (:class:`LogRebuild`): each record is read once and decoded once,
-    then folded into its draft's state and into the feed index's summaries. The next page is
-    fetched while this one is folded; dropping the old snapshots and the old index overlaps
-    the first page; each page's index entries are written (one transaction, the checkpoint
-    moving with them) while the next page is folded; the snapshots are written last, in
-    batches, each batch while the next is serialised. ``progress(events folded, last position)``
-    is called after each page.
+    then folded into its draft's state and into the feed index's summaries. The fold waits
+    for no write: the next page is fetched while this one is folded; dropping the old
+    snapshots and the old index overlaps the first pages; index entries are written in one
+    transaction per write, the checkpoint moving with them, each write taking every page
+    folded while the previous one ran; the snapshots are written last, likewise each batch
+    taking what was serialised while the previous one was written. ``progress(events folded,
+    last position)`` is called after each page.
 
     Both are derived data, so a rebuild that fails half-way leaves a consistent prefix: fewer
     snapshots (a projector then folds from the log), and an index complete up to its stored
@@ -531,8 +533,11 @@ async def rebuild(store: Store, progress: Callable[[int, int], None] | None = No
     total = await store.last_position()
     with _collector_paused():
         folder = LogRebuild()
-        await _fold_and_index(store, folder, total, progress)
-        await _save_states(store, folder.states)
+        index_written = await _fold_and_index(store, folder, total, progress)
+        try:
+            await _save_states(store, folder.states)
+        finally:
+            await index_written  # the last index write, queued before the snapshots
         count = folder.states.count
         del folder  # freed while paused, so the collector never walks what the fold built
     return count
@@ -580,55 +585,85 @@ class LogRebuild:
         return entries
 
 
+FEED_WRITE_MAX = 100_000
+"""Index entries at most in one write of a rebuild (the fold waits for the previous write then)."""
+
+
 async def _fold_and_index(
     store: Store, folder: LogRebuild, total: int, progress: Callable[[int, int], None] | None
-) -> None:
-    """Read the whole log once into ``folder``, writing the feed index page by page."""
+) -> asyncio.Future[Any]:
+    """Read the whole log once into ``folder``, writing the feed index as it goes.
+
+    Returns the last index write, started but not awaited (the caller's snapshot writes queue
+    behind it). A write starts when the previous one is done, with every entry folded
+    meanwhile, so the fold never waits for a write (unless ``FEED_WRITE_MAX`` entries pile up).
+    """
     read = store.read_bodies if isinstance(store, BodyReader) else _bodies_of(store)
     resets: asyncio.Future[Any] = asyncio.ensure_future(
         asyncio.gather(store.reset_snapshots(), store.reset_feed())
     )
-    writing: asyncio.Future[Any] = resets  # the index is written after the reset, one page at a time
+    writing: asyncio.Future[Any] = resets  # the index is written after the reset, one write at a time
     pending: asyncio.Future[list[tuple[int, bytes]]] = asyncio.ensure_future(read(0, PAGE))
-    after = 0
+    written = folded = 0  # the index is written up to ``written``, the log folded up to ``folded``
+    entries: list[tuple[str, int]] = []
     try:
         while True:
             page = await pending
             if not page:
                 break
-            upto = page[-1][0]
-            pending = asyncio.ensure_future(read(upto, PAGE))
-            entries = folder.add_page(page)
-            await writing
-            writing = asyncio.ensure_future(store.feed_index(entries, after, upto))
-            after = upto
+            folded = page[-1][0]
+            pending = asyncio.ensure_future(read(folded, PAGE))
+            entries += folder.add_page(page)
+            if writing.done() or len(entries) >= FEED_WRITE_MAX:
+                await writing
+                writing = asyncio.ensure_future(store.feed_index(entries, written, folded))
+                entries, written = [], folded
             if progress is not None:
                 progress(folder.states.count, total)
-        await writing
-    finally:
+        if written < folded:
+            await writing
+            writing = asyncio.ensure_future(store.feed_index(entries, written, folded))
+        else:
+            await writing  # the resets, on an empty log
+    except BaseException:
         for task in (pending, writing, resets):
             if not task.done():
                 if task is pending:
                     task.cancel()
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await task  # a write in flight is let finish (its thread runs it anyway)
+        raise
+    return writing
 
 
 async def _save_states(store: Store, folder: LogFolder) -> None:
+    """Serialise and save every state, the checkpoint with the last batch (as in :func:`rebuild`)."""
     saving: asyncio.Future[None] | None = None
     batch: list[Snapshot] = []
     size = 0
-    for draft_id, state in folder.states().items():
-        snap = Snapshot(draft_id, state.seq, state.to_json())
-        batch.append(snap)
-        size += len(snap.state)
-        if len(batch) >= SNAPSHOT_BATCH or size >= SNAPSHOT_BATCH_BYTES:
-            if saving is not None:
-                await saving
-            saving = asyncio.ensure_future(store.save_snapshots(batch, 0))
-            batch, size = [], 0
-    if saving is not None:
-        await saving
+    try:
+        for draft_id, state in folder.states().items():
+            snap = Snapshot(draft_id, state.seq, state.to_json())
+            batch.append(snap)
+            size += len(snap.state)
+            await asyncio.sleep(0)  # lets the previous save's completion in
+            if (
+                saving is None
+                or saving.done()
+                or len(batch) >= SNAPSHOT_BATCH
+                or size >= SNAPSHOT_BATCH_BYTES
+            ):
+                if saving is not None:
+                    await saving
+                saving = asyncio.ensure_future(store.save_snapshots(batch, 0))
+                batch, size = [], 0
+        if saving is not None:
+            await saving
+    except BaseException:
+        if saving is not None and not saving.done():
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await saving  # a write in flight is let finish (its thread runs it anyway)
+        raise
     await store.save_snapshots(batch, folder.position)  # the checkpoint goes with the last batch
 
 

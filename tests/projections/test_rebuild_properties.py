@@ -149,7 +149,7 @@ async def test_a_rebuild_that_fails_half_way_leaves_an_index_a_projector_continu
     monkeypatch.undo()
 
     checkpoint = await store.feed_checkpoint()
-    assert 0 < checkpoint < total
+    assert 0 <= checkpoint < total  # what was written before the failure (writes take whole folded pages)
     whole = await brute_force_feed(store)
     assert await _index(store) == {u: [p for p in whole[u] if p <= checkpoint] for u in USERS}
     assert await store.list_snapshots() == []  # reset, none written: a projector folds from the log
