@@ -161,14 +161,27 @@ class FeedFolder:
         return users
 
     def add_envelope(self, envelope: dict[str, Any]) -> frozenset[str]:
-        """:meth:`add` of an envelope decoded from the log's bytes; a segment that follows its
-        draft's summary builds no object at all (property test: the same feed as :meth:`add`)."""
-        entry = self._drafts.get(envelope["draft_id"])
-        if entry is not None and envelope["type"] == EventType.SEGMENT_ADDED:
-            seq = envelope["seq"]
-            if seq == entry[1] + 1:
-                entry[1], entry[2] = seq, envelope["ts"]
-                return NOBODY
+        """:meth:`add` of an envelope decoded from the log's bytes (property test: the same feed
+        and summaries as :meth:`add`).
+
+        An event outside :data:`~projections.event_types.SUMMARY_TYPES` (a segment, a ring pass,
+        a role change: most of any log) that follows its draft's summary moves only the
+        summary's ``seq`` and ``updated_at`` (``fold_summary`` changes nothing else for it): they
+        are updated in place, with no object built but the answer (the ring's new holder, or the
+        collaborator whose role changed, as :func:`concerned_users` names them).
+        """
+        kind = envelope["type"]
+        if kind not in SUMMARY_TYPES:
+            entry = self._drafts.get(envelope["draft_id"])
+            if entry is not None:
+                seq = envelope["seq"]
+                if seq == entry[1] + 1:
+                    entry[1], entry[2] = seq, envelope["ts"]
+                    if kind == EventType.RING_PASSED:
+                        return frozenset((envelope["data"]["to_user_id"],))
+                    if kind == EventType.ROLE_CHANGED:
+                        return frozenset((envelope["data"]["collaborator_id"],))
+                    return NOBODY
         return self.add(Envelope.of(envelope))
 
 
