@@ -44,7 +44,7 @@ from eventstore.store import BodyReader, SnapshotLeadership, Store, StreamBodyRe
 from projections.advancing import ADVANCE_RETRY_FIRST, ADVANCE_RETRY_MAX, OwnedTasks, advance_when_asked
 from projections.event_types import SUMMARY_TYPES
 from projections.feed import Envelope, FeedFolder
-from projections.fold import FoldError, LogFolder, fold_all, fold_summary
+from projections.fold import FoldError, LogFolder, SnapshotFolder, fold_all, fold_summary
 from projections.past import PastStates
 from projections.state import DraftState, DraftSummary
 
@@ -547,13 +547,13 @@ class LogRebuild:
     """What a rebuild folds the log into, in one pass: every draft's state and the feed index.
 
     :meth:`add_page` takes ``(position, body)`` pages in position order, decodes each body once
-    and feeds the envelope to both :class:`~projections.fold.LogFolder` (:attr:`states`) and
+    and feeds the envelope to both :class:`~projections.fold.SnapshotFolder` (:attr:`states`) and
     :class:`~projections.feed.FeedFolder` (:attr:`feed`); the result is exactly what folding
     the log through each of them separately gives (tests/projections/test_rebuild_properties.py).
     """
 
     def __init__(self) -> None:
-        self.states = LogFolder()
+        self.states = SnapshotFolder()
         self.feed = FeedFolder()
 
     def add_page(self, page: Sequence[tuple[int, bytes]]) -> list[tuple[str, int]]:
@@ -636,14 +636,14 @@ async def _fold_and_index(
     return writing
 
 
-async def _save_states(store: Store, folder: LogFolder) -> None:
+async def _save_states(store: Store, folder: SnapshotFolder) -> None:
     """Serialise and save every state, the checkpoint with the last batch (as in :func:`rebuild`)."""
     saving: asyncio.Future[None] | None = None
     batch: list[Snapshot] = []
     size = 0
     try:
-        for draft_id, state in folder.states().items():
-            snap = Snapshot(draft_id, state.seq, state.to_json())
+        for draft_id, seq, state in folder.snapshots():
+            snap = Snapshot(draft_id, seq, state)
             batch.append(snap)
             size += len(snap.state)
             await asyncio.sleep(0)  # lets the previous save's completion in

@@ -17,9 +17,9 @@ position always ``record.position`` / ``log_position``, never one for the other.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -138,24 +138,11 @@ class DraftState:
     def _head(self) -> dict[str, Any]:
         """The fields sorted before ``segments``, as JSON-ready dicts in sorted key order."""
         ring = self.ring_state
-        return {
-            "archived": self.archived,
-            "collaborators": [
-                {"joined_at": c.joined_at, "role": c.role, "user_id": c.user_id} for c in self.collaborators
-            ],
-            "created_at": self.created_at,
-            "creator_id": self.creator_id,
-            "description": self.description,
-            "id": self.id,
-            "ring_state": {
-                "current_holder_id": ring.current_holder_id,
-                "holders_history": ring.holders_history,
-            },
-        }
+        return _head_of(self, ring.current_holder_id, ring.holders_history)
 
     def _tail(self) -> dict[str, Any]:
         """The fields sorted after ``segments``."""
-        return {"seq": self.seq, "title": self.title, "updated_at": self.updated_at}
+        return _tail_of(self)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> DraftState:
@@ -211,3 +198,59 @@ def _segment_dicts(segments: tuple[Segment, ...]) -> list[dict[str, Any]]:
         }
         for s in segments
     ]
+
+
+class StateFields(Protocol):
+    """A draft state's fields that :func:`state_json` writes besides its segments and ring."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def creator_id(self) -> str: ...
+    @property
+    def collaborators(self) -> Sequence[Collaborator]: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def created_at(self) -> str: ...
+    @property
+    def updated_at(self) -> str: ...
+    @property
+    def archived(self) -> bool: ...
+
+
+def state_json(
+    state: StateFields, segments: list[dict[str, Any]], holder: str, history: Sequence[str]
+) -> bytes:
+    """:meth:`DraftState.to_json`'s bytes for ``state`` whose ``segments`` are already the dicts it
+    writes (keys in sorted order: ``author_user_id``, ``content``, ``created_at``, ``id``,
+    ``position``), its ring being ``holder`` and ``history``.
+
+    For a rebuild's :class:`~projections.fold.SnapshotFolder`, which keeps segments as those
+    dicts; the layout is spelled once, in :func:`_head_of` and :func:`_tail_of`.
+    """
+    return orjson.dumps(_head_of(state, holder, history) | {"segments": segments} | _tail_of(state))
+
+
+def _head_of(state: StateFields, holder: str, history: Sequence[str]) -> dict[str, Any]:
+    """The fields sorted before ``segments``, as JSON-ready dicts in sorted key order."""
+    return {
+        "archived": state.archived,
+        "collaborators": [
+            {"joined_at": c.joined_at, "role": c.role, "user_id": c.user_id} for c in state.collaborators
+        ],
+        "created_at": state.created_at,
+        "creator_id": state.creator_id,
+        "description": state.description,
+        "id": state.id,
+        "ring_state": {"current_holder_id": holder, "holders_history": history},
+    }
+
+
+def _tail_of(state: StateFields) -> dict[str, Any]:
+    """The fields sorted after ``segments``."""
+    return {"seq": state.seq, "title": state.title, "updated_at": state.updated_at}

@@ -80,8 +80,8 @@ def test_one_pass_gives_the_states_and_the_feed_of_two(
         separate.extend((user_id, position) for user_id in feed.add_envelope(envelope))
 
     assert one.states.states() == states.states()
-    assert {d: s.to_json() for d, s in one.states.states().items()} == {
-        d: s.to_json() for d, s in states.states().items()
+    assert {d: (seq, state) for d, seq, state in one.states.snapshots()} == {
+        d: (s.seq, s.to_json()) for d, s in states.states().items()
     }
     assert one.states.count == states.count == len(log)
     assert one.states.position == len(log)
