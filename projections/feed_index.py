@@ -21,8 +21,9 @@ range of the index (``Store.feed_read``) joined to the events' bytes.
 * A process that starts at a checkpoint knows no draft's summary: the first event of a draft it
   meets is folded from the draft's snapshot (when it is older than the event) or its log
   (``Store.read`` of that one draft), once per draft.
-* :func:`rebuild_feed` writes the whole index again from the log alone (``ringlog rebuild``,
-  and ``ringlog copy`` through it on the target).
+* :func:`rebuild_feed` writes the whole index again from the log alone, and nothing else.
+  ``ringlog rebuild`` (and ``ringlog copy`` on its target) folds the index together with the
+  snapshots in one pass instead (:func:`projections.runner.rebuild`), to the same entries.
 
 Owned task: ``ringlog-feed-advance`` (started by :meth:`FeedProjector.start`, cancelled and
 awaited by :meth:`FeedProjector.stop`) advances whenever a commit is published, and on failure
