@@ -636,17 +636,25 @@ async def _fold_and_index(
     return writing
 
 
+SAVE_POLL_BYTES = 1 << 20
+"""A rebuild looks whether the previous snapshot batch is written after serialising about this
+many bytes (a draft counts at least 1 KiB): often enough to start the next write early, rarely
+enough that a log of many small drafts does not pay a loop turn per draft."""
+
+
 async def _save_states(store: Store, folder: SnapshotFolder) -> None:
     """Serialise and save every state, the checkpoint with the last batch (as in :func:`rebuild`)."""
     saving: asyncio.Future[None] | None = None
     batch: list[Snapshot] = []
-    size = 0
+    size = unpolled = 0
     try:
         for draft_id, seq, state in folder.snapshots():
-            snap = Snapshot(draft_id, seq, state)
-            batch.append(snap)
-            size += len(snap.state)
-            await asyncio.sleep(0)  # lets the previous save's completion in
+            batch.append(Snapshot(draft_id, seq, state))
+            size += len(state)
+            unpolled += max(len(state), 1024)
+            if unpolled >= SAVE_POLL_BYTES:
+                await asyncio.sleep(0)  # lets the previous write's completion in
+                unpolled = 0
             if (
                 saving is None
                 or saving.done()

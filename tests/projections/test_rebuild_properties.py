@@ -103,6 +103,7 @@ async def test_rebuild_writes_what_the_two_passes_write(
     store: Store, page: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(runner, "PAGE", page)  # small pages: reads and index writes overlap the fold
+    monkeypatch.setattr(runner, "SNAPSHOT_BATCH", 1 if page == 7 else 1000)  # one draft per snapshot write
     await random_history(store, 600, 21)
     total = await store.last_position()
     seen: list[tuple[int, int]] = []
