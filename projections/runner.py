@@ -588,6 +588,9 @@ class LogRebuild:
 FEED_WRITE_MAX = 100_000
 """Index entries at most in one write of a rebuild (the fold waits for the previous write then)."""
 
+FEED_WRITE_MIN = 20_000
+"""Positions at least in one index write of a rebuild but the last (a commit costs a sync)."""
+
 
 async def _fold_and_index(
     store: Store, folder: LogRebuild, total: int, progress: Callable[[int, int], None] | None
@@ -595,8 +598,9 @@ async def _fold_and_index(
     """Read the whole log once into ``folder``, writing the feed index as it goes.
 
     Returns the last index write, started but not awaited (the caller's snapshot writes queue
-    behind it). A write starts when the previous one is done, with every entry folded
-    meanwhile, so the fold never waits for a write (unless ``FEED_WRITE_MAX`` entries pile up).
+    behind it). A write starts when the previous one is done and ``FEED_WRITE_MIN`` positions
+    were folded since, with every entry folded meanwhile, so the fold never waits for a write
+    (unless ``FEED_WRITE_MAX`` entries pile up).
     """
     read = store.read_bodies if isinstance(store, BodyReader) else _bodies_of(store)
     resets: asyncio.Future[Any] = asyncio.ensure_future(
@@ -614,7 +618,7 @@ async def _fold_and_index(
             folded = page[-1][0]
             pending = asyncio.ensure_future(read(folded, PAGE))
             entries += folder.add_page(page)
-            if writing.done() or len(entries) >= FEED_WRITE_MAX:
+            if (writing.done() and folded - written >= FEED_WRITE_MIN) or len(entries) >= FEED_WRITE_MAX:
                 await writing
                 writing = asyncio.ensure_future(store.feed_index(entries, written, folded))
                 entries, written = [], folded
@@ -638,8 +642,9 @@ async def _fold_and_index(
 
 SAVE_POLL_BYTES = 1 << 20
 """A rebuild looks whether the previous snapshot batch is written after serialising about this
-many bytes (a draft counts at least 1 KiB): often enough to start the next write early, rarely
-enough that a log of many small drafts does not pay a loop turn per draft."""
+many bytes (a draft counts at least 1 KiB), and then writes the next batch if it holds at least
+as many: often enough to start the next write early, rarely enough that a log of many small
+drafts pays neither a loop turn nor a commit per draft."""
 
 
 async def _save_states(store: Store, folder: SnapshotFolder) -> None:
@@ -656,8 +661,7 @@ async def _save_states(store: Store, folder: SnapshotFolder) -> None:
                 await asyncio.sleep(0)  # lets the previous write's completion in
                 unpolled = 0
             if (
-                saving is None
-                or saving.done()
+                ((saving is None or saving.done()) and size >= SAVE_POLL_BYTES)
                 or len(batch) >= SNAPSHOT_BATCH
                 or size >= SNAPSHOT_BATCH_BYTES
             ):

@@ -104,6 +104,9 @@ async def test_rebuild_writes_what_the_two_passes_write(
 ) -> None:
     monkeypatch.setattr(runner, "PAGE", page)  # small pages: reads and index writes overlap the fold
     monkeypatch.setattr(runner, "SNAPSHOT_BATCH", 1 if page == 7 else 1000)  # one draft per snapshot write
+    monkeypatch.setattr(
+        runner, "FEED_WRITE_MIN", 1 if page == 7 else 20_000
+    )  # an index write per page or two
     await random_history(store, 600, 21)
     total = await store.last_position()
     seen: list[tuple[int, int]] = []
@@ -130,6 +133,7 @@ async def test_a_rebuild_that_fails_half_way_leaves_an_index_a_projector_continu
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(runner, "PAGE", 10)
+    monkeypatch.setattr(runner, "FEED_WRITE_MIN", 1)
     await random_history(store, 600, 22)
     total = await store.last_position()
     assert total > 40
