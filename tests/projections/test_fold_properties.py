@@ -168,7 +168,13 @@ def test_the_fast_path_refuses_what_the_fold_refuses(
     mutated = [*envelopes[:i], broken, *envelopes[i + 1 :]]
     if broken["type"] == EventType.SEGMENT_ADDED and "segment" not in broken["data"]:
         return  # not a log any writer produces: the shapes of data are the store's promise
-    typed = (EventType.RING_PASSED, EventType.COLLABORATOR_ADDED, EventType.DRAFT_CREATED)
+    typed = (  # every type whose data has required fields (API.md "Events", v1 and v2)
+        EventType.RING_PASSED,
+        EventType.COLLABORATOR_ADDED,
+        EventType.DRAFT_CREATED,
+        EventType.COLLABORATOR_REMOVED,
+        EventType.ROLE_CHANGED,
+    )
     if broken["type"] in typed and broken["type"] != envelopes[i]["type"]:
         return  # likewise: data of another type
     assert _outcome(_by_add_envelope, mutated) == _outcome(_by_fold, mutated)
