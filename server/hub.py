@@ -1,10 +1,12 @@
 """Fan-out of committed events to the subscribers of each stream (one draft = one stream).
 
 The hub is the one listener per stream on the store's notifier. On every commit it frames the
-stream's new events once (:func:`server.frames.batches_of`) and offers the same bytes to each of
-the stream's :class:`~server.subscriber.Subscriber` objects, which write them to their sockets or
-backlogs (one slow socket never delays another). A subscriber is registered here *before* its
-catch-up reads the log, so nothing committed meanwhile is missed (:mod:`server.seam`).
+stream's new events once (:func:`server.frames.batches_of`) and hands the same bytes to each of
+the stream's :class:`~server.subscriber.Subscriber` objects through the stream's
+:class:`Fanout`: the subscribers that keep up are written to straight from its *lane*, the others
+are offered the batch and write it to their sockets or backlogs (one slow socket never delays
+another). A subscriber is registered here *before* its catch-up reads the log, so nothing
+committed meanwhile is missed (:mod:`server.seam`).
 """
 
 from __future__ import annotations
@@ -12,25 +14,161 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from eventstore.events import Record
 from eventstore.notifier import Notifier
 from eventstore.store import Store, StreamBodyReader
 from projections.access import ViewAccess
-from server.frames import batches_of
+from server.frames import Batch, batches_of
 from server.pages import FramedPages
-from server.subscriber import CATCH_UP_PAGE, BacklogBudget, ReadPage, RequestClose, Sink, Spawn, Subscriber
+from server.subscriber import (
+    CATCH_UP_PAGE,
+    BacklogBudget,
+    DirectWriter,
+    ReadPage,
+    RequestClose,
+    Sink,
+    Spawn,
+    Subscriber,
+)
 
 log = logging.getLogger(__name__)
+
+LAG_CHUNK = 256
+"""Lane writes per fan-out lag observation: each observation counts a chunk's writes at the lag
+measured after its last one (at most a chunk's writes, ~2 ms, later than the first's)."""
+
+
+class ObserveLag(Protocol):
+    """Receives commit→write lags in seconds, ``count`` deliveries at a time (a histogram's observe)."""
+
+    def __call__(self, seconds: float, count: int = 1, /) -> None: ...
+
+
+class Fanout:
+    """One stream's subscribers, and how a committed batch reaches each of them.
+
+    The *lane* holds the subscribers that are live, level with one another at :attr:`position`,
+    with nothing queued and a sink that takes direct writes (a per-draft socket over a
+    :class:`~server.subscriber.DeliverySocket`). A batch that continues the position is written
+    to every member's transport by one loop, ``if not t.is_closing(): t.write(data)`` — what a raw
+    broadcast does (issue 16: the per-socket Python of ``offer``, the seam, the backpressure and
+    close checks was a tenth of the event loop's time). What a subscriber checks per event holds
+    for every member by construction, and the events that break it take a member out
+    synchronously, before anything else is written:
+
+    * order, no gap, no repeat: a member joins only at the lane's position
+      (:meth:`join`); a batch that does not continue the position (a lost notification) or holds
+      a removal (each member's own revocation fold) dissolves the lane first, and every member
+      goes back to its seam at the lane's position;
+    * bounded memory: a transport that pauses writing (more than the high-water mark unsent)
+      calls its sink's ``on_stop`` from within the write, so the member leaves, and its next
+      batch goes to its own backlog (bounded, 1013);
+    * nothing after a decision to close: the sink's ``start_closing`` (every close decision,
+      and aiohttp's own Close frames through ``DeliverySocket.close``) takes the member out;
+      a transport already closing is skipped by the loop.
+
+    Every other subscriber (catching up, behind, closing, or on a shared ``/v1/ws`` socket) is
+    offered each batch (:meth:`Subscriber.offer`) and rejoins when it is live and idle again.
+    """
+
+    __slots__ = ("lane", "observe_lag", "others", "position")
+
+    def __init__(self, observe_lag: ObserveLag | None) -> None:
+        self.lane: dict[Subscriber, DirectWriter] = {}
+        self.others: set[Subscriber] = set()
+        self.position = 0
+        """The seq of the last event written to every member (meaningful while there are members)."""
+        self.observe_lag = observe_lag
+
+    def __len__(self) -> int:
+        return len(self.lane) + len(self.others)
+
+    def add(self, sub: Subscriber) -> None:
+        """A new subscriber: offered every batch until it joins the lane."""
+        self.others.add(sub)
+
+    def discard(self, sub: Subscriber) -> None:
+        """``sub`` gets nothing more from this stream."""
+        self.leave(sub)
+        self.others.discard(sub)
+
+    def join(self, sub: Subscriber) -> None:
+        """Take ``sub`` into the lane if it stands at the lane's position (any, when empty) and
+        its sink takes direct writes (:meth:`Subscriber.enter_lane`); else it stays offered."""
+        if sub not in self.others:
+            return
+        lane = self.lane
+        position = sub.position
+        if lane and position != self.position:
+            return  # ahead of the lane (it read the log past a batch not yet published): later
+        writer = sub.enter_lane(self)
+        if writer is None:
+            return
+        if not lane:
+            self.position = position
+        self.others.discard(sub)
+        lane[sub] = writer
+
+    def leave(self, sub: Subscriber) -> None:
+        """Hand ``sub``'s delivery back to it at the lane's position (a member whose sink stopped
+        taking direct writes, or that closes)."""
+        if self.lane.pop(sub, None) is None:
+            return
+        sub.left_lane(self.position)
+        self.others.add(sub)
+
+    def publish(self, batch: Batch) -> None:
+        """Deliver ``batch`` (committed, in seq order) to every subscriber of the stream."""
+        if self.lane:
+            position = self.position
+            if batch.removals or batch.first_seq > position + 1:
+                self._dissolve()
+            elif batch.last_seq > position:
+                self.position = batch.last_seq
+                data = batch.data if batch.first_seq == position + 1 else batch.after(position)
+                self._write(data, batch.stamp)
+        for sub in tuple(self.others):
+            sub.offer(batch)
+
+    def offer_message(self, frame: bytes) -> int:
+        """Write a frame that is not an event to the members, offer it to the others; how many."""
+        for writer in tuple(self.lane.values()):
+            if not writer.is_closing():
+                writer.write(frame)
+        for sub in tuple(self.others):
+            sub.offer_message(frame)
+        return len(self)
+
+    def _write(self, data: bytes, stamp: float) -> None:
+        writers = tuple(self.lane.values())
+        observe = self.observe_lag
+        for start in range(0, len(writers), LAG_CHUNK):
+            chunk = writers[start : start + LAG_CHUNK]
+            skipped = 0
+            for writer in chunk:
+                if writer.is_closing():
+                    skipped += 1
+                else:
+                    writer.write(data)
+            if observe is not None and len(chunk) > skipped:
+                observe(time.monotonic() - stamp, len(chunk) - skipped)
+
+    def _dissolve(self) -> None:
+        """Every member back to its own seam (the lane re-forms as they settle again)."""
+        for sub in tuple(self.lane):
+            self.leave(sub)
 
 
 class Hub:
     """Per-stream sets of subscribers, fed by the store's notifier.
 
     ``max_backlog_bytes`` / ``max_backlog_events`` bound each subscriber (``--ws-queue-bytes``,
-    ``--ws-queue-size``); ``observe_lag(seconds)`` receives each delivery's commit→write lag;
-    ``page_cache_bytes`` bounds the framed catch-up pages kept for sockets that replay the same
-    history (:class:`~server.pages.FramedPages`; 0: none kept).
+    ``--ws-queue-size``); ``observe_lag(seconds, count)`` receives the deliveries' commit→write
+    lags (the lane's ``count`` at a time, see :data:`LAG_CHUNK`); ``page_cache_bytes`` bounds the
+    framed catch-up pages kept for sockets that replay the same history
+    (:class:`~server.pages.FramedPages`; 0: none kept).
     """
 
     def __init__(
@@ -39,7 +177,7 @@ class Hub:
         *,
         max_backlog_bytes: int,
         max_backlog_events: int,
-        observe_lag: Callable[[float], None] | None = None,
+        observe_lag: ObserveLag | None = None,
         page_cache_bytes: int = 0,
     ) -> None:
         self.store = store
@@ -50,7 +188,7 @@ class Hub:
         self.max_backlog_bytes = max_backlog_bytes
         self.max_backlog_events = max_backlog_events
         self.observe_lag = observe_lag
-        self._streams: dict[str, set[Subscriber]] = {}
+        self._streams: dict[str, Fanout] = {}
         self._listeners: dict[str, Callable[[Sequence[Record]], None]] = {}
         self._live_heads: dict[str, int] = {}
         """Per stream with a listener: a seq at or above every event of it this hub has been offered
@@ -98,6 +236,12 @@ class Hub:
         subscriber's live position covers it; the notifier publishes a stream's events in seq
         order), and will reach the new subscriber through the listener: no gap, no repeat.
         """
+        fanout = self._streams.get(stream_id)
+        if fanout is None:
+            fanout = self._streams[stream_id] = Fanout(self.observe_lag)
+            listener = self._make_listener(stream_id, fanout)
+            self._listeners[stream_id] = listener
+            self.notifier.add_listener(stream_id, listener)
         sub = Subscriber(
             stream_id,
             sink,
@@ -112,14 +256,9 @@ class Hub:
             budget=budget,
             went_live=self._went_live,
             pages=self.pages,
+            settled=fanout.join if budget is None else None,  # a socket of its own: the lane
         )
-        subs = self._streams.get(stream_id)
-        if subs is None:
-            subs = self._streams[stream_id] = set()
-            listener = self._make_listener(stream_id, subs)
-            self._listeners[stream_id] = listener
-            self.notifier.add_listener(stream_id, listener)
-        subs.add(sub)
+        fanout.add(sub)
         live_head = self._live_heads.get(stream_id)
         sub.start(live=live_head is not None and since >= live_head)
         return sub
@@ -127,11 +266,11 @@ class Hub:
     def unsubscribe(self, sub: Subscriber) -> None:
         """Close ``sub`` (it writes nothing more) and stop offering it batches; idempotent."""
         sub.close()
-        subs = self._streams.get(sub.stream_id)
-        if subs is None:
+        fanout = self._streams.get(sub.stream_id)
+        if fanout is None:
             return
-        subs.discard(sub)
-        if not subs:
+        fanout.discard(sub)
+        if not fanout:
             del self._streams[sub.stream_id]
             self._live_heads.pop(sub.stream_id, None)
             listener = self._listeners.pop(sub.stream_id)
@@ -141,29 +280,26 @@ class Hub:
         """Offer one pre-framed message that is not an event (presence, API.md v2) to every
         subscriber of ``stream_id``; the number of subscribers offered to.
 
-        The same bytes go to each subscriber's bounded sink or backlog
+        The same bytes go to each subscriber's transport (the lane) or bounded sink or backlog
         (:meth:`Subscriber.offer_message`): no task, no ``await``, no copy per socket.
         """
-        subs = self._streams.get(stream_id)
-        if not subs:
+        fanout = self._streams.get(stream_id)
+        if not fanout:
             return 0
-        for sub in tuple(subs):
-            sub.offer_message(frame)
-        return len(subs)
+        return fanout.offer_message(frame)
 
     def _note_live_head(self, stream_id: str, seq: int) -> None:
         """A subscriber of ``stream_id`` went live at ``seq`` (its catch-up read the log up to it)."""
         if stream_id in self._streams and seq > self._live_heads.get(stream_id, -1):
             self._live_heads[stream_id] = seq
 
-    def _make_listener(self, stream_id: str, subs: set[Subscriber]) -> Callable[[Sequence[Record]], None]:
+    def _make_listener(self, stream_id: str, fanout: Fanout) -> Callable[[Sequence[Record]], None]:
         live_heads = self._live_heads
 
         def on_commit(records: Sequence[Record]) -> None:
             for batch in batches_of(records, time.monotonic()):  # framed once for every socket
                 if batch.last_seq > live_heads.get(stream_id, -1):
                     live_heads[stream_id] = batch.last_seq
-                for sub in tuple(subs):
-                    sub.offer(batch)
+                fanout.publish(batch)
 
         return on_commit

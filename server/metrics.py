@@ -42,10 +42,11 @@ class LoopHistogram(Collector):
         self._sum = 0.0
         registry.register(self)
 
-    def observe(self, value: float) -> None:
-        """Count one observation of ``value`` (le-buckets: a value equal to a bound counts in it)."""
-        self._counts[bisect_left(self._bounds, value)] += 1
-        self._sum += value
+    def observe(self, value: float, count: int = 1) -> None:
+        """Count ``count`` observations of ``value`` (le-buckets: a value equal to a bound counts
+        in it). The fan-out's lane observes a chunk of deliveries at once (:data:`server.hub.LAG_CHUNK`)."""
+        self._counts[bisect_left(self._bounds, value)] += count
+        self._sum += value * count
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         """The cumulative buckets, count and sum, as ``prometheus_client`` exposes a ``Histogram``."""

@@ -29,6 +29,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
+from aiohttp import web
+from aiohttp.http_websocket import WSCloseCode
+
 from projections.access import REMOVAL_MARKER, ViewAccess
 from server.frames import Batch, text_frames
 from server.pages import FramedPages, KeptPage
@@ -62,8 +65,33 @@ Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 """Starts a coroutine as a task owned by the socket (cancelled when the socket ends)."""
 
 
+class Lane(Protocol):
+    """The stream's lane as a subscriber in it sees it (:class:`server.hub.Fanout`)."""
+
+    @property
+    def position(self) -> int:
+        """The seq of the last event written to every member."""
+        ...
+
+    def leave(self, sub: Subscriber, /) -> None:
+        """Hand ``sub``'s delivery back to it (:meth:`Subscriber.left_lane`); nothing if not a member."""
+        ...
+
+
 class SinkClosed(ConnectionError):
     """A write to a sink that is closing: nothing but the close may follow a decision to close."""
+
+
+class DirectWriter(Protocol):
+    """What the stream's lane writes to (an asyncio transport): no check but :meth:`is_closing`."""
+
+    def write(self, data: bytes, /) -> None:
+        """Queue ``data`` for sending."""
+        ...
+
+    def is_closing(self) -> bool:
+        """True once the connection is closing: nothing may be written."""
+        ...
 
 
 class Sink(Protocol):
@@ -87,6 +115,21 @@ class Sink(Protocol):
         """Return when the sink can take more (its buffer has drained) or is closing."""
         ...
 
+    def attach_direct(self, on_stop: Callable[[], None]) -> DirectWriter | None:
+        """Let the stream's lane write straight to the connection, or None if it may not now.
+
+        From this call until ``on_stop()`` (called once, synchronously, the moment the sink
+        stops taking direct writes: it starts closing, or its connection pauses writing because
+        more than its high-water mark is unsent) or :meth:`detach_direct`, a write that
+        ``is_closing()`` does not refuse is one the sink would have accepted. None while
+        closing, paused, already attached, or for a sink without that guarantee.
+        """
+        ...
+
+    def detach_direct(self) -> None:
+        """Forget the ``on_stop`` of :meth:`attach_direct` (no call); nothing if not attached."""
+        ...
+
 
 class FlowObserver(asyncio.Protocol):
     """Stands between a transport and its protocol to see ``pause_writing``/``resume_writing``.
@@ -95,11 +138,13 @@ class FlowObserver(asyncio.Protocol):
     the observer only remembers whether writing is paused and wakes whoever waits for resume.
     """
 
-    __slots__ = ("_resumed", "inner", "paused")
+    __slots__ = ("_resumed", "inner", "on_stop", "paused")
 
     def __init__(self, inner: asyncio.BaseProtocol) -> None:
         self.inner = inner
         self.paused = False
+        self.on_stop: Callable[[], None] | None = None
+        """Called when writing pauses or the connection is lost (the sink's direct writes stop)."""
         self._resumed: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,6 +153,8 @@ class FlowObserver(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.paused = False
         self._wake()
+        if self.on_stop is not None:
+            self.on_stop()
         self.inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -119,6 +166,8 @@ class FlowObserver(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
+        if self.on_stop is not None:  # synchronously, inside the transport's write
+            self.on_stop()
         self.inner.pause_writing()
 
     def resume_writing(self) -> None:
@@ -146,6 +195,29 @@ class Closable(Protocol):
     def closed(self) -> bool: ...
 
 
+class DeliverySocket(web.WebSocketResponse):
+    """aiohttp's WebSocket response that tells its sink *before* it sends a Close frame.
+
+    aiohttp closes a socket on its own from inside ``receive()`` (a protocol error such as 1007
+    or 1009, the end of the stream), long before the handler hears of it; every Close frame it
+    sends goes through :meth:`close` (a missed heartbeat closes the transport instead). Calling
+    ``before_close`` first thing there lets a :class:`TransportSink` stop at that moment, so
+    that the stream's lane, which checks nothing per write but the transport's ``is_closing()``,
+    writes no event after the frame (issue 16: ``closed`` is a Python property, one call per
+    socket and event otherwise).
+    """
+
+    before_close: Callable[[], None] | None = None
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
+        """Call ``before_close`` (once), then aiohttp's ``close``."""
+        hook = self.before_close
+        if hook is not None:
+            self.before_close = None
+            hook()
+        return await super().close(code=code, message=message, drain=drain)
+
+
 class TransportSink:
     """A :class:`Sink` over an asyncio transport (the upgraded WebSocket connection).
 
@@ -154,14 +226,23 @@ class TransportSink:
     The sink is closing once :meth:`start_closing` was called, the transport is closing, or
     ``socket.closed`` is true: aiohttp sets it just before it writes a Close frame of its own
     (a protocol error such as 1007 or 1009), so no event follows that frame either.
+
+    Direct writes (:meth:`attach_direct`: the transport itself) are offered only over a
+    :class:`DeliverySocket`, whose ``before_close`` starts the sink closing before aiohttp's
+    own Close frame; they stop at :meth:`start_closing`, at the transport's ``pause_writing``
+    and at ``connection_lost``, each of which calls the attached ``on_stop`` synchronously.
     """
 
-    __slots__ = ("_closing", "_flow", "socket", "transport")
+    __slots__ = ("_closing", "_direct_ok", "_flow", "_on_stop", "socket", "transport")
 
     def __init__(self, transport: asyncio.Transport, socket: Closable, high_water: int = HIGH_WATER) -> None:
         self.transport = transport
         self.socket = socket
         self._closing = False
+        self._on_stop: Callable[[], None] | None = None
+        self._direct_ok = isinstance(socket, DeliverySocket)
+        if isinstance(socket, DeliverySocket):
+            socket.before_close = self.start_closing
         transport.set_write_buffer_limits(high=high_water)
         self._flow = FlowObserver(transport.get_protocol())
         transport.set_protocol(self._flow)
@@ -185,6 +266,26 @@ class TransportSink:
     def start_closing(self) -> None:
         """Refuse every write from now on (the close frame is sent by the socket's handler)."""
         self._closing = True
+        self._stop_direct()
+
+    def attach_direct(self, on_stop: Callable[[], None]) -> DirectWriter | None:
+        """The transport, for direct writes until ``on_stop()`` (see :meth:`Sink.attach_direct`)."""
+        if not self._direct_ok or self._on_stop is not None or self.closing or self._flow.paused:
+            return None
+        self._on_stop = on_stop
+        self._flow.on_stop = self._stop_direct
+        return self.transport
+
+    def detach_direct(self) -> None:
+        """Forget the attached ``on_stop`` without calling it."""
+        self._on_stop = None
+        self._flow.on_stop = None
+
+    def _stop_direct(self) -> None:
+        on_stop = self._on_stop
+        if on_stop is not None:
+            self.detach_direct()
+            on_stop()
 
     async def writable(self) -> None:
         """Wait until the transport resumes writing (below its low-water mark) or is closing."""
@@ -235,6 +336,11 @@ class Subscriber:
     the commit→write lag. ``spawn`` runs the writer and catch-up tasks, owned by the socket.
     ``pages``: framed catch-up pages shared by the hub's subscribers (:class:`FramedPages`): a
     catch-up writes the kept ones as they are and keeps the full pages it reads and frames.
+
+    ``settled(self)`` (the hub's :meth:`server.hub.Fanout.join`) is called whenever the subscriber
+    is live with nothing queued, so that the stream's lane may take it over: while it is in the
+    lane (:meth:`enter_lane` … :meth:`left_lane`) the lane writes its events and keeps its
+    position. Only a subscriber with a socket of its own (no ``budget``) is given ``settled``.
     """
 
     __slots__ = (
@@ -244,10 +350,12 @@ class Subscriber:
         "_backlog_events",
         "_budget",
         "_catching_up",
+        "_lane",
         "_observe_lag",
         "_pages",
         "_read_page",
         "_request_close",
+        "_settled",
         "_spawn",
         "_went_live",
         "_writer",
@@ -276,6 +384,7 @@ class Subscriber:
         budget: BacklogBudget | None = None,
         went_live: Callable[[str, int], None] | None = None,
         pages: FramedPages | None = None,
+        settled: Callable[[Subscriber], None] | None = None,
     ) -> None:
         self.stream_id = stream_id
         self._pages = pages
@@ -300,11 +409,68 @@ class Subscriber:
         self._budget = budget  # a budget of its own is made with the backlog
         self._writer: asyncio.Task[None] | None = None
         self._catching_up: asyncio.Task[None] | None = None
+        self._settled = settled
+        self._lane: Lane | None = None  # the lane this subscriber is in (it keeps the position)
 
     @property
     def backlog_bytes(self) -> int:
         """Bytes waiting in the backlog (not yet written to the sink)."""
         return self._backlog_bytes
+
+    @property
+    def position(self) -> int:
+        """The seq of the last event handed to the sink (or queued for it): the seam's, or the
+        lane's while the subscriber is in it."""
+        return self.seam.position if self._lane is None else self._lane.position
+
+    # -- the stream's lane (server.hub.Fanout) --------------------------------------------------
+
+    def enter_lane(self, lane: Lane) -> DirectWriter | None:
+        """Hand delivery over to ``lane`` (whose position must be this subscriber's): the sink's
+        direct writer, or None if the subscriber is not settled or its sink takes no direct writes.
+
+        From here until :meth:`left_lane` the lane writes the stream's batches and keeps the
+        position; the subscriber is offered nothing. It leaves when the sink stops taking direct
+        writes (closing, paused: the sink calls back synchronously), or when it closes.
+        """
+        if (
+            self._settled is None
+            or self._lane is not None
+            or self.closing
+            or self.revoked_at is not None
+            or not self.seam.live
+            or self._backlog
+            or self._writer is not None
+        ):
+            return None
+        writer = self.sink.attach_direct(self._lane_stopped)
+        if writer is not None:
+            self._lane = lane
+        return writer
+
+    def left_lane(self, position: int) -> None:
+        """Delivery is back with the subscriber, at ``position`` (the lane's, when it left)."""
+        self._lane = None
+        self.seam.position = position
+        self.sink.detach_direct()
+
+    def _lane_stopped(self) -> None:
+        lane = self._lane
+        if lane is not None:
+            lane.leave(self)
+
+    def _settle(self) -> None:
+        """Offer this subscriber to the lane if it is live with nothing queued."""
+        if (
+            self._settled is not None
+            and self._lane is None
+            and self.seam.live
+            and not self._backlog
+            and self._writer is None
+            and not self.closing
+            and self.revoked_at is None
+        ):
+            self._settled(self)
 
     # -- the hub calls these ------------------------------------------------------------------
 
@@ -315,11 +481,13 @@ class Subscriber:
         live head, :meth:`server.hub.Hub.subscribe`): go live at ``since`` without reading the log.
         """
         if live and not self.seam.buffered_bytes and self.seam.go_live() == b"":
+            self._settle()
             return  # nothing was buffered: nothing to write, no task
         self._start_catch_up()
 
     def offer(self, batch: Batch) -> None:
-        """A batch of this stream was just committed (called for every commit, in seq order)."""
+        """A batch of this stream was just committed (called for every commit, in seq order,
+        while the subscriber is not in the stream's lane)."""
         if self.closing or self.revoked_at is not None:
             return
         before = self.seam.position
@@ -334,6 +502,7 @@ class Subscriber:
             self._deliver(out, (cut or self.seam.position) - before, batch.stamp)
             if cut is not None:
                 self._revoke(cut)
+        self._settle()
 
     def offer_message(self, frame: bytes) -> None:
         """Deliver a frame that is not an event (a presence message, API.md v2): no seq, so the
@@ -346,6 +515,8 @@ class Subscriber:
     def close(self) -> None:
         """Stop delivering for good: nothing more is written, the backlog is dropped."""
         self.closing = True
+        if self._lane is not None:
+            self._lane.leave(self)
         self._backlog = None
         if self._budget is not None:
             self._budget.release(self._backlog_bytes, self._backlog_events)
@@ -443,6 +614,8 @@ class Subscriber:
             self._backlog = None  # caught up: the empty deque is not kept
         if self.revoked_at is not None and not backlog:
             self._close_revoked()
+        else:
+            self._settle()
 
     # -- catch-up -----------------------------------------------------------------------------
 
@@ -509,6 +682,7 @@ class Subscriber:
                     self._deliver(out, (cut or seam.position) - before, time.monotonic())
                     if cut is not None:
                         self._revoke(cut)
+                self._settle()
                 return
         except ConnectionError:
             self.close()

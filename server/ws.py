@@ -27,6 +27,7 @@ from server.origins import origin_allowed
 from server.params import MAX_SEQ, ParameterError, parse_int
 from server.service import is_draft_id
 from server.state import AppState
+from server.subscriber import DeliverySocket
 from server.ws_stream import (
     CLOSE_ACCESS_REVOKED,
     CLOSE_INTERNAL_ERROR,
@@ -86,8 +87,9 @@ async def draft_socket(request: web.Request) -> web.StreamResponse:
 
 
 def socket_response(st: AppState) -> web.WebSocketResponse:
-    """The response both sockets upgrade with (``/v1/ws/drafts/{id}`` and ``/v1/ws``)."""
-    return web.WebSocketResponse(
+    """The response both sockets upgrade with (``/v1/ws/drafts/{id}`` and ``/v1/ws``): a
+    :class:`~server.subscriber.DeliverySocket`, so the fan-out's lane may write to it directly."""
+    return DeliverySocket(
         heartbeat=st.settings.ws_ping_interval,
         compress=False,  # the fan-out writes one pre-framed copy of each event to every socket
         max_msg_size=WS_MAX_MSG_SIZE,

@@ -11,7 +11,7 @@ import orjson
 
 from eventstore import NewEvent
 from eventstore.memory import MemoryStore
-from server.subscriber import SinkClosed
+from server.subscriber import HIGH_WATER, DirectWriter, SinkClosed
 
 TS = "2025-12-23T20:30:45.123Z"
 
@@ -56,16 +56,24 @@ class FakeSink:
     ``auto_drain`` sends every write at once (a client that keeps up); without it, writes stay
     in :attr:`buffered` until :meth:`drain` (a client that does not read). ``writes`` keeps each
     written object, to check that the same frame bytes went to every socket.
+
+    With ``direct`` (the default) it takes the hub lane's direct writes as a transport would:
+    it is its own :class:`DirectWriter`, and it calls ``on_stop`` when it starts closing or when
+    a write leaves more than ``HIGH_WATER`` bytes pending (a transport's ``pause_writing``).
+    ``direct_writes`` counts the writes that came that way.
     """
 
-    def __init__(self, auto_drain: bool = True, low_water: int = 0) -> None:
+    def __init__(self, auto_drain: bool = True, low_water: int = 0, direct: bool = True) -> None:
         self.auto_drain = auto_drain
         self.low_water = low_water
+        self.direct = direct
         self.sent = bytearray()
         self.pending = bytearray()
         self.writes: list[bytes] = []
         self.refused = 0
+        self.direct_writes = 0
         self._closing = False
+        self._on_stop: Callable[[], None] | None = None
         self._changed = asyncio.Event()
 
     def write(self, data: bytes) -> None:
@@ -75,6 +83,25 @@ class FakeSink:
         self.writes.append(data)
         (self.sent if self.auto_drain else self.pending).extend(data)
         self._wake()
+        if len(self.pending) > HIGH_WATER:
+            self._stop_direct()
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def attach_direct(self, on_stop: Callable[[], None]) -> DirectWriter | None:
+        if not self.direct or self._on_stop is not None or self._closing or len(self.pending) > HIGH_WATER:
+            return None
+        self._on_stop = on_stop
+        return _Counted(self)
+
+    def detach_direct(self) -> None:
+        self._on_stop = None
+
+    def _stop_direct(self) -> None:
+        on_stop, self._on_stop = self._on_stop, None
+        if on_stop is not None:
+            on_stop()
 
     @property
     def buffered(self) -> int:
@@ -86,6 +113,7 @@ class FakeSink:
 
     def start_closing(self) -> None:
         self._closing = True
+        self._stop_direct()
         self._wake()
 
     async def writable(self) -> None:
@@ -115,6 +143,20 @@ class FakeSink:
 
     def _wake(self) -> None:
         self._changed.set()
+
+
+class _Counted:
+    """A :class:`FakeSink`'s direct writer: its own ``write``, counted."""
+
+    def __init__(self, sink: FakeSink) -> None:
+        self.sink = sink
+
+    def write(self, data: bytes, /) -> None:
+        self.sink.direct_writes += 1
+        self.sink.write(data)
+
+    def is_closing(self) -> bool:
+        return self.sink.is_closing()
 
 
 def decode_frames(data: bytes) -> list[dict[str, object]]:
