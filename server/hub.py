@@ -235,6 +235,9 @@ class Hub:
         listener was committed before the first subscriber's catch-up read the log, so that
         subscriber's live position covers it; the notifier publishes a stream's events in seq
         order), and will reach the new subscriber through the listener: no gap, no repeat.
+
+        A subscriber without ``budget`` (a socket of its own) joins the stream's lane
+        (:class:`Fanout`) whenever it is live with nothing queued.
         """
         fanout = self._streams.get(stream_id)
         if fanout is None:

@@ -1,7 +1,8 @@
 """One socket's subscription to one stream: the seam, a sink to write to, a backlog bounded in bytes.
 
 * A socket that keeps up gets each batch's frames written straight to its :class:`Sink` in the
-  notifier callback, with no task switch. A socket whose sink holds more than ``HIGH_WATER``
+  notifier callback, with no task switch; on a socket of its own, once live with nothing queued,
+  the stream's lane (:class:`server.hub.Fanout`) takes over and writes them to its transport. A socket whose sink holds more than ``HIGH_WATER``
   unsent bytes gets a backlog and a writer task instead, so one slow socket never delays
   another; a backlog that would exceed its bound (bytes, and events) closes the socket with
   1013 (API.md "WebSocket" item 6: the client resumes with ``since``).
