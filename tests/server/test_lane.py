@@ -73,6 +73,7 @@ async def _scenario(plan: list[tuple[str, int, Any]]) -> None:
         socket = sockets.pop(index, None)
         if socket is not None and socket.sub is not None:
             hub.unsubscribe(socket.sub)
+            socket.owner.cancel()  # as the socket's handler does right after (SocketTasks.cancel_all)
             gone.append(socket)
 
     try:
