@@ -15,6 +15,8 @@ import, or someone at a ``psql`` prompt):
 lock the counter, decide each append (idempotency replay or reuse, ``expected_seq`` conflict)
 in order, insert the accepted events, writing each one's position into its body where the
 caller split the body around it; the trigger above still checks every row.
+``ringlog_append_after`` (version 3) does the same and also returns, read under the lock, the
+records other nodes committed since the caller's read cursor (at most a given number).
 
 The column ``draft_id`` holds the stream id (the first schema's name, kept so that existing
 databases need no migration; see :mod:`eventstore.sql`).
@@ -24,9 +26,11 @@ from __future__ import annotations
 
 from eventstore.sql import FEED_TABLE
 
-SCHEMA_VERSION = "2"
-"""Version 2 added :data:`APPEND_FUNCTION`; opening a version-1 database runs :data:`SCHEMA`, which
-only adds (``CREATE … IF NOT EXISTS``, ``CREATE OR REPLACE``), so it migrates in place."""
+SCHEMA_VERSION = "3"
+"""Version 2 added ``ringlog_append``, version 3 ``ringlog_append_after``; opening an older
+database runs :data:`SCHEMA`, which only adds (``CREATE … IF NOT EXISTS``, ``CREATE OR
+REPLACE`` of unchanged functions), so it migrates in place, and nodes of an older version keep
+working on it (they call the functions they know, which are unchanged)."""
 
 SCHEMA = r"""
 CREATE TABLE IF NOT EXISTS events (
@@ -199,7 +203,51 @@ BEGIN
     END LOOP;
 END $$;
 
-INSERT INTO meta (key, value) VALUES ('schema_version', '2')
+-- Version 3: the same append, and the records other nodes committed between the caller's read
+-- cursor (p_after) and the group's first position, read under the counter lock (at most p_read
+-- of them). Once the lock is granted, every position up to the counter is committed and visible
+-- to this statement's new snapshot, so they are a gap-free run: the caller publishes them before
+-- its own records without a read of its own (docs/POSTGRES.md "The append returns what the node
+-- missed"). ringlog_append is left as it was, for nodes of version 2 sharing the database.
+CREATE OR REPLACE FUNCTION ringlog_append_after(
+    p_after    BIGINT,   -- the caller has every record up to this position
+    p_read     INT,      -- return at most this many records after p_after
+    p_streams  TEXT[],   -- then ringlog_append's arguments
+    p_expected BIGINT[],
+    p_users    TEXT[],
+    p_keys     TEXT[],
+    p_fps      TEXT[],
+    p_counts   INT[],
+    p_types    TEXT[],
+    p_prefixes BYTEA[],
+    p_suffixes BYTEA[]
+) RETURNS TABLE (outcome TEXT, head_seq BIGINT, head_hash BYTEA, last_position BIGINT, last_hash BYTEA,
+                 found_stream TEXT, found_seq BIGINT,
+                 r_position BIGINT, r_draft_id TEXT, r_seq BIGINT, r_type TEXT, r_body BYTEA,
+                 r_hash BYTEA, r_idem_user TEXT, r_idem_key TEXT, r_idem_fp TEXT)
+LANGUAGE plpgsql AS $$
+DECLARE
+    pos BIGINT;
+BEGIN
+    -- The lock ringlog_append takes again below (a lock this transaction already holds).
+    SELECT l.position INTO pos FROM log_head l FOR UPDATE;
+    -- First the records the caller has not seen ('committed' rows, position order)...
+    RETURN QUERY
+        SELECT 'committed'::TEXT, NULL::BIGINT, NULL::BYTEA, NULL::BIGINT, NULL::BYTEA, NULL::TEXT,
+               NULL::BIGINT, e.position, e.draft_id, e.seq, e.type, e.body, e.hash, e.idem_user,
+               e.idem_key, e.idem_fp
+        FROM events e WHERE e.position > p_after AND e.position <= pos
+        ORDER BY e.position LIMIT GREATEST(p_read, 0);
+    -- ...then one outcome row per append, exactly as ringlog_append returns them.
+    RETURN QUERY
+        SELECT a.outcome, a.head_seq, a.head_hash, a.last_position, a.last_hash, a.found_stream,
+               a.found_seq, NULL::BIGINT, NULL::TEXT, NULL::BIGINT, NULL::TEXT, NULL::BYTEA,
+               NULL::BYTEA, NULL::TEXT, NULL::TEXT, NULL::TEXT
+        FROM ringlog_append(p_streams, p_expected, p_users, p_keys, p_fps, p_counts, p_types,
+                            p_prefixes, p_suffixes) a;
+END $$;
+
+INSERT INTO meta (key, value) VALUES ('schema_version', '3')
     ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE meta.value < excluded.value;
 """
 

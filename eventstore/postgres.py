@@ -4,7 +4,7 @@ Writing
 -------
 Each store has one writer task that takes every pending append (of any streams) and commits them
 together (group commit, as in :mod:`eventstore.sqlite`). The group's transaction is ONE statement,
-``SELECT * FROM ringlog_append(…)`` (:mod:`eventstore.pg_schema`), sent outside any explicit
+``SELECT * FROM ringlog_append_after(…)`` (:mod:`eventstore.pg_schema`), sent outside any explicit
 transaction so that PostgreSQL commits it when it returns: the function row-locks the
 single-row counter ``log_head``, then, append by append and in queue order, checks the
 idempotency key and ``expected_seq`` against what is committed (and what the group inserted
@@ -37,7 +37,10 @@ the lock; group commit amortises this: one lock hold and one WAL flush per group
 
 Commit discovery (how a node learns of other nodes' commits)
 ------------------------------------------------------------
-Local appends are published to :attr:`notifier` right after commit, before ``append`` returns.
+Local appends are published to :attr:`notifier` right after commit, before ``append`` returns,
+after the other nodes' records that precede them: the append call returns those (read under the
+counter lock, from ``published_position`` on, :data:`CATCH_UP_ROWS` at most), and only a longer
+run of them is read from the log first.
 Records written by other nodes are *discovered* from the log itself: the store keeps the
 position up to which it has published (``published_position``) and, when woken, publishes
 ``read_all(published_position)`` in position order. Because positions are commit-ordered and
@@ -150,7 +153,17 @@ _APPEND = "SELECT * FROM ringlog_append($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 """The whole append transaction, as one statement run outside any explicit transaction (see
 :data:`eventstore.pg_schema.SCHEMA`, ``ringlog_append``): PostgreSQL commits it as soon as it
 ends, so the counter lock is held for the function's own work and the commit, never while a
-round trip to this process waits for its event loop."""
+round trip to this process waits for its event loop. (Schema version 2; what nodes of that
+version call.)"""
+
+_APPEND_AFTER = "SELECT * FROM ringlog_append_after($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+""":data:`_APPEND` with the caller's read cursor and a row bound in front (schema version 3):
+the rows start with the records committed after the cursor and before the group (outcome
+``committed``, read under the counter lock), then one outcome row per append."""
+
+CATCH_UP_ROWS = 256
+"""Records of other nodes an append brings back at most (:data:`_APPEND_AFTER`); past that, the
+rest are read by commit discovery before the group is published, as before version 3."""
 
 _NOTIFY = f"SELECT pg_notify('{CHANNEL}', hint) FROM unnest($1::text[]) AS h (hint)"
 """Commit hints (``stream_id:last_seq``), sent after the commit in their own short transaction."""
@@ -494,9 +507,17 @@ class PostgresStore:
         return await self._committer.submit(stream_id, events, expected_seq, idempotency)
 
     async def _commit_group(self, group: list[PendingAppend]) -> None:
-        """One group's transaction (a failure is retried append by append by the committer)."""
+        """One group's transaction (a failure is retried append by append by the committer).
+
+        Other nodes' records committed since :attr:`published_position` come back with the
+        outcomes (up to :data:`CATCH_UP_ROWS`) and are published first, so publishing the group
+        needs no read of its own in the usual case (docs/POSTGRES.md "The append returns what
+        the node missed").
+        """
         with _mapped_errors("write"):
-            records = await self._transact(group)
+            records, earlier = await self._transact(group)
+        if earlier:
+            self._deliver(earlier)
         if records:
             self._send_hints(records)
             await self._publish_local(records)
@@ -542,9 +563,13 @@ class PostgresStore:
             for row in await conn.fetch(_HEADS, sorted(set(stream_ids)))
         }
 
-    async def _transact(self, group: list[PendingAppend]) -> list[Record]:
-        """One statement, one round trip: :data:`eventstore.pg_schema` ``ringlog_append`` locks the
-        counter, decides every append of the group, inserts the accepted ones and commits.
+    async def _transact(self, group: list[PendingAppend]) -> tuple[list[Record], list[Record]]:
+        """One statement, one round trip: :data:`eventstore.pg_schema` ``ringlog_append_after``
+        locks the counter, reads the records committed after :attr:`published_position`, decides
+        every append of the group, inserts the accepted ones and commits.
+
+        Returns the group's records (position order) and those earlier records (at most
+        :data:`CATCH_UP_ROWS`, position order, contiguous from the cursor sent).
 
         The decisions (:func:`plan_group`'s rules: key replay or reuse, ``expected_seq`` against
         the head, appends later in the group seeing earlier ones) are made by the function under
@@ -555,11 +580,13 @@ class PostgresStore:
         args = _append_arguments(group)
         prefixes, suffixes = args[7], args[8]
         async with self._acquire() as conn:
-            rows = await conn.fetch(_APPEND, *args)
+            rows = await conn.fetch(_APPEND_AFTER, self._published_position, CATCH_UP_ROWS, *args)
+        n_earlier = next((i for i, row in enumerate(rows) if row[0] != "committed"), len(rows))
+        earlier = [record_from_row(row[7:]) for row in rows[:n_earlier]]
         records: list[Record] = []
         k = 0  # the index of the item's first event in the per-event arrays
-        for item, row in zip(group, rows, strict=True):
-            outcome, head_seq, head_hash, last_position, last_hash, found_stream, found_seq = row
+        for item, row in zip(group, rows[n_earlier:], strict=True):
+            outcome, head_seq, head_hash, last_position, last_hash, found_stream, found_seq = row[:7]
             claim = item.claim
             if outcome in ("replay", "reused"):
                 assert claim is not None
@@ -594,12 +621,13 @@ class PostgresStore:
                 records.extend(built)
                 item.outcome = AppendResult(records=tuple(built))
             k += len(item.events)
-        return records
+        return records, earlier
 
     # -- publishing (local commits, and other nodes' commits found by commit discovery) -------
 
     async def _publish_local(self, records: list[Record]) -> None:
-        """Publish a commit of ours, after any earlier commits of other nodes not yet published."""
+        """Publish a commit of ours, after any earlier commits of other nodes not yet published
+        (read from the log here only if the append call did not bring them all back)."""
         records.sort(key=lambda r: r.position)
         if records[0].position > self._published_position + 1:
             try:

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from eventstore import LogCorrupted, Record, StoreUnavailable
+from eventstore import LogCorrupted, Record, StoreUnavailable, postgres
 from eventstore.events import GENESIS_HASH, build_records
 from eventstore.postgres import LISTEN_APPLICATION_NAME, PostgresStore
 from eventstore.sql import RECORD_COLUMNS
@@ -371,6 +371,55 @@ async def test_a_local_append_is_published_after_earlier_remote_ones(pg_url: str
     assert got.records == []  # B has no way to know yet
     await node_b.append("d", [segment()], 1)
     assert [r.seq for r in got.records] == [1, 2]  # published before append returned
+
+
+def _count_reads(monkeypatch: pytest.MonkeyPatch, store: PostgresStore) -> list[int]:
+    """Spy on ``store.read_all`` (commit discovery's read): the cursors it was called with."""
+    calls: list[int] = []
+    read_all = store.read_all
+
+    async def counted(after_position: int = 0, limit: int = 1000) -> list[Record]:
+        calls.append(after_position)
+        return await read_all(after_position, limit)
+
+    monkeypatch.setattr(store, "read_all", counted)
+    return calls
+
+
+async def test_an_append_brings_back_the_records_the_node_missed(
+    pg_url: str, open_stores: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node B appends after node A's commits without having heard of them: its append returns
+    them (read under the counter lock), so B publishes them first with no read of its own."""
+    node_a = await open_stores(pg_url, poll_interval=0, listen=False)
+    node_b = await open_stores(pg_url, poll_interval=0, listen=False)
+    got = Collector()
+    node_b.notifier.add_global_listener(got)
+    reads = _count_reads(monkeypatch, node_b)
+    await node_a.append("d", [created()], 0)
+    await node_a.append("e", [created(), segment()], 0)
+    await node_b.append("d", [segment()], 1)
+    assert [(r.stream_id, r.seq) for r in got.records] == [("d", 1), ("e", 1), ("e", 2), ("d", 2)]
+    assert got.records[:3] == (await node_a.read_all())[:3]  # as stored, byte for byte
+    assert reads == []
+    assert node_b.published_position == 4
+
+
+async def test_more_missed_records_than_an_append_brings_back_are_read_before_publishing(
+    pg_url: str, open_stores: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``CATCH_UP_ROWS`` the node reads the rest from the log before publishing its own."""
+    monkeypatch.setattr(postgres, "CATCH_UP_ROWS", 2)
+    node_a = await open_stores(pg_url, poll_interval=0, listen=False)
+    node_b = await open_stores(pg_url, poll_interval=0, listen=False)
+    got = Collector()
+    node_b.notifier.add_global_listener(got)
+    reads = _count_reads(monkeypatch, node_b)
+    await node_a.append("d", [created(), segment(), segment(), segment(), segment()], 0)
+    await node_b.append("d", [segment()], 5)
+    assert _positions(got.records) == list(range(1, 7))
+    assert [r.seq for r in got.records] == list(range(1, 7))
+    assert reads == [2]  # the two it brought back were published; the read starts after them
 
 
 async def test_a_killed_pool_connection_gives_store_unavailable_not_asyncpg_errors(

@@ -24,8 +24,8 @@ from eventstore.copy import copy_records
 from eventstore.events import GENESIS_HASH, IdempotencyClaim, build_records, encode_bodies
 from eventstore.groupcommit import PendingAppend
 from eventstore.pg_schema import SCHEMA_VERSION
-from eventstore.postgres import _APPEND, PostgresStore, _append_arguments
-from eventstore.sql import RECORD_COLUMNS, record_row
+from eventstore.postgres import _APPEND, _APPEND_AFTER, PostgresStore, _append_arguments
+from eventstore.sql import RECORD_COLUMNS, record_from_row, record_row
 from eventstore.sqlite import SQLiteStore
 from eventstore.verify import verify_log
 from tests.eventstore.helpers import append_retrying, created, segment
@@ -237,6 +237,73 @@ async def test_a_body_that_holds_its_position_is_stored_as_built_here(pg_url: st
             assert stored == list(result.records)
             for r in stored:
                 assert b'"id":%d,' % r.position in r.body, r.body
+        assert (await verify_log(store)).ok
+    finally:
+        await store.close()
+
+
+async def test_an_append_returns_what_committed_while_it_waited_for_the_lock(pg_url: str) -> None:
+    """``ringlog_append_after`` reads the records after the caller's cursor once it holds the
+    counter lock, so a transaction that held the lock and committed meanwhile is in the answer
+    (a read with the statement's first snapshot would miss it), in position order, bounded."""
+    store = PostgresStore(pg_url, pool_size=2, poll_interval=0, listen=False)
+    await store.open()
+    holder = await asyncpg.connect(pg_url)
+    caller = await asyncpg.connect(pg_url)
+    try:
+        await store.append("seen", [created()], 0)
+        tx = holder.transaction()
+        await tx.start()
+        await holder.fetch(_APPEND, *_append_arguments([pending("held", [created(), segment()], 0)]))
+        group = _append_arguments([pending("mine", [created()], 0)])
+        waiting = asyncio.create_task(caller.fetch(_APPEND_AFTER, 1, 10, *group))
+        async with asyncio.timeout(WAIT):
+            while (
+                await store._fetch(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                )
+            )[0][0] < 1:
+                await asyncio.sleep(0.01)
+        await tx.commit()
+        rows = await asyncio.wait_for(waiting, WAIT)
+        assert [r["outcome"] for r in rows] == ["committed", "committed", "ok"]
+        assert [record_from_row(r[7:]) for r in rows[:2]] == await store.read_all(1, 2)
+        assert rows[2]["last_position"] == 4
+        bounded = await caller.fetch(_APPEND_AFTER, 0, 2, *_append_arguments([pending("b", [created()], 0)]))
+        assert [r["outcome"] for r in bounded] == ["committed", "committed", "ok"]
+        assert [r["r_position"] for r in bounded[:2]] == [1, 2]
+        assert (await verify_log(store)).ok
+    finally:
+        await holder.close()
+        await caller.close()
+        await store.close()
+
+
+async def test_a_version_2_database_gains_the_version_3_function_and_old_calls_keep_working(
+    pg_url: str,
+) -> None:
+    """Version 3 only adds ``ringlog_append_after``: a version-2 database is upgraded in place,
+    and ``ringlog_append`` (what a version-2 node calls) works beside it."""
+    store = PostgresStore(pg_url, pool_size=1, poll_interval=0, listen=False)
+    await store.open()
+    try:
+        await store.append("d", [created()], 0)
+        async with store._acquire() as conn:  # make it the database version 2 left
+            await conn.execute("DROP FUNCTION ringlog_append_after")
+            await conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    finally:
+        await store.close()
+    store = PostgresStore(pg_url, pool_size=2, poll_interval=0, listen=False)
+    await store.open()
+    try:
+        async with store._acquire() as conn:
+            assert await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'") == "3"
+            old_node = await conn.fetch(_APPEND, *_append_arguments([pending("d", [segment()], 1)]))
+            assert [r["outcome"] for r in old_node] == ["ok"]
+        result = await store.append("d", [segment()], 2)
+        assert [(r.position, r.seq) for r in result.records] == [(3, 3)]
+        assert [r.seq for r in await store.read("d")] == [1, 2, 3]
         assert (await verify_log(store)).ok
     finally:
         await store.close()
