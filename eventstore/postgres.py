@@ -12,8 +12,8 @@ before), and inserts the accepted events with their positions, seqs and chain ha
 counter lock serialises writers across all nodes, and it is held for the function's work and the
 commit only, never across a round trip to this process (measured: with the transaction driven
 from here, the lock holder spent most of its time waiting for this process's busy event loop).
-After the commit, commit hints (``pg_notify('ringlog', stream_id || ':' || last_seq)``) are sent
-in their own short transaction (:meth:`PostgresStore._send_hints`).
+After the commit, a commit hint (``pg_notify('ringlog', ':' || last_position)``) is sent in its own
+short transaction (:meth:`PostgresStore._send_hints`), one per batch of groups.
 
 Why global reading cannot skip
 ------------------------------
@@ -46,7 +46,7 @@ position up to which it has published (``published_position``) and, when woken, 
 ``read_all(published_position)`` in position order. Because positions are commit-ordered and
 gap-free, this one cursor gives every stream's records in seq order, each exactly once. Wake-ups
 come from a dedicated ``LISTEN ringlog`` connection (a notification is only a hint: it names a
-stream and seq, and one for records already published is ignored), and from a periodic check
+position, and one at or below ``published_position`` is ignored), and from a periodic check
 every ``poll_interval`` seconds, which covers lost notifications and a dropped listener
 connection. That connection is re-established automatically, and reconnecting also triggers a
 discovery. (Commit discovery is the store's own mechanism; the projector's replay of the log
@@ -64,7 +64,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -115,7 +114,7 @@ from eventstore.values import check_text, clamp_int64, is_storable_text, read_li
 log = logging.getLogger(__name__)
 
 CHANNEL = "ringlog"
-"""The LISTEN/NOTIFY channel; payloads are ``stream_id:last_seq``."""
+"""The LISTEN/NOTIFY channel of commit hints; payloads are ``:last_position`` (see :data:`_NOTIFY`)."""
 
 SNAPSHOT_LEAD_LOCK = 0x72696E67736E6170
 """Session advisory lock held on its LISTEN connection by the node that saves every draft's
@@ -126,9 +125,6 @@ LISTEN_APPLICATION_NAME = "ringlog-listen"
 
 DISCOVERY_PAGE = 1000
 """Records read per query by commit discovery."""
-
-KNOWN_HEADS = 100_000
-"""Streams whose last published seq is remembered (to ignore notifications already handled)."""
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -165,8 +161,11 @@ CATCH_UP_ROWS = 256
 """Records of other nodes an append brings back at most (:data:`_APPEND_AFTER`); past that, the
 rest are read by commit discovery before the group is published, as before version 3."""
 
-_NOTIFY = f"SELECT pg_notify('{CHANNEL}', hint) FROM unnest($1::text[]) AS h (hint)"
-"""Commit hints (``stream_id:last_seq``), sent after the commit in their own short transaction."""
+_NOTIFY = f"SELECT pg_notify('{CHANNEL}', ':' || $1::bigint)"
+"""A commit hint: the last position committed here, sent after the commit in its own short
+transaction. One notification per batch, whatever the number of streams: every node, this one
+included, hears each. The empty name before the colon is for nodes of schema version 2, which
+read ``stream_id:last_seq`` hints and, knowing no stream named ``""``, read the log on it."""
 
 POSITION_PROBES = (10**18, 2 * 10**18)
 """Two 19-digit positions an event whose body holds its position is encoded with: the bodies
@@ -349,7 +348,6 @@ class PostgresStore:
         self._closing = False
         # commit discovery (other nodes' commits)
         self._published_position = 0
-        self._known_heads: OrderedDict[str, int] = OrderedDict()
         self._discovery_lock = asyncio.Lock()
         self._discovery_task: asyncio.Task[None] | None = None
         self._discovery_wanted = False
@@ -358,7 +356,9 @@ class PostgresStore:
         self._listen_conn: asyncpg.Connection | None = None
         self._listening = asyncio.Event()
         self._snapshot_leader = False
-        self._hints: dict[str, int] = {}
+        self._hint_position = 0
+        """The last position committed here that other nodes are to hear of."""
+        self._hinted_position = 0
         self._hint_task: asyncio.Task[None] | None = None
         self.peer_bus = PeerBus()
         """The peer bus (:mod:`eventstore.peerbus`), over :data:`eventstore.pg_peerbus.BUS_CHANNEL`."""
@@ -529,25 +529,24 @@ class PostgresStore:
         queue lock at commit and hold it through the WAL flush (and with it the counter lock a
         little longer); sent afterwards, in its own transaction, it serialises nothing but itself.
         A hint lost because this process dies right after the commit delays other nodes by one
-        ``poll_interval`` at most (their periodic check reads the log).
+        ``poll_interval`` at most (their periodic check reads the log). A hint is one position,
+        so one notification covers every group committed while the previous one was being sent.
         """
-        for r in records:
-            self._hints[r.stream_id] = r.seq
+        self._hint_position = max(self._hint_position, max(r.position for r in records))
         if self._hint_task is None or self._hint_task.done():
             self._hint_task = asyncio.get_running_loop().create_task(
                 self._hint_loop(), name="ringlog-pg-notify"
             )
 
     async def _hint_loop(self) -> None:
-        while self._hints and self._pool is not None:
-            hints = [f"{stream_id}:{seq}" for stream_id, seq in self._hints.items()]
-            self._hints.clear()
+        while self._hint_position > self._hinted_position and self._pool is not None:
+            position = self._hinted_position = self._hint_position
             try:
                 with _mapped_errors("notify"):
                     async with self._acquire() as conn:
-                        await conn.execute(_NOTIFY, hints)
+                        await conn.execute(_NOTIFY, position)
             except StoreError as e:  # other nodes' periodic check finds the records anyway
-                log.warning("could not send %d commit hints: %r", len(hints), str(e))
+                log.warning("could not send the commit hint for position %d: %r", position, str(e))
 
     async def _notify_bus(self, frames: list[str]) -> None:
         with _mapped_errors("peer bus notify"):
@@ -657,11 +656,6 @@ class PostgresStore:
         if not fresh:
             return
         self._published_position = fresh[-1].position
-        for record in fresh:
-            self._known_heads[record.stream_id] = record.seq
-            self._known_heads.move_to_end(record.stream_id)
-        while len(self._known_heads) > KNOWN_HEADS:
-            self._known_heads.popitem(last=False)
         self.notifier.publish(fresh)
 
     async def _discover_commits(self, before: int | None = None) -> None:
@@ -698,12 +692,17 @@ class PostgresStore:
                 return
 
     def _on_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        stream_id, _, seq = payload.rpartition(":")
-        try:
-            if self._known_heads.get(stream_id, 0) >= int(seq):
-                return  # our own commit, or one already read from the log
-        except ValueError:
-            log.warning("ignoring malformed notification %r", payload)
+        """A commit hint: read the log unless its position is published here already.
+
+        ``:position`` from this version; anything else (a version-2 node's ``stream_id:seq``, a
+        malformed payload) reads the log, which costs a query and is always correct.
+        """
+        if payload.startswith(":"):
+            try:
+                if int(payload[1:]) <= self._published_position:
+                    return  # our own commit, or one already read from the log
+            except ValueError:
+                log.warning("malformed commit hint %r", payload)
         self._schedule_discovery()
 
     async def _listen_loop(self) -> None:

@@ -318,6 +318,51 @@ async def test_each_node_publishes_the_others_records_once_and_in_order(
     assert _positions(everything["b"].records) == list(range(1, total + 2))
 
 
+async def test_a_commit_hint_is_one_position_per_batch_whatever_the_streams(
+    pg_url: str, open_stores: Any
+) -> None:
+    """One group on 20 streams sends one hint, ``:last position`` (not one per stream)."""
+    store = await open_stores(pg_url, poll_interval=0, listen=False)
+    listener = await asyncpg.connect(pg_url)
+    payloads: list[str] = []
+    head_heard = asyncio.Event()
+    streams = [f"s{i}" for i in range(20)]
+
+    def heard(_c: Any, _pid: int, _channel: str, payload: str) -> None:
+        payloads.append(payload)
+        if payload == f":{len(streams)}":
+            head_heard.set()
+
+    try:
+        await listener.add_listener(postgres.CHANNEL, heard)
+        await asyncio.gather(*(store.append(s, [created()], 0) for s in streams))
+        await asyncio.wait_for(head_heard.wait(), WAIT)
+        assert all(p.startswith(":") and p[1:].isdigit() for p in payloads), payloads
+        assert len(payloads) < len(streams)
+    finally:
+        await listener.close()
+
+
+async def test_a_hint_at_or_below_the_published_position_reads_nothing(pg_url: str, open_stores: Any) -> None:
+    """A hint is a position: one already published here (this node's own, or read) is ignored;
+    a later one, or a version-2 node's ``stream:seq`` hint, starts commit discovery."""
+    store = await open_stores(pg_url, poll_interval=0, listen=False)
+    await store.append("d", [created(), segment()], 0)
+    assert store.published_position == 2
+
+    def hear(payload: str) -> bool:
+        """Deliver a hint; True if it started commit discovery."""
+        store._discovery_wanted = False
+        store._on_notification(None, 0, postgres.CHANNEL, payload)
+        return store._discovery_wanted
+
+    assert not hear(":1")
+    assert not hear(":2")
+    assert hear(":3")
+    assert hear("d:2")  # version 2 named a stream and seq: read the log, which is always right
+    assert hear(":x")
+
+
 async def test_killing_the_listen_connection_does_not_stop_delivery(pg_url: str, open_stores: Any) -> None:
     writer = await open_stores(pg_url, poll_interval=0, listen=False)
     reader = await open_stores(pg_url, poll_interval=0)  # no periodic check: reconnect must do it
