@@ -567,8 +567,8 @@ class PostgresStore:
         locks the counter, reads the records committed after :attr:`published_position`, decides
         every append of the group, inserts the accepted ones and commits.
 
-        Returns the group's records (position order) and those earlier records (at most
-        :data:`CATCH_UP_ROWS`, position order, contiguous from the cursor sent).
+        Returns the group's records (position order) and those earlier records not published
+        here meanwhile (at most :data:`CATCH_UP_ROWS`, position order, contiguous).
 
         The decisions (:func:`plan_group`'s rules: key replay or reuse, ``expected_seq`` against
         the head, appends later in the group seeing earlier ones) are made by the function under
@@ -581,7 +581,8 @@ class PostgresStore:
         async with self._acquire() as conn:
             rows = await conn.fetch(_APPEND_AFTER, self._published_position, CATCH_UP_ROWS, *args)
         n_earlier = next((i for i, row in enumerate(rows) if row[0] != "committed"), len(rows))
-        earlier = [record_from_row(row[7:]) for row in rows[:n_earlier]]
+        # Commit discovery (a hint heard meanwhile) may have published some of them already.
+        earlier = [record_from_row(row[7:]) for row in rows[:n_earlier] if row[7] > self._published_position]
         records: list[Record] = []
         k = 0  # the index of the item's first event in the per-event arrays
         for item, row in zip(group, rows[n_earlier:], strict=True):
