@@ -248,7 +248,8 @@ BEGIN
 END $$;
 
 INSERT INTO meta (key, value) VALUES ('schema_version', '3')
-    ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE meta.value < excluded.value;
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value
+    WHERE (length(meta.value), meta.value) < (length(excluded.value), excluded.value);
 """
 
 SCHEMA_LOCK = 0x72696E676C6F67

@@ -309,6 +309,26 @@ async def test_a_version_2_database_gains_the_version_3_function_and_old_calls_k
         await store.close()
 
 
+async def test_a_newer_schema_version_is_never_lowered_by_an_older_node(pg_url: str) -> None:
+    """Versions compare as numbers: a database a version-10 node marked stays at 10 when this
+    node's (additive) schema script runs on open — compared as text, '10' < '3' lowered it."""
+    store = PostgresStore(pg_url, pool_size=1, poll_interval=0, listen=False)
+    await store.open()
+    try:
+        async with store._acquire() as conn:
+            await conn.execute("UPDATE meta SET value = '10' WHERE key = 'schema_version'")
+    finally:
+        await store.close()
+    store = PostgresStore(pg_url, pool_size=1, poll_interval=0, listen=False)
+    await store.open()  # '10' != '3': the script runs, and must keep 10
+    try:
+        async with store._acquire() as conn:
+            assert await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'") == "10"
+        await store.append("d", [created()], 0)
+    finally:
+        await store.close()
+
+
 # -- a database written by the version-1 schema -------------------------------------------------
 
 
