@@ -120,24 +120,37 @@ class Fanout:
         self.others.add(sub)
 
     def publish(self, batch: Batch) -> None:
-        """Deliver ``batch`` (committed, in seq order) to every subscriber of the stream."""
+        """Deliver ``batch`` (committed, in seq order) to every subscriber of the stream.
+
+        The others are taken before the lane is written (a member paused by its write leaves
+        into them at the batch's last seq), except when the lane dissolves: then every member
+        goes back to its own seam and is offered the batch like the others.
+        """
+        others = tuple(self.others)
         if self.lane:
             position = self.position
             if batch.removals or batch.first_seq > position + 1:
                 self._dissolve()
+                others = tuple(self.others)
             elif batch.last_seq > position:
                 self.position = batch.last_seq
                 data = batch.data if batch.first_seq == position + 1 else batch.after(position)
                 self._write(data, batch.stamp)
-        for sub in tuple(self.others):
+        for sub in others:
             sub.offer(batch)
 
     def offer_message(self, frame: bytes) -> int:
-        """Write a frame that is not an event to the members, offer it to the others; how many."""
+        """Write a frame that is not an event to the members, offer it to the others; how many.
+
+        The others are taken before the lane is written: a member whose write pauses its
+        transport leaves the lane into the others from inside ``write()``, and must not be
+        offered the frame it has just been written (a presence frame has no seq to drop a copy).
+        """
+        others = tuple(self.others)
         for writer in tuple(self.lane.values()):
             if not writer.is_closing():
                 writer.write(frame)
-        for sub in tuple(self.others):
+        for sub in others:
             sub.offer_message(frame)
         return len(self)
 

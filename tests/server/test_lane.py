@@ -198,6 +198,29 @@ async def test_a_socket_that_pauses_leaves_the_lane_and_rejoins_once_its_backlog
     assert slow.seqs() == fast.seqs() == list(range(1, head + 1))
 
 
+async def test_a_presence_frame_whose_write_pauses_a_member_reaches_it_once(
+    store: MemoryStore, owner: TaskOwner
+) -> None:
+    """The member leaves the lane from inside the write (pause_writing); it must not then be
+    offered, as one of the others, the frame it was just written (a review found it twice)."""
+    hub = Hub(store, max_backlog_bytes=1 << 30, max_backlog_events=1 << 30)
+    await append(store, DRAFT, 1)
+    slow, other = FakeSink(auto_drain=False), FakeSink()
+    sub = hub.subscribe(DRAFT, slow, 1, spawn=owner.spawn, request_close=owner.request_close)
+    hub.subscribe(DRAFT, other, 1, spawn=owner.spawn, request_close=owner.request_close)
+    await owner.idle()
+    assert sub in lane_of(hub).lane
+    frame = b"\x81\x7f" + (HIGH_WATER + 10).to_bytes(8, "big") + b"P" * (HIGH_WATER + 10)
+    assert hub.offer_message(DRAFT, frame) == 2
+    assert sub not in lane_of(hub).lane  # the write passed the high-water mark
+    assert sub.backlog_bytes == 0
+    for _ in range(5):
+        slow.drain()
+        await asyncio.sleep(0)
+    assert sum(1 for w in slow.writes if w == frame) == 1
+    assert sum(1 for w in other.writes if w == frame) == 1
+
+
 async def test_a_gap_dissolves_the_lane_and_every_socket_reads_the_log_again(
     store: MemoryStore, owner: TaskOwner
 ) -> None:
