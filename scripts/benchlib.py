@@ -565,7 +565,7 @@ def ensure_bench_extra() -> list[str]:
     if missing:
         wanted = [BENCH_EXTRA[m] for m in missing]
         print(
-            f"the bench extra is missing {', '.join(missing)}: pip install {' '.join(wanted)}",
+            f"the bench extra is missing {', '.join(missing)}: installing {' '.join(wanted)} with pip",
             file=sys.stderr,
             flush=True,
         )
@@ -579,6 +579,8 @@ def ensure_bench_extra() -> list[str]:
         missing = [m for m in missing if importlib.util.find_spec(m) is None]
         if missing:
             print(f"still missing {', '.join(missing)}: their rows are skipped", file=sys.stderr, flush=True)
+        else:
+            print(f"installed {', '.join(wanted)}", file=sys.stderr, flush=True)
     return missing
 
 

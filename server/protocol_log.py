@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 PROTOCOL_LOGGER = "aiohttp.server"
 
@@ -32,6 +33,15 @@ class ProtocolRefusalFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, RequestPayloadError):  # a body that did not decode, left unread
+            cause = exc.__cause__
+            exc = (
+                cause
+                if isinstance(cause, HttpProcessingError)
+                else HttpProcessingError(
+                    code=400, message=str(exc.args[0] if exc.args else "bad request body")
+                )
+            )
         if not isinstance(exc, HttpProcessingError):
             return True
         peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"

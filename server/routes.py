@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from eventstore.events import Record
@@ -99,7 +100,13 @@ async def _read_json(request: web.Request) -> Any:
     length = request.content_length
     if length is not None and length > MAX_BODY_BYTES:
         raise ApiError(413, "payload_too_large", "request body is larger than 64 KiB")
-    raw = await request.read()  # client_max_size stops a body without Content-Length at 64 KiB
+    try:
+        raw = await request.read()  # client_max_size stops a body without Content-Length at 64 KiB
+    except RequestPayloadError as e:  # a Content-Encoding whose data does not decode, a bad chunk
+        reason = " ".join(str(e.args[0] if e.args else e).split())
+        raise ApiError(400, "invalid_json", f"the body could not be read: {reason}") from None
+    except ConnectionError:  # the client went away before the whole body came (nobody reads this)
+        raise ApiError(400, "invalid_json", "the body ended before its Content-Length") from None
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as e:

@@ -74,7 +74,8 @@ async def multi_socket(request: web.Request) -> web.StreamResponse:
         await refuse(ws, exc)
         return ws
     transport = request.transport
-    assert transport is not None  # prepared: the upgraded connection
+    if transport is None:
+        return ws  # the peer closed the connection between the upgrade and here: nothing to run
     sink = TransportSink(transport, ws)
     session = MuxSession(st, ws, sink, Closer(ws, transport, sink), identity.user_id)
     try:

@@ -102,7 +102,8 @@ async def stream_events(
 ) -> None:
     """Run an admitted socket until it closes: ``connected``, catch-up, live, then the close."""
     transport = request.transport
-    assert transport is not None  # prepared: the upgraded connection
+    if transport is None:
+        return  # the peer closed the connection between the upgrade and here: nothing to run
     sink = TransportSink(transport, ws)
     closer = Closer(ws, transport, sink)
     tasks = SocketTasks(st.sockets)
