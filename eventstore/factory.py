@@ -36,7 +36,8 @@ def check_store_url(url: str) -> str:
     * ``postgresql://`` / ``postgres://`` URLs (lower case, as libpq and asyncpg require) (libpq's form, RFC 3986 §3) whose authority
       parses: a bracketed IPv6 host is closed, a port is 1–65535 digits;
     * ``sqlite:///path`` or a path (any text without ``scheme://``) whose directory exists
-      (SQLite creates the file, never its directory).
+      (SQLite creates the file, never its directory); not ``:memory:``, which SQLite gives each
+      connection afresh (the store's writer and readers are separate connections).
 
     Anything else — ``mysql://x``, ``http://…`` — is refused rather than taken for a file name.
     """
@@ -58,6 +59,11 @@ def check_store_url(url: str) -> str:
     path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
     if not path:
         raise StoreUrlError(f"{STORE_URL_RULE}; {url!r} names no file")
+    if path == ":memory:":  # SQLite's private in-memory database: one per connection, so the
+        # writer, the readers and other processes would each see a different, empty log
+        raise StoreUrlError(
+            "names SQLite's in-memory database, which no two connections share; give a file path (or memory: for a throw-away in-process store)"
+        )
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise StoreUrlError(f"names the SQLite file {path!r}, whose directory {directory!r} does not exist")

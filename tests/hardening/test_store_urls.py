@@ -30,6 +30,9 @@ BAD_URLS = [
     "sqlite:///nonexistent/dir/x.db",
     "/nonexistent/dir/x.db",
     "",
+    ":memory:",
+    "sqlite:///:memory:",
+    "sqlite://:memory:",
 ]
 COMMANDS = ["replay", "log", "verify", "rebuild", "drafts", "copy-from", "copy-to", "serve"]
 
