@@ -101,7 +101,10 @@ async def test_the_socket_is_retried_at_least_every_5_s(browser: Browser, tmp_pa
         gaps = [b - a for a, b in itertools.pairwise(attempts)]
         print(f"\nsocket attempts: {len(attempts)}, longest gap {max(gaps):.2f} s")
         assert len(attempts) >= 5
-        assert max(gaps) < SOCKET_RETRY_CAP_S + 1.5, gaps
+        # The slack is for the browser's timers, not the client's cap: alone this page's longest
+        # gap is 3.2-4.3 s, but after the suite's ~40 earlier pages in the same Chromium one gap
+        # of 7.7 s was seen (2026-11-30). What this test exists to catch is the 30 s cap.
+        assert max(gaps) < SOCKET_RETRY_CAP_S + 3.5, gaps
 
 
 async def test_a_bad_or_foreign_draft_id_shows_only_an_error(browser: Browser, server: ServerProcess) -> None:  # noqa: F811
