@@ -4,11 +4,12 @@ Writing
 -------
 Each store has one writer task that takes every pending append (of any streams) and commits them
 together (group commit, as in :mod:`eventstore.sqlite`). The group's transaction is ONE statement,
-``SELECT * FROM ringlog_append_after(…)`` (:mod:`eventstore.pg_schema`), sent outside any explicit
+``SELECT * FROM ringlog_append_group(…)`` (:mod:`eventstore.pg_schema`), sent outside any explicit
 transaction so that PostgreSQL commits it when it returns: the function row-locks the
 single-row counter ``log_head``, then, append by append and in queue order, checks the
-idempotency key and ``expected_seq`` against what is committed (and what the group inserted
-before), and inserts the accepted events with their positions, seqs and chain hashes. The
+idempotency key and ``expected_seq`` against what is committed (and what the group accepted
+before), and inserts the accepted events with their positions, seqs and chain hashes in one
+statement, which the schema's trigger checks once. The
 counter lock serialises writers across all nodes, and it is held for the function's work and the
 commit only, never across a round trip to this process (measured: with the transaction driven
 from here, the lock holder spent most of its time waiting for this process's busy event loop).
@@ -157,8 +158,13 @@ _APPEND_AFTER = "SELECT * FROM ringlog_append_after($1, $2, $3, $4, $5, $6, $7, 
 the rows start with the records committed after the cursor and before the group (outcome
 ``committed``, read under the counter lock), then one outcome row per append."""
 
+_APPEND_GROUP = "SELECT * FROM ringlog_append_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+""":data:`_APPEND_AFTER`'s arguments and answer, decided the same way, with one statement for the
+group's heads, one for its keys and one insert for its events (schema version 4; what this
+version calls)."""
+
 CATCH_UP_ROWS = 256
-"""Records of other nodes an append brings back at most (:data:`_APPEND_AFTER`); past that, the
+"""Records of other nodes an append brings back at most (:data:`_APPEND_GROUP`); past that, the
 rest are read by commit discovery before the group is published, as before version 3."""
 
 _NOTIFY = f"SELECT pg_notify('{CHANNEL}', ':' || $1::bigint)"
@@ -563,7 +569,7 @@ class PostgresStore:
         }
 
     async def _transact(self, group: list[PendingAppend]) -> tuple[list[Record], list[Record]]:
-        """One statement, one round trip: :data:`eventstore.pg_schema` ``ringlog_append_after``
+        """One statement, one round trip: :data:`eventstore.pg_schema` ``ringlog_append_group``
         locks the counter, reads the records committed after :attr:`published_position`, decides
         every append of the group, inserts the accepted ones and commits.
 
@@ -579,7 +585,7 @@ class PostgresStore:
         args = _append_arguments(group)
         prefixes, suffixes = args[7], args[8]
         async with self._acquire() as conn:
-            rows = await conn.fetch(_APPEND_AFTER, self._published_position, CATCH_UP_ROWS, *args)
+            rows = await conn.fetch(_APPEND_GROUP, self._published_position, CATCH_UP_ROWS, *args)
         n_earlier = next((i for i, row in enumerate(rows) if row[0] != "committed"), len(rows))
         # Commit discovery (a hint heard meanwhile) may have published some of them already.
         earlier = [record_from_row(row[7:]) for row in rows[:n_earlier] if row[7] > self._published_position]

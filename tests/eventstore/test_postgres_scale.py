@@ -280,17 +280,19 @@ async def test_an_append_returns_what_committed_while_it_waited_for_the_lock(pg_
         await store.close()
 
 
-async def test_a_version_2_database_gains_the_version_3_function_and_old_calls_keep_working(
+async def test_a_version_2_database_gains_the_newer_functions_and_old_calls_keep_working(
     pg_url: str,
 ) -> None:
-    """Version 3 only adds ``ringlog_append_after``: a version-2 database is upgraded in place,
-    and ``ringlog_append`` (what a version-2 node calls) works beside it."""
+    """Versions 3 and 4 add ``ringlog_append_after`` and ``ringlog_append_group``: a version-2
+    database is upgraded in place, and ``ringlog_append`` (what a version-2 node calls) works
+    beside them."""
     store = PostgresStore(pg_url, pool_size=1, poll_interval=0, listen=False)
     await store.open()
     try:
         await store.append("d", [created()], 0)
         async with store._acquire() as conn:  # make it the database version 2 left
             await conn.execute("DROP FUNCTION ringlog_append_after")
+            await conn.execute("DROP FUNCTION ringlog_append_group")
             await conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     finally:
         await store.close()
@@ -298,7 +300,9 @@ async def test_a_version_2_database_gains_the_version_3_function_and_old_calls_k
     await store.open()
     try:
         async with store._acquire() as conn:
-            assert await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'") == "3"
+            assert (
+                await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'") == SCHEMA_VERSION
+            )
             old_node = await conn.fetch(_APPEND, *_append_arguments([pending("d", [segment()], 1)]))
             assert [r["outcome"] for r in old_node] == ["ok"]
         result = await store.append("d", [segment()], 2)
@@ -320,7 +324,7 @@ async def test_a_newer_schema_version_is_never_lowered_by_an_older_node(pg_url: 
     finally:
         await store.close()
     store = PostgresStore(pg_url, pool_size=1, poll_interval=0, listen=False)
-    await store.open()  # '10' != '3': the script runs, and must keep 10
+    await store.open()  # '10' != SCHEMA_VERSION: the script runs, and must keep 10
     try:
         async with store._acquire() as conn:
             assert await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'") == "10"
