@@ -3,10 +3,11 @@
 The database itself refuses what would break the log, whoever writes to it (the store, a bulk
 import, or someone at a ``psql`` prompt):
 
-* ``events_next_only`` (AFTER INSERT, once per statement, over the statement's new rows; per row
-  up to version 3): row-locks the single-row counter ``log_head`` until commit (which is what
-  serialises writers and makes positions commit-ordered, see :mod:`eventstore.postgres`),
-  refuses the statement unless its rows take exactly the next positions after the counter, each
+* ``events_lock_counter`` (BEFORE INSERT, once per statement; version 4): row-locks the
+  single-row counter ``log_head`` until commit, before the statement writes a row (which is what
+  serialises writers and makes positions commit-ordered, see :mod:`eventstore.postgres`).
+* ``events_next_only`` (AFTER INSERT, once per statement, over the statement's new rows; per row,
+  taking the lock itself, up to version 3): refuses the statement unless its rows take exactly the next positions after the counter, each
   row follows its stream's previous seq (which must exist and come earlier in position, so a
   stream's seqs stay 1..n in position order) and its ``hash`` is
   ``sha256(previous hash ‖ position (8 bytes, big-endian) ‖ body)``, then moves the counter to
@@ -106,16 +107,25 @@ END $$;
 
 -- Version 4: the insert check, once per statement over its new rows. The per-row function above
 -- is kept (an older node's script replaces it; no trigger calls it any more).
+CREATE OR REPLACE FUNCTION ringlog_events_lock() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- Before the statement writes a row: the counter's row lock, held until commit (a no-op for
+    -- ringlog_append*, which took it first). The next writer waits here, before it has written
+    -- anything another writer could wait for, then sees these rows.
+    PERFORM 1 FROM log_head FOR UPDATE;
+    RETURN NULL;
+END $$;
+
 CREATE OR REPLACE FUNCTION ringlog_events_check() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     before_pos BIGINT;
     c          RECORD;
 BEGIN
-    -- Row-locks the counter until commit (ringlog_append* hold it already): the next writer
-    -- waits here, then sees these rows. Every later statement takes a new snapshot, so the
-    -- predecessors below include every commit made before the lock was granted.
-    SELECT l.position INTO before_pos FROM log_head l FOR UPDATE;
+    -- The counter lock is held (events_lock_counter); every statement here takes a new
+    -- snapshot, so the counter and the predecessors below include every commit made before it.
+    SELECT l.position INTO before_pos FROM log_head l;
     SELECT count(*) AS n, min(r.position) AS lo, max(r.position) AS hi,
            min(r.position) FILTER (
                WHERE (r.seq > 1 AND (p.position IS NULL OR p.position >= r.position))
@@ -168,6 +178,11 @@ BEGIN
                AND tgrelid = 'events'::regclass
                AND tgfoid = 'ringlog_events_next_only'::regproc) THEN
         DROP TRIGGER events_next_only ON events;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'events_lock_counter'
+                   AND tgrelid = 'events'::regclass) THEN
+        CREATE TRIGGER events_lock_counter BEFORE INSERT ON events
+            FOR EACH STATEMENT EXECUTE FUNCTION ringlog_events_lock();
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'events_next_only'
                    AND tgrelid = 'events'::regclass) THEN
@@ -385,7 +400,7 @@ BEGIN
     c_stream := COALESCE(c_stream, '{}'); c_seq := COALESCE(c_seq, '{}');
     FOR i IN 1 .. n LOOP
         found_stream := NULL; found_seq := NULL;
-        IF p_keys[i] IS NOT NULL THEN
+        IF p_keys[i] IS NOT NULL AND p_users[i] IS NOT NULL THEN  -- NULL = NULL never matches
             key_id := format('%s:%s%s', length(p_users[i]), p_users[i], p_keys[i]);
             ci := array_position(c_ids, key_id);
             IF ci IS NOT NULL THEN
@@ -419,7 +434,7 @@ BEGIN
             END LOOP;
             IF p_counts[i] > 0 THEN
                 s_seq[si] := hs + p_counts[i]; s_hash[si] := h;
-                IF p_keys[i] IS NOT NULL THEN
+                IF p_keys[i] IS NOT NULL AND p_users[i] IS NOT NULL THEN
                     c_ids := c_ids || key_id; c_fp := c_fp || p_fps[i];
                     c_stream := c_stream || p_streams[i]; c_seq := c_seq || (hs + 1);
                 END IF;

@@ -163,6 +163,10 @@ _APPEND_GROUP = "SELECT * FROM ringlog_append_group($1, $2, $3, $4, $5, $6, $7, 
 group's heads, one for its keys and one insert for its events (schema version 4; what this
 version calls)."""
 
+MIGRATION_LOCK_TIMEOUT_MS = 10_000
+"""How long opening a database of an older schema waits for the table locks its migration needs
+(``lock_timeout``) before the open fails, rather than stalling every node's queries behind it."""
+
 CATCH_UP_ROWS = 256
 """Records of other nodes an append brings back at most (:data:`_APPEND_GROUP`); past that, the
 rest are read by commit discovery before the group is published, as before version 3."""
@@ -357,6 +361,11 @@ class PostgresStore:
         self._discovery_lock = asyncio.Lock()
         self._discovery_task: asyncio.Task[None] | None = None
         self._discovery_wanted = False
+        self._appending = False
+        """True while this node's append call is in flight: it brings back what other nodes
+        committed before it took the counter lock, so a hint heard meanwhile waits for it."""
+        self._hint_while_appending = 0
+        """The highest hinted position heard while :attr:`_appending` (0: none)."""
         self._listener: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._listen_conn: asyncpg.Connection | None = None
@@ -456,6 +465,9 @@ class PostgresStore:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
             if await self._schema_version(conn) != SCHEMA_VERSION:
+                # Replacing a trigger locks `events` exclusively: waiting behind a long reader
+                # would queue every node's queries on it, so give up (StoreUnavailable) instead.
+                await conn.execute(f"SET LOCAL lock_timeout = '{MIGRATION_LOCK_TIMEOUT_MS}ms'")
                 await conn.execute(SCHEMA)
             await conn.execute(FEED_SCHEMA)
             self._published_position = int(
@@ -518,15 +530,31 @@ class PostgresStore:
         Other nodes' records committed since :attr:`published_position` come back with the
         outcomes (up to :data:`CATCH_UP_ROWS`) and are published first, so publishing the group
         needs no read of its own in the usual case (docs/POSTGRES.md "The append returns what
-        the node missed").
+        the node missed"). Commit hints heard while the call is in flight are read only after it,
+        and only what its answer did not cover (docs/POSTGRES.md "Cross-node wake-up").
         """
-        with _mapped_errors("write"):
-            records, earlier = await self._transact(group)
+        self._appending = True
+        try:
+            with _mapped_errors("write"):
+                records, earlier = await self._transact(group)
+        except BaseException:
+            self._appending = False
+            self._read_deferred_hint()
+            raise
+        self._appending = False
         if earlier:
             self._deliver(earlier)
         if records:
             self._send_hints(records)
             await self._publish_local(records)
+        self._read_deferred_hint()
+
+    def _read_deferred_hint(self) -> None:
+        """Commit discovery for a hint heard during our append, if the append's answer did not
+        cover it (that node committed after our call took the counter lock)."""
+        if self._hint_while_appending > self._published_position:
+            self._schedule_discovery()
+        self._hint_while_appending = 0
 
     def _send_hints(self, records: Sequence[Record]) -> None:
         """Queue commit hints for other nodes; one task sends them, after the commit, batched.
@@ -706,10 +734,17 @@ class PostgresStore:
         """
         if payload.startswith(":"):
             try:
-                if int(payload[1:]) <= self._published_position:
-                    return  # our own commit, or one already read from the log
+                position = int(payload[1:])
             except ValueError:
                 log.warning("malformed commit hint %r", payload)
+            else:
+                if position <= self._published_position:
+                    return  # our own commit, or one already read from the log
+                if self._appending:
+                    # Our append in flight returns every record committed before it took the
+                    # counter lock; whatever it does not cover is read once it has returned.
+                    self._hint_while_appending = max(self._hint_while_appending, position)
+                    return
         self._schedule_discovery()
 
     async def _listen_loop(self) -> None:

@@ -418,6 +418,50 @@ async def test_a_local_append_is_published_after_earlier_remote_ones(pg_url: str
     assert [r.seq for r in got.records] == [1, 2]  # published before append returned
 
 
+async def test_hints_heard_while_appending_are_never_lost(pg_url: str, open_stores: Any) -> None:
+    """Two nodes append at once, each hearing the other's hints only (no periodic check): a hint
+    that arrives while a node's own append call is in flight waits for that call, whose answer
+    brings back what committed before it took the counter lock; anything later is read once the
+    call returns. Every record must reach both nodes' listeners, each once and in order."""
+    nodes = [await open_stores(pg_url, poll_interval=0, pool_size=4) for _ in range(2)]
+    for node in nodes:
+        assert await node.wait_listening(WAIT)
+    got = [Collector() for _ in nodes]
+    for node, collector in zip(nodes, got, strict=True):
+        node.notifier.add_global_listener(collector)
+
+    async def writer(node: PostgresStore, stream: str) -> None:
+        for i in range(60):
+            await node.append(stream, [segment(content=f"{stream} {i}")], i)
+
+    await asyncio.gather(*(writer(nodes[w % 2], f"w{w}") for w in range(8)))
+    total = 8 * 60
+    for collector in got:
+        await collector.wait_until(lambda rs: len(rs) >= total, "every record on every node")
+        assert [r.position for r in collector.records] == list(range(1, total + 1))
+
+
+async def test_a_hint_deferred_during_an_append_is_read_when_the_answer_did_not_cover_it(
+    pg_url: str, open_stores: Any
+) -> None:
+    """The two halves of the rule, one at a time: a hint heard while an append call is in flight
+    schedules no read; once the call has returned, a hinted position still above what was
+    published (the other node committed after the call took the counter lock) is read."""
+    node_a = await open_stores(pg_url, poll_interval=0, listen=False)
+    node_b = await open_stores(pg_url, poll_interval=0, listen=False)
+    got = Collector()
+    node_a.notifier.add_global_listener(got)
+    await node_b.append("b", [created()], 0)
+    node_a._appending = True  # as _commit_group sets it around the call
+    node_a._on_notification(None, 0, "ringlog", ":1")
+    assert node_a._discovery_task is None and node_a._hint_while_appending == 1
+    node_a._appending = False
+    node_a._read_deferred_hint()  # what _commit_group does after publishing the answer
+    await got.wait_until(lambda rs: len(rs) >= 1, "the record of the deferred hint")
+    assert [r.position for r in got.records] == [1]
+    assert node_a._hint_while_appending == 0
+
+
 def _count_reads(monkeypatch: pytest.MonkeyPatch, store: PostgresStore) -> list[int]:
     """Spy on ``store.read_all`` (commit discovery's read): the cursors it was called with."""
     calls: list[int] = []

@@ -72,7 +72,8 @@ APPEND = st.fixed_dictionaries(
         "stream": st.sampled_from(["a", "b", "c"]),
         "expected": st.sampled_from(["head", "head", "head", "behind", "ahead"]),
         "events": st.lists(st.sampled_from(["created", "segment", "digits"]), max_size=3),
-        "key": st.none() | st.tuples(st.sampled_from(["alice", "bob"]), st.sampled_from(["k1", "k2"])),
+        # a key without a user (never sent by the store) matches nothing, as NULL = NULL in SQL
+        "key": st.none() | st.tuples(st.sampled_from(["alice", "bob", None]), st.sampled_from(["k1", "k2"])),
         "fp": st.sampled_from(["fp-1", "fp-2"]),
     }
 )
@@ -239,6 +240,38 @@ async def test_an_insert_that_repeats_a_stored_seq_is_refused(pg_url: str) -> No
         assert (await verify_log(store)).ok
     finally:
         await conn.close()
+        await store.close()
+
+
+async def test_an_insert_waits_for_the_counter_before_it_writes_a_row(pg_url: str) -> None:
+    """The counter lock is taken before a statement writes anything (a BEFORE statement trigger),
+    so a writer holding it can insert what a waiting statement would have written: the waiting
+    one then fails on the duplicate alone. Taken only after the rows (the AFTER check alone),
+    each would wait for the other: a deadlock, aborting one of them after deadlock_timeout."""
+    store = PostgresStore(pg_url, pool_size=1, poll_interval=0, listen=False)
+    await store.open()
+    holder, other = await asyncpg.connect(pg_url), await asyncpg.connect(pg_url)
+    try:
+        rows = _record_columns(build_records("d", [created()], 0, 0, GENESIS_HASH, None))
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("SELECT position FROM log_head FOR UPDATE")
+        waiting = asyncio.create_task(other.execute(_INSERT, *rows))
+        async with asyncio.timeout(30):
+            while not await holder.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"
+            ):
+                await asyncio.sleep(0.01)
+        await holder.execute(_INSERT, *rows)  # the same row, by the lock holder
+        await tx.commit()
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await asyncio.wait_for(waiting, 30)
+        assert [r.position for r in await store.read_all()] == [1]
+        assert (await verify_log(store)).ok
+    finally:
+        await holder.close()
+        await other.close()
         await store.close()
 
 
