@@ -302,7 +302,7 @@ def _store_error(e: BaseException, action: str) -> StoreError | None:
             f"a value of the {action}", f"PostgreSQL cannot store it ({e.__class__.__name__})"
         )
     if isinstance(e, (asyncpg.PostgresError, *CONNECTION_ERRORS)):
-        return StoreUnavailable(f"PostgreSQL {action} failed: {str(e)!r}")
+        return StoreUnavailable(f"PostgreSQL {action} failed: {str(e) or type(e).__name__!r}")
     return None
 
 

@@ -152,7 +152,7 @@ def _store_error(e: BaseException, action: str) -> StoreError | None:
             f"a value of the {action}", f"the SQLite driver cannot bind it ({e.__class__.__name__})"
         )
     if isinstance(e, sqlite3.Error | OSError):
-        return StoreUnavailable(f"SQLite {action} failed: {str(e)!r}")
+        return StoreUnavailable(f"SQLite {action} failed: {str(e) or type(e).__name__!r}")
     return None
 
 

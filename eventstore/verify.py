@@ -29,18 +29,21 @@ class VerifyReport:
 
 
 async def verify_log(store: Store, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
-    """Read the whole log in position order and stop at the first broken invariant.
+    """Read the log in position order, up to the last position it held when the check began,
+    and stop at the first broken invariant.
 
-    ``progress(done, total)`` is called after every page. Reads only; never raises for a bad
-    log (the report names the first bad event), only :class:`StoreError` if the store fails.
+    Servers may go on appending meanwhile: what they append after the start is not part of the
+    check (the report counts the positions 1..N that existed then). ``progress(done, total)`` is
+    called after every page. Reads only; never raises for a bad log (the report names the first
+    bad event), only :class:`StoreError` if the store fails.
     """
     total = await store.last_position()
     heads: dict[str, tuple[int, bytes]] = {}
     expected_position = 1
     count = 0
     after = 0
-    while True:
-        page = await store.read_all(after, PAGE)
+    while after < total:
+        page = await store.read_all(after, min(PAGE, total - after))
         if not page:
             break
         for record in page:

@@ -95,8 +95,12 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
     except ImportError:
+        uvloop_run = None
+    else:
+        uvloop_run = uvloop.run
+    if uvloop_run is None:  # outside the handler: nothing logged later chains the ImportError
         return asyncio.run(main)
-    status: int = uvloop.run(main)
+    status: int = uvloop_run(main)
     return status
 
 

@@ -447,6 +447,32 @@ async def test_verify_passes_on_a_mixed_log(store: Store) -> None:
     assert seen[-1] == (110, 110)
 
 
+class _AppendsRightAfterItsLength:
+    """The store as a server sees it while ``verify`` runs: another append commits right after
+    the check has read the log's length."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def last_position(self) -> int:
+        length = await self._store.last_position()
+        await self._store.append("draft_late", [created()], 0)
+        return length
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+
+async def test_verify_checks_the_log_as_it_was_when_it_began(store: Store) -> None:
+    """Appends made while the check runs are not "positions the log did not claim"."""
+    for i in range(3):
+        await store.append(f"draft_{i}", [created(), segment()], 0)
+    report = await verify_log(_AppendsRightAfterItsLength(store))  # type: ignore[arg-type]
+    assert report.ok, report.problem
+    assert (report.events, report.streams) == (6, 3)
+    assert (await verify_log(store)).events == 7  # the late append is there, for the next check
+
+
 async def test_200_concurrent_appenders_to_one_draft(store: Store) -> None:
     await store.append("draft_hot", [created()], 0)
     seqs = await asyncio.gather(*(append_retrying(store, "draft_hot", segment()) for _ in range(200)))
