@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from eventstore import ConcurrencyConflict, NewEvent, Store
+from eventstore.events import IdempotencyClaim, encode_bodies
+from eventstore.groupcommit import PendingAppend
 
 TS = "2025-12-23T20:30:45.123Z"
 
@@ -45,3 +48,13 @@ async def append_retrying(store: Store, draft_id: str, event: NewEvent, max_atte
             continue
         return result.records[0].seq
     raise AssertionError(f"gave up after {max_attempts} conflicts on {draft_id}")
+
+
+def pending(
+    stream_id: str, events: list[NewEvent], expected: int, claim: IdempotencyClaim | None = None
+) -> PendingAppend:
+    """A PendingAppend as the group committer hands it over (its future is never used here)."""
+    bodies = encode_bodies(stream_id, events, expected)
+    return PendingAppend(
+        stream_id, events, expected, claim, bodies, asyncio.get_running_loop().create_future()
+    )

@@ -21,9 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventstore import NewEvent, Record
-from eventstore.events import GENESIS_HASH, IdempotencyClaim, build_records, chain_hash, encode_bodies
-from eventstore.groupcommit import PendingAppend
+from eventstore import Record
+from eventstore.events import GENESIS_HASH, IdempotencyClaim, build_records, chain_hash
 from eventstore.pg_schema import SCHEMA_VERSION
 from eventstore.postgres import (
     _APPEND,
@@ -35,7 +34,7 @@ from eventstore.postgres import (
     _record_columns,
 )
 from eventstore.verify import verify_log
-from tests.eventstore.helpers import created, segment
+from tests.eventstore.helpers import created, pending, segment
 from tests.pgutil import temporary_database
 
 pytestmark = pytest.mark.postgres
@@ -47,14 +46,6 @@ V3_SCHEMA = (Path(__file__).parent / "pg_schema_v3.sql").read_text()
 async def pg_url() -> AsyncIterator[str]:
     async with temporary_database() as url:
         yield url
-
-
-def pending(stream_id: str, events: list[NewEvent], expected: int, claim: IdempotencyClaim | None) -> Any:
-    """A PendingAppend as the group committer hands it over (its future is never used here)."""
-    bodies = encode_bodies(stream_id, events, expected)
-    return PendingAppend(
-        stream_id, events, expected, claim, bodies, asyncio.get_running_loop().create_future()
-    )
 
 
 async def _trigger_level(conn: asyncpg.Connection) -> str:
@@ -138,8 +129,17 @@ async def test_the_group_function_answers_and_stores_exactly_what_the_per_append
         await store.close()
 
 
-async def test_a_group_decides_keys_and_heads_in_order_inside_one_call(pg_url: str) -> None:
-    """Later appends of a group see earlier ones (heads and keys), as plan_group's rules say."""
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda args: (_APPEND, *args), id="ringlog_append (version 2)"),
+        pytest.param(lambda args: (_APPEND_AFTER, 0, 10, *args), id="ringlog_append_after (version 3)"),
+        pytest.param(lambda args: (_APPEND_GROUP, 0, 10, *args), id="ringlog_append_group (version 4)"),
+    ],
+)
+async def test_a_group_decides_keys_and_heads_in_order_inside_one_call(pg_url: str, call: Any) -> None:
+    """Later appends of a group see earlier ones (heads and keys), as plan_group's rules say,
+    whichever version's function decides them."""
     store = PostgresStore(pg_url, pool_size=1, poll_interval=0, listen=False)
     await store.open()
     try:
@@ -154,7 +154,7 @@ async def test_a_group_decides_keys_and_heads_in_order_inside_one_call(pg_url: s
             pending("e", [created()], 0, IdempotencyClaim("bob", "k1", "fp-2")),
         ]
         async with store._acquire() as conn:
-            rows = await conn.fetch(_APPEND_GROUP, 0, 10, *_append_arguments(group))
+            rows = await conn.fetch(*call(_append_arguments(group)))
         assert [r["outcome"] for r in rows] == ["ok", "ok", "conflict", "replay", "reused", "ok", "ok"]
         assert rows[2]["head_seq"] == 2
         assert (rows[3]["found_stream"], rows[3]["found_seq"]) == ("d", 1)

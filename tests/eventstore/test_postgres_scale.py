@@ -21,14 +21,13 @@ from hypothesis import strategies as st
 
 from eventstore import NewEvent, Record
 from eventstore.copy import copy_records
-from eventstore.events import GENESIS_HASH, IdempotencyClaim, build_records, encode_bodies
-from eventstore.groupcommit import PendingAppend
+from eventstore.events import GENESIS_HASH, IdempotencyClaim, build_records
 from eventstore.pg_schema import SCHEMA_VERSION
 from eventstore.postgres import _APPEND, _APPEND_AFTER, PostgresStore, _append_arguments
 from eventstore.sql import RECORD_COLUMNS, record_from_row, record_row
 from eventstore.sqlite import SQLiteStore
 from eventstore.verify import verify_log
-from tests.eventstore.helpers import append_retrying, created, segment
+from tests.eventstore.helpers import append_retrying, created, pending, segment
 from tests.pgutil import temporary_database
 
 pytestmark = pytest.mark.postgres
@@ -87,16 +86,6 @@ def check_prefix(records: list[Record], first: int, last: int) -> None:
     for r in records:
         assert r.seq == seqs.get(r.stream_id, 0) + 1, (r.stream_id, r.seq)
         seqs[r.stream_id] = r.seq
-
-
-def pending(
-    stream_id: str, events: list[NewEvent], expected: int, claim: IdempotencyClaim | None = None
-) -> Any:
-    """A PendingAppend as the group committer hands it over (its future is never used here)."""
-    bodies = encode_bodies(stream_id, events, expected)
-    return PendingAppend(
-        stream_id, events, expected, claim, bodies, asyncio.get_running_loop().create_future()
-    )
 
 
 # -- transactions committed out of order, while a reader polls --------------------------------
@@ -197,30 +186,6 @@ async def test_three_stores_writing_at_once_give_a_reader_every_record_once(pg_u
     finally:
         for s in stores:
             await s.close()
-
-
-async def test_a_group_decides_keys_and_heads_in_order_inside_one_call(pg_url: str) -> None:
-    """ringlog_append applies plan_group's rules: later appends of a group see earlier ones."""
-    store = PostgresStore(pg_url, pool_size=1, poll_interval=0, listen=False)
-    await store.open()
-    try:
-        claim = IdempotencyClaim("alice", "k1", "fp-1")
-        group = [
-            pending("d", [created()], 0, claim),
-            pending("d", [segment()], 1),
-            pending("d", [segment()], 1),  # stale: d is at 2 by now
-            pending("e", [created()], 0, IdempotencyClaim("alice", "k1", "fp-1")),  # replay of the first
-            pending("e", [created()], 0, IdempotencyClaim("alice", "k1", "fp-2")),  # key reused
-        ]
-        async with store._acquire() as conn:
-            rows = await conn.fetch(_APPEND, *_append_arguments(group))
-        assert [r["outcome"] for r in rows] == ["ok", "ok", "conflict", "replay", "reused"]
-        assert rows[2]["head_seq"] == 2
-        assert (rows[3]["found_stream"], rows[3]["found_seq"]) == ("d", 1)
-        assert [r.seq for r in await store.read("d")] == [1, 2]
-        assert await store.read("e") == []
-    finally:
-        await store.close()
 
 
 async def test_a_body_that_holds_its_position_is_stored_as_built_here(pg_url: str) -> None:
