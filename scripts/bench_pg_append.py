@@ -29,9 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from eventstore.pg_schema import SCHEMA  # noqa: E402
+from projections.event_types import EventType  # noqa: E402
 
 V3_SCHEMA = (ROOT / "tests" / "eventstore" / "pg_schema_v3.sql").read_text()
-BODY = b'{"type":"collab.segment_added","data":{"content":"' + b"x" * 130 + b'"}}'
+BODY = b'{"type":"' + EventType.SEGMENT_ADDED.value.encode() + b'","data":{"content":"' + b"x" * 130 + b'"}}'
 CALL = "SELECT * FROM {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 
 
@@ -61,7 +62,7 @@ async def _run(admin: str, schema: str, function: str, group: int, calls: int) -
                 args = [
                     batch, [heads[d] for d in batch], [f"u-{d}" for d in batch],
                     [uuid.uuid4().hex for _ in batch], ["fp"] * group, [1] * group,
-                    ["collab.segment_added"] * group, [BODY] * group, [None] * group,
+                    [EventType.SEGMENT_ADDED.value] * group, [BODY] * group, [None] * group,
                 ]  # fmt: skip
                 rows = await db.fetch(CALL.format(function), position, 0, *args)
                 if [r[0] for r in rows] != ["ok"] * group:
