@@ -53,8 +53,11 @@ def configure_logging(settings: Settings) -> None:
 def serve(settings: Settings) -> int:
     """Run the server in the foreground; returns the exit status.
 
-    Refuses to start (one log line naming the file, status 2) while an offline writing tool
-    (``rebuild``, ``copy --to``) owns the SQLite log (:mod:`eventstore.ownership`); servers share
+    Exit status (docs/API.md "Exit status of every ``ringlog`` command"): 0 after a drain; 1 when
+    the store cannot be opened (unreachable, unreadable, a migration that could not take its
+    lock) or is held by an offline writing tool; 2 when the port cannot be bound (settings are
+    refused as usage errors before this is called). Refuses to start (one log line naming the
+    file, status 1) while an offline writing tool (``rebuild``, ``copy --to``) owns the SQLite log (:mod:`eventstore.ownership`); servers share
     the lock, held until the process ends. On PostgreSQL the serving store takes the shared lock
     itself when it opens (its LISTEN connection), and refuses the same way. With ``settings.workers`` other than 1 this process
     becomes the supervisor of that many workers (:mod:`server.supervisor`).
@@ -64,7 +67,7 @@ def serve(settings: Settings) -> int:
         lock = acquire_writer_lock(settings.db, shared=True)
     except StoreError as e:
         log.error("cannot start: %s", e)
-        return 2
+        return 1
     # The store's writer and readers are threads that hand work back and forth with the event
     # loop many times a second. With the default 5 ms switch interval a thread that wants the
     # GIL back waits up to 5 ms while the loop is busy: group commits then take tens of ms.
@@ -118,7 +121,7 @@ async def _serve(
         await runner.setup()
     except StoreError as e:
         log.error("cannot start: %s", e)
-        return 2
+        return 1
     site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_port=reuse_port or None)
     try:
         await site.start()

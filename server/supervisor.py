@@ -15,9 +15,10 @@ Life cycle:
   ``ringlog listening on http://HOST:PORT`` line.
 - A worker that exits (crash, ``kill -9``, OOM) is started again after a back-off that doubles
   from :data:`RESTART_FIRST` to at most :data:`RESTART_MAX` seconds and resets once a worker has
-  served for :data:`RESTART_RESET` seconds. A worker that refuses to start (status 2: the store
-  cannot be opened, the port cannot be bound) before the first "listening" ends the supervisor
-  with status 2, like a single process would.
+  served for :data:`RESTART_RESET` seconds. A worker that exits with an error before it ever
+  listened, and before the first "listening" line, refused to start (status 1: the store cannot
+  be opened; 2: the port cannot be bound): the supervisor stops the others and exits with that
+  status, like a single process would, instead of retrying a setup that cannot work.
 - SIGTERM/SIGINT are forwarded to every worker, which drains as a single process does; the
   supervisor exits 0 when all have exited 0 (1 otherwise), killing stragglers after the drain
   timeout plus :data:`STOP_GRACE` seconds.
@@ -234,9 +235,11 @@ class Supervisor:
             slot.pid = 0
             if self._stopping:
                 continue
-            if not self._announced and status == 2:
-                log.error("worker %d refused to start (status 2)", slot.index)
-                return 2
+            if not self._announced and not slot.ready and status > 0:
+                # It never listened: the store cannot be opened (1) or the port bound (2). A
+                # restart would fail the same way, so exit as a single process would have.
+                log.error("worker %d refused to start (status %d)", slot.index, status)
+                return status
             now = time.monotonic()
             if slot.ready and now - slot.started >= RESTART_RESET:
                 slot.failures = 0

@@ -224,6 +224,27 @@ def test_an_unreachable_or_malformed_postgresql_url_fails_in_one_line(
     _assert_one_line(out.stderr)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize(
+    "url", ["postgresql://postgres@127.0.0.1:{port}/ringlog", "postgres://nobody@127.0.0.1:{port}/x"]
+)
+def test_serve_on_an_unreachable_store_fails_with_status_1_and_does_not_retry(
+    refused_port: int, url: str, workers: str
+) -> None:
+    """docs/API.md "Exit status": 1 for a store that cannot be opened. With ``--workers`` the
+    supervisor sees its workers refuse before they ever listened and exits the same way, rather
+    than restarting them for ever against a store that is not there."""
+    out = ringlog(
+        "serve", "--port", "0", "--workers", workers, "--jwt-secret", "s" * 32,
+        "--db", url.format(port=refused_port), timeout=60,
+    )  # fmt: skip
+    err = out.stderr.decode()
+    assert out.returncode == 1, err
+    assert b"listening" not in out.stdout and "Traceback" not in err, err
+    assert "cannot start" in err and "PostgreSQL open failed" in err, err
+    assert "restarting in" not in err, err
+
+
 @pytest.mark.postgres
 async def test_a_postgresql_database_that_does_not_exist_fails_in_one_line() -> None:
     async with temporary_database() as url:

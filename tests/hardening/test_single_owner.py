@@ -41,7 +41,7 @@ def _second_serve(db: Path) -> subprocess.CompletedProcess[str]:
 
 
 def _assert_refused(out: subprocess.CompletedProcess[str], db: Path) -> None:
-    assert out.returncode != 0, out
+    assert out.returncode == 1, out  # a failure, not a usage error (docs/API.md "Exit status")
     assert "Traceback" not in out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, out.stderr
