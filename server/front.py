@@ -5,7 +5,7 @@ Four jobs, in this order (each one's rules live in its own module; this is only 
 1. :func:`server.request_text.refusal`: ambiguous or undecodable request text is answered 400 /
    401 before anything else (no CORS headers, not timed);
 2. a CORS preflight (``OPTIONS`` with ``Access-Control-Request-Method``) is answered here: 204
-   with the allowed methods and headers, or 403 for an origin not allowed
+   with the allowed methods and headers, or 403 ``forbidden`` (the JSON error body) for an origin not allowed
    (:func:`server.origins.origin_allowed`, the same function as the WebSocket's ``Origin`` check);
 3. the handler runs; an exception becomes the contract's JSON error body
    (:func:`server.errors.exception_answer`, the one reading of ``ERROR_TABLE``);
@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from server.errors import exception_answer
+from server.errors import error_response, exception_answer
 from server.metrics import Metrics
 from server.origins import origin_allowed
 from server.request_text import refusal
@@ -69,7 +69,8 @@ def answer_failure(request: web.Request, exc: Exception, allowed: Collection[str
 def _preflight(request: web.Request, allowed: Collection[str]) -> web.Response:
     origin = request.headers.get("Origin")
     if not origin_allowed(allowed, origin, request.host):
-        return web.Response(status=403, text="origin not allowed")
+        # The contract's error body (API.md "Errors"), with the WebSocket's words for the same refusal.
+        return error_response(403, "forbidden", "this Origin is not allowed")
     return web.Response(
         status=204,
         headers={

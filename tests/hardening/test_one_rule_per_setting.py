@@ -73,6 +73,9 @@ async def _cors_preflight(client: Any, origin: str) -> bool:
         "/v1/collab/drafts", headers={"Origin": origin, "Access-Control-Request-Method": "POST", "Host": "x"}
     )
     assert r.status in (204, 403)
+    if r.status == 403:  # refused in the contract's error body (API.md "Errors"), like every route
+        assert r.content_type == "application/json"
+        assert (await r.json())["error"]["code"] == "forbidden"
     return r.status == 204
 
 

@@ -196,7 +196,8 @@ async def test_rate_limit_socket_cap_body_limit_and_origins(tmp_path: Path) -> N
                     assert r.status == expected, (origin, r.status)
             preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
             async with http.options(f"{srv.url}/v1/collab/drafts", headers=preflight) as r:
-                assert r.status == 403
+                assert r.status == 403 and r.content_type == "application/json"
+                assert (await r.json())["error"]["code"] == "forbidden"  # the contract's body, not text
             preflight["Origin"] = "https://ok.example"
             async with http.options(f"{srv.url}/v1/collab/drafts", headers=preflight) as r:
                 assert r.status == 204 and r.headers["Access-Control-Allow-Origin"] == "https://ok.example"
