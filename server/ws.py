@@ -110,9 +110,18 @@ async def upgrade(request: web.Request, st: AppState, ws: web.WebSocketResponse)
     try:
         admit_upgrade(request, st)
         await ws.prepare(request)
+    except web.HTTPBadRequest:  # aiohttp's own words would echo the client's headers
+        return answer_failure(request, ApiError(400, "bad_request", NOT_A_HANDSHAKE), st.settings.allowed_origins)
     except Exception as exc:
         return answer_failure(request, exc, st.settings.allowed_origins)
     return None
+
+
+NOT_A_HANDSHAKE = (
+    "this route takes a WebSocket opening handshake (RFC 6455 §4.1): GET with Upgrade: websocket, "
+    "Connection: Upgrade, a Sec-WebSocket-Key of 16 bytes in base64 and Sec-WebSocket-Version: 13"
+)
+"""The message of the 400 for a request on a socket route that is not a valid opening handshake."""
 
 
 def check_socket_cap(st: AppState, user_id: str) -> None:

@@ -40,6 +40,44 @@ async def test_a_handshake_error_before_the_upgrade_is_the_json_body_with_cors()
         assert "Access-Control-Allow-Origin" not in r.headers
 
 
+HANDSHAKE = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version": "13",
+}
+BROKEN_HANDSHAKES = [
+    {},  # a plain GET
+    {**HANDSHAKE, "Upgrade": "h2c"},
+    {**HANDSHAKE, "Upgrade": "websocket<script>"},
+    {**HANDSHAKE, "Connection": "keep-alive"},
+    {**HANDSHAKE, "Sec-WebSocket-Version": "12"},
+    {**HANDSHAKE, "Sec-WebSocket-Version": "thirteen"},
+    {**HANDSHAKE, "Sec-WebSocket-Key": "short"},
+    {**HANDSHAKE, "Sec-WebSocket-Key": "bm90IHNpeHRlZW4gYnl0ZXMgYXQgYWxs"},
+    {**HANDSHAKE, "Sec-WebSocket-Key": "%%%%%%%%%%%%%%%%%%%%%%%%"},
+    {k: v for k, v in HANDSHAKE.items() if k != "Sec-WebSocket-Key"},
+    {k: v for k, v in HANDSHAKE.items() if k != "Sec-WebSocket-Version"},
+]
+
+
+async def test_every_broken_opening_handshake_is_a_400_that_says_what_a_handshake_is() -> None:
+    """RFC 6455 §4.1's required fields, each missing or wrong, on both socket routes: the
+    contract's ``bad_request`` body in our words (naming the RFC), never aiohttp's text echoing
+    the client's header values."""
+    async with app_client() as client:
+        for path in ("/v1/ws/drafts/draft_0123456789abcdef0123?user_id=alice", "/v1/ws?user_id=alice"):
+            for headers in BROKEN_HANDSHAKES:
+                r = await client.get(path, headers=headers)
+                assert r.status == 400, (path, headers)
+                error = (await r.json())["error"]
+                assert error["code"] == "bad_request", (path, headers)
+                assert "RFC 6455" in error["message"] and "<script>" not in error["message"], error
+        async with client.ws_connect("/v1/ws?user_id=alice") as ws:  # the sound handshake still upgrades
+            assert not ws.closed
+            await ws.close()
+
+
 async def test_switched_off_sockets_are_refused_with_retry_body() -> None:
     async with app_client(ws_enabled=False) as client:
         for path in ("/v1/ws/drafts/draft_0123456789abcdef0123", "/v1/ws"):
