@@ -111,7 +111,9 @@ async def upgrade(request: web.Request, st: AppState, ws: web.WebSocketResponse)
         admit_upgrade(request, st)
         await ws.prepare(request)
     except web.HTTPBadRequest:  # aiohttp's own words would echo the client's headers
-        return answer_failure(request, ApiError(400, "bad_request", NOT_A_HANDSHAKE), st.settings.allowed_origins)
+        return answer_failure(
+            request, ApiError(400, "bad_request", NOT_A_HANDSHAKE), st.settings.allowed_origins
+        )
     except Exception as exc:
         return answer_failure(request, exc, st.settings.allowed_origins)
     return None
