@@ -17,7 +17,7 @@ from eventstore.errors import StoreError
 from eventstore.ownership import acquire_writer_lock
 from server.app import create_app
 from server.settings import Settings
-from server.supervisor import Supervisor, worker_count
+from server.supervisor import Supervisor, heartbeat_interval, worker_count
 
 log = logging.getLogger("ringlog")
 
@@ -107,13 +107,15 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
     return status
 
 
-def _run_worker(settings: Settings, report_listening: Callable[[], None]) -> int:
-    """One worker of a supervisor: serve on the shared port (``SO_REUSEPORT``), report, drain."""
-    return _run(_serve(settings, reuse_port=True, report_listening=report_listening))
+def _run_worker(settings: Settings, report_alive: Callable[[], None]) -> int:
+    """One worker of a supervisor: serve on the shared port (``SO_REUSEPORT``), report that it
+    listens and then every :func:`~server.supervisor.heartbeat_interval` seconds that its loop
+    turns, drain."""
+    return _run(_serve(settings, reuse_port=True, report_alive=report_alive))
 
 
 async def _serve(
-    settings: Settings, *, reuse_port: bool = False, report_listening: Callable[[], None] | None = None
+    settings: Settings, *, reuse_port: bool = False, report_alive: Callable[[], None] | None = None
 ) -> int:
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.drain_timeout)
@@ -131,8 +133,10 @@ async def _serve(
         return 2
     server = getattr(site, "_server", None)
     port = server.sockets[0].getsockname()[1] if server is not None and server.sockets else settings.port
-    if report_listening is not None:  # a worker: the supervisor prints the one line
-        report_listening()
+    heartbeat: asyncio.Task[None] | None = None
+    if report_alive is not None:  # a worker: the supervisor prints the one line, and watches it
+        report_alive()
+        heartbeat = asyncio.create_task(_report_every(report_alive, heartbeat_interval(settings)))
     else:
         # A machine-readable line: tests and scripts wait for it (with --port 0 it names the port).
         sys.stdout.write(f"ringlog listening on http://{settings.host}:{port}\n")
@@ -144,5 +148,15 @@ async def _serve(
     await stop.wait()
     log.info("draining: closing sockets with 1001, finishing in-flight requests")
     await runner.cleanup()
+    if heartbeat is not None:
+        heartbeat.cancel()
     log.info("stopped")
     return 0
+
+
+async def _report_every(report: Callable[[], None], seconds: float) -> None:
+    """Call ``report()`` every ``seconds`` from the event loop, until cancelled: a stopped
+    process or a blocked loop stops reporting, which is what the supervisor watches for."""
+    while True:
+        await asyncio.sleep(seconds)
+        report()

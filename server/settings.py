@@ -183,6 +183,12 @@ class Settings:
         _int_rule(0, 1024, "; 0 = one per core"),
         "worker processes accepting on one port (SO_REUSEPORT) under one supervisor; 0 = one per core",
     )
+    worker_timeout: float = _setting(
+        30.0,
+        _number_rule(0, SECONDS_MAX, " of seconds", "; 0 = off"),
+        "with --workers: seconds a worker may go without reporting that its event loop turns "
+        "(stopped, or blocked) before the supervisor kills and replaces it; 0 = never",
+    )
     db: str = _setting(
         "./ringlog.db",
         _store_url_rule(),

@@ -13,6 +13,12 @@ Life cycle:
 
 - Each worker reports on a pipe once it listens; when all have, the supervisor prints the one
   ``ringlog listening on http://HOST:PORT`` line.
+- Each worker's event loop then reports on the same pipe every :func:`heartbeat_interval`
+  seconds (1 s, or a quarter of ``--worker-timeout`` if that is shorter). One
+  that has not reported for ``--worker-timeout`` seconds (``SIGSTOP``, a blocked loop, a hung
+  system call) still owns a share of the port — the kernel keeps queueing new connections on its
+  listening socket, where nobody accepts them — so the supervisor kills it (``SIGKILL``) and it
+  is replaced like a worker that died.
 - A worker that exits (crash, ``kill -9``, OOM) is started again after a back-off that doubles
   from :data:`RESTART_FIRST` to at most :data:`RESTART_MAX` seconds and resets once a worker has
   served for :data:`RESTART_RESET` seconds. A worker that exits with an error before it ever
@@ -55,9 +61,22 @@ STOP_GRACE = 10.0
 """Seconds beyond the drain timeout before workers that have not exited are killed."""
 TICK = 0.05
 """Seconds between the supervisor's checks of its children (it waits on their pipes meanwhile)."""
+HEARTBEAT = 1.0
+"""Longest pause (seconds) between a listening worker's reports that its event loop turns."""
+
+
+def heartbeat_interval(settings: Settings) -> float:
+    """Seconds between a worker's reports: :data:`HEARTBEAT`, or a quarter of
+    ``--worker-timeout`` when that is shorter, so that a healthy worker reports several times
+    within the timeout (never more often than every 10 ms)."""
+    timeout = settings.worker_timeout
+    return max(0.01, min(HEARTBEAT, timeout / 4)) if timeout else HEARTBEAT
+
 
 WorkerMain = Callable[[Settings, Callable[[], None]], int]
-"""Runs one worker: ``(settings with the chosen port, report_listening) -> exit status``."""
+"""Runs one worker: ``(settings with the chosen port, report_alive) -> exit status``. The worker
+calls ``report_alive()`` once it listens and then every :func:`heartbeat_interval` seconds from
+its event loop; it never blocks (a full pipe drops the report)."""
 
 
 def worker_count(settings: Settings) -> int:
@@ -72,6 +91,8 @@ class _Slot:
     ready_fd: int = -1
     ready: bool = False
     started: float = 0.0
+    last_report: float = 0.0
+    killed: bool = False
     failures: int = 0
     restart_at: float | None = None
 
@@ -155,24 +176,26 @@ class Supervisor:
                     signal.signal(sig, signal.SIG_DFL)
                 _die_with_parent()
 
-                def report_listening() -> None:
-                    with contextlib.suppress(OSError):
-                        os.write(write_fd, b"L")
-                        os.close(write_fd)
+                os.set_blocking(write_fd, False)
 
-                status = self.worker_main(self.settings, report_listening)
+                def report_alive() -> None:
+                    with contextlib.suppress(OSError):  # a full pipe (BlockingIOError): dropped
+                        os.write(write_fd, b"L")
+
+                status = self.worker_main(self.settings, report_alive)
             except BaseException:  # never return into the supervisor's stack in the child
                 log.exception("worker %d failed", slot.index)
             finally:
                 logging.shutdown()
                 os._exit(status)
         os.close(write_fd)
-        slot.pid, slot.ready_fd, slot.ready, slot.started, slot.restart_at = (
+        slot.pid, slot.ready_fd, slot.ready, slot.started, slot.restart_at, slot.killed = (
             pid,
             read_fd,
             False,
             time.monotonic(),
             None,
+            False,
         )
         self._selector.register(read_fd, selectors.EVENT_READ, slot)
         log.info("worker %d started (pid %d)", slot.index, pid)
@@ -198,6 +221,7 @@ class Supervisor:
                     log.error("cannot start: the workers did not listen within %.0fs", START_TIMEOUT)
                     return self._stop_all(2)
             now = time.monotonic()
+            self._kill_silent(now)
             for slot in self._slots:
                 if slot.restart_at is not None and now >= slot.restart_at:
                     self._spawn(slot, reserve)
@@ -207,10 +231,38 @@ class Supervisor:
     def _read_reports(self) -> None:
         for key, _ in self._selector.select(TICK):
             slot: _Slot = key.data
-            with contextlib.suppress(OSError):
-                if os.read(slot.ready_fd, 16):
-                    slot.ready = True
-            self._forget_pipe(slot)
+            try:
+                reports = os.read(slot.ready_fd, 4096)
+            except OSError:
+                reports = b""
+            if reports:
+                slot.ready, slot.last_report = True, time.monotonic()
+            else:  # end of file: the worker has exited (its status comes from waitpid)
+                self._forget_pipe(slot)
+
+    def _kill_silent(self, now: float) -> None:
+        """SIGKILL every live worker that has not reported for ``--worker-timeout`` seconds
+        (:data:`START_TIMEOUT` for a restarted one that has not listened yet); :meth:`_reap`
+        then replaces it. Not before the first "listening" line: until then START_TIMEOUT ends
+        the supervisor instead."""
+        timeout = self.settings.worker_timeout
+        if not timeout or not self._announced:
+            return
+        for slot in self._slots:
+            if not slot.pid or slot.killed:
+                continue
+            silent = now - (slot.last_report if slot.ready else slot.started)
+            if silent > (timeout if slot.ready else max(timeout, START_TIMEOUT)):
+                log.error(
+                    "worker %d (pid %d) has not reported for %.1fs (stopped, or its event loop is "
+                    "blocked); killing it",
+                    slot.index,
+                    slot.pid,
+                    silent,
+                )
+                slot.killed = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGKILL)
 
     def _forget_pipe(self, slot: _Slot) -> None:
         if slot.ready_fd >= 0:

@@ -9,6 +9,7 @@ names the process that answered, and the tests check that more than one did.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -334,3 +335,52 @@ def test_a_second_server_cannot_join_a_port_a_supervisor_serves(
         assert "cannot listen" in out.stderr, out
         with urllib.request.urlopen(first.url + "/healthz", timeout=10) as r:
             assert r.status == 200
+
+
+async def test_a_stopped_worker_is_killed_and_replaced_so_new_connections_are_answered(
+    tmp_path: Path,
+) -> None:
+    """A ``SIGSTOP``ped worker keeps its share of the port: the kernel still queues new connections
+    on its listening socket, and nobody accepts them. It stops reporting, so after
+    ``--worker-timeout`` seconds the supervisor kills and replaces it, and every new connection
+    is answered again."""
+    log_path = tmp_path / "sup.log"
+    with ServerProcess(
+        str(tmp_path / "stop.db"), *ARGS, "--workers", "2", "--worker-timeout", "1", log_path=log_path
+    ) as proc:
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=2)) as http:
+
+            async def answering_pids(tries: int) -> tuple[set[int], int]:
+                pids, unanswered = set(), 0
+                for _ in range(tries):
+                    try:
+                        async with http.get(proc.url + "/healthz") as r:
+                            pids.add((await r.json())["data"]["pid"])
+                    except (TimeoutError, aiohttp.ClientError):
+                        unanswered += 1
+                return pids, unanswered
+
+            before, unanswered = await answering_pids(40)
+            assert len(before) == 2 and unanswered == 0, (before, unanswered)
+            victim = min(before)
+            os.kill(victim, signal.SIGSTOP)
+            try:
+                deadline = time.monotonic() + WAIT
+                replaced: set[int] = set()
+                while time.monotonic() < deadline:
+                    replaced, _ = await answering_pids(6)
+                    if replaced - before:
+                        break
+                assert replaced - before, "no replacement worker answered"
+                with pytest.raises(ProcessLookupError):  # killed and reaped by the supervisor
+                    os.kill(victim, 0)
+                after, unanswered = await answering_pids(30)
+                assert unanswered == 0 and victim not in after and len(after) == 2, (after, unanswered)
+                assert max(before) in after  # the healthy worker, reporting all along, was left alone
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(victim, signal.SIGCONT)
+        assert proc.stop() == 0
+    text = log_path.read_text()
+    assert f"(pid {victim}) has not reported" in text and text.count("has not reported") == 1, text
