@@ -50,6 +50,40 @@ from projections.state import DraftState, DraftSummary
 
 log = logging.getLogger(__name__)
 
+UNFOLDABLE = (ValueError, KeyError, TypeError)
+"""What folding a record that the log holds but the fold cannot take raises: :class:`FoldError`
+(breaks the drafts' rules), ``orjson.JSONDecodeError`` and pydantic's ``ValidationError`` (both
+``ValueError``: a body that is not an event), ``KeyError`` / ``TypeError`` (an envelope missing a
+field or holding the wrong kind of value). Never a store's error: those are retried."""
+
+
+class UnfoldableRecord(FoldError):
+    """A record of the global log that the projector cannot fold: the log is sound as far as the
+    storage checks it (positions, seqs, and on PostgreSQL the hash chain), but the record's body
+    is not an event that can follow its draft — written by hand or by a broken tool, since every
+    path through ringlog checks the fold first. ``position``, ``draft_id`` and ``seq`` say which;
+    the message says why and what to run. The projector does not move past it: a server refuses
+    to start (exit 1, one line), a running one logs it at each retry; ``ringlog rebuild`` stops
+    there (exit 1, one line). ``draft_id`` and ``seq`` are None where only the body was at hand
+    (a rebuild's pages).
+    """
+
+    def __init__(
+        self, position: int, cause: BaseException, draft_id: str | None = None, seq: int | None = None
+    ) -> None:
+        self.position, self.draft_id, self.seq = position, draft_id, seq
+        which = f" (draft {draft_id!r}, seq {seq})" if draft_id is not None else ""
+        super().__init__(
+            f"the event at position {position}{which} cannot be folded ({type(cause).__name__}: "
+            f"{cause}); `ringlog verify` checks the whole log, `ringlog log` shows a draft's events"
+        )
+
+    @classmethod
+    def of(cls, record: Record, cause: BaseException) -> UnfoldableRecord:
+        """The error for ``record`` of the global log."""
+        return cls(record.position, cause, record.stream_id, record.seq)
+
+
 PAGE = 5000
 
 FOLD_CHUNK = 500
@@ -381,7 +415,10 @@ class DraftProjector:
         """
         in_step = True
         for record in records:
-            in_step = self._apply_to_draft(record) and in_step
+            try:
+                in_step = self._apply_to_draft(record) and in_step
+            except UNFOLDABLE:  # another process's record that does not fold: advance() names it
+                in_step = False
         contiguous = all(b.position == a.position + 1 for a, b in itertools.pairwise(records))
         if (
             in_step
@@ -430,7 +467,8 @@ class DraftProjector:
     async def advance(self) -> None:
         """Fold every record after the projector's position into it, reading the global log.
 
-        Raises the store's error if the log cannot be read; what was folded stays folded.
+        Raises the store's error if the log cannot be read, :class:`UnfoldableRecord` at a record
+        the fold cannot take (the position stays before it); what was folded stays folded.
         """
         async with self._advance_lock:
             try:
@@ -440,8 +478,11 @@ class DraftProjector:
                     if not page and not self._advance_wanted.is_set():
                         return
                     for record in page:
-                        if not self._apply_to_draft(record):
-                            await self._reload_summary(record)
+                        try:
+                            if not self._apply_to_draft(record):
+                                await self._reload_summary(record)
+                        except UNFOLDABLE as e:
+                            raise UnfoldableRecord.of(record, e) from e
                         self._position = record.position
             except BaseException:
                 self._advance_wanted.set()  # unfinished: the advance task tries again
@@ -559,16 +600,20 @@ class LogRebuild:
     def add_page(self, page: Sequence[tuple[int, bytes]]) -> list[tuple[str, int]]:
         """Fold a page; returns its feed entries ``(user id, position)`` in position order.
 
-        Raises :class:`~projections.fold.FoldError` (or the ``KeyError`` of a malformed body)
-        when the state fold refuses an event, as ``LogFolder`` does; the feed part of an event
+        Raises :class:`UnfoldableRecord` (a :class:`~projections.fold.FoldError` naming the
+        position) when the state fold refuses an event or its body is not one, as the projector
+        does; the feed part of an event
         it accepted never refuses it (the same rules, ``fold_summary``), and if it ever did the
         event would be indexed for nobody, as :func:`~projections.feed_index.rebuild_feed` does.
         """
         add, feed_add, loads = self.states.add_envelope, self.feed.add_envelope, orjson.loads
         entries: list[tuple[str, int]] = []
         for position, body in page:
-            envelope = loads(body)
-            add(envelope)
+            try:
+                envelope = loads(body)
+                add(envelope)
+            except UNFOLDABLE as e:
+                raise UnfoldableRecord(position, e) from e
             try:
                 users = feed_add(envelope)
             except FoldError:

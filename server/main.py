@@ -15,6 +15,7 @@ from aiohttp import web
 
 from eventstore.errors import StoreError
 from eventstore.ownership import acquire_writer_lock
+from projections.fold import FoldError
 from server.app import create_app
 from server.settings import Settings
 from server.supervisor import Supervisor, heartbeat_interval, worker_count
@@ -55,7 +56,8 @@ def serve(settings: Settings) -> int:
 
     Exit status (docs/API.md "Exit status of every ``ringlog`` command"): 0 after a drain; 1 when
     the store cannot be opened (unreachable, unreadable, a migration that could not take its
-    lock) or is held by an offline writing tool; 2 when the port cannot be bound (settings are
+    lock), is held by an offline writing tool, or holds a record the projector cannot fold
+    (:class:`~projections.runner.UnfoldableRecord`); 2 when the port cannot be bound (settings are
     refused as usage errors before this is called). Refuses to start (one log line naming the
     file, status 1) while an offline writing tool (``rebuild``, ``copy --to``) owns the SQLite log (:mod:`eventstore.ownership`); servers share
     the lock, held until the process ends. On PostgreSQL the serving store takes the shared lock
@@ -121,7 +123,7 @@ async def _serve(
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.drain_timeout)
     try:
         await runner.setup()
-    except StoreError as e:
+    except (StoreError, FoldError) as e:  # FoldError: the projector met a record it cannot fold
         log.error("cannot start: %s", e)
         return 1
     site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_port=reuse_port or None)
