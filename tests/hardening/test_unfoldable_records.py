@@ -127,3 +127,46 @@ async def test_serve_and_rebuild_refuse_in_one_line_naming_the_position(
     err = out.stderr.decode()
     assert out.returncode == 1 and len(err.strip().splitlines()) == 1, err
     assert f"position {position} cannot be folded" in err and "Traceback" not in err, err
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("case", ["not JSON", "first event not draft_created"])
+async def test_on_postgresql_a_row_with_a_correct_hash_stops_serve_and_rebuild_the_same_way(
+    case: str,
+) -> None:
+    """PostgreSQL's trigger checks the hash chain as well, so the forged row carries the right
+    hash (what the fresh-user trial wrote from psql): the same refusal, naming the position."""
+    import hashlib
+
+    import asyncpg
+
+    from eventstore.postgres import PostgresStore
+    from tests.pgutil import temporary_database
+
+    async with temporary_database() as url:
+        store = PostgresStore(url)
+        await store.open()
+        try:
+            await populate(store, drafts=2, steps=10, seed=5)
+        finally:
+            await store.close()
+        draft_id, seq, body = BODIES[case]
+        db = await asyncpg.connect(url)
+        try:
+            position = 1 + await db.fetchval("SELECT MAX(position) FROM events")
+            prev = b"\0" * 32  # a new draft's chain starts from zeros
+            digest = hashlib.sha256(bytes(prev) + position.to_bytes(8, "big") + body).digest()
+            await db.execute(
+                "INSERT INTO events (position, draft_id, seq, type, body, hash) VALUES ($1, $2, $3, $4, $5, $6)",
+                position, draft_id, seq, "collab.segment_added", body, digest,
+            )  # fmt: skip
+        finally:
+            await db.close()
+        out = ringlog("serve", "--port", "0", "--jwt-secret", "s" * 32, "--db", url)
+        err = out.stderr.decode()
+        assert out.returncode == 1 and b"listening" not in out.stdout, err
+        assert f"cannot start: the event at position {position} (draft {draft_id!r}" in err, err
+        assert "Traceback" not in err, err
+        out = ringlog("rebuild", "--db", url)
+        err = out.stderr.decode()
+        assert out.returncode == 1 and f"position {position} cannot be folded" in err, err
