@@ -44,7 +44,8 @@ import orjson
 from eventstore.events import Record
 from eventstore.store import BodyReader, Store
 from projections.advancing import OwnedTasks, advance_when_asked
-from projections.feed import Envelope, FeedFolder, FoldError, summary_before
+from projections.feed import Envelope, FeedFolder, summary_before
+from projections.fold import UNFOLDABLE
 from projections.state import DraftState, DraftSummary
 
 log = logging.getLogger(__name__)
@@ -254,12 +255,12 @@ class FeedProjector:
     async def _concerned(self, record: Record) -> frozenset[str]:
         if self._folder.skip(record.stream_id, record.seq, record.type):
             return frozenset()  # a segment: concerns nobody, and needs no decoding
-        event = Envelope.of(record.envelope())  # no pydantic model: ~3 µs less per event
-        if self._folder.needs(event):
-            self._folder.seed(record.stream_id, await self._summary_before(record.stream_id, record.seq))
         try:
+            event = Envelope.of(record.envelope())  # no pydantic model: ~3 µs less per event
+            if self._folder.needs(event):
+                self._folder.seed(record.stream_id, await self._summary_before(record.stream_id, record.seq))
             return self._folder.add(event)
-        except FoldError:
+        except UNFOLDABLE:  # breaks the drafts' rules, or a body that is not an event at all
             log.warning(
                 "feed index: %s seq %d does not fold; indexed for nobody", record.stream_id, record.seq
             )
@@ -411,15 +412,10 @@ async def rebuild_feed(store: Store, progress: Callable[[int, int], None] | None
             break
         entries: list[tuple[str, int]] = []
         for position, body in page:
-            envelope = orjson.loads(body)
             try:
-                users = folder.add_envelope(envelope)
-            except FoldError:
-                log.warning(
-                    "rebuild: %s seq %d does not fold; indexed for nobody",
-                    envelope["draft_id"],
-                    envelope["seq"],
-                )
+                users = folder.add_envelope(orjson.loads(body))
+            except UNFOLDABLE:  # breaks the drafts' rules, or a body that is not an event at all
+                log.warning("rebuild: the event at position %d does not fold; indexed for nobody", position)
                 continue
             entries.extend((user_id, position) for user_id in users)
         upto = page[-1][0]

@@ -27,6 +27,13 @@ class FoldError(ValueError):
     """An event cannot follow the state it is folded into (wrong draft, seq or type)."""
 
 
+UNFOLDABLE = (ValueError, KeyError, TypeError)
+"""What decoding and folding a stored body that is not a foldable event raises: :class:`FoldError`
+(it breaks the drafts' rules), ``orjson.JSONDecodeError`` and pydantic's ``ValidationError``
+(both ``ValueError``: a body that is not an event), ``KeyError`` / ``TypeError`` (an envelope
+missing a field or holding the wrong kind of value). Never a store's error: those are retried."""
+
+
 class FoldableEvent(Protocol):
     """What the fold reads of an event: the envelope's fields (API.md "Events")."""
 

@@ -44,17 +44,11 @@ from eventstore.store import BodyReader, SnapshotLeadership, Store, StreamBodyRe
 from projections.advancing import ADVANCE_RETRY_FIRST, ADVANCE_RETRY_MAX, OwnedTasks, advance_when_asked
 from projections.event_types import SUMMARY_TYPES
 from projections.feed import Envelope, FeedFolder
-from projections.fold import FoldError, LogFolder, SnapshotFolder, fold_all, fold_summary
+from projections.fold import UNFOLDABLE, FoldError, LogFolder, SnapshotFolder, fold_all, fold_summary
 from projections.past import PastStates
 from projections.state import DraftState, DraftSummary
 
 log = logging.getLogger(__name__)
-
-UNFOLDABLE = (ValueError, KeyError, TypeError)
-"""What folding a record that the log holds but the fold cannot take raises: :class:`FoldError`
-(breaks the drafts' rules), ``orjson.JSONDecodeError`` and pydantic's ``ValidationError`` (both
-``ValueError``: a body that is not an event), ``KeyError`` / ``TypeError`` (an envelope missing a
-field or holding the wrong kind of value). Never a store's error: those are retried."""
 
 
 class UnfoldableRecord(FoldError):
@@ -62,10 +56,11 @@ class UnfoldableRecord(FoldError):
     storage checks it (positions, seqs, and on PostgreSQL the hash chain), but the record's body
     is not an event that can follow its draft — written by hand or by a broken tool, since every
     path through ringlog checks the fold first. ``position``, ``draft_id`` and ``seq`` say which;
-    the message says why and what to run. The projector does not move past it: a server refuses
-    to start (exit 1, one line), a running one logs it at each retry; ``ringlog rebuild`` stops
-    there (exit 1, one line). ``draft_id`` and ``seq`` are None where only the body was at hand
-    (a rebuild's pages).
+    the message says why and what to run. A projector sets that draft aside
+    (:meth:`DraftProjector.set_aside`: reads of it raise this error, listings leave it out, its
+    later events are skipped) and serves every other draft; ``ringlog rebuild`` stops there
+    (exit 1, one line). ``draft_id`` and ``seq`` are None where only the body was at hand (a
+    rebuild's pages).
     """
 
     def __init__(
@@ -145,6 +140,7 @@ class DraftProjector:
         self._tasks = OwnedTasks("projector")
         self.advance_failures = 0
         """Failed background advances since start (each one logged, then retried)."""
+        self._set_aside: dict[str, UnfoldableRecord] = {}
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -242,6 +238,13 @@ class DraftProjector:
         """The global position up to which summaries are current."""
         return self._position
 
+    @property
+    def set_aside(self) -> dict[str, UnfoldableRecord]:
+        """Drafts this projector met a record of that it cannot fold (draft id -> the error):
+        reads of them raise that error, listings leave them out, their events are skipped. The
+        log is not changed; an operator repairs it (``ringlog verify`` names the record)."""
+        return dict(self._set_aside)
+
     def known_head(self, draft_id: str) -> int:
         """The draft's seq as far as this projector knows (0 if unknown)."""
         summary = self._summaries.get(draft_id)
@@ -279,6 +282,9 @@ class DraftProjector:
         return await self._current(draft_id, at_least, remember=True)
 
     async def _current(self, draft_id: str, at_least: int, *, remember: bool) -> DraftState | None:
+        aside = self._set_aside.get(draft_id)
+        if aside is not None:
+            raise aside
         cached = self._cache.get(draft_id)
         if cached is not None:
             self._cache.move_to_end(draft_id)
@@ -293,7 +299,12 @@ class DraftProjector:
             snap = await self.store.load_snapshot(draft_id)
             base = DraftState.from_json(snap.state) if snap is not None else None
         records = await self.store.read(draft_id, after_seq=base.seq if base is not None else 0)
-        state = fold_all(base, [r.event() for r in records]) if records else base
+        try:
+            state = fold_all(base, [r.event() for r in records]) if records else base
+        except UNFOLDABLE as e:  # a segment folded lazily (by seq only) until now
+            error = _first_unfoldable(base, records, e)
+            self._put_aside(error)
+            raise error from e
         if state is not None and remember:
             self._remember(state)
         return state
@@ -367,8 +378,15 @@ class DraftProjector:
         """Drafts ``user_id`` may view, most recently updated first: the archived ones when
         ``archived``, else the others (API.md v2)."""
         await self.advance()
-        ids = self._by_member.get(user_id, ())
-        rows = [row for i in ids if (row := self._summary(i)).archived == archived]
+        rows = []
+        for draft_id in list(self._by_member.get(user_id, ())):
+            try:
+                row = self._summary(draft_id)
+            except UnfoldableRecord as e:  # a lazily folded segment whose body is not an event
+                self._put_aside(e)
+                continue
+            if row.archived == archived:
+                rows.append(row)
         rows.sort(key=lambda s: (s.updated_at, s.id), reverse=True)
         return rows
 
@@ -388,7 +406,15 @@ class DraftProjector:
         summary = self._summaries[draft_id]
         record = self._stale_ts.pop(draft_id, None)
         if record is not None and record.seq == summary.seq:
-            summary = replace(summary, updated_at=orjson.loads(record.body)["ts"])
+            try:
+                updated_at = orjson.loads(record.body)["ts"]
+            except UNFOLDABLE as e:
+                raise UnfoldableRecord.of(record, e) from e
+            if not isinstance(updated_at, str):
+                raise UnfoldableRecord.of(
+                    record, TypeError(f"ts is {type(updated_at).__name__}, not a string")
+                )
+            summary = replace(summary, updated_at=updated_at)
             self._summaries[draft_id] = summary
         return summary
 
@@ -432,6 +458,8 @@ class DraftProjector:
 
     def _apply_to_draft(self, record: Record) -> bool:
         """Fold ``record`` into its draft's summary and cached state; False if out of step."""
+        if record.stream_id in self._set_aside:
+            return True  # its events are skipped (set_aside)
         summary = self._summaries.get(record.stream_id)
         known = summary.seq if summary is not None else 0
         if record.seq <= known:
@@ -467,8 +495,9 @@ class DraftProjector:
     async def advance(self) -> None:
         """Fold every record after the projector's position into it, reading the global log.
 
-        Raises the store's error if the log cannot be read, :class:`UnfoldableRecord` at a record
-        the fold cannot take (the position stays before it); what was folded stays folded.
+        Raises the store's error if the log cannot be read; what was folded stays folded. A
+        record the fold cannot take sets its draft aside (:attr:`set_aside`, logged once as an
+        error) and the projector goes on past it.
         """
         async with self._advance_lock:
             try:
@@ -482,11 +511,32 @@ class DraftProjector:
                             if not self._apply_to_draft(record):
                                 await self._reload_summary(record)
                         except UNFOLDABLE as e:
-                            raise UnfoldableRecord.of(record, e) from e
+                            self._put_aside(
+                                e if isinstance(e, UnfoldableRecord) else UnfoldableRecord.of(record, e)
+                            )
                         self._position = record.position
             except BaseException:
                 self._advance_wanted.set()  # unfinished: the advance task tries again
                 raise
+
+    def _put_aside(self, error: UnfoldableRecord) -> None:
+        """Set ``error.draft_id`` aside: forget its summary, state and pending snapshot."""
+        draft_id = error.draft_id
+        if draft_id is None or draft_id in self._set_aside:
+            return
+        self._set_aside[draft_id] = error
+        log.error("draft %r set aside, its reads refused and its events skipped: %s", draft_id, error)
+        summary = self._summaries.pop(draft_id, None)
+        for member in summary.members if summary is not None else ():
+            drafts = self._by_member.get(member)
+            if drafts is not None:
+                drafts.discard(draft_id)
+                if not drafts:
+                    del self._by_member[member]
+        self._cache.pop(draft_id, None)
+        self._stale_ts.pop(draft_id, None)
+        self._dirty.discard(draft_id)
+        self._left_to_leader.discard(draft_id)
 
     async def _reload_summary(self, record: Record) -> None:
         self._cache.pop(record.stream_id, None)
@@ -520,13 +570,16 @@ class DraftProjector:
         try:
             snaps: list[Snapshot] = []
             for draft_id in dirty:
-                if draft_id in self._cache:
-                    state = await self.get(draft_id)
-                elif leads:
-                    state = await self._current(draft_id, 0, remember=False)  # stays uncached
-                else:
-                    left.add(draft_id)
-                    continue
+                try:
+                    if draft_id in self._cache:
+                        state = await self.get(draft_id)
+                    elif leads:
+                        state = await self._current(draft_id, 0, remember=False)  # stays uncached
+                    else:
+                        left.add(draft_id)
+                        continue
+                except UnfoldableRecord:
+                    continue  # set aside: no snapshot, and the checkpoint moves past it
                 if state is not None:
                     snaps.append(Snapshot(draft_id, state.seq, await snapshot_json(state)))
             if snaps or leads:
@@ -535,6 +588,20 @@ class DraftProjector:
             self._dirty |= dirty
             raise
         self._left_to_leader |= left
+
+
+def _first_unfoldable(
+    base: DraftState | None, records: Sequence[Record], failure: BaseException
+) -> UnfoldableRecord:
+    """The error naming the first of ``records`` that does not fold onto ``base`` (folded again
+    one at a time: only on this error path); the last record and ``failure`` if none alone does."""
+    state = base
+    for record in records:
+        try:
+            state = fold_all(state, [record.event()])
+        except UNFOLDABLE as e:
+            return UnfoldableRecord.of(record, e)
+    return UnfoldableRecord.of(records[-1], failure)
 
 
 async def snapshot_json(state: DraftState, segments_per_piece: int = SNAPSHOT_PIECE) -> bytes:

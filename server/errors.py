@@ -47,6 +47,7 @@ from projections.errors import (
     ValidationFailed,
     WriteConflict,
 )
+from projections.runner import UnfoldableRecord
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,14 @@ ERROR_TABLE: dict[type[Exception], Answer] = {
         503, "unavailable", "storage is unavailable; retry shortly", retry_after="1"
     ),
     store_errors.StoreError: Answer(503, "unavailable", "storage error; retry shortly", retry_after="1"),
+    # the storage's fault, never the client's: a record written past ringlog (the draft is set aside)
+    UnfoldableRecord: Answer(
+        500,
+        "internal_error",
+        "this draft's log holds an event the server cannot fold; the draft is set aside until an "
+        "operator repairs the log",
+        details=lambda e: {"position": e.position},
+    ),
 }
 """Error class -> its HTTP answer (API.md "HTTP API" errors, "Errors added"). Looked up along the
 error's MRO, so a subclass without its own row is answered as its nearest listed base."""
