@@ -56,8 +56,8 @@ def serve(settings: Settings) -> int:
 
     Exit status (docs/API.md "Exit status of every ``ringlog`` command"): 0 after a drain; 1 when
     the store cannot be opened (unreachable, unreadable, a migration that could not take its
-    lock), is held by an offline writing tool, or holds a record the projector cannot fold
-    (:class:`~projections.runner.UnfoldableRecord`); 2 when the port cannot be bound (settings are
+    lock) or is held by an offline writing tool (a draft the projector cannot fold is set aside,
+    not a reason to refuse: :attr:`~projections.runner.DraftProjector.set_aside`); 2 when the port cannot be bound (settings are
     refused as usage errors before this is called). Refuses to start (one log line naming the
     file, status 1) while an offline writing tool (``rebuild``, ``copy --to``) owns the SQLite log (:mod:`eventstore.ownership`); servers share
     the lock, held until the process ends. On PostgreSQL the serving store takes the shared lock
@@ -123,7 +123,7 @@ async def _serve(
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.drain_timeout)
     try:
         await runner.setup()
-    except (StoreError, FoldError) as e:  # FoldError: the projector met a record it cannot fold
+    except (StoreError, FoldError) as e:  # FoldError: a fold refused outside any one draft
         log.error("cannot start: %s", e)
         return 1
     site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_port=reuse_port or None)
