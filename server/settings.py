@@ -85,6 +85,31 @@ def _number_rule(low: float, high: float, unit: str = "", note: str = "") -> Rul
     return Rule(f"number {plain_number(low)}–{plain_number(high)}{note}", from_text, check)
 
 
+def _off_or_number_rule(low: float, high: float, unit: str = "") -> Rule:
+    """0 (off) or a number from ``low`` to ``high``: for a timeout whose small values do harm."""
+    problem = f"must be 0 (off) or a number{unit} from {plain_number(low)} to {plain_number(high)}"
+    number = _number_rule(0, high, unit)
+
+    def check_range(value: float) -> float:
+        if value != 0 and value < low:
+            raise ValueError(problem)
+        return value
+
+    def from_text(raw: str) -> float:
+        try:
+            return check_range(number.from_text(raw))
+        except ParameterError:
+            raise ValueError(problem) from None
+
+    def check(value: Any) -> float:
+        try:
+            return check_range(number.check(value))
+        except ValueError:
+            raise ValueError(problem) from None
+
+    return Rule(f"0 or number {plain_number(low)}–{plain_number(high)}", from_text, check)
+
+
 def _choice_rule(*choices: str) -> Rule:
     def check(value: Any) -> str:
         if not isinstance(value, str) or value.upper() not in choices:
@@ -185,9 +210,10 @@ class Settings:
     )
     worker_timeout: float = _setting(
         30.0,
-        _number_rule(0, SECONDS_MAX, " of seconds", "; 0 = off"),
+        _off_or_number_rule(1, SECONDS_MAX, " of seconds"),
         "with --workers: seconds a worker may go without reporting that its event loop turns "
-        "(stopped, or blocked) before the supervisor kills and replaces it; 0 = never",
+        "(stopped, or blocked) before the supervisor kills and replaces it; 0 = never, else at "
+        "least 1 (a worker busy with large catch-ups can miss a few seconds of reports)",
     )
     db: str = _setting(
         "./ringlog.db",

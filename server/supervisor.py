@@ -202,8 +202,16 @@ class Supervisor:
 
     def _watch(self, reserve: socket.socket) -> int:
         deadline = time.monotonic() + START_TIMEOUT
+        last_turn = time.monotonic()
         while not self._stopping:
             self._read_reports()
+            turn = time.monotonic()
+            if turn - last_turn > HEARTBEAT:  # the supervisor itself was stopped (SIGSTOP, ^Z, a
+                # frozen cgroup): the workers' silence meanwhile is not theirs to answer for
+                for slot in self._slots:
+                    slot.last_report += turn - last_turn
+                    slot.started += turn - last_turn
+            last_turn = turn
             failed = self._reap()
             if failed is not None:
                 return self._stop_all(failed)
@@ -313,6 +321,9 @@ class Supervisor:
             if slot.pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.pid, signal.SIGTERM)
+                    os.kill(
+                        slot.pid, signal.SIGCONT
+                    )  # a stopped worker drains instead of waiting to be killed
         deadline = time.monotonic() + self.settings.drain_timeout + STOP_GRACE
         clean = True
         while any(s.pid for s in self._slots):
@@ -336,7 +347,9 @@ class Supervisor:
             for slot in self._slots:
                 if slot.pid == pid:
                     slot.pid = 0
-                    clean = clean and os.waitstatus_to_exitcode(wait_status) == 0
+                    code = os.waitstatus_to_exitcode(wait_status)
+                    # a worker still starting has no handler yet: SIGTERM ends it, which is clean
+                    clean = clean and (code == 0 or (code == -signal.SIGTERM and not slot.ready))
         for slot in self._slots:
             self._forget_pipe(slot)
         if status == 0 and not clean:

@@ -384,3 +384,44 @@ async def test_a_stopped_worker_is_killed_and_replaced_so_new_connections_are_an
         assert proc.stop() == 0
     text = log_path.read_text()
     assert f"(pid {victim}) has not reported" in text and text.count("has not reported") == 1, text
+
+
+async def _answering_pids(url: str, tries: int) -> set[int]:
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as http:
+        pids = set()
+        for _ in range(tries):
+            async with http.get(url + "/healthz") as r:
+                pids.add((await r.json())["data"]["pid"])
+        return pids
+
+
+async def test_a_stopped_and_resumed_supervisor_does_not_blame_its_workers(tmp_path: Path) -> None:
+    """Ctrl-Z then ``fg``, or a paused container: the time the supervisor itself did not run is
+    not the workers' silence. (Before, it killed every healthy worker on resuming.)"""
+    log_path = tmp_path / "sup.log"
+    with ServerProcess(
+        str(tmp_path / "pause.db"), *ARGS, "--workers", "2", "--worker-timeout", "1", log_path=log_path
+    ) as proc:
+        assert proc.proc is not None
+        before = await _answering_pids(proc.url, 40)
+        assert len(before) == 2
+        os.kill(proc.proc.pid, signal.SIGSTOP)
+        await asyncio.sleep(3)  # the condition under test is time passing, not an event
+        os.kill(proc.proc.pid, signal.SIGCONT)
+        await asyncio.sleep(2)  # two watchdog periods after the resume
+        assert await _answering_pids(proc.url, 40) == before
+        assert proc.stop() == 0
+    assert "has not reported" not in log_path.read_text()
+
+
+async def test_sigterm_drains_a_stopped_worker_too(tmp_path: Path) -> None:
+    """SIGTERM reaches a stopped worker only once it runs again: the supervisor continues it, so
+    the drain ends at once with status 0 rather than after the drain timeout with status 1."""
+    with ServerProcess(
+        str(tmp_path / "term.db"), *ARGS, "--workers", "2", "--worker-timeout", "0", "--drain-timeout", "30",
+        log_path=tmp_path / "sup.log",
+    ) as proc:  # fmt: skip
+        victim = min(await _answering_pids(proc.url, 40))
+        os.kill(victim, signal.SIGSTOP)
+        assert proc.stop(timeout=60) == 0  # 1 if it had to be killed after the drain timeout
