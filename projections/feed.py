@@ -64,6 +64,27 @@ def concerned_users(before: DraftSummary | None, event: FoldableEvent) -> frozen
     return NOBODY
 
 
+def check_envelope(envelope: Any) -> None:
+    """Refuse a decoded body that is not an event envelope (API.md "Events"): ``KeyError`` for a
+    missing field, ``TypeError`` for a value of the wrong kind or a body that is not an object.
+
+    The log's bodies were checked when ringlog wrote them, so this only refuses rows written past
+    it, before they reach a fold, a summary or a sort (:data:`~projections.fold.UNFOLDABLE`).
+    """
+    if not isinstance(envelope, dict):
+        raise TypeError(f"not an event envelope: a JSON {type(envelope).__name__}, not an object")
+    if not (
+        isinstance(envelope["type"], str)
+        and isinstance(envelope["draft_id"], str)
+        and type(envelope["seq"]) is int  # not a bool
+        and isinstance(envelope["ts"], str)
+        and isinstance(envelope["data"], dict)
+    ):
+        raise TypeError(
+            "not an event envelope: type, draft_id and ts must be strings, seq an integer, data an object"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """An event decoded from the log's bytes, as the fold reads it (rebuilds skip the model)."""
@@ -76,7 +97,14 @@ class Envelope:
 
     @classmethod
     def of(cls, envelope: dict[str, Any]) -> Envelope:
-        """The fields of a decoded envelope (API.md "Events")."""
+        """The fields of a decoded envelope (API.md "Events").
+
+        Raises ``KeyError`` for a missing field and ``TypeError`` for a value of the wrong kind
+        (or a body that is not an object): the log's bodies were checked when ringlog wrote them,
+        so this only refuses rows written past it, before they reach a fold, a summary or a sort
+        (:data:`~projections.fold.UNFOLDABLE`).
+        """
+        check_envelope(envelope)
         return cls(envelope["type"], envelope["draft_id"], envelope["seq"], envelope["ts"], envelope["data"])
 
 

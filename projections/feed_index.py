@@ -281,7 +281,7 @@ class FeedProjector:
             records = await self.store.read(draft_id, after, min(PAGE, seq - 1 - after))
             if not records:
                 break
-            summary = summary_before([r.event() for r in records], summary)
+            summary = summary_before([Envelope.of(r.envelope()) for r in records], summary)
             after = records[-1].seq
             await asyncio.sleep(0)
         return summary

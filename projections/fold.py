@@ -27,11 +27,12 @@ class FoldError(ValueError):
     """An event cannot follow the state it is folded into (wrong draft, seq or type)."""
 
 
-UNFOLDABLE = (ValueError, KeyError, TypeError)
+UNFOLDABLE = (ValueError, KeyError, TypeError, AttributeError)
 """What decoding and folding a stored body that is not a foldable event raises: :class:`FoldError`
 (it breaks the drafts' rules), ``orjson.JSONDecodeError`` and pydantic's ``ValidationError``
-(both ``ValueError``: a body that is not an event), ``KeyError`` / ``TypeError`` (an envelope
-missing a field or holding the wrong kind of value). Never a store's error: those are retried."""
+(both ``ValueError``: a body that is not an event), ``KeyError`` / ``TypeError`` /
+``AttributeError`` (an envelope missing a field or holding the wrong kind of value, also deep in
+``data``). Never a store's error: those are retried."""
 
 
 class FoldableEvent(Protocol):

@@ -300,7 +300,7 @@ class DraftProjector:
             base = DraftState.from_json(snap.state) if snap is not None else None
         records = await self.store.read(draft_id, after_seq=base.seq if base is not None else 0)
         try:
-            state = fold_all(base, [r.event() for r in records]) if records else base
+            state = fold_all(base, [Envelope.of(r.envelope()) for r in records]) if records else base
         except UNFOLDABLE as e:  # a segment folded lazily (by seq only) until now
             error = _first_unfoldable(base, records, e)
             self._put_aside(error)
@@ -443,8 +443,8 @@ class DraftProjector:
         for record in records:
             try:
                 in_step = self._apply_to_draft(record) and in_step
-            except UNFOLDABLE:  # another process's record that does not fold: advance() names it
-                in_step = False
+            except UNFOLDABLE as e:  # a row written past ringlog: set aside before anything reads it
+                self._put_aside(e if isinstance(e, UnfoldableRecord) else UnfoldableRecord.of(record, e))
         contiguous = all(b.position == a.position + 1 for a, b in itertools.pairwise(records))
         if (
             in_step
@@ -480,6 +480,8 @@ class DraftProjector:
             self._dirty.add(record.stream_id)
             return True
         event = Envelope.of(record.envelope())  # no pydantic model: ~3 µs less per append
+        if event.draft_id != record.stream_id or event.seq != record.seq:  # a row written past ringlog
+            raise FoldError(f"its body is event {event.seq} of draft {event.draft_id!r}, not this row's")
         try:
             self._set_summary(fold_summary(summary, event))
         except FoldError:
@@ -598,7 +600,7 @@ def _first_unfoldable(
     state = base
     for record in records:
         try:
-            state = fold_all(state, [record.event()])
+            state = fold_all(state, [Envelope.of(record.envelope())])
         except UNFOLDABLE as e:
             return UnfoldableRecord.of(record, e)
     return UnfoldableRecord.of(records[-1], failure)
@@ -678,18 +680,15 @@ class LogRebuild:
         for position, body in page:
             try:
                 envelope = loads(body)
+                if envelope["ts"].__class__ is not str:  # the one field the fold stores unchecked
+                    raise TypeError("not an event envelope: ts must be a string")
                 add(envelope)
             except UNFOLDABLE as e:
                 raise UnfoldableRecord(position, e) from e
             try:
                 users = feed_add(envelope)
-            except FoldError:
-                log.warning(
-                    "rebuild: %s seq %d does not fold; indexed for nobody",
-                    envelope["draft_id"],
-                    envelope["seq"],
-                )
-                continue
+            except UNFOLDABLE as e:  # the state fold took it, so it is a row written past ringlog
+                raise UnfoldableRecord(position, e) from e
             if users:
                 entries.extend((user_id, position) for user_id in users)
         if page:

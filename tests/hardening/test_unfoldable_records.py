@@ -34,6 +34,17 @@ def _segment(draft_id: str, seq: int) -> bytes:
     )  # fmt: skip
 
 
+def _updated(data: bytes, ts: bytes = b'"2026-11-30T00:00:00.000Z"') -> bytes:
+    return (
+        b'{"type":"collab.draft_updated","draft_id":"draft_0","seq":SEQ,"ts":' + ts
+        + b',"actor_id":"alice","data":' + data + b"}"
+    )  # fmt: skip
+
+
+COLUMN_TYPES = {"collaborator_added for another draft": "collab.collaborator_added"}
+"""The row's ``type`` column where it is not the body's own (default: as the case's body says, or
+``collab.segment_added``)."""
+
 BODIES = {
     "not JSON": (FORGED, 1, b"not json"),
     "empty": (FORGED, 1, b""),
@@ -45,10 +56,43 @@ BODIES = {
     "no type": (FORGED, 1, b'{"draft_id": "%s", "seq": 1}' % FORGED.encode()),
     "first event not draft_created": (FORGED, 1, _segment(FORGED, 1)),
     "body of another draft": (FORGED, 1, _segment("draft_0", 1)),
+    # on draft_0 at its next seq (SEQ: filled in), under the column type of a summary event, so
+    # the projector decodes it as it advances (review: these once stopped every listing and start)
+    "draft_updated with data null": ("draft_0", None, _updated(b"null")),
+    "draft_updated with data a list": ("draft_0", None, _updated(b"[]")),
+    "draft_updated with data a string": ("draft_0", None, _updated(b'"x"')),
+    "draft_updated with data a number": ("draft_0", None, _updated(b"5")),
+    "draft_updated with ts a number": ("draft_0", None, _updated(b'{"title":"t"}', ts=b"5")),
+    "draft_updated with ts null": ("draft_0", None, _updated(b'{"title":"t"}', ts=b"null")),
+    "draft_updated with seq a string": (
+        "draft_0",
+        None,
+        _updated(b'{"title":"t"}').replace(b":SEQ", b':"SEQ"'),
+    ),
+    "draft_updated with seq true": ("draft_0", None, _updated(b'{"title":"t"}').replace(b":SEQ", b":true")),
+    "draft_updated whose body says another seq": ("draft_0", 0, _updated(b'{"title":"t"}')),
+    "collaborator_added for another draft": (
+        "draft_0",
+        None,
+        b'{"type":"collab.collaborator_added","draft_id":"draft_1","seq":SEQ,"ts":"2026-11-30T00:00:00.000Z",'
+        b'"actor_id":"alice","data":{"collaborator":{"user_id":"mallory","role":"contributor"}}}',
+    ),
 }
 LAZY = {
     "next seq of a real draft, body says seq 1": ("draft_0", None, _segment("draft_0", 1)),
     "next seq of a real draft, body is null": ("draft_0", None, b"null"),
+    "segment with no seq": ("draft_0", None, _segment("draft_0", 1).replace(b'"seq":1,', b"", 1)),
+    "segment with no ts": (
+        "draft_0",
+        None,
+        _segment("draft_0", 1).replace(b'"ts":"2026-11-30T00:00:00.000Z",', b""),
+    ),
+    "segment with data null": (
+        "draft_0",
+        None,
+        b'{"type":"collab.segment_added","draft_id":"draft_0","seq":SEQ,'
+        b'"ts":"2026-11-30T00:00:00.000Z","actor_id":"alice","data":null}',
+    ),
 }
 """A segment of a draft the projector has not cached moves its summary by the seq column alone
 (the body is decoded when the draft is read): the projector starts, rebuild still stops there."""
@@ -65,13 +109,19 @@ async def _forge(path: Path, case: str) -> int:
         await store.close()
     draft_id, seq, body = {**BODIES, **LAZY}[case]
     with sqlite3.connect(path) as db:
-        if seq is None:
-            seq = db.execute("SELECT MAX(seq) FROM events WHERE draft_id = ?", (draft_id,)).fetchone()[0] + 1
+        following = db.execute("SELECT MAX(seq) FROM events WHERE draft_id = ?", (draft_id,)).fetchone()[0]
+        body = body.replace(b"SEQ", str((following or 0) + 1 if seq != 0 else 1).encode())
         db.execute(
             "INSERT INTO events (position, draft_id, seq, type, body, hash) VALUES (?, ?, ?, ?, ?, ?)",
-            (head + 1, draft_id, seq, "collab.segment_added", body, b"\0" * 32),
+            (head + 1, draft_id, seq or (following or 0) + 1, _column_type(case, body), body, b"\0" * 32),
         )
     return head + 1
+
+
+def _column_type(case: str, body: bytes) -> str:
+    if case in COLUMN_TYPES:
+        return COLUMN_TYPES[case]
+    return "collab.draft_updated" if b"collab.draft_updated" in body else "collab.segment_added"
 
 
 async def _check_set_aside(projector: DraftProjector, store: SQLiteStore, victim: str, position: int) -> None:
