@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from eventstore.values import is_storable_text
 from projections.event_types import SUMMARY_TYPES, EventType
 from projections.fold import FoldableEvent, FoldError, fold_summary
 from projections.state import DraftSummary
@@ -62,6 +63,16 @@ def concerned_users(before: DraftSummary | None, event: FoldableEvent) -> frozen
     if kind in VIEWER_TYPES:
         return before.members if before is not None else NOBODY
     return NOBODY
+
+
+def storable_users(users: frozenset[str]) -> frozenset[str]:
+    """``users`` without the ids no store can keep (not text, or text the log refuses:
+    :func:`~eventstore.values.is_storable_text`). ringlog only ever writes storable ids, so only a
+    row written past it names others; the feed index leaves those out instead of refusing the
+    whole page (which stopped the feed for every user)."""
+    if all(type(u) is str and is_storable_text(u) for u in users):
+        return users
+    return frozenset(u for u in users if type(u) is str and is_storable_text(u))
 
 
 def check_envelope(envelope: Any) -> None:

@@ -44,7 +44,7 @@ import orjson
 from eventstore.events import Record
 from eventstore.store import BodyReader, Store
 from projections.advancing import OwnedTasks, advance_when_asked
-from projections.feed import Envelope, FeedFolder, summary_before
+from projections.feed import Envelope, FeedFolder, storable_users, summary_before
 from projections.fold import UNFOLDABLE
 from projections.state import DraftState, DraftSummary
 
@@ -259,7 +259,7 @@ class FeedProjector:
             event = Envelope.of(record.envelope())  # no pydantic model: ~3 µs less per event
             if self._folder.needs(event):
                 self._folder.seed(record.stream_id, await self._summary_before(record.stream_id, record.seq))
-            return self._folder.add(event)
+            return storable_users(self._folder.add(event))
         except UNFOLDABLE:  # breaks the drafts' rules, or a body that is not an event at all
             log.warning(
                 "feed index: %s seq %d does not fold; indexed for nobody", record.stream_id, record.seq
@@ -413,7 +413,7 @@ async def rebuild_feed(store: Store, progress: Callable[[int, int], None] | None
         entries: list[tuple[str, int]] = []
         for position, body in page:
             try:
-                users = folder.add_envelope(orjson.loads(body))
+                users = storable_users(folder.add_envelope(orjson.loads(body)))
             except UNFOLDABLE:  # breaks the drafts' rules, or a body that is not an event at all
                 log.warning("rebuild: the event at position %d does not fold; indexed for nobody", position)
                 continue

@@ -43,7 +43,7 @@ from eventstore.events import Record, Snapshot
 from eventstore.store import BodyReader, SnapshotLeadership, Store, StreamBodyReader
 from projections.advancing import ADVANCE_RETRY_FIRST, ADVANCE_RETRY_MAX, OwnedTasks, advance_when_asked
 from projections.event_types import SUMMARY_TYPES
-from projections.feed import Envelope, FeedFolder
+from projections.feed import Envelope, FeedFolder, storable_users
 from projections.fold import UNFOLDABLE, FoldError, LogFolder, SnapshotFolder, fold_all, fold_summary
 from projections.past import PastStates
 from projections.state import DraftState, DraftSummary
@@ -475,9 +475,12 @@ class DraftProjector:
             )
             self._stale_ts[record.stream_id] = record
             self._stale_ts.move_to_end(record.stream_id)
-            if len(self._stale_ts) > self.cache_size:
-                self._summary(next(iter(self._stale_ts)))  # bounded: the oldest is decoded now
             self._dirty.add(record.stream_id)
+            if len(self._stale_ts) > self.cache_size:
+                try:
+                    self._summary(next(iter(self._stale_ts)))  # bounded: the oldest is decoded now
+                except UnfoldableRecord as e:  # that oldest draft's, not this record's
+                    self._put_aside(e)
             return True
         event = Envelope.of(record.envelope())  # no pydantic model: ~3 µs less per append
         if event.draft_id != record.stream_id or event.seq != record.seq:  # a row written past ringlog
@@ -690,7 +693,7 @@ class LogRebuild:
             except UNFOLDABLE as e:  # the state fold took it, so it is a row written past ringlog
                 raise UnfoldableRecord(position, e) from e
             if users:
-                entries.extend((user_id, position) for user_id in users)
+                entries.extend((user_id, position) for user_id in storable_users(users))
         if page:
             self.states.position = page[-1][0]
         return entries

@@ -220,10 +220,7 @@ async def _run_on_store(args: argparse.Namespace) -> int:
         if args.command == "drafts":
             return await _drafts(store, args.json)
         if args.command == "rebuild":
-            progress = Progress("rebuild")
-            count = await rebuild(store, progress)
-            progress.done(count)
-            return 0
+            return await _rebuild(store)
         raise AssertionError(args.command)
     finally:
         await store.close()
@@ -319,6 +316,21 @@ def _cell(text: str, width: int) -> str:
     """``text`` on one line: control characters escaped, cut to ``width`` with an ellipsis."""
     shown = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
     return shown if len(shown) <= width else shown[: width - 1] + "…"
+
+
+async def _rebuild(store: Store) -> int:
+    """Verify the log, then rebuild snapshots and the feed index from it (exit 0), or refuse an
+    unsound log before writing anything (exit 1). A rebuild folds each body by the draft the body
+    names, so a row whose body disagrees with its own columns (written past ringlog) would
+    otherwise be folded into another, sound draft's snapshot."""
+    report = await verify_log(store, Progress("rebuild: verifying"))
+    if not report.ok:
+        print(f"ringlog rebuild: the log is unsound, nothing was rebuilt: {report.problem}", file=sys.stderr)
+        return 1
+    progress = Progress("rebuild")
+    count = await rebuild(store, progress)
+    progress.done(count)
+    return 0
 
 
 async def _verify(store: Store) -> int:
