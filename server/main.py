@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -18,7 +19,7 @@ from eventstore.ownership import acquire_writer_lock
 from projections.fold import FoldError
 from server.app import create_app
 from server.settings import Settings
-from server.supervisor import Supervisor, heartbeat_interval, worker_count
+from server.supervisor import STOP_GRACE, Supervisor, heartbeat_interval, worker_count
 
 log = logging.getLogger("ringlog")
 
@@ -149,7 +150,19 @@ async def _serve(
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("draining: closing sockets with 1001, finishing in-flight requests")
-    await runner.cleanup()
+    cleanup = asyncio.ensure_future(runner.cleanup())
+    limit = settings.drain_timeout + STOP_GRACE
+    await asyncio.wait({cleanup}, timeout=limit)  # never cancels it: that could wait as long
+    if not cleanup.done():
+        # Seen when the database went away mid-drain (a pool connection left busy): the drain
+        # must still end, as the supervisor's kill of a straggler would end it. Nothing more can
+        # be saved; what was acknowledged is in the store already.
+        log.error(
+            "the drain did not end within %.0f s (drain timeout + %.0f s); exiting anyway", limit, STOP_GRACE
+        )
+        logging.shutdown()
+        os._exit(1)
+    cleanup.result()
     if heartbeat is not None:
         heartbeat.cancel()
     log.info("stopped")

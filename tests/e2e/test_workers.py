@@ -425,3 +425,55 @@ async def test_sigterm_drains_a_stopped_worker_too(tmp_path: Path) -> None:
         victim = min(await _answering_pids(proc.url, 40))
         os.kill(victim, signal.SIGSTOP)
         assert proc.stop(timeout=60) == 0  # 1 if it had to be killed after the drain timeout
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie nobody has reaped yet counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.postgres
+async def test_workers_whose_database_vanishes_mid_drain_still_exit(tmp_path: Path) -> None:
+    """What the PostgreSQL fixtures do at teardown: SIGKILL the supervisor (its workers are sent
+    SIGTERM by the kernel and drain) and drop the database at once. About one drain in four then
+    never ended (an asyncpg connection left busy): the worker lived on, orphaned, retrying for
+    ever. A drain now ends within the drain timeout + STOP_GRACE whatever it waits for."""
+    from server.supervisor import STOP_GRACE
+
+    for attempt in range(4):
+        async with temporary_database() as url:
+            proc = ServerProcess(
+                url, *ARGS, "--workers", "2", "--drain-timeout", "1", log_path=tmp_path / f"sup{attempt}.log"
+            ).start()
+            try:
+                connector = aiohttp.TCPConnector(force_close=True)
+                async with aiohttp.ClientSession(connector=connector) as http:
+                    pids = set()
+                    for _ in range(40):
+                        async with http.get(proc.url + "/healthz") as r:
+                            pids.add((await r.json())["data"]["pid"])
+                    async with http.post(
+                        proc.url + "/v1/collab/drafts", headers={"X-User-Id": "alice"}, json={"title": "t"}
+                    ) as r:
+                        draft_id = (await r.json())["data"]["id"]
+                    socket_url = (
+                        proc.url.replace("http", "ws") + f"/v1/ws/drafts/{draft_id}?since=0&user_id=alice"
+                    )
+                    sockets = [await http.ws_connect(socket_url) for _ in range(6)]
+                    proc.kill()  # the supervisor; its workers drain while the database goes
+            finally:
+                proc.__exit__()
+        for ws in sockets:
+            await ws.close()
+        deadline = time.monotonic() + 1 + STOP_GRACE + WAIT
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert not any(_alive(pid) for pid in pids), (
+            attempt,
+            pids,
+            (tmp_path / f"sup{attempt}.log").read_text()[-3000:],
+        )
