@@ -16,7 +16,6 @@ from aiohttp import web
 
 from eventstore.errors import StoreError
 from eventstore.ownership import acquire_writer_lock
-from projections.fold import FoldError
 from server.app import create_app
 from server.settings import Settings
 from server.supervisor import STOP_GRACE, Supervisor, heartbeat_interval, worker_count
@@ -124,7 +123,7 @@ async def _serve(
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.drain_timeout)
     try:
         await runner.setup()
-    except (StoreError, FoldError) as e:  # FoldError: a fold refused outside any one draft
+    except StoreError as e:
         log.error("cannot start: %s", e)
         return 1
     site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_port=reuse_port or None)
